@@ -1,0 +1,90 @@
+#include "buf.h"
+#include "mg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mg_buf_compact(mg_buf_t *b)
+{
+    if (b->off == 0)
+        return;
+    if (b->len)
+        memmove(b->base, b->base + b->off, b->len);
+    b->off = 0;
+}
+
+int mg_buf_reserve(mg_buf_t *b, size_t extra)
+{
+    if (mg_buf_room(b) >= extra)
+        return MG_OK;
+    mg_buf_compact(b);
+    if (b->cap - b->len >= extra)
+        return MG_OK;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < extra)
+        cap *= 2;
+    char *p = realloc(b->base, cap);
+    if (p == NULL)
+        return MG_ENOMEM;
+    b->base = p;
+    b->cap = cap;
+    return MG_OK;
+}
+
+int mg_buf_append(mg_buf_t *b, const void *p, size_t n)
+{
+    if (n == 0)
+        return MG_OK;
+    if (mg_buf_reserve(b, n) != MG_OK)
+        return MG_ENOMEM;
+    memcpy(b->base + b->off + b->len, p, n);
+    b->len += n;
+    return MG_OK;
+}
+
+int mg_buf_printf(mg_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    size_t room = mg_buf_room(b);
+    va_start(ap, fmt);
+    int n = vsnprintf(room ? b->base + b->off + b->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return MG_EINVAL;
+    if ((size_t)n >= room) {
+        if (mg_buf_reserve(b, (size_t)n + 1) != MG_OK)
+            return MG_ENOMEM;
+        va_start(ap, fmt);
+        vsnprintf(b->base + b->off + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
+    return MG_OK;
+}
+
+void mg_buf_consume(mg_buf_t *b, size_t n)
+{
+    if (n >= b->len) {
+        b->off = 0;
+        b->len = 0;
+        return;
+    }
+    b->off += n;
+    b->len -= n;
+}
+
+void mg_buf_reset(mg_buf_t *b)
+{
+    b->off = 0;
+    b->len = 0;
+}
+
+void mg_buf_free(mg_buf_t *b)
+{
+    if (b == NULL)
+        return;
+    free(b->base);
+    b->base = NULL;
+    b->off = b->len = b->cap = 0;
+}

@@ -1,0 +1,33 @@
+/* A growable byte buffer with a consumed-prefix offset: live bytes are
+ * base[off .. off+len). Used for connection read buffers, write queues and
+ * head stores. Growing may move base: never keep pointers across an append. */
+#ifndef MG_BUF_H
+#define MG_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+typedef struct mg_buf {
+    char *base;   /* owned allocation, NULL until first use */
+    size_t off;   /* bytes already consumed at the front */
+    size_t len;   /* live bytes after off */
+    size_t cap;   /* allocation size */
+} mg_buf_t;
+
+static inline char *mg_buf_data(const mg_buf_t *b) { return b->base + b->off; }
+static inline size_t mg_buf_room(const mg_buf_t *b) { return b->cap - b->off - b->len; }
+
+/* Ensures at least `extra` free bytes after the live data (compacting first).
+ * Returns 0 or MG_ENOMEM. */
+int mg_buf_reserve(mg_buf_t *b, size_t extra);
+int mg_buf_append(mg_buf_t *b, const void *p, size_t n);
+int mg_buf_printf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops n bytes from the front; resets off when the buffer empties. */
+void mg_buf_consume(mg_buf_t *b, size_t n);
+/* Moves live bytes to the front of the allocation. */
+void mg_buf_compact(mg_buf_t *b);
+void mg_buf_reset(mg_buf_t *b);
+/* Frees the allocation; NULL-tolerant and idempotent. */
+void mg_buf_free(mg_buf_t *b);
+
+#endif

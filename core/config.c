@@ -1,0 +1,659 @@
+/* Config loading: runs the config file in a protected call, then walks the
+ * returned table into mg_cfg_t. Every check names the option; the line is
+ * found by locating the offending text in the file. */
+#include "config.h"
+#include "mg.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <llhttp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+typedef struct walk {
+    mg_cfg_t *cfg;
+    char needle[128];    /* text to look for in the file when reporting */
+} walk_t;
+
+static char *xstrdup(const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p)
+        memcpy(p, s, n);
+    return p;
+}
+
+/* Raises a config error. `needle` locates the line (a key or a value). */
+static int MG_LJMP cfg_fail(lua_State *L, walk_t *w, const char *needle, const char *fmt, ...)
+{
+    snprintf(w->needle, sizeof w->needle, "%s", needle ? needle : "");
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return lua_error(L);
+}
+
+int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen)
+{
+    char host[256] = "", port[16] = "";
+    const char *colon;
+    memset(out, 0, sizeof *out);
+    snprintf(out->text, sizeof out->text, "%s", text);
+    if (text[0] == '[') {
+        const char *rb = strchr(text, ']');
+        if (rb == NULL || rb[1] != ':' || (size_t)(rb - text - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, text + 1, (size_t)(rb - text - 1));
+        snprintf(port, sizeof port, "%s", rb + 2);
+    } else if ((colon = strrchr(text, ':')) != NULL) {
+        if ((size_t)(colon - text) >= sizeof host)
+            goto bad;
+        memcpy(host, text, (size_t)(colon - text));
+        snprintf(port, sizeof port, "%s", colon + 1);
+    } else {
+        snprintf(port, sizeof port, "%s", text);
+    }
+    if (port[0] == '\0')
+        goto bad;
+    for (const char *c = port; *c; c++)
+        if (!isdigit((unsigned char)*c))
+            goto bad;
+    long pn = strtol(port, NULL, 10);
+    if (pn <= 0 || pn > 65535)
+        goto bad;
+    if (host[0] == '\0' || strcmp(host, "*") == 0)
+        snprintf(host, sizeof host, "0.0.0.0");
+    struct addrinfo hints = { 0 }, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot resolve '%s': %s", text, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
+    out->len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+bad:
+    snprintf(err, errlen, "invalid address '%s' (want host:port)", text);
+    return -1;
+}
+
+/* --- typed field readers; the table is at the top of the stack ---------- */
+
+static void check_keys(lua_State *L, walk_t *w, const char *where, const char *const *allowed)
+{
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            continue; /* array part, checked by the caller */
+        const char *k = lua_tostring(L, -1);
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(*a, k) == 0)
+                ok = 1;
+        if (!ok)
+            cfg_fail(L, w, k, "%s: unknown option '%s'", where, k);
+    }
+}
+
+static int field_type(lua_State *L, const char *key)
+{
+    lua_getfield(L, -1, key);
+    int t = lua_type(L, -1);
+    lua_pop(L, 1);
+    return t;
+}
+
+static char *opt_string(lua_State *L, walk_t *w, const char *where, const char *key,
+                        const char *def)
+{
+    lua_getfield(L, -1, key);
+    char *r;
+    if (lua_isnil(L, -1))
+        r = xstrdup(def);
+    else if (lua_type(L, -1) == LUA_TSTRING)
+        r = xstrdup(lua_tostring(L, -1));
+    else
+        return (char *)(intptr_t)cfg_fail(L, w, key, "%s.%s: expected a string, got %s", where,
+                                           key, luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return r;
+}
+
+static double opt_number(lua_State *L, walk_t *w, const char *where, const char *key, double def,
+                         double min)
+{
+    lua_getfield(L, -1, key);
+    double r = def;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            cfg_fail(L, w, key, "%s.%s: expected a number, got %s", where, key,
+                     luaL_typename(L, -1));
+        r = lua_tonumber(L, -1);
+        if (r < min)
+            cfg_fail(L, w, key, "%s.%s: must be at least %g", where, key, min);
+    }
+    lua_pop(L, 1);
+    return r;
+}
+
+static void expect_table(lua_State *L, walk_t *w, const char *where, const char *key)
+{
+    if (!lua_istable(L, -1))
+        cfg_fail(L, w, key, "%s: expected a table, got %s", where, luaL_typename(L, -1));
+}
+
+/* --- sections ------------------------------------------------------------- */
+
+static void parse_addr_field(lua_State *L, walk_t *w, const char *where, const char *text,
+                             mg_addr_t *out)
+{
+    char err[256];
+    if (mg_cfg_parse_addr(text, out, err, sizeof err) != 0)
+        cfg_fail(L, w, text, "%s: %s", where, err);
+}
+
+static void walk_listen(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    lua_getfield(L, -1, "listen");
+    if (lua_isnil(L, -1))
+        cfg_fail(L, w, "return", "listen: at least one listener is required");
+    expect_table(L, w, "listen", "listen");
+    int n = (int)luaL_len(L, -1);
+    if (n == 0)
+        cfg_fail(L, w, "listen", "listen: at least one listener is required");
+    cfg->listen = calloc((size_t)n, sizeof *cfg->listen);
+    if (cfg->listen == NULL)
+        luaL_error(L, "out of memory");
+    for (int i = 1; i <= n; i++) {
+        char where[64];
+        snprintf(where, sizeof where, "listen[%d]", i);
+        lua_rawgeti(L, -1, i);
+        mg_cfg_listen_t *l = &cfg->listen[cfg->nlisten++];
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
+        } else {
+            expect_table(L, w, where, "listen");
+            static const char *const keys[] = { "addr", "tls", NULL };
+            check_keys(L, w, where, keys);
+            lua_getfield(L, -1, "addr");
+            if (lua_type(L, -1) != LUA_TSTRING)
+                cfg_fail(L, w, "addr", "%s.addr: expected a string like \"127.0.0.1:8080\"",
+                         where);
+            parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
+            lua_pop(L, 1);
+            lua_getfield(L, -1, "tls");
+            if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
+                expect_table(L, w, where, "tls");
+                l->tls_cert = opt_string(L, w, where, "cert", NULL);
+                l->tls_key = opt_string(L, w, where, "key", NULL);
+                if (!l->tls_cert || !l->tls_key)
+                    cfg_fail(L, w, "tls", "%s.tls: cert and key are required", where);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void walk_limits(lua_State *L, walk_t *w)
+{
+    mg_limits_t *lim = &w->cfg->limits;
+    lim->max_uri_bytes = 8192;
+    lim->max_header_bytes = 16384;
+    lim->max_body_bytes = 1048576;
+    lim->header_timeout = 10;
+    lim->idle_timeout = 60;
+    lim->drain_timeout = 30;
+    lua_getfield(L, -1, "limits");
+    if (!lua_isnil(L, -1)) {
+        expect_table(L, w, "limits", "limits");
+        static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
+                                            "max_body_bytes", "header_timeout", "idle_timeout",
+                                            "drain_timeout", NULL };
+        check_keys(L, w, "limits", keys);
+        lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
+        lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
+        lim->max_body_bytes = (size_t)opt_number(L, w, "limits", "max_body_bytes", 1048576, 0);
+        lim->header_timeout = opt_number(L, w, "limits", "header_timeout", 10, 0.001);
+        lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
+        lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
+    }
+    lua_pop(L, 1);
+}
+
+static void walk_upstreams(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    lua_getfield(L, -1, "upstreams");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    expect_table(L, w, "upstreams", "upstreams");
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    cfg->upstreams = calloc((size_t)n + 1, sizeof *cfg->upstreams);
+    if (cfg->upstreams == NULL)
+        luaL_error(L, "out of memory");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            cfg_fail(L, w, "upstreams", "upstreams: keys must be upstream names");
+        const char *name = lua_tostring(L, -2);
+        char where[160];
+        snprintf(where, sizeof where, "upstreams.%s", name);
+        expect_table(L, w, where, name);
+        static const char *const keys[] = { "servers", "balance", "hash_key", "keepalive",
+                                            "connect_timeout", "read_timeout", "idle_timeout",
+                                            "retries", "tls", NULL };
+        check_keys(L, w, where, keys);
+        mg_cfg_upstream_t *u = &cfg->upstreams[cfg->nupstreams++];
+        u->name = xstrdup(name);
+        lua_getfield(L, -1, "servers");
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, name, "%s.servers: expected a list of \"host:port\"", where);
+        int ns = (int)luaL_len(L, -1);
+        u->servers = calloc((size_t)ns + 1, sizeof *u->servers);
+        if (u->servers == NULL)
+            luaL_error(L, "out of memory");
+        for (int i = 1; i <= ns; i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                cfg_fail(L, w, name, "%s.servers[%d]: expected \"host:port\"", where, i);
+            parse_addr_field(L, w, where, lua_tostring(L, -1), &u->servers[u->nservers++]);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        char *bal = opt_string(L, w, where, "balance", "round_robin");
+        if (strcmp(bal, "round_robin") == 0)
+            u->balance = MG_BAL_ROUND_ROBIN;
+        else if (strcmp(bal, "least_conn") == 0)
+            u->balance = MG_BAL_LEAST_CONN;
+        else if (strcmp(bal, "hash") == 0)
+            u->balance = MG_BAL_HASH;
+        else {
+            free(bal);
+            cfg_fail(L, w, "balance", "%s.balance: expected round_robin, least_conn or hash",
+                     where);
+        }
+        free(bal);
+        u->hash_key = opt_string(L, w, where, "hash_key", "remote_addr");
+        u->keepalive = (int)opt_number(L, w, where, "keepalive", 64, 0);
+        u->connect_timeout = opt_number(L, w, where, "connect_timeout", 5, 0.001);
+        u->read_timeout = opt_number(L, w, where, "read_timeout", 60, 0.001);
+        u->idle_timeout = opt_number(L, w, where, "idle_timeout", 60, 0.001);
+        u->retries = (int)opt_number(L, w, where, "retries", 1, 0);
+        lua_getfield(L, -1, "tls");
+        int tls_on = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (tls_on)
+            cfg_fail(L, w, "tls", "%s.tls: TLS to upstreams is not supported yet", where);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name)
+{
+    for (int i = 0; i < cfg->nupstreams; i++)
+        if (strcmp(cfg->upstreams[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+static uint64_t method_bit(const char *name)
+{
+    for (int m = 0; m < 64; m++) {
+        const char *mn = llhttp_method_name((llhttp_method_t)m);
+        if (mn && strcmp(mn, "<unknown>") != 0 && strcasecmp(mn, name) == 0)
+            return (uint64_t)1 << m;
+    }
+    return 0;
+}
+
+static void walk_match(lua_State *L, walk_t *w, const char *where, mg_cfg_route_t *r)
+{
+    lua_getfield(L, -1, "match");
+    if (lua_isfunction(L, -1)) {
+        r->match_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return;
+    }
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    char mwhere[96];
+    snprintf(mwhere, sizeof mwhere, "%s.match", where);
+    expect_table(L, w, mwhere, "match");
+    static const char *const keys[] = { "host", "path", "prefix", "methods", "headers", NULL };
+    check_keys(L, w, mwhere, keys);
+    r->host = opt_string(L, w, mwhere, "host", NULL);
+    r->path = opt_string(L, w, mwhere, "path", NULL);
+    r->prefix = opt_string(L, w, mwhere, "prefix", NULL);
+    if (r->path && r->path[0] != '/')
+        cfg_fail(L, w, r->path, "%s.path: must start with /", mwhere);
+    if (r->prefix && r->prefix[0] != '/')
+        cfg_fail(L, w, r->prefix, "%s.prefix: must start with /", mwhere);
+    if (r->path && r->prefix)
+        cfg_fail(L, w, "prefix", "%s: use path or prefix, not both", mwhere);
+    r->prefix_len = r->prefix ? strlen(r->prefix) : 0;
+    lua_getfield(L, -1, "methods");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "methods", "%s.methods: expected a list of method names", mwhere);
+        int n = (int)luaL_len(L, -1);
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *m = lua_tostring(L, -1);
+            uint64_t bit = m ? method_bit(m) : 0;
+            if (bit == 0)
+                cfg_fail(L, w, m ? m : "methods", "%s.methods[%d]: unknown method '%s'", mwhere,
+                         i, m ? m : "?");
+            r->methods |= bit;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "headers");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "headers", "%s.headers: expected { name = value }", mwhere);
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            n++;
+        }
+        r->headers = calloc((size_t)n + 1, sizeof *r->headers);
+        if (r->headers == NULL)
+            luaL_error(L, "out of memory");
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                cfg_fail(L, w, "headers", "%s.headers: expected string names and values",
+                         mwhere);
+            mg_cfg_header_match_t *h = &r->headers[r->nheaders++];
+            h->name = xstrdup(lua_tostring(L, -2));
+            h->value = xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_pop(L, 1); /* match */
+}
+
+static void walk_routes(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    lua_getfield(L, -1, "routes");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    expect_table(L, w, "routes", "routes");
+    int n = (int)luaL_len(L, -1);
+    cfg->routes = calloc((size_t)n + 1, sizeof *cfg->routes);
+    cfg->order = calloc((size_t)n + 1, sizeof *cfg->order);
+    if (cfg->routes == NULL || cfg->order == NULL)
+        luaL_error(L, "out of memory");
+    for (int i = 1; i <= n; i++) {
+        mg_cfg_route_t *r = &cfg->routes[cfg->nroutes++];
+        r->match_ref = r->handler_ref = LUA_NOREF;
+        r->upstream = -1;
+        char where[64];
+        snprintf(where, sizeof where, "routes[%d]", i);
+        lua_rawgeti(L, -1, i);
+        expect_table(L, w, where, "routes");
+        static const char *const keys[] = { "name", "match", "upstream", "handler", "plugins",
+                                            "plugin_order", NULL };
+        check_keys(L, w, where, keys);
+        r->name = opt_string(L, w, where, "name", NULL);
+        if (r->name == NULL) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "route%d", i);
+            r->name = xstrdup(buf);
+        }
+        walk_match(L, w, where, r);
+        char *up = opt_string(L, w, where, "upstream", NULL);
+        if (up) {
+            r->upstream = mg_cfg_upstream_index(cfg, up);
+            if (r->upstream < 0) {
+                char needle[128];
+                snprintf(needle, sizeof needle, "%s", up);
+                free(up);
+                cfg_fail(L, w, needle, "%s.upstream: unknown upstream '%s'", where, needle);
+            }
+            free(up);
+        }
+        lua_getfield(L, -1, "handler");
+        if (lua_isfunction(L, -1))
+            r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else if (!lua_isnil(L, -1))
+            cfg_fail(L, w, "handler", "%s.handler: expected a function", where);
+        else
+            lua_pop(L, 1);
+        if (field_type(L, "plugins") != LUA_TNIL)
+            cfg_fail(L, w, "plugins", "%s.plugins: plugins are not available in this build",
+                     where);
+        if (r->upstream < 0 && r->handler_ref == LUA_NOREF)
+            cfg_fail(L, w, r->name, "%s: a route needs an upstream or a handler", where);
+        if (r->upstream >= 0 && r->handler_ref != LUA_NOREF)
+            cfg_fail(L, w, "handler", "%s: a route has an upstream or a handler, not both",
+                     where);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Match order: exact paths (config order), then prefixes by length (longest
+ * first, stable), then routes without a path (length 0), then functions. */
+static int route_rank(const mg_cfg_route_t *r)
+{
+    if (r->match_ref != LUA_NOREF)
+        return 3;
+    if (r->path)
+        return 0;
+    return r->prefix ? 1 : 2;
+}
+
+static void build_order(mg_cfg_t *cfg)
+{
+    int k = 0;
+    for (int rank = 0; rank < 4; rank++) {
+        int start = k;
+        for (int i = 0; i < cfg->nroutes; i++)
+            if (route_rank(&cfg->routes[i]) == rank)
+                cfg->order[k++] = i;
+        if (rank == 1) /* stable insertion sort by prefix length, longest first */
+            for (int a = start + 1; a < k; a++) {
+                int v = cfg->order[a], b = a;
+                while (b > start &&
+                       cfg->routes[cfg->order[b - 1]].prefix_len < cfg->routes[v].prefix_len) {
+                    cfg->order[b] = cfg->order[b - 1];
+                    b--;
+                }
+                cfg->order[b] = v;
+            }
+    }
+}
+
+static int walk_root(lua_State *L)
+{
+    walk_t *w = lua_touserdata(L, 1);
+    mg_cfg_t *cfg = w->cfg;
+    lua_settop(L, 2);
+    if (!lua_istable(L, 2))
+        cfg_fail(L, w, "return", "the config file must return a table, got %s",
+                 luaL_typename(L, 2));
+    static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
+                                        "redis", "upstreams", "plugin_path", "routes", "watch",
+                                        "lua", NULL };
+    check_keys(L, w, "config", keys);
+    lua_getfield(L, 2, "workers");
+    if (lua_isnil(L, -1))
+        cfg->workers = 1;
+    else if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0)
+        cfg->workers = 0;
+    else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= 256)
+        cfg->workers = (int)lua_tointeger(L, -1);
+    else
+        cfg_fail(L, w, "workers", "workers: expected a number from 1 to 256 or \"auto\"");
+    lua_pop(L, 1);
+    walk_listen(L, w);
+    lua_getfield(L, 2, "admin");
+    if (!lua_isnil(L, -1)) {
+        expect_table(L, w, "admin", "admin");
+        static const char *const akeys[] = { "addr", NULL };
+        check_keys(L, w, "admin", akeys);
+        lua_getfield(L, -1, "addr");
+        if (lua_type(L, -1) != LUA_TSTRING)
+            cfg_fail(L, w, "admin", "admin.addr: expected \"host:port\"");
+        parse_addr_field(L, w, "admin", lua_tostring(L, -1), &cfg->admin);
+        cfg->has_admin = 1;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    walk_limits(L, w);
+    lua_getfield(L, 2, "access_log");
+    if (lua_isnil(L, -1))
+        cfg->access_log = xstrdup("stdout");
+    else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
+        cfg->access_log = NULL;
+    else if (lua_type(L, -1) == LUA_TSTRING)
+        cfg->access_log = xstrdup(lua_tostring(L, -1));
+    else
+        cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
+    lua_pop(L, 1);
+    walk_upstreams(L, w);
+    walk_routes(L, w);
+    build_order(cfg);
+    return 0;
+}
+
+/* Finds the first line of `file` containing `needle`; 1 if none. */
+static int locate_line(const char *file, const char *needle)
+{
+    if (needle == NULL || needle[0] == '\0')
+        return 1;
+    FILE *f = fopen(file, "r");
+    if (f == NULL)
+        return 1;
+    char line[4096];
+    int n = 0, found = 0;
+    while (fgets(line, sizeof line, f)) {
+        n++;
+        if (strstr(line, needle)) {
+            found = n;
+            break;
+        }
+    }
+    fclose(f);
+    return found ? found : 1;
+}
+
+mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
+{
+    mg_cfg_t *cfg = calloc(1, sizeof *cfg);
+    if (cfg == NULL) {
+        snprintf(err, errlen, "%s:1: out of memory", file);
+        return NULL;
+    }
+    cfg->file = xstrdup(file);
+    cfg->L = L;
+    walk_t w = { .cfg = cfg };
+    int top = lua_gettop(L);
+    if (luaL_loadfile(L, file) != LUA_OK) {
+        /* "file:line: message" already, or "cannot open file" */
+        const char *m = lua_tostring(L, -1);
+        if (strncmp(m, "cannot open", 11) == 0)
+            snprintf(err, errlen, "%s:0: %s", file, m);
+        else
+            snprintf(err, errlen, "%s", m);
+        goto fail;
+    }
+    lua_pushvalue(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "mg_traceback");
+    lua_remove(L, -2);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 0, 1, lua_isfunction(L, -2) ? -2 : 0) != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", m ? m : "error running config");
+        goto fail;
+    }
+    lua_pushcfunction(L, walk_root);
+    lua_pushlightuserdata(L, &w);
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s:%d: %s", file, locate_line(file, w.needle),
+                 m ? m : "invalid config");
+        goto fail;
+    }
+    lua_settop(L, top);
+    return cfg;
+fail:
+    lua_settop(L, top);
+    mg_cfg_free(cfg);
+    return NULL;
+}
+
+void mg_cfg_free(mg_cfg_t *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (int i = 0; i < cfg->nlisten; i++) {
+        free(cfg->listen[i].tls_cert);
+        free(cfg->listen[i].tls_key);
+    }
+    free(cfg->listen);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        free(cfg->upstreams[i].name);
+        free(cfg->upstreams[i].servers);
+        free(cfg->upstreams[i].hash_key);
+    }
+    free(cfg->upstreams);
+    for (int i = 0; i < cfg->nroutes; i++) {
+        mg_cfg_route_t *r = &cfg->routes[i];
+        free(r->name);
+        free(r->host);
+        free(r->path);
+        free(r->prefix);
+        for (int j = 0; j < r->nheaders; j++) {
+            free(r->headers[j].name);
+            free(r->headers[j].value);
+        }
+        free(r->headers);
+        if (cfg->L) {
+            luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->match_ref);
+            luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->handler_ref);
+        }
+    }
+    free(cfg->routes);
+    free(cfg->order);
+    free(cfg->access_log);
+    free(cfg->file);
+    free(cfg);
+}

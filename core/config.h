@@ -1,0 +1,88 @@
+/* The config file: a Lua file returning a table (PRODUCT.md). Loaded once
+ * per generation into plain C structs; read-only afterwards. Lua functions in
+ * it (route match functions, handlers) stay in the Lua state as registry refs
+ * owned by the generation. */
+#ifndef MG_CONFIG_H
+#define MG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct lua_State lua_State;
+
+typedef struct mg_addr {
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char text[80];          /* as written: "127.0.0.1:8080" */
+} mg_addr_t;
+
+typedef struct mg_cfg_listen {
+    mg_addr_t addr;
+    char *tls_cert, *tls_key;  /* TLS listener (not yet served) */
+} mg_cfg_listen_t;
+
+typedef struct mg_limits {
+    size_t max_uri_bytes, max_header_bytes, max_body_bytes;
+    double header_timeout, idle_timeout, drain_timeout;
+} mg_limits_t;
+
+enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
+
+typedef struct mg_cfg_upstream {
+    char *name;
+    mg_addr_t *servers;
+    int nservers;
+    int balance;            /* MG_BAL_* */
+    char *hash_key;         /* "remote_addr", "uri", "header:NAME" */
+    int keepalive;          /* idle connections kept per upstream */
+    double connect_timeout, read_timeout, idle_timeout;
+    int retries;            /* further servers tried after a failed connect */
+} mg_cfg_upstream_t;
+
+typedef struct mg_cfg_header_match {
+    char *name, *value;
+} mg_cfg_header_match_t;
+
+typedef struct mg_cfg_route {
+    char *name;             /* "route N" when unnamed */
+    char *host;             /* exact, case-insensitive; "*.example.com" wildcard */
+    char *path;             /* exact path */
+    char *prefix;
+    size_t prefix_len;
+    uint64_t methods;       /* bit per llhttp method; 0 = any */
+    mg_cfg_header_match_t *headers;
+    int nheaders;
+    int match_ref;          /* Lua match function, or LUA_NOREF */
+    int handler_ref;        /* Lua handler, or LUA_NOREF */
+    int upstream;           /* index into upstreams, or -1 */
+} mg_cfg_route_t;
+
+typedef struct mg_cfg {
+    char *file;
+    int workers;            /* 0 = "auto" */
+    mg_cfg_listen_t *listen;
+    int nlisten;
+    int has_admin;
+    mg_addr_t admin;
+    mg_limits_t limits;
+    char *access_log;       /* "stdout", a path, or NULL for off */
+    mg_cfg_upstream_t *upstreams;
+    int nupstreams;
+    mg_cfg_route_t *routes;
+    int nroutes;
+    int *order;             /* route indexes in match order: exact, prefix by length, rest */
+    lua_State *L;           /* the state holding the refs (borrowed) */
+} mg_cfg_t;
+
+/* Loads and checks FILE in L. Returns a new config, or NULL with
+ * "file:line: reason" in err. Never raises. */
+mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen);
+/* Releases the config and its Lua refs. NULL-tolerant. */
+void mg_cfg_free(mg_cfg_t *cfg);
+/* Parses "host:port", "[v6]:port", ":port" or "port" (resolving names, so
+ * config time only). 0, or -1 with a reason in err. */
+int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen);
+int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name);
+
+#endif

@@ -1,0 +1,490 @@
+/* Client connections. Reads go into the loop's shared scratch buffer and are
+ * parsed at once; only bytes that cannot be parsed yet (a pipelined request
+ * behind one in flight) are kept in the connection's own rbuf, so an idle
+ * keep-alive connection costs no buffer. */
+#include "conn.h"
+#include "log.h"
+#include "loop.h"
+#include "proxy.h"
+#include "req.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MG_LINGER_SECONDS 2.0
+
+enum { T_NONE, T_IDLE, T_HEADER, T_BUSY, T_LINGER };
+
+static void conn_process(mg_conn_t *c);
+static void conn_free(void *p);
+
+/* --- timers ---------------------------------------------------------------- */
+
+static const mg_limits_t *limits(mg_conn_t *c)
+{
+    return &c->loop->gen->cfg->limits;
+}
+
+static void set_timeout(mg_conn_t *c, int kind, double secs)
+{
+    struct ev_loop *ev = c->loop->ev;
+    c->timeout_kind = kind;
+    if (kind == T_NONE) {
+        ev_timer_stop(ev, &c->timer);
+        return;
+    }
+    c->deadline_at = ev_now(ev) + secs;
+    ev_timer_stop(ev, &c->timer);
+    ev_timer_set(&c->timer, secs, 0.);
+    ev_timer_start(ev, &c->timer);
+}
+
+static void write_raw_error(mg_conn_t *c, int status, const char *msg)
+{
+    char buf[512];
+    char body[256];
+    int bn = snprintf(body, sizeof body, "{\"error\":\"%s\"}", msg);
+    int n = snprintf(buf, sizeof buf,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                     status, mg_status_reason(status), bn, body);
+    mg_conn_write(c, buf, (size_t)n);
+}
+
+/* Answers status on a connection that will close: through the request when
+ * one is being parsed (so it is logged), else directly. */
+static void conn_fail(mg_conn_t *c, int status, const char *msg)
+{
+    c->closing = 1;
+    mg_req_t *r = c->req;
+    if (r && !r->resp_started) {
+        mg_req_error(r, status, msg);
+    } else if (r) {
+        mg_conn_close(c); /* mid-response: nothing sensible to send */
+        return;
+    } else if (status) {
+        write_raw_error(c, status, msg);
+    }
+    mg_conn_flush(c);
+}
+
+static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)revents;
+    mg_conn_t *c = w->data;
+    double now = ev_now(ev);
+    switch (c->timeout_kind) {
+    case T_IDLE:
+        mg_conn_close(c);
+        return;
+    case T_HEADER:
+        conn_fail(c, 408, "request header timeout");
+        return;
+    case T_LINGER:
+        mg_conn_close(c);
+        return;
+    case T_BUSY: {
+        /* Only a client that stops reading our output, or stops sending a
+         * body we are waiting for, is timed out here; a slow upstream is
+         * the upstream's read_timeout's business. */
+        if (c->deadline_at > now + 1e-3) {
+            ev_timer_set(&c->timer, c->deadline_at - now, 0.);
+            ev_timer_start(ev, &c->timer);
+            return;
+        }
+        mg_req_t *r = c->req;
+        if (c->wbuf.len > 0 || (r && !r->body_done && !c->read_paused)) {
+            mg_log_info("closing %s: client idle for %.1fs", c->remote,
+                        limits(c)->idle_timeout);
+            mg_conn_close(c);
+            return;
+        }
+        set_timeout(c, T_BUSY, limits(c)->idle_timeout);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* Progress pushes the busy deadline forward without touching the timer
+ * (libev "be smart about timeouts"): timer_cb re-arms when it fires early. */
+static inline void progress(mg_conn_t *c)
+{
+    if (c->timeout_kind == T_BUSY)
+        c->deadline_at = ev_now(c->loop->ev) + limits(c)->idle_timeout;
+}
+
+/* --- parser callbacks --------------------------------------------------- */
+
+static mg_h1_head_t *on_begin(void *ud)
+{
+    mg_conn_t *c = ud;
+    if (c->req != NULL || c->closed || c->closing)
+        return NULL;
+    mg_req_t *r = mg_req_new(c);
+    if (r == NULL)
+        return NULL;
+    c->req = r;
+    if (c->timeout_kind != T_HEADER)
+        set_timeout(c, T_HEADER, limits(c)->header_timeout);
+    return r->head;
+}
+
+static int on_head(void *ud, mg_h1_head_t *head)
+{
+    mg_conn_t *c = ud;
+    (void)head;
+    set_timeout(c, T_BUSY, limits(c)->idle_timeout);
+    mg_req_dispatch(c->req); /* may finish the request */
+    return 0;
+}
+
+static int on_body(void *ud, const char *p, size_t n)
+{
+    mg_conn_t *c = ud;
+    if (c->req && !c->req->done)
+        mg_req_body(c->req, p, n);
+    return 0;
+}
+
+/* Pauses after each message so a pipelined request waits for the one in
+ * flight, unless that one already finished (answered before its body
+ * ended): then parsing goes straight on, or stops if we are closing. */
+static int on_done(void *ud)
+{
+    mg_conn_t *c = ud;
+    if (c->req && !c->req->done)
+        mg_req_body_done(c->req);
+    if (c->closed || c->closing)
+        return 0;
+    return c->req == NULL ? 1 : 0;
+}
+
+static const mg_h1_cb_t req_cbs = { on_begin, on_head, on_body, on_done };
+
+/* --- reading -------------------------------------------------------------- */
+
+/* Feeds p[0..n) to the parser. Returns bytes consumed, or -1 when the
+ * connection failed (error answered, or closed). */
+static ssize_t feed(mg_conn_t *c, const char *p, size_t n)
+{
+    ssize_t k = mg_h1_feed(&c->h1, p, n);
+    if (k < 0 && (c->closed || c->closing)) {
+        if (!c->closed)
+            mg_conn_flush(c);
+        return -1;
+    }
+    if (k < 0) {
+        int status = c->h1.err_status ? c->h1.err_status : 400;
+        const char *why = c->h1.err_reason ? c->h1.err_reason : "bad request";
+        mg_log_info("%s: %d %s", c->remote, status, why);
+        conn_fail(c, status, why);
+        return -1;
+    }
+    return k;
+}
+
+/* Parses buffered bytes while the parser accepts them. */
+static void conn_process(mg_conn_t *c)
+{
+    if (c->in_process)
+        return;
+    c->in_process = 1;
+    while (!c->closed && !c->closing && c->rbuf.len > 0 && !mg_h1_is_paused(&c->h1)) {
+        ssize_t k = feed(c, mg_buf_data(&c->rbuf), c->rbuf.len);
+        if (k < 0)
+            break;
+        mg_buf_consume(&c->rbuf, (size_t)k);
+    }
+    if (!c->closed && c->rbuf.len == 0 && c->rbuf.cap > MG_CONN_RBUF_MAX / 4)
+        mg_buf_free(&c->rbuf); /* give big buffers back between requests */
+    c->in_process = 0;
+    if (!c->closed && !c->rio_on && !c->read_paused && !c->closing &&
+        c->rbuf.len < MG_CONN_RBUF_MAX && !c->eof) {
+        ev_io_start(c->loop->ev, &c->rio);
+        c->rio_on = 1;
+    }
+}
+
+static void linger_read(mg_conn_t *c)
+{
+    char *buf = c->loop->scratch;
+    for (;;) {
+        ssize_t n = read(c->fd, buf, c->loop->scratch_cap);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        mg_conn_close(c);
+        return;
+    }
+}
+
+static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_conn_t *c = w->data;
+    if (c->timeout_kind == T_LINGER) {
+        linger_read(c);
+        return;
+    }
+    int direct = c->rbuf.len == 0 && !mg_h1_is_paused(&c->h1) && !c->in_process;
+    char *dst;
+    size_t room;
+    if (direct) {
+        dst = c->loop->scratch;
+        room = c->loop->scratch_cap;
+    } else {
+        if (c->rbuf.len >= MG_CONN_RBUF_MAX) {
+            ev_io_stop(c->loop->ev, &c->rio);
+            c->rio_on = 0;
+            return;
+        }
+        if (mg_buf_reserve(&c->rbuf, 16384) != MG_OK) {
+            mg_conn_close(c);
+            return;
+        }
+        dst = c->rbuf.base + c->rbuf.off + c->rbuf.len;
+        room = mg_buf_room(&c->rbuf);
+    }
+    ssize_t n = read(c->fd, dst, room);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        mg_conn_close(c);
+        return;
+    }
+    if (n == 0) {
+        /* EOF. Nothing in flight: done. A request in flight with no
+         * pipelined bytes behind it: the client gave up (abort, as nginx's
+         * 499). Pipelined requests still buffered: answer them, then close. */
+        c->eof = 1;
+        ev_io_stop(c->loop->ev, &c->rio);
+        c->rio_on = 0;
+        if (c->req == NULL || c->rbuf.len == 0)
+            mg_conn_close(c);
+        return;
+    }
+    progress(c);
+    if (!direct) {
+        c->rbuf.len += (size_t)n;
+        conn_process(c);
+        return;
+    }
+    c->in_process = 1;
+    ssize_t k = feed(c, dst, (size_t)n);
+    c->in_process = 0;
+    if (k < 0 || c->closed)
+        return;
+    if ((size_t)k < (size_t)n && !c->closing &&
+        mg_buf_append(&c->rbuf, dst + k, (size_t)n - (size_t)k) != MG_OK) {
+        mg_conn_close(c);
+        return;
+    }
+    conn_process(c);
+}
+
+/* --- writing -------------------------------------------------------------- */
+
+int mg_conn_write(mg_conn_t *c, const void *p, size_t n)
+{
+    if (c->closed)
+        return MG_ECLOSED;
+    return mg_buf_append(&c->wbuf, p, n);
+}
+
+static void start_linger(mg_conn_t *c)
+{
+    /* Half-close and drain what the client still sends, so the kernel does
+     * not reset the connection and destroy the response we just sent. */
+    shutdown(c->fd, SHUT_WR);
+    set_timeout(c, T_LINGER, MG_LINGER_SECONDS);
+    if (!c->rio_on && !c->eof) {
+        ev_io_start(c->loop->ev, &c->rio);
+        c->rio_on = 1;
+    }
+    if (c->eof)
+        mg_conn_close(c);
+}
+
+void mg_conn_flush(mg_conn_t *c)
+{
+    if (c->closed || c->timeout_kind == T_LINGER)
+        return;
+    int wrote = 0;
+    while (c->wbuf.len > 0) {
+        ssize_t n = send(c->fd, mg_buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
+        if (n > 0) {
+            mg_buf_consume(&c->wbuf, (size_t)n);
+            wrote = 1;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        mg_conn_close(c);
+        return;
+    }
+    if (wrote)
+        progress(c);
+    if (c->wbuf.len > 0) {
+        if (!c->wio_on) {
+            ev_io_start(c->loop->ev, &c->wio);
+            c->wio_on = 1;
+        }
+    } else {
+        if (c->wio_on) {
+            ev_io_stop(c->loop->ev, &c->wio);
+            c->wio_on = 0;
+        }
+        if (c->wbuf.cap > MG_CONN_WBUF_HIGH)
+            mg_buf_free(&c->wbuf);
+        if (c->closing && c->req == NULL) {
+            start_linger(c);
+            return;
+        }
+    }
+    if (c->req && c->req->up && c->wbuf.len < MG_CONN_WBUF_LOW)
+        mg_proxy_client_drained(c->req);
+}
+
+static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_conn_flush(w->data);
+}
+
+/* --- lifecycle ------------------------------------------------------------ */
+
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa)
+{
+    mg_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->loop = loop;
+    c->fd = fd;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, c->remote, sizeof c->remote);
+        c->remote_port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, c->remote, sizeof c->remote);
+        c->remote_port = ntohs(in6->sin6_port);
+    } else {
+        snprintf(c->remote, sizeof c->remote, "unix");
+    }
+    ev_io_init(&c->rio, read_cb, fd, EV_READ);
+    c->rio.data = c;
+    ev_io_init(&c->wio, write_cb, fd, EV_WRITE);
+    c->wio.data = c;
+    ev_init(&c->timer, timer_cb);
+    c->timer.data = c;
+    const mg_limits_t *lim = &loop->gen->cfg->limits;
+    mg_h1_init(&c->h1, HTTP_REQUEST, &req_cbs, c, lim->max_uri_bytes, lim->max_header_bytes);
+    c->next = loop->conns;
+    if (loop->conns)
+        loop->conns->prev = c;
+    loop->conns = c;
+    loop->stats.conns++;
+    loop->stats.accepted++;
+    ev_io_start(loop->ev, &c->rio);
+    c->rio_on = 1;
+    set_timeout(c, T_HEADER, lim->header_timeout);
+}
+
+void mg_conn_request_done(mg_conn_t *c, int keepalive)
+{
+    c->req = NULL;
+    if (c->closed)
+        return;
+    if (!keepalive || c->loop->stopping || (c->eof && c->rbuf.len == 0))
+        c->closing = 1;
+    if (c->closing) {
+        set_timeout(c, T_NONE, 0);
+        mg_conn_flush(c);
+        return;
+    }
+    mg_h1_resume(&c->h1);
+    set_timeout(c, c->rbuf.len ? T_HEADER : T_IDLE,
+                c->rbuf.len ? limits(c)->header_timeout : limits(c)->idle_timeout);
+    if (c->wbuf.len)
+        set_timeout(c, T_BUSY, limits(c)->idle_timeout);
+    conn_process(c);
+    if (!c->closed && c->req == NULL)
+        mg_conn_flush(c);
+}
+
+void mg_conn_pause_read(mg_conn_t *c, int pause)
+{
+    if (c->closed)
+        return;
+    c->read_paused = pause ? 1 : 0;
+    if (pause && c->rio_on) {
+        ev_io_stop(c->loop->ev, &c->rio);
+        c->rio_on = 0;
+    } else if (!pause && !c->rio_on && !c->eof) {
+        ev_io_start(c->loop->ev, &c->rio);
+        c->rio_on = 1;
+    }
+}
+
+void mg_conn_close_idle(mg_conn_t *c)
+{
+    if (c->req == NULL && c->wbuf.len == 0)
+        mg_conn_close(c);
+}
+
+void mg_conn_close(mg_conn_t *c)
+{
+    if (c->closed)
+        return;
+    c->closed = 1;
+    mg_loop_t *loop = c->loop;
+    mg_req_t *r = c->req;
+    c->req = NULL;
+    if (r) {
+        r->conn = NULL;
+        mg_req_abort(r);
+    }
+    ev_io_stop(loop->ev, &c->rio);
+    ev_io_stop(loop->ev, &c->wio);
+    ev_timer_stop(loop->ev, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        loop->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    loop->stats.conns--;
+    mg_loop_defer(loop, conn_free, c);
+    mg_loop_check_drained(loop);
+}
+
+static void conn_free(void *p)
+{
+    mg_conn_t *c = p;
+    mg_buf_free(&c->rbuf);
+    mg_buf_free(&c->wbuf);
+    if (c->spare) {
+        mg_h1_head_free(c->spare);
+        free(c->spare);
+    }
+    free(c);
+}

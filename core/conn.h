@@ -1,0 +1,64 @@
+/* One client connection: the fd, its read/write watchers, the timer for
+ * header/idle timeouts, the pipelined-bytes buffer, the write queue and the
+ * request parser. It owns the current request's lifetime on the socket. */
+#ifndef MG_CONN_H
+#define MG_CONN_H
+
+#include <ev.h>
+
+#include "buf.h"
+#include "http1.h"
+
+struct sockaddr;
+typedef struct mg_loop mg_loop_t;
+typedef struct mg_req mg_req_t;
+typedef struct mg_listener mg_listener_t;
+
+/* Above this many queued output bytes the producer (upstream) pauses. */
+#define MG_CONN_WBUF_HIGH (256 * 1024)
+#define MG_CONN_WBUF_LOW (64 * 1024)
+#define MG_CONN_RBUF_MAX (64 * 1024)
+
+typedef struct mg_conn {
+    mg_loop_t *loop;
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer;
+    double deadline_at;      /* when the current timeout fires */
+    int timeout_kind;        /* MG_CONN_T_* */
+    mg_buf_t rbuf;           /* bytes read but not parsed yet (pipelining) */
+    mg_buf_t wbuf;           /* bytes queued for the client */
+    mg_h1_t h1;
+    mg_h1_head_t *spare;     /* head store reused across requests */
+    mg_req_t *req;           /* the request being parsed or served */
+    char remote[64];         /* client IP as text */
+    int remote_port;
+    struct mg_conn *prev, *next;   /* loop->conns */
+    unsigned closing : 1;    /* close once wbuf is flushed */
+    unsigned closed : 1;     /* fd closed, memory freed later */
+    unsigned eof : 1;        /* client half-closed */
+    unsigned read_paused : 1;/* backpressure from the upstream side */
+    unsigned in_process : 1; /* re-entrancy guard for mg_conn_process */
+    unsigned wio_on : 1;
+    unsigned rio_on : 1;
+} mg_conn_t;
+
+enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
+
+/* Takes ownership of fd (already nonblocking). */
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa);
+/* Queues bytes for the client. Returns 0 or MG_ENOMEM. */
+int mg_conn_write(mg_conn_t *c, const void *p, size_t n);
+/* Writes what the socket takes now; arms the write watcher for the rest.
+ * May close the connection (check c->closed afterwards). */
+void mg_conn_flush(mg_conn_t *c);
+/* Closes now: aborts the request in flight. Idempotent; memory freed later. */
+void mg_conn_close(mg_conn_t *c);
+/* The current request finished: the next pipelined request may start. */
+void mg_conn_request_done(mg_conn_t *c, int keepalive);
+/* Backpressure: stop/restart reading the client (request body). */
+void mg_conn_pause_read(mg_conn_t *c, int pause);
+/* Graceful stop: close if no request is in flight. */
+void mg_conn_close_idle(mg_conn_t *c);
+
+#endif

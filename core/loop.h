@@ -1,0 +1,85 @@
+/* mg_loop_t: all the state of one worker process (no globals). Callbacks
+ * reach it through ev_userdata(loop). Also the config generations and the
+ * deferred-free queue drained in an ev_prepare. */
+#ifndef MG_LOOP_H
+#define MG_LOOP_H
+
+#include <ev.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+
+typedef struct mg_up mg_up_t;
+typedef struct mg_conn mg_conn_t;
+typedef struct mg_listener mg_listener_t;
+
+/* One loaded config and the runtime state tied to it (upstream pools).
+ * Requests hold a reference to the generation they started on. */
+typedef struct mg_gen {
+    int refs;
+    unsigned id;
+    mg_cfg_t *cfg;
+    mg_up_t *ups;            /* one per cfg->upstreams[i] */
+    struct mg_loop *loop;
+} mg_gen_t;
+
+typedef struct mg_defer {
+    void (*fn)(void *);
+    void *p;
+    struct mg_defer *next;
+} mg_defer_t;
+
+typedef struct mg_stats {
+    uint64_t requests;       /* finished requests */
+    uint64_t accepted;
+    int conns;               /* open client connections */
+    int active;              /* requests in flight */
+    uint64_t up_connect_errors, up_timeouts, up_retries;
+} mg_stats_t;
+
+typedef struct mg_loop {
+    struct ev_loop *ev;
+    lua_State *L;
+    mg_gen_t *gen;           /* current generation */
+    unsigned next_gen_id;
+    const char *config_file;
+    mg_listener_t *listeners;
+    int nlisteners;
+    mg_conn_t *conns;        /* every open client connection */
+    FILE *access_log;        /* NULL when off */
+    int access_log_owned;
+    char *scratch;           /* shared read buffer for upstream and client reads */
+    size_t scratch_cap;
+    mg_defer_t *deferred;
+    ev_prepare prepare;
+    ev_signal sigterm, sigint, sighup;
+    ev_timer drain_timer;
+    int stopping;
+    int exit_code;
+    double started;
+    mg_stats_t stats;
+} mg_loop_t;
+
+static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }
+
+/* Creates the loop with its Lua state. NULL on failure (logged). */
+mg_loop_t *mg_loop_new(const char *config_file);
+/* Loads the config file as a new generation and makes it current.
+ * 0, or -1 with "file:line: why" in err. */
+int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen);
+/* Binds listeners, runs until stopped; returns the exit code. */
+int mg_loop_run(mg_loop_t *loop);
+void mg_loop_free(mg_loop_t *loop);
+
+void mg_gen_ref(mg_gen_t *g);
+void mg_gen_unref(mg_gen_t *g);
+
+/* Runs fn(p) at the next loop iteration, outside any callback stack. */
+void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p);
+/* Starts a graceful stop: stop accepting, close idle conns, drain. */
+void mg_loop_stop(mg_loop_t *loop);
+/* Called when a request or connection finished, to end a drain early. */
+void mg_loop_check_drained(mg_loop_t *loop);
+
+#endif

@@ -1,0 +1,61 @@
+/* moongate [-c FILE] | -t -c FILE | --version */
+#include "log.h"
+#include "loop.h"
+#include "lrt.h"
+#include "server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moongate [-c FILE]     run (FILE defaults to ./moongate.lua)\n"
+               "       moongate -t -c FILE    check the config and plugins\n"
+               "       moongate --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = "moongate.lua";
+    int test = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            file = argv[++i];
+        } else if (strcmp(argv[i], "-t") == 0) {
+            test = 1;
+        } else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {
+            printf("moongate %s\n", MG_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    mg_log_init();
+    signal(SIGPIPE, SIG_IGN);
+    mg_loop_t *loop = mg_loop_new(file);
+    if (loop == NULL) {
+        fprintf(stderr, "moongate: cannot initialise\n");
+        return 1;
+    }
+    char err[2048];
+    if (mg_loop_load(loop, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        mg_loop_free(loop);
+        return 1;
+    }
+    if (test) {
+        printf("OK\n");
+        mg_loop_free(loop);
+        return 0;
+    }
+    mg_srv_raise_nofile();
+    int rc = mg_loop_run(loop);
+    mg_loop_free(loop);
+    return rc;
+}

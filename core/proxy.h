@@ -1,0 +1,20 @@
+/* The proxy exchange: serializes the request for the upstream, streams the
+ * request body up and the response down with backpressure both ways,
+ * retries failed connects on the next server, maps failures to 502/504. */
+#ifndef MG_PROXY_H
+#define MG_PROXY_H
+
+#include <stddef.h>
+
+typedef struct mg_req mg_req_t;
+
+/* Starts proxying r to route's upstream. May finish r (error response). */
+void mg_proxy_start(mg_req_t *r, int upstream);
+void mg_proxy_body(mg_req_t *r, const char *p, size_t n);
+void mg_proxy_body_done(mg_req_t *r);
+/* The client's write queue drained: resume reading the upstream. */
+void mg_proxy_client_drained(mg_req_t *r);
+/* The client is gone: drop the upstream connection. */
+void mg_proxy_abort(mg_req_t *r);
+
+#endif

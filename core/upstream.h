@@ -1,0 +1,76 @@
+/* Upstream pools: per upstream, its servers with their idle keep-alive
+ * connections, balancing, and nonblocking connects. The exchange itself
+ * (what is written and read) belongs to proxy.c. */
+#ifndef MG_UPSTREAM_H
+#define MG_UPSTREAM_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "config.h"
+#include "http1.h"
+
+typedef struct mg_loop mg_loop_t;
+typedef struct mg_req mg_req_t;
+typedef struct mg_up mg_up_t;
+typedef struct mg_upconn mg_upconn_t;
+
+typedef struct mg_up_server {
+    mg_up_t *up;
+    const mg_addr_t *addr;
+    int active;                /* connections in use */
+    mg_upconn_t *idle;         /* idle keep-alive connections (LIFO) */
+    int nidle;
+} mg_up_server_t;
+
+struct mg_up {
+    mg_loop_t *loop;
+    const mg_cfg_upstream_t *cfg;
+    mg_up_server_t *servers;
+    int nservers;
+    unsigned rr;
+    int nidle;                 /* over all servers, capped by cfg->keepalive */
+};
+
+/* One connection to an upstream server. */
+struct mg_upconn {
+    mg_loop_t *loop;
+    mg_up_server_t *server;
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer;            /* connect, read and idle timeouts */
+    mg_buf_t wbuf;             /* request bytes not yet written */
+    mg_h1_t h1;                /* response parser */
+    mg_h1_head_t head;         /* response head store */
+    mg_req_t *req;             /* the exchange it serves; NULL while idle */
+    mg_upconn_t *next;         /* idle list */
+    double last_io;
+    unsigned connecting : 1;
+    unsigned reused : 1;       /* came from the idle pool */
+    unsigned wrote_any : 1;    /* some request bytes reached the socket */
+    unsigned got_any : 1;      /* some response bytes arrived */
+    unsigned closed : 1;
+    unsigned in_use : 1;       /* serving a request (counted in server->active) */
+    unsigned rio_on : 1, wio_on : 1;
+    unsigned read_paused : 1;
+    unsigned resp_done : 1;    /* the response was parsed to its end */
+    unsigned closed_by_peer : 1;
+};
+
+int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg);
+/* Closes every idle connection; active ones must be gone already. */
+void mg_up_close(mg_up_t *up);
+
+/* Picks a server for r among those whose bit is not set in `tried`;
+ * -1 when none is left. */
+int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried);
+/* An idle connection to server s, or a new connecting one. NULL when the
+ * socket could not even be created (err says why). */
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, int *is_new, const char **err);
+/* Returns a finished connection to its pool (or closes it if full). */
+void mg_up_release(mg_upconn_t *u);
+/* Closes and frees later; idempotent. */
+void mg_up_conn_close(mg_upconn_t *u);
+
+#endif
