@@ -421,7 +421,7 @@ static void walk_routes(lua_State *L, walk_t *w)
         luaL_error(L, "out of memory");
     for (int i = 1; i <= n; i++) {
         mg_cfg_route_t *r = &cfg->routes[cfg->nroutes++];
-        r->match_ref = r->handler_ref = LUA_NOREF;
+        r->match_ref = r->chain_ref = LUA_NOREF;
         r->upstream = -1;
         char where[64];
         snprintf(where, sizeof where, "routes[%d]", i);
@@ -448,19 +448,17 @@ static void walk_routes(lua_State *L, walk_t *w)
             }
             free(up);
         }
-        lua_getfield(L, -1, "handler");
-        if (lua_isfunction(L, -1))
-            r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        else if (!lua_isnil(L, -1))
+        int ht = field_type(L, "handler");
+        if (ht != LUA_TNIL && ht != LUA_TFUNCTION)
             cfg_fail(L, w, "handler", "%s.handler: expected a function", where);
-        else
-            lua_pop(L, 1);
-        if (field_type(L, "plugins") != LUA_TNIL)
-            cfg_fail(L, w, "plugins", "%s.plugins: plugins are not available in this build",
-                     where);
-        if (r->upstream < 0 && r->handler_ref == LUA_NOREF)
+        r->has_handler = ht == LUA_TFUNCTION;
+        int pt = field_type(L, "plugins");
+        if (pt != LUA_TNIL && pt != LUA_TTABLE)
+            cfg_fail(L, w, "plugins", "%s.plugins: expected a list of plugins", where);
+        r->has_plugins = pt == LUA_TTABLE;
+        if (r->upstream < 0 && !r->has_handler && !r->has_plugins)
             cfg_fail(L, w, r->name, "%s: a route needs an upstream or a handler", where);
-        if (r->upstream >= 0 && r->handler_ref != LUA_NOREF)
+        if (r->upstream >= 0 && r->has_handler)
             cfg_fail(L, w, "handler", "%s: a route has an upstream or a handler, not both",
                      where);
         lua_pop(L, 1);
@@ -547,6 +545,17 @@ static int walk_root(lua_State *L)
     else
         cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
     lua_pop(L, 1);
+    cfg->lua_memory_limit = 128u << 20;
+    cfg->lua_max_instructions = 50000000;
+    lua_getfield(L, 2, "lua");
+    if (!lua_isnil(L, -1)) {
+        expect_table(L, w, "lua", "lua");
+        static const char *const lkeys[] = { "memory_limit", "max_instructions", NULL };
+        check_keys(L, w, "lua", lkeys);
+        cfg->lua_memory_limit = (size_t)opt_number(L, w, "lua", "memory_limit", 128u << 20, 1 << 20);
+        cfg->lua_max_instructions = (long)opt_number(L, w, "lua", "max_instructions", 5e7, 1000);
+    }
+    lua_pop(L, 1);
     walk_upstreams(L, w);
     walk_routes(L, w);
     build_order(cfg);
@@ -572,6 +581,47 @@ static int locate_line(const char *file, const char *needle)
     }
     fclose(f);
     return found ? found : 1;
+}
+
+/* Asks the Lua runtime (lua/moongate/runtime.lua, in the registry as
+ * "mg_runtime") to load every route's plugins, check their options against
+ * their schemas and build the per-route chains. The config table is at
+ * index `tab`. 0, or -1 with "file:line: why" in err. */
+static int build_chains(lua_State *L, mg_cfg_t *cfg, int tab, char *err, size_t errlen)
+{
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "mg_runtime");
+    if (!lua_istable(L, -1)) {
+        lua_settop(L, top);
+        return 0; /* no runtime loaded (unit tests): plain routes only */
+    }
+    lua_getfield(L, -1, "build");
+    lua_pushvalue(L, tab);
+    lua_pushstring(L, cfg->file);
+    if (lua_pcall(L, 2, 3, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s:1: %s", cfg->file,
+                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "error loading plugins");
+        lua_settop(L, top);
+        return -1;
+    }
+    if (!lua_istable(L, -3)) {
+        const char *m = lua_tostring(L, -2);
+        const char *needle = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s:%d: %s", cfg->file, locate_line(cfg->file, needle),
+                 m ? m : "invalid plugin configuration");
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_pop(L, 2);
+    for (int i = 0; i < cfg->nroutes; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        if (lua_istable(L, -1))
+            cfg->routes[i].chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+    return 0;
 }
 
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
@@ -603,15 +653,18 @@ mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
         snprintf(err, errlen, "%s", m ? m : "error running config");
         goto fail;
     }
+    int tab = lua_gettop(L);
     lua_pushcfunction(L, walk_root);
     lua_pushlightuserdata(L, &w);
-    lua_pushvalue(L, -3);
+    lua_pushvalue(L, tab);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "%s:%d: %s", file, locate_line(file, w.needle),
                  m ? m : "invalid config");
         goto fail;
     }
+    if (build_chains(L, cfg, tab, err, errlen) != 0)
+        goto fail;
     lua_settop(L, top);
     return cfg;
 fail:
@@ -648,7 +701,7 @@ void mg_cfg_free(mg_cfg_t *cfg)
         free(r->headers);
         if (cfg->L) {
             luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->match_ref);
-            luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->handler_ref);
+            luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->chain_ref);
         }
     }
     free(cfg->routes);

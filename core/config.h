@@ -54,7 +54,9 @@ typedef struct mg_cfg_route {
     mg_cfg_header_match_t *headers;
     int nheaders;
     int match_ref;          /* Lua match function, or LUA_NOREF */
-    int handler_ref;        /* Lua handler, or LUA_NOREF */
+    int chain_ref;          /* Lua plugin chain (+ handler), or LUA_NOREF for plain proxying */
+    int has_handler;
+    int has_plugins;
     int upstream;           /* index into upstreams, or -1 */
 } mg_cfg_route_t;
 
@@ -73,6 +75,8 @@ typedef struct mg_cfg {
     int nroutes;
     int *order;             /* route indexes in match order: exact, prefix by length, rest */
     lua_State *L;           /* the state holding the refs (borrowed) */
+    size_t lua_memory_limit;     /* bytes of Lua heap per worker */
+    long lua_max_instructions;   /* per resume, before a plugin is stopped */
 } mg_cfg_t;
 
 /* Loads and checks FILE in L. Returns a new config, or NULL with

@@ -59,6 +59,15 @@ typedef struct mg_loop {
     int exit_code;
     double started;
     mg_stats_t stats;
+    /* Lua runtime */
+    struct mg_req *cur_req;  /* the request whose coroutine runs now */
+    size_t lua_mem;          /* bytes allocated by the Lua state */
+    size_t lua_mem_limit;
+    int lua_limit_on;        /* the limit applies only while plugins run */
+    int lua_oom;             /* an allocation failed in this resume */
+    int run_ref;             /* runtime.run */
+    int threads[64];         /* finished coroutines kept for reuse (registry refs) */
+    int nthreads;
 } mg_loop_t;
 
 static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }

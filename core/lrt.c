@@ -11,7 +11,55 @@
 #include <lua.h>
 #include <lualib.h>
 
-#define REQ_MT "moongate.req"
+#ifndef MG_SOURCE_DIR
+#define MG_SOURCE_DIR "."
+#endif
+
+/* Bindings written as separate modules; weak so the core links while they
+ * are being developed. */
+int luaopen_moongate_crypto(lua_State *L) __attribute__((weak));
+int luaopen_moongate_base64(lua_State *L) __attribute__((weak));
+
+#define HOOK_EVERY 1000  /* instructions between count-hook calls */
+#define THREAD_CACHE 64
+
+mg_loop_t *mg_lrt_loop(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+mg_req_t *mg_lrt_current(lua_State *co)
+{
+    return *(mg_req_t **)lua_getextraspace(co);
+}
+
+/* The allocator enforces the per-worker Lua memory limit, but only while
+ * plugin code runs: the runtime's own allocations (coroutines, tracebacks,
+ * config) must not fail in unprotected places. */
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    mg_loop_t *loop = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        loop->lua_mem -= old;
+        return NULL;
+    }
+    if (loop->lua_limit_on && nsize > old &&
+        (loop->lua_oom || loop->lua_mem + (nsize - old) > loop->lua_mem_limit)) {
+        /* Stay failed until the resume ends: otherwise every allocation near
+         * the limit runs an emergency full GC over the hog's heap. */
+        loop->lua_oom = 1;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p == NULL)
+        return NULL;
+    loop->lua_mem = loop->lua_mem - old + nsize;
+    return p;
+}
 
 static int traceback(lua_State *L)
 {
@@ -28,90 +76,96 @@ static int panic(lua_State *L)
     abort();
 }
 
-/* --- the req object seen by Lua: a userdata holding the request pointer,
- * NULLed when the call returns so a kept reference cannot reach freed
- * memory. */
-
-static mg_req_t *check_req(lua_State *L)
+/* A plugin that runs too long without yielding: stop it. Yielding is
+ * preferred, since pcall cannot catch a yield; where the coroutine cannot
+ * yield (inside a C boundary) an error is raised instead, and the next
+ * tick tries again. */
+static void count_hook(lua_State *co, lua_Debug *ar)
 {
-    mg_req_t **ud = luaL_checkudata(L, 1, REQ_MT);
-    if (*ud == NULL)
-        luaL_error(L, "request finished");
-    return *ud;
+    (void)ar;
+    mg_loop_t *loop = mg_lrt_loop(co);
+    mg_req_t *r = loop->cur_req;
+    if (r == NULL)
+        return;
+    r->instr_ticks++;
+    if (!r->killed && (long)r->instr_ticks * HOOK_EVERY < loop->gen->cfg->lua_max_instructions)
+        return;
+    r->killed = 1;
+    if (co == r->co && lua_isyieldable(co))
+        lua_yield(co, 0);
+    luaL_error(co, "execution timeout: plugin exceeded its instruction budget");
 }
 
-static int l_req_header(lua_State *L)
+static const char *lua_dir(void)
 {
-    mg_req_t *r = check_req(L);
-    mg_str_t v = mg_req_header(r, luaL_checkstring(L, 2));
-    if (v.p == NULL)
-        lua_pushnil(L);
-    else
-        lua_pushlstring(L, v.p, v.n);
-    return 1;
+    const char *d = getenv("MOONGATE_LUA_DIR");
+    return d ? d : MG_SOURCE_DIR "/lua";
 }
 
-static int l_req_headers(lua_State *L)
+static const char *plugin_dir(void)
 {
-    mg_req_t *r = check_req(L);
-    lua_createtable(L, 0, r->head->nhdrs);
-    for (int i = 0; i < r->head->nhdrs; i++) {
-        mg_str_t n = mg_h1_name(r->head, i), v = mg_h1_value(r->head, i);
-        char lower[256];
-        size_t k = n.n < sizeof lower ? n.n : sizeof lower;
-        for (size_t j = 0; j < k; j++)
-            lower[j] = (n.p[j] >= 'A' && n.p[j] <= 'Z') ? (char)(n.p[j] | 0x20) : n.p[j];
-        lua_pushlstring(L, lower, k);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isstring(L, -1)) { /* repeated header: join with ", " */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, v.p, v.n);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, v.p, v.n);
-        }
-        lua_rawset(L, -3);
+    const char *d = getenv("MOONGATE_PLUGIN_DIR");
+    return d ? d : MG_SOURCE_DIR "/plugins";
+}
+
+static int boot(lua_State *L)
+{
+    mg_loop_t *loop = lua_touserdata(L, 1);
+    luaL_openlibs(L);
+    /* package.path: the runtime first */
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;", lua_dir());
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_moongate_core);
+    lua_setfield(L, -2, "moongate.core");
+    if (luaopen_moongate_crypto) {
+        lua_pushcfunction(L, luaopen_moongate_crypto);
+        lua_setfield(L, -2, "moongate.crypto");
     }
-    return 1;
-}
-
-static int l_req_index(lua_State *L)
-{
-    mg_req_t *r = check_req(L);
-    const char *k = luaL_checkstring(L, 2);
-    if (strcmp(k, "method") == 0)
-        lua_pushstring(L, llhttp_method_name(r->head->method));
-    else if (strcmp(k, "path") == 0)
-        lua_pushlstring(L, r->path.p, r->path.n);
-    else if (strcmp(k, "query") == 0)
-        lua_pushlstring(L, r->query.p, r->query.n);
-    else if (strcmp(k, "remote_addr") == 0)
-        lua_pushstring(L, r->conn ? r->conn->remote : "");
-    else if (strcmp(k, "header") == 0)
-        lua_pushcfunction(L, l_req_header);
-    else if (strcmp(k, "headers") == 0)
-        lua_pushcfunction(L, l_req_headers);
-    else
-        lua_pushnil(L);
-    return 1;
+    if (luaopen_moongate_base64) {
+        lua_pushcfunction(L, luaopen_moongate_base64);
+        lua_setfield(L, -2, "moongate.base64");
+    }
+    lua_pop(L, 2);
+    lua_pushlightuserdata(L, loop);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_loop");
+    lua_pushcfunction(L, traceback);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_traceback");
+    mg_lreq_register(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.runtime");
+    lua_call(L, 1, 1);
+    lua_pushstring(L, plugin_dir());
+    lua_setfield(L, -2, "bundled_dir");
+    lua_getfield(L, -1, "run");
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_run");
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_runtime");
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.gw");
+    lua_call(L, 1, 0);
+    return 0;
 }
 
 lua_State *mg_lrt_new(mg_loop_t *loop)
 {
-    lua_State *L = luaL_newstate();
+    lua_State *L = lua_newstate(l_alloc, loop);
     if (L == NULL)
         return NULL;
     lua_atpanic(L, panic);
-    luaL_openlibs(L);
-    *(mg_loop_t **)lua_getextraspace(L) = loop;
-    lua_pushcfunction(L, traceback);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mg_traceback");
-    luaL_newmetatable(L, REQ_MT);
-    lua_pushcfunction(L, l_req_index);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    *(mg_req_t **)lua_getextraspace(L) = NULL;
+    lua_pushcfunction(L, boot);
+    lua_pushlightuserdata(L, loop);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        mg_log_error("cannot start the Lua runtime (from %s): %s", lua_dir(),
+                     lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "mg_run");
+    loop->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return L;
 }
 
@@ -121,111 +175,208 @@ void mg_lrt_close(lua_State *L)
         lua_close(L);
 }
 
-/* Pushes the traceback handler and fn(req); returns the handler's index. */
-static int push_call(lua_State *L, mg_req_t *r, int ref, mg_req_t ***slot)
+/* --- coroutines ----------------------------------------------------------- */
+
+static void wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "mg_traceback");
-    int h = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    *slot = lua_newuserdatauv(L, sizeof(mg_req_t *), 0);
-    **slot = r;
-    luaL_setmetatable(L, REQ_MT);
-    return h;
+    (void)ev;
+    (void)revents;
+    mg_req_t *r = w->data;
+    r->wait.armed = 0;
+    r->wait.cancel = NULL;
+    mg_lrt_resume(r, 0);
 }
 
-static void lua_failed(mg_req_t *r, lua_State *L, const char *what)
+static lua_State *get_thread(mg_loop_t *loop, int *ref)
 {
-    mg_log_error("%s failed: %s", what, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-    mg_req_error(r, 500, "internal error");
+    lua_State *L = loop->L;
+    if (loop->nthreads > 0) {
+        *ref = loop->threads[--loop->nthreads];
+        lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+        lua_State *co = lua_tothread(L, -1);
+        lua_pop(L, 1);
+        return co;
+    }
+    lua_State *co = lua_newthread(L);
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return co;
 }
+
+static void drop_thread(mg_req_t *r, int reusable)
+{
+    mg_loop_t *loop = r->loop;
+    lua_State *co = r->co;
+    if (co == NULL)
+        return;
+    *(mg_req_t **)lua_getextraspace(co) = NULL;
+    if (reusable && loop->nthreads < THREAD_CACHE) {
+        lua_settop(co, 0);
+        loop->threads[loop->nthreads++] = r->co_ref;
+    } else {
+        lua_resetthread(co); /* runs pending __close handlers, catches errors */
+        luaL_unref(loop->L, LUA_REGISTRYINDEX, r->co_ref);
+    }
+    r->co = NULL;
+    r->co_ref = LUA_NOREF;
+}
+
+void mg_lrt_start(mg_req_t *r, int chain_ref)
+{
+    mg_loop_t *loop = r->loop;
+    ev_init(&r->wait.timer, wake_cb);
+    r->wait.timer.data = r;
+    int ref;
+    lua_State *co = get_thread(loop, &ref);
+    *(mg_req_t **)lua_getextraspace(co) = r;
+    r->co = co;
+    r->co_ref = ref;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, loop->run_ref);
+    mg_lreq_push(co, r);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, chain_ref);
+    mg_lrt_resume(r, 2);
+}
+
+void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r))
+{
+    r->wait.armed = 1;
+    r->wait.kind = kind;
+    r->wait.cancel = cancel;
+    r->wait.status = MG_OK;
+    r->wait.err = NULL;
+}
+
+void mg_lrt_wake(mg_req_t *r)
+{
+    if (!r->wait.armed || r->co == NULL)
+        return;
+    ev_timer_stop(r->loop->ev, &r->wait.timer);
+    ev_timer_set(&r->wait.timer, 0., 0.);
+    ev_timer_start(r->loop->ev, &r->wait.timer);
+}
+
+static void lua_failed(mg_req_t *r, const char *what, const char *msg)
+{
+    mg_loop_t *loop = r->loop;
+    lua_State *L = loop->L;
+    luaL_traceback(L, r->co, msg, 0);
+    const char *route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?";
+    mg_log_error("route %s: %s: %s", route, what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (!r->done && !r->resp_started) {
+        r->held = 0;
+        mg_buf_free(&r->hold);
+        mg_req_error(r, 500, "internal error");
+    } else if (!r->done && r->conn) {
+        mg_conn_close(r->conn);
+    }
+}
+
+void mg_lrt_resume(mg_req_t *r, int nargs)
+{
+    mg_loop_t *loop = r->loop;
+    lua_State *co = r->co;
+    r->wait.armed = 0;
+    r->wait.cancel = NULL;
+    r->in_lua = 1;
+    r->instr_ticks = 0;
+    mg_req_t *prev = loop->cur_req;
+    int prev_limit = loop->lua_limit_on;
+    loop->cur_req = r;
+    loop->lua_mem_limit = r->gen->cfg->lua_memory_limit;
+    loop->lua_limit_on = 1;
+    loop->lua_oom = 0;
+    int nres = 0;
+    int st = lua_resume(co, NULL, nargs, &nres);
+    loop->lua_limit_on = prev_limit;
+    loop->lua_oom = 0;
+    loop->cur_req = prev;
+    r->in_lua = 0;
+
+    if (r->lua_dead) {
+        drop_thread(r, 0);
+    } else if (st == LUA_YIELD && !r->killed) {
+        lua_pop(co, nres);
+        if (!r->wait.armed) {
+            lua_pushliteral(co, "a request coroutine yielded outside a gw call "
+                                "(coroutine.yield at the top of a plugin?)");
+            lua_failed(r, "plugin error", lua_tostring(co, -1));
+            drop_thread(r, 0);
+        }
+    } else if (st == LUA_YIELD || st != LUA_OK) {
+        const char *msg = st == LUA_YIELD ? "execution timeout: plugin exceeded its instruction budget"
+                                          : lua_tostring(co, -1);
+        lua_failed(r, r->killed ? "plugin stopped" : "plugin error",
+                   msg ? msg : "(error object is not a string)");
+        drop_thread(r, 0);
+        if (st == LUA_ERRMEM)
+            lua_gc(loop->L, LUA_GCCOLLECT, 0);
+    } else {
+        drop_thread(r, 1);
+        if (!r->done && r->up == NULL && !r->held) {
+            mg_log_error("route %s: the request coroutine ended without a response",
+                         r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?");
+            mg_req_error(r, 500, "internal error");
+        }
+    }
+    if (r->pending_done) {
+        r->pending_done = 0;
+        mg_conn_t *c = r->pending_conn;
+        r->pending_conn = NULL;
+        mg_conn_request_done(c, r->pending_keepalive);
+    }
+    mg_req_maybe_free(r);
+}
+
+void mg_lrt_abort(mg_req_t *r)
+{
+    if (r->wait.armed) {
+        ev_timer_stop(r->loop->ev, &r->wait.timer);
+        if (r->wait.cancel)
+            r->wait.cancel(r);
+        r->wait.armed = 0;
+        r->wait.cancel = NULL;
+    }
+    if (r->co == NULL)
+        return;
+    if (r->in_lua) {
+        r->lua_dead = 1; /* mg_lrt_resume drops it when lua_resume returns */
+        return;
+    }
+    drop_thread(r, 0);
+}
+
+/* --- synchronous calls ---------------------------------------------------- */
 
 int mg_lrt_match(mg_req_t *r, int ref)
 {
     lua_State *L = r->loop->L;
     int top = lua_gettop(L);
-    mg_req_t **slot;
-    int h = push_call(L, r, ref, &slot);
+    lua_getfield(L, LUA_REGISTRYINDEX, "mg_traceback");
+    int h = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    mg_lreq_push(L, r);
+    r->in_lua = 1;
+    r->loop->cur_req = r;
     int rc = lua_pcall(L, 1, 1, h);
-    *slot = NULL;
+    r->loop->cur_req = NULL;
+    r->in_lua = 0;
+    if (r->lua_handle) { /* the match function's req object ends here */
+        *r->lua_handle = NULL;
+        r->lua_handle = NULL;
+    }
     int ok = 0;
-    if (rc != LUA_OK)
-        lua_failed(r, L, "route match function");
-    else
-        ok = lua_toboolean(L, -1);
-    lua_settop(L, top);
-    return ok;
-}
-
-/* Builds "Name: value\r\n" lines from a Lua table of headers. */
-static void collect_headers(lua_State *L, int idx, mg_buf_t *out)
-{
-    if (!lua_istable(L, idx))
-        return;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -2) == LUA_TSTRING && (lua_isstring(L, -1))) {
-            size_t kn, vn;
-            const char *k = lua_tolstring(L, -2, &kn);
-            const char *v = lua_tolstring(L, -1, &vn);
-            if (!memchr(k, '\n', kn) && !memchr(k, '\r', kn) && !memchr(v, '\n', vn) &&
-                !memchr(v, '\r', vn) && strcasecmp(k, "content-length") != 0 &&
-                strcasecmp(k, "connection") != 0 && strcasecmp(k, "transfer-encoding") != 0) {
-                mg_buf_append(out, k, kn);
-                mg_buf_append(out, ": ", 2);
-                mg_buf_append(out, v, vn);
-                mg_buf_append(out, "\r\n", 2);
-            }
-        }
-        lua_pop(L, 1);
-    }
-}
-
-void mg_lrt_handle(mg_req_t *r, int ref)
-{
-    lua_State *L = r->loop->L;
-    int top = lua_gettop(L);
-    mg_req_t **slot;
-    int h = push_call(L, r, ref, &slot);
-    int rc = lua_pcall(L, 1, 3, h);
-    *slot = NULL;
     if (rc != LUA_OK) {
-        lua_failed(r, L, "handler");
-        lua_settop(L, top);
-        return;
+        mg_log_error("route match function failed: %s", lua_tostring(L, -1));
+        mg_req_error(r, 500, "internal error");
+    } else {
+        ok = lua_toboolean(L, -1);
     }
-    int base = top + 1; /* status, body, headers */
-    int status = (int)lua_tointeger(L, base + 1);
-    if (status < 100 || status > 999) {
-        lua_pushstring(L, "handler must return a status code");
-        lua_failed(r, L, "handler");
-        lua_settop(L, top);
-        return;
-    }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    int bi = base + 2;
-    if (lua_type(L, bi) == LUA_TTABLE) {
-        lua_Integer n = luaL_len(L, bi);
-        for (lua_Integer i = 1; i <= n; i++) {
-            lua_rawgeti(L, bi, i);
-            luaL_addvalue(&b);
-        }
-    } else if (lua_isstring(L, bi)) {
-        lua_pushvalue(L, bi);
-        luaL_addvalue(&b);
-    }
-    luaL_pushresult(&b);
-    size_t blen;
-    const char *body = lua_tolstring(L, -1, &blen);
-    mg_buf_t extra = { 0 };
-    collect_headers(L, base + 3, &extra);
-    int has_ctype = 0;
-    if (extra.len) {
-        mg_buf_append(&extra, "", 1);
-        has_ctype = strcasestr(extra.base, "content-type:") != NULL;
-    }
-    mg_req_respond(r, status, has_ctype ? NULL : "text/plain; charset=utf-8", body, blen,
-                   extra.len ? extra.base : NULL);
-    mg_buf_free(&extra);
     lua_settop(L, top);
+    if (r->pending_done) {
+        r->pending_done = 0;
+        mg_conn_request_done(r->pending_conn, r->pending_keepalive);
+        r->pending_conn = NULL;
+    }
+    return ok;
 }

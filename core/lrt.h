@@ -1,6 +1,7 @@
-/* The Lua runtime: the worker's one lua_State, and calls from requests into
- * Lua (route match functions, handlers). C enters Lua only through
- * protected calls here. */
+/* The Lua runtime: the worker's one lua_State (with a memory limit), request
+ * coroutines and the one yield/resume mechanism every waiting binding uses
+ * (STYLE.md b). C enters Lua only through mg_lrt_resume (lua_resume is
+ * protected) or through protected calls for config and match functions. */
 #ifndef MG_LRT_H
 #define MG_LRT_H
 
@@ -8,13 +9,46 @@ typedef struct lua_State lua_State;
 typedef struct mg_req mg_req_t;
 typedef struct mg_loop mg_loop_t;
 
-/* A new state with the standard libraries and the traceback handler. */
+/* What a request coroutine waits for (the pending-operation slot). */
+enum {
+    MG_WAIT_SLEEP = 1,   /* gw.sleep */
+    MG_WAIT_BODY,        /* req:body() */
+    MG_WAIT_HEAD,        /* the upstream response head (response plugins) */
+    MG_WAIT_DONE,        /* the response to end (log phase) */
+    MG_WAIT_EXT,         /* a binding's own operation (Redis, HTTP) */
+};
+
+/* A new state: standard libraries, the runtime (lua/moongate), the gw
+ * module, the traceback handler. NULL on failure (logged). */
 lua_State *mg_lrt_new(mg_loop_t *loop);
 void mg_lrt_close(lua_State *L);
-/* Calls a route's match function with the request: 1 if it matched. A Lua
+
+/* Starts r's coroutine on the route's chain (a registry ref). */
+void mg_lrt_start(mg_req_t *r, int chain_ref);
+/* The only caller of lua_resume. nargs values are on the coroutine's stack. */
+void mg_lrt_resume(mg_req_t *r, int nargs);
+/* Resumes r's waiting coroutine at the next loop iteration (safe from any
+ * callback, including ones running inside Lua). No-op if nothing waits. */
+void mg_lrt_wake(mg_req_t *r);
+/* Arms r's pending-operation slot before a binding yields. `cancel` runs if
+ * the request is aborted while waiting (NULL: nothing beyond the timer). */
+void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r));
+/* The request ended under the coroutine (client gone): cancel the wait and
+ * drop the coroutine, or mark it for dropping when inside Lua. */
+void mg_lrt_abort(mg_req_t *r);
+/* The request a coroutine runs, or NULL (main thread, user coroutines). */
+mg_req_t *mg_lrt_current(lua_State *co);
+/* Calls a route's match function synchronously: 1 if it matched. A Lua
  * error answers the request 500 (the caller checks r->done). */
 int mg_lrt_match(mg_req_t *r, int ref);
-/* Runs a handler route: function(req) returning status, body[, headers]. */
-void mg_lrt_handle(mg_req_t *r, int ref);
+/* The loop a binding runs in (from the allocator's user data). */
+mg_loop_t *mg_lrt_loop(lua_State *L);
+
+/* Bindings (one Lua module each). */
+int luaopen_moongate_core(lua_State *L);
+/* Registers the req/res metatables; pushes nothing. */
+void mg_lreq_register(lua_State *L);
+/* Pushes a new req object for r (a userdata with ctx/res slots). */
+void mg_lreq_push(lua_State *co, mg_req_t *r);
 
 #endif

@@ -7,11 +7,13 @@
 #include "proxy.h"
 #include "conn.h"
 #include "log.h"
+#include "lrt.h"
 #include "loop.h"
 #include "req.h"
 #include "upstream.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,9 +25,10 @@
 
 enum { FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_TIMEOUT, FAIL_GARBAGE };
 
-static void up_read_cb(struct ev_loop *ev, ev_io *w, int revents);
-static void up_write_cb(struct ev_loop *ev, ev_io *w, int revents);
-static void up_timer_cb(struct ev_loop *ev, ev_timer *w, int revents);
+static void up_on_read(mg_upconn_t *u);
+static void up_on_write(mg_upconn_t *u);
+static void up_on_timer(mg_upconn_t *u);
+static const mg_upconn_ops_t up_ops = { up_on_read, up_on_write, up_on_timer };
 static void up_fail(mg_upconn_t *u, int kind, const char *why);
 static void up_flush(mg_upconn_t *u);
 
@@ -131,6 +134,73 @@ static mg_h1_head_t *r_on_begin(void *ud)
     return &u->head;
 }
 
+/* A deep copy of a response head, for response and log plugins. */
+static mg_h1_head_t *head_copy(const mg_h1_head_t *h)
+{
+    mg_h1_head_t *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    *c = *h;
+    c->store = (mg_buf_t){ 0 };
+    c->hdrs = NULL;
+    c->hcap = c->nhdrs;
+    if (mg_buf_append(&c->store, h->store.base, h->store.off + h->store.len) != MG_OK)
+        goto fail;
+    if (h->nhdrs) {
+        c->hdrs = malloc(sizeof *c->hdrs * (size_t)h->nhdrs);
+        if (c->hdrs == NULL)
+            goto fail;
+        memcpy(c->hdrs, h->hdrs, sizeof *c->hdrs * (size_t)h->nhdrs);
+    }
+    return c;
+fail:
+    mg_h1_head_free(c);
+    free(c);
+    return NULL;
+}
+
+static int is_framing(mg_str_t n)
+{
+    return MG_STR_EQ_CI(n, "content-length") || MG_STR_EQ_CI(n, "transfer-encoding") ||
+           MG_STR_EQ_CI(n, "connection");
+}
+
+/* Writes the client's response head: the upstream's status and headers
+ * (minus hop-by-hop ones), Lua's edits, and our framing. */
+static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, mg_buf_t *o)
+{
+    size_t before = o->len;
+    if (h->reason_len && r->status == h->status)
+        mg_buf_printf(o, "HTTP/1.1 %d %.*s\r\n", r->status, (int)h->reason_len,
+                      h->store.base + h->reason_off);
+    else
+        mg_buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, mg_status_reason(r->status));
+    for (int i = 0; i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        if (!forwardable(h, n))
+            continue;
+        if (e && e->n && !is_framing(n) && mg_edits_find(e, n.p, n.n))
+            continue;
+        mg_buf_append(o, n.p, n.n);
+        mg_buf_append(o, ": ", 2);
+        mg_buf_append(o, v.p, v.n);
+        mg_buf_append(o, "\r\n", 2);
+    }
+    for (int i = 0; e && i < e->n; i++) {
+        mg_str_t n = { e->v[i].name, e->v[i].name_len };
+        if (e->v[i].value == NULL || is_framing(n) || is_hop_by_hop(n))
+            continue;
+        mg_buf_append(o, n.p, n.n);
+        mg_buf_append(o, ": ", 2);
+        mg_buf_append(o, e->v[i].value, e->v[i].value_len);
+        mg_buf_append(o, "\r\n", 2);
+    }
+    if (r->resp_chunked)
+        mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
+    mg_req_end_head(r, o);
+    r->resp_bytes += o->len - before;
+}
+
 static int r_on_head(void *ud, mg_h1_head_t *h)
 {
     mg_upconn_t *u = ud;
@@ -151,51 +221,35 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     int head_req = r->head->method == HTTP_HEAD;
     int no_body = head_req || h->status == 204 || h->status == 304;
     r->status = h->status;
-    r->resp_started = 1;
-    mg_buf_t *o = &c->wbuf;
-    size_t before = o->len;
-    if (h->reason_len)
-        mg_buf_printf(o, "HTTP/1.1 %d %.*s\r\n", h->status, (int)h->reason_len,
-                      h->store.base + h->reason_off);
-    else
-        mg_buf_printf(o, "HTTP/1.1 %d %s\r\n", h->status, mg_status_reason(h->status));
-    for (int i = 0; i < h->nhdrs; i++) {
-        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, n))
-            continue;
-        mg_buf_append(o, n.p, n.n);
-        mg_buf_append(o, ": ", 2);
-        mg_buf_append(o, v.p, v.n);
-        mg_buf_append(o, "\r\n", 2);
-    }
     if (!no_body && !(h->flags & MG_H1_HAS_CL)) {
-        if (r->http10) {
+        if (r->http10)
             r->resp_close = 1; /* HTTP/1.0 clients read to EOF */
-        } else {
+        else
             r->resp_chunked = 1;
-            mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    if ((r->hold_head || r->keep_res_head) && r->res_head == NULL) {
+        r->res_head = head_copy(h);
+        if (r->res_head == NULL) {
+            u->h1.err_status = 500;
+            u->h1.err_reason = "out of memory";
+            return -1;
         }
     }
-    mg_req_end_head(r, o);
-    r->resp_bytes += o->len - before;
+    if (r->hold_head) {
+        /* response plugins edit the head before it goes out */
+        r->held = 1;
+        mg_lrt_wake(r);
+        return head_req ? 1 : 0;
+    }
+    r->resp_started = 1;
+    write_head(r, h, NULL, &c->wbuf);
     return head_req ? 1 : 0;
 }
 
 static void pause_upstream(mg_upconn_t *u, int pause)
 {
-    if (pause && !u->read_paused) {
-        u->read_paused = 1;
-        if (u->rio_on) {
-            ev_io_stop(u->loop->ev, &u->rio);
-            u->rio_on = 0;
-        }
-    } else if (!pause && u->read_paused) {
-        u->read_paused = 0;
-        if (!u->rio_on && !u->closed) {
-            ev_io_start(u->loop->ev, &u->rio);
-            u->rio_on = 1;
-        }
-    }
+    if (!pause != !u->read_paused)
+        mg_up_pause_read(u, pause);
 }
 
 static int r_on_body(void *ud, const char *p, size_t n)
@@ -204,7 +258,7 @@ static int r_on_body(void *ud, const char *p, size_t n)
     mg_req_t *r = u->req;
     if (r == NULL || r->conn == NULL)
         return -1;
-    mg_buf_t *o = &r->conn->wbuf;
+    mg_buf_t *o = r->held ? &r->hold : &r->conn->wbuf;
     size_t before = o->len;
     if (r->resp_chunked) {
         mg_buf_printf(o, "%zx\r\n", n);
@@ -213,7 +267,8 @@ static int r_on_body(void *ud, const char *p, size_t n)
     } else {
         mg_buf_append(o, p, n);
     }
-    r->resp_bytes += o->len - before;
+    if (!r->held)
+        r->resp_bytes += o->len - before;
     r->resp_body_bytes += n;
     if (o->len > MG_CONN_WBUF_HIGH)
         pause_upstream(u, 1);
@@ -226,9 +281,11 @@ static int r_on_done(void *ud)
     mg_req_t *r = u->req;
     if (r == NULL)
         return -1;
-    if (!r->resp_started)
+    if (!r->resp_started && !r->held)
         return 1; /* an interim 1xx ended: parse the final response */
-    if (r->resp_chunked && r->conn) {
+    if (r->resp_chunked && r->held) {
+        mg_buf_append(&r->hold, "0\r\n\r\n", 5);
+    } else if (r->resp_chunked && r->conn) {
         mg_buf_append(&r->conn->wbuf, "0\r\n\r\n", 5);
         r->resp_bytes += 5;
     }
@@ -250,30 +307,52 @@ static void exchange_done(mg_upconn_t *u, int leftover)
         mg_up_release(u);
     else
         mg_up_conn_close(u);
+    if (r->held) {
+        r->resp_complete = 1; /* finished when the Lua response phase sends it */
+        return;
+    }
     if (r->resp_close && r->conn)
         r->conn->closing = 1;
     mg_req_finish(r);
+}
+
+void mg_proxy_send_held(mg_req_t *r)
+{
+    if (!r->held || r->done)
+        return;
+    r->held = 0;
+    r->resp_started = 1;
+    mg_conn_t *c = r->conn;
+    if (c == NULL)
+        return;
+    write_head(r, r->res_head, &r->res_edits, &c->wbuf);
+    if (r->hold.len) {
+        r->resp_bytes += r->hold.len;
+        mg_buf_append(&c->wbuf, mg_buf_data(&r->hold), r->hold.len);
+        mg_buf_free(&r->hold);
+    }
+    if (r->resp_complete) {
+        if (r->resp_close)
+            c->closing = 1;
+        mg_req_finish(r);
+        return;
+    }
+    if (r->up)
+        pause_upstream(r->up, 0);
+    mg_conn_flush(c);
 }
 
 /* --- I/O ------------------------------------------------------------------ */
 
 static void arm_timer(mg_upconn_t *u, double secs)
 {
-    ev_timer_stop(u->loop->ev, &u->timer);
-    ev_timer_set(&u->timer, secs, 0.);
-    ev_timer_start(u->loop->ev, &u->timer);
+    mg_up_arm_timer(u, secs);
 }
 
-static void up_read_cb(struct ev_loop *ev, ev_io *w, int revents)
+static void up_on_read(mg_upconn_t *u)
 {
-    (void)revents;
-    mg_upconn_t *u = w->data;
     mg_loop_t *loop = u->loop;
     mg_req_t *r = u->req;
-    if (r == NULL) {
-        mg_up_conn_close(u);
-        return;
-    }
     ssize_t n = read(u->fd, loop->scratch, loop->scratch_cap);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
@@ -281,7 +360,7 @@ static void up_read_cb(struct ev_loop *ev, ev_io *w, int revents)
         up_fail(u, FAIL_RESET, strerror(errno));
         return;
     }
-    u->last_io = ev_now(ev);
+    u->last_io = ev_now(loop->ev);
     if (n == 0) {
         if (u->got_any && mg_h1_eof(&u->h1) == 0 && u->resp_done) {
             u->closed_by_peer = 1;
@@ -326,13 +405,7 @@ static void up_flush(mg_upconn_t *u)
         up_fail(u, FAIL_RESET, n < 0 ? strerror(errno) : "write failed");
         return;
     }
-    if (u->wbuf.len > 0 && !u->wio_on) {
-        ev_io_start(u->loop->ev, &u->wio);
-        u->wio_on = 1;
-    } else if (u->wbuf.len == 0 && u->wio_on) {
-        ev_io_stop(u->loop->ev, &u->wio);
-        u->wio_on = 0;
-    }
+    mg_up_want_write(u, u->wbuf.len > 0);
     mg_req_t *r = u->req;
     if (r && r->conn && r->conn->read_paused && u->wbuf.len < UP_WBUF_LOW)
         mg_conn_pause_read(r->conn, 0);
@@ -343,18 +416,13 @@ static void connected(mg_upconn_t *u)
     u->connecting = 0;
     u->last_io = ev_now(u->loop->ev);
     arm_timer(u, ucfg(u)->read_timeout);
-    if (!u->rio_on && !u->read_paused) {
-        ev_io_start(u->loop->ev, &u->rio);
-        u->rio_on = 1;
-    }
+    if (!u->rio_on && !u->read_paused)
+        mg_up_pause_read(u, 0);
     up_flush(u);
 }
 
-static void up_write_cb(struct ev_loop *ev, ev_io *w, int revents)
+static void up_on_write(mg_upconn_t *u)
 {
-    (void)ev;
-    (void)revents;
-    mg_upconn_t *u = w->data;
     if (u->connecting) {
         int err = 0;
         socklen_t el = sizeof err;
@@ -369,10 +437,9 @@ static void up_write_cb(struct ev_loop *ev, ev_io *w, int revents)
     up_flush(u);
 }
 
-static void up_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+static void up_on_timer(mg_upconn_t *u)
 {
-    (void)revents;
-    mg_upconn_t *u = w->data;
+    struct ev_loop *ev = u->loop->ev;
     if (u->connecting) {
         up_fail(u, FAIL_CONNECT_TIMEOUT, "connect timed out");
         return;
@@ -476,9 +543,8 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         if (s < 64)
             r->tried |= (uint64_t)1 << s;
         snprintf(r->upstream_addr, sizeof r->upstream_addr, "%s", up->servers[s].addr->text);
-        int is_new = 0;
         const char *err = NULL;
-        mg_upconn_t *u = mg_up_get(up, s, &is_new, &err);
+        mg_upconn_t *u = mg_up_get(up, s, r, &up_ops, &err);
         if (u == NULL) {
             r->loop->stats.up_connect_errors++;
             if (r->tries < up->cfg->retries) {
@@ -489,9 +555,7 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
             respond_fail(r, FAIL_CONNECT, err ? err : "connect failed");
             return;
         }
-        u->req = r;
         r->up = u;
-        u->resp_done = 0;
         if (carry) {
             mg_buf_append(&u->wbuf, mg_buf_data(carry), carry->len);
         } else {
@@ -499,15 +563,7 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         }
         mg_h1_head_reset(&u->head);
         mg_h1_init(&u->h1, HTTP_RESPONSE, &resp_cbs, u, 0, 64 * 1024);
-        ev_io_init(&u->rio, up_read_cb, u->fd, EV_READ);
-        u->rio.data = u;
-        ev_io_init(&u->wio, up_write_cb, u->fd, EV_WRITE);
-        u->wio.data = u;
-        ev_init(&u->timer, up_timer_cb);
-        u->timer.data = u;
         if (u->connecting) {
-            ev_io_start(r->loop->ev, &u->wio);
-            u->wio_on = 1;
             arm_timer(u, up->cfg->connect_timeout);
         } else {
             connected(u);

@@ -14,6 +14,9 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n);
 void mg_proxy_body_done(mg_req_t *r);
 /* The client's write queue drained: resume reading the upstream. */
 void mg_proxy_client_drained(mg_req_t *r);
+/* Response plugins are done: write the held head (with their edits) and
+ * the body held so far, then stream the rest. */
+void mg_proxy_send_held(mg_req_t *r);
 /* The client is gone: drop the upstream connection. */
 void mg_proxy_abort(mg_req_t *r);
 

@@ -1,5 +1,9 @@
 /* Request lifecycle: dispatch (limits, routing, 100-continue), responses
- * built by the gateway itself, the access log line, finish and abort. */
+ * built by the gateway itself, the access log line, finish and abort.
+ *
+ * A request ends once (finish or abort: `done`) but is freed only when no
+ * coroutine holds it any more: a log phase may still run after the client
+ * has its response. */
 #include "req.h"
 #include "conn.h"
 #include "log.h"
@@ -10,16 +14,114 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#define BODY_HOLD_HIGH (256 * 1024)
 
 static void req_free(void *p);
 
 const char *mg_status_reason(int status)
 {
-    const char *s = llhttp_status_name((llhttp_status_t)status);
-    if (s == NULL || strcmp(s, "<unknown>") == 0)
-        return "Unknown";
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect"
+                  : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+/* --- header edits --------------------------------------------------------- */
+
+const mg_hdr_edit_t *mg_edits_find(const mg_edits_t *e, const char *name, size_t nn)
+{
+    for (int i = e->n - 1; i >= 0; i--)
+        if (e->v[i].name_len == nn && strncasecmp(e->v[i].name, name, nn) == 0)
+            return &e->v[i];
+    return NULL;
+}
+
+static char *dupn(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
     return s;
 }
+
+int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn)
+{
+    mg_hdr_edit_t *slot = (mg_hdr_edit_t *)mg_edits_find(e, name, nn);
+    char *v = NULL;
+    if (value && (v = dupn(value, vn)) == NULL)
+        return MG_ENOMEM;
+    if (slot) {
+        free(slot->value);
+        slot->value = v;
+        slot->value_len = vn;
+        return MG_OK;
+    }
+    if (e->n == e->cap) {
+        int cap = e->cap ? e->cap * 2 : 4;
+        mg_hdr_edit_t *a = realloc(e->v, sizeof *a * (size_t)cap);
+        if (a == NULL) {
+            free(v);
+            return MG_ENOMEM;
+        }
+        e->v = a;
+        e->cap = cap;
+    }
+    char *n = dupn(name, nn);
+    if (n == NULL) {
+        free(v);
+        return MG_ENOMEM;
+    }
+    e->v[e->n++] = (mg_hdr_edit_t){ n, v, nn, vn };
+    return MG_OK;
+}
+
+void mg_edits_free(mg_edits_t *e)
+{
+    for (int i = 0; i < e->n; i++) {
+        free(e->v[i].name);
+        free(e->v[i].value);
+    }
+    free(e->v);
+    e->v = NULL;
+    e->n = e->cap = 0;
+}
+
+/* --- creation and dispatch ------------------------------------------------ */
 
 mg_req_t *mg_req_new(mg_conn_t *c)
 {
@@ -31,6 +133,9 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     r->gen = c->loop->gen;
     mg_gen_ref(r->gen);
     r->route = -1;
+    r->upstream = -1;
+    r->co_ref = -2; /* LUA_NOREF */
+    memcpy(r->remote, c->remote, sizeof r->remote);
     if (c->spare) {
         r->head = c->spare;
         c->spare = NULL;
@@ -46,7 +151,13 @@ mg_req_t *mg_req_new(mg_conn_t *c)
 
 mg_str_t mg_req_header(const mg_req_t *r, const char *name)
 {
-    int i = mg_h1_find(r->head, name, strlen(name), 0);
+    size_t nn = strlen(name);
+    if (r->edits.n) {
+        const mg_hdr_edit_t *e = mg_edits_find(&r->edits, name, nn);
+        if (e)
+            return e->value ? (mg_str_t){ e->value, e->value_len } : (mg_str_t){ NULL, 0 };
+    }
+    int i = mg_h1_find(r->head, name, nn, 0);
     if (i < 0)
         return (mg_str_t){ NULL, 0 };
     return mg_h1_value(r->head, i);
@@ -69,16 +180,15 @@ static int split_target(mg_req_t *r)
     mg_str_t u = mg_h1_url(r->head);
     if (u.n == 1 && u.p[0] == '*') {
         r->path = u;
+        r->query = (mg_str_t){ u.p + u.n, 0 };
         return 0;
     }
     if (u.n > 7 && (strncasecmp(u.p, "http://", 7) == 0 || strncasecmp(u.p, "https://", 8) == 0)) {
         const char *p = memchr(u.p + 8, '/', u.n - 8);
-        if (p == NULL) {
-            u = MG_STR("/");
-        } else {
-            u.n -= (size_t)(p - u.p);
-            u.p = p;
-        }
+        if (p == NULL)
+            return -1;
+        u.n -= (size_t)(p - u.p);
+        u.p = p;
     }
     if (u.n == 0 || u.p[0] != '/')
         return -1;
@@ -93,7 +203,7 @@ static int split_target(mg_req_t *r)
     return 0;
 }
 
-int mg_req_dispatch(mg_req_t *r)
+void mg_req_dispatch(mg_req_t *r)
 {
     mg_h1_head_t *h = r->head;
     const mg_cfg_t *cfg = r->gen->cfg;
@@ -104,11 +214,11 @@ int mg_req_dispatch(mg_req_t *r)
         r->body_done = 1; /* nothing to wait for: on_done follows at once */
     if (split_target(r) != 0) {
         mg_req_error(r, 400, "invalid request target");
-        return -1;
+        return;
     }
     if ((h->flags & MG_H1_HAS_CL) && h->content_length > cfg->limits.max_body_bytes) {
         mg_req_error(r, 413, "request body too large");
-        return -1;
+        return;
     }
     mg_str_t host = mg_req_header(r, "host");
     if (host.p) {
@@ -118,7 +228,7 @@ int mg_req_dispatch(mg_req_t *r)
                 host.n = i - 1;
                 break;
             }
-            if (host.p[i - 1] == ']' || host.p[i - 1] < '0' || host.p[i - 1] > '9')
+            if (host.p[i - 1] < '0' || host.p[i - 1] > '9')
                 break;
         }
     }
@@ -128,25 +238,48 @@ int mg_req_dispatch(mg_req_t *r)
     };
     r->route = mg_router_match(cfg, &in);
     if (r->done)
-        return -1; /* a match function failed and answered 500 */
+        return; /* a match function failed and answered 500 */
     if (r->route < 0) {
         mg_req_error(r, 404, "no route");
-        return -1;
+        return;
     }
     const mg_cfg_route_t *rt = &cfg->routes[r->route];
+    r->upstream = rt->upstream;
     if ((h->flags & MG_H1_EXPECT_100) && r->has_body && !r->http10 && r->conn) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         mg_conn_write(r->conn, cont, sizeof cont - 1);
         mg_conn_flush(r->conn);
         if (r->done)
-            return -1;
+            return;
     }
-    if (rt->handler_ref >= 0) {
-        mg_lrt_handle(r, rt->handler_ref);
-        return 0;
+    if (rt->chain_ref >= 0) {
+        mg_lrt_start(r, rt->chain_ref);
+        return;
     }
-    mg_proxy_start(r, rt->upstream);
-    return 0;
+    mg_req_proxy(r);
+}
+
+void mg_req_proxy(mg_req_t *r)
+{
+    if (r->done)
+        return;
+    if (r->upstream < 0) {
+        mg_log_error("route %s: no upstream to proxy to", r->gen->cfg->routes[r->route].name);
+        mg_req_error(r, 500, "internal error");
+        return;
+    }
+    mg_proxy_start(r, r->upstream);
+    if (r->done || r->up == NULL)
+        return;
+    /* body bytes that arrived while Lua ran */
+    if (r->body_buf.len) {
+        mg_proxy_body(r, mg_buf_data(&r->body_buf), r->body_buf.len);
+        mg_buf_free(&r->body_buf);
+        if (r->conn && r->conn->read_paused && r->up)
+            mg_conn_pause_read(r->conn, 0);
+    }
+    if (r->body_done && r->has_body && r->up)
+        mg_proxy_body_done(r);
 }
 
 void mg_req_body(mg_req_t *r, const char *p, size_t n)
@@ -160,8 +293,20 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
         }
         return;
     }
-    if (r->up)
+    if (r->up) {
         mg_proxy_body(r, p, n);
+        return;
+    }
+    if (r->co == NULL)
+        return; /* nobody will read it */
+    /* Lua runs before the proxy: keep the body, within bounds unless
+     * req:body() asked for all of it (max_body_bytes bounds that). */
+    if (mg_buf_append(&r->body_buf, p, n) != MG_OK) {
+        mg_req_error(r, 500, "out of memory");
+        return;
+    }
+    if (r->body_buf.len > BODY_HOLD_HIGH && !r->want_body && r->conn)
+        mg_conn_pause_read(r->conn, 1);
 }
 
 void mg_req_body_done(mg_req_t *r)
@@ -171,7 +316,13 @@ void mg_req_body_done(mg_req_t *r)
     r->body_done = 1;
     if (r->up)
         mg_proxy_body_done(r);
+    if (r->want_body) {
+        r->want_body = 0;
+        mg_lrt_wake(r);
+    }
 }
+
+/* --- responses ------------------------------------------------------------- */
 
 void mg_req_end_head(mg_req_t *r, mg_buf_t *out)
 {
@@ -190,6 +341,12 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
         return;
     if (r->up)
         mg_proxy_abort(r);
+    if (r->held) { /* an error before a held upstream response went out */
+        r->held = 0;
+        mg_buf_free(&r->hold);
+        r->resp_chunked = r->resp_close = 0;
+        r->resp_bytes = 0;
+    }
     mg_conn_t *c = r->conn;
     r->status = status;
     r->resp_started = 1;
@@ -197,7 +354,6 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
         mg_req_finish(r);
         return;
     }
-    /* a response before the body arrived: the rest of it is not read */
     int no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
                   r->head->method == HTTP_HEAD;
     mg_buf_t *out = &c->wbuf;
@@ -205,7 +361,7 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     mg_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, mg_status_reason(status));
     if (ctype)
         mg_buf_printf(out, "Content-Type: %s\r\n", ctype);
-    if (status != 204 && status != 304)
+    if (status != 204 && status != 304 && !(status >= 100 && status < 200))
         mg_buf_printf(out, "Content-Length: %zu\r\n", n);
     if (extra_headers)
         mg_buf_append(out, extra_headers, strlen(extra_headers));
@@ -224,7 +380,7 @@ void mg_req_error(mg_req_t *r, int status, const char *msg)
     mg_req_respond(r, status, "application/json", body, (size_t)n, NULL);
 }
 
-static void access_log(mg_req_t *r, int aborted)
+static void access_log(mg_req_t *r)
 {
     FILE *f = r->loop->access_log;
     if (f == NULL)
@@ -232,15 +388,15 @@ static void access_log(mg_req_t *r, int aborted)
     char ts[32];
     double now = ev_now(r->loop->ev);
     mg_log_time(now, ts);
-    const char *method = r->head->method >= 0 ? llhttp_method_name(r->head->method) : "-";
+    const char *method = r->head->url_len ? llhttp_method_name(r->head->method) : "-";
     mg_str_t url = mg_h1_url(r->head);
     if (url.n == 0)
         url = MG_STR("-");
-    fprintf(f, "%s %s %s %.*s %d %llu %s %.3f%s\n", ts, r->conn ? r->conn->remote : "-",
-            r->status ? method : method, (int)(url.n > 2048 ? 2048 : url.n), url.p,
-            aborted ? 499 : r->status, (unsigned long long)r->resp_bytes,
-            r->upstream_addr[0] ? r->upstream_addr : "-", now - r->t_start,
-            aborted ? " aborted" : "");
+    const char *route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : "-";
+    fprintf(f, "%s %s %s %.*s %d %llu %s %.3f %s\n", ts, r->remote, method,
+            (int)(url.n > 2048 ? 2048 : url.n), url.p, r->aborted ? 499 : r->status,
+            (unsigned long long)r->resp_bytes, r->upstream_addr[0] ? r->upstream_addr : "-",
+            now - r->t_start, route);
 }
 
 void mg_req_finish(mg_req_t *r)
@@ -253,20 +409,30 @@ void mg_req_finish(mg_req_t *r)
     mg_loop_t *loop = r->loop;
     loop->stats.requests++;
     loop->stats.active--;
-    access_log(r, 0);
+    access_log(r);
     mg_conn_t *c = r->conn;
     if (c) {
         int keepalive = r->keepalive && r->body_done && !r->resp_close;
         if (!r->body_done)
             c->closing = 1; /* the rest of the body will not be read */
         r->conn = NULL;
-        if (c->spare == NULL) {
-            c->spare = r->head;
+        if (c->spare == NULL && r->co == NULL) {
+            c->spare = r->head; /* reuse the head store for the next request */
             r->head = NULL;
         }
-        mg_conn_request_done(c, keepalive);
+        if (r->in_lua) {
+            r->pending_done = 1; /* conn goes on after lua_resume returns */
+            r->pending_conn = c;
+            r->pending_keepalive = keepalive;
+        } else {
+            mg_conn_request_done(c, keepalive);
+        }
     }
-    mg_loop_defer(loop, req_free, r);
+    if (r->waiting_done) {
+        r->waiting_done = 0;
+        mg_lrt_wake(r);
+    }
+    mg_req_maybe_free(r);
     mg_loop_check_drained(loop);
 }
 
@@ -275,14 +441,29 @@ void mg_req_abort(mg_req_t *r)
     if (r->done)
         return;
     r->done = 1;
+    r->aborted = 1;
     if (r->up)
         mg_proxy_abort(r);
     r->loop->stats.active--;
-    if (r->head->nhdrs || r->head->url_len)
-        access_log(r, 1);
+    if (r->head && (r->head->nhdrs || r->head->url_len))
+        access_log(r);
     r->conn = NULL;
-    mg_loop_defer(r->loop, req_free, r);
+    mg_lrt_abort(r);
+    mg_req_maybe_free(r);
     mg_loop_check_drained(r->loop);
+}
+
+void mg_req_maybe_free(mg_req_t *r)
+{
+    if (!r->done || r->co != NULL || r->in_lua || r->wait.armed || r->freeing)
+        return;
+    if (r->lua_handle)
+        *r->lua_handle = NULL;
+    if (r->res_handle)
+        *r->res_handle = NULL;
+    r->lua_handle = r->res_handle = NULL;
+    r->freeing = 1;
+    mg_loop_defer(r->loop, req_free, r);
 }
 
 static void req_free(void *p)
@@ -292,7 +473,16 @@ static void req_free(void *p)
         mg_h1_head_free(r->head);
         free(r->head);
     }
+    if (r->res_head) {
+        mg_h1_head_free(r->res_head);
+        free(r->res_head);
+    }
     mg_buf_free(&r->uhead);
+    mg_buf_free(&r->body_buf);
+    mg_buf_free(&r->hold);
+    mg_edits_free(&r->edits);
+    mg_edits_free(&r->res_edits);
+    free(r->path_override);
     mg_gen_unref(r->gen);
     free(r);
 }

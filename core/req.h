@@ -1,9 +1,12 @@
 /* The request object: its head (views into an owned store), routing result,
- * body accounting, response state and access-log data. Dispatches to a
- * handler or to the proxy; builds responses and asks conn to write them. */
+ * body accounting, response state, Lua state (coroutine, the one
+ * pending-operation slot, header edits) and access-log data. Dispatches to
+ * the Lua runtime, a handler or the proxy; builds responses and asks conn to
+ * write them. */
 #ifndef MG_REQ_H
 #define MG_REQ_H
 
+#include <ev.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -11,31 +14,63 @@
 #include "loop.h"
 
 typedef struct mg_upconn mg_upconn_t;
+typedef struct mg_req mg_req_t;
 
-typedef struct mg_req {
+/* A header set (value) or removed (value NULL) by Lua. Owned strings. */
+typedef struct mg_hdr_edit {
+    char *name;
+    char *value;
+    size_t name_len, value_len;
+} mg_hdr_edit_t;
+
+typedef struct mg_edits {
+    mg_hdr_edit_t *v;
+    int n, cap;
+} mg_edits_t;
+
+/* The single pending-operation slot of a request coroutine (STYLE.md b).
+ * Armed by a binding right before it yields; cleared before resuming. */
+typedef struct mg_wait {
+    unsigned armed : 1;
+    int kind;                     /* MG_WAIT_* */
+    void (*cancel)(mg_req_t *r);  /* extra cleanup on abort, or NULL */
+    ev_timer timer;               /* sleeps, and zero-delay wake-ups */
+    int status;                   /* MG_OK or an MG_E* code for the continuation */
+    const char *err;              /* static error text */
+    void *ticket;                 /* binding-owned (redis ticket, http exchange) */
+} mg_wait_t;
+
+struct mg_req {
     mg_loop_t *loop;
-    mg_conn_t *conn;          /* NULL once the client is gone */
+    mg_conn_t *conn;          /* NULL once the client is gone or the request finished */
     mg_gen_t *gen;            /* generation this request runs on (ref held) */
     mg_h1_head_t *head;       /* owned; returned to conn->spare when done */
     int route;                /* index into gen->cfg->routes, or -1 */
     mg_str_t path, query;     /* views into head->store */
     double t_start;
+    char remote[64];
 
     /* request body, as it arrives from the client */
     uint64_t body_bytes;
+    mg_buf_t body_buf;        /* body held while Lua runs before the proxy starts */
     unsigned has_body : 1;    /* Content-Length > 0 or chunked */
     unsigned body_done : 1;   /* message complete seen */
     unsigned http10 : 1;      /* client spoke HTTP/1.0 */
     unsigned keepalive : 1;   /* client wants to keep the connection */
+    unsigned want_body : 1;   /* req:body() waits for the rest */
 
     /* response */
     int status;
     uint64_t resp_body_bytes; /* body bytes queued to the client */
     uint64_t resp_bytes;      /* all bytes queued (head + body) */
-    unsigned resp_started : 1;/* head queued: no more error pages possible */
+    unsigned resp_started : 1;/* status decided: no more error pages possible */
     unsigned resp_chunked : 1;/* we chunk-encode the body for the client */
     unsigned resp_close : 1;  /* close-delimited body for the client */
-    unsigned done : 1;        /* finished; waiting to be freed */
+    unsigned done : 1;        /* finished (or aborted); freed once Lua lets go */
+    unsigned aborted : 1;
+    unsigned hold_head : 1;   /* response plugins run before the head goes out */
+    unsigned held : 1;        /* head and body held in res_head/hold */
+    unsigned resp_complete : 1; /* upstream response ended while held */
 
     /* upstream */
     mg_upconn_t *up;          /* the exchange in progress */
@@ -46,29 +81,60 @@ typedef struct mg_req {
     uint64_t tried;           /* servers already tried (bit per index) */
     mg_buf_t uhead;           /* the request head as sent upstream */
     unsigned req_chunked : 1; /* body goes up chunk-encoded */
-} mg_req_t;
+    mg_h1_head_t *res_head;   /* held response head (response plugins) */
+    mg_buf_t hold;            /* held response body bytes, framed */
+
+    /* Lua */
+    lua_State *co;            /* the request coroutine, or NULL */
+    int co_ref;               /* registry ref anchoring co */
+    void **lua_handle;        /* the req userdata's pointer, NULLed at free */
+    void **res_handle;
+    mg_wait_t wait;
+    unsigned in_lua : 1;      /* inside mg_lrt_resume */
+    unsigned lua_dead : 1;    /* aborted while in Lua: clean up after resume */
+    unsigned killed : 1;      /* instruction budget exhausted */
+    unsigned waiting_done : 1;/* the log phase waits for the response to end */
+    unsigned pending_done : 1;/* finished inside Lua: tell conn after resume */
+    unsigned pending_keepalive : 1;
+    unsigned freeing : 1;     /* free scheduled */
+    unsigned keep_res_head : 1; /* copy the response head for the log phase */
+    unsigned instr_ticks;     /* count-hook ticks since the last resume */
+    mg_conn_t *pending_conn;
+    mg_edits_t edits;         /* request header edits */
+    mg_edits_t res_edits;     /* response header edits */
+    char *path_override;      /* req:set_path */
+};
 
 /* Creates a request for conn on the current generation. */
 mg_req_t *mg_req_new(mg_conn_t *c);
-/* The head is complete: route and start the handler or the proxy.
- * Returns 0 to go on parsing, -1 when an error response was queued. */
-int mg_req_dispatch(mg_req_t *r);
+/* The head is complete: route and start Lua, a handler or the proxy. */
+void mg_req_dispatch(mg_req_t *r);
 void mg_req_body(mg_req_t *r, const char *p, size_t n);
 void mg_req_body_done(mg_req_t *r);
+/* Starts proxying to the route's upstream (or the one Lua chose). */
+void mg_req_proxy(mg_req_t *r);
 
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
-/* Appends "Connection:"/"Date"-style common trailer headers and CRLF. */
+/* Appends the Connection header as needed and the blank line. */
 void mg_req_end_head(mg_req_t *r, mg_buf_t *out);
 /* Response fully queued: log it and release the connection for the next. */
 void mg_req_finish(mg_req_t *r);
 /* The client went away: cancel everything and free. */
 void mg_req_abort(mg_req_t *r);
-/* Value of the first header named `name`, or an empty view with p == NULL. */
+/* Frees r once it is done and no coroutine holds it. */
+void mg_req_maybe_free(mg_req_t *r);
+/* Value of the request header `name` (edits included), or p == NULL. */
 mg_str_t mg_req_header(const mg_req_t *r, const char *name);
+
+/* Header edits: set (value != NULL) or remove. 0 or MG_ENOMEM. */
+int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);
+/* The edit for name, or NULL. */
+const mg_hdr_edit_t *mg_edits_find(const mg_edits_t *e, const char *name, size_t nn);
+void mg_edits_free(mg_edits_t *e);
 
 const char *mg_status_reason(int status);
 

@@ -106,10 +106,76 @@ int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried)
     }
 }
 
-static void idle_read_cb(struct ev_loop *ev, ev_io *w, int revents);
-static void idle_timer_cb(struct ev_loop *ev, ev_timer *w, int revents);
+static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_upconn_t *u = w->data;
+    if (u->req == NULL) {
+        /* An idle connection has nothing to say: EOF, reset or stray bytes
+         * all make it unusable. */
+        mg_up_conn_close(u);
+        return;
+    }
+    u->ops->on_read(u);
+}
 
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, int *is_new, const char **err)
+static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_upconn_t *u = w->data;
+    if (u->req == NULL) {
+        mg_up_want_write(u, 0);
+        return;
+    }
+    u->ops->on_write(u);
+}
+
+static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_upconn_t *u = w->data;
+    if (u->req == NULL) {
+        mg_up_conn_close(u); /* idle too long */
+        return;
+    }
+    u->ops->on_timer(u);
+}
+
+void mg_up_want_write(mg_upconn_t *u, int on)
+{
+    if (on && !u->wio_on && !u->closed) {
+        ev_io_start(u->loop->ev, &u->wio);
+        u->wio_on = 1;
+    } else if (!on && u->wio_on) {
+        ev_io_stop(u->loop->ev, &u->wio);
+        u->wio_on = 0;
+    }
+}
+
+void mg_up_pause_read(mg_upconn_t *u, int pause)
+{
+    u->read_paused = pause ? 1 : 0;
+    if (pause && u->rio_on) {
+        ev_io_stop(u->loop->ev, &u->rio);
+        u->rio_on = 0;
+    } else if (!pause && !u->rio_on && !u->closed) {
+        ev_io_start(u->loop->ev, &u->rio);
+        u->rio_on = 1;
+    }
+}
+
+void mg_up_arm_timer(mg_upconn_t *u, double secs)
+{
+    ev_timer_stop(u->loop->ev, &u->timer);
+    ev_timer_set(&u->timer, secs, 0.);
+    ev_timer_start(u->loop->ev, &u->timer);
+}
+
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t *ops,
+                       const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];
     mg_loop_t *loop = up->loop;
@@ -119,14 +185,12 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, int *is_new, const char **err)
         u->next = NULL;
         sv->nidle--;
         up->nidle--;
-        ev_io_stop(loop->ev, &u->rio);
-        u->rio_on = 0;
-        ev_timer_stop(loop->ev, &u->timer);
         u->reused = 1;
-        u->wrote_any = u->got_any = 0;
+        u->wrote_any = u->got_any = u->resp_done = 0;
         u->in_use = 1;
+        u->req = req;
+        u->ops = ops;
         sv->active++;
-        *is_new = 0;
         return u;
     }
     int fd = socket(sv->addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -154,8 +218,21 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, int *is_new, const char **err)
     }
     u->connecting = rc != 0;
     u->in_use = 1;
+    u->req = req;
+    u->ops = ops;
     sv->active++;
-    *is_new = 1;
+    ev_io_init(&u->rio, rio_cb, fd, EV_READ);
+    u->rio.data = u;
+    ev_io_init(&u->wio, wio_cb, fd, EV_WRITE);
+    u->wio.data = u;
+    ev_init(&u->timer, timer_cb);
+    u->timer.data = u;
+    if (u->connecting) {
+        mg_up_want_write(u, 1);
+    } else {
+        ev_io_start(loop->ev, &u->rio);
+        u->rio_on = 1;
+    }
     return u;
 }
 
@@ -165,12 +242,9 @@ void mg_up_release(mg_upconn_t *u)
     mg_up_t *up = sv->up;
     mg_loop_t *loop = u->loop;
     u->req = NULL;
-    ev_io_stop(loop->ev, &u->rio);
-    u->rio_on = 0;
-    ev_io_stop(loop->ev, &u->wio);
-    u->wio_on = 0;
-    ev_timer_stop(loop->ev, &u->timer);
-    if (up->nidle >= up->cfg->keepalive || loop->stopping || u->wbuf.len) {
+    mg_up_want_write(u, 0);
+    if (up->nidle >= up->cfg->keepalive || loop->stopping || u->wbuf.len || u->read_paused ||
+        !u->rio_on) {
         mg_up_conn_close(u);
         return;
     }
@@ -179,15 +253,7 @@ void mg_up_release(mg_upconn_t *u)
     if (u->wbuf.cap > 65536)
         mg_buf_free(&u->wbuf);
     mg_buf_reset(&u->wbuf);
-    u->read_paused = 0;
-    ev_io_init(&u->rio, idle_read_cb, u->fd, EV_READ);
-    u->rio.data = u;
-    ev_io_start(loop->ev, &u->rio);
-    u->rio_on = 1;
-    ev_init(&u->timer, idle_timer_cb);
-    u->timer.data = u;
-    ev_timer_set(&u->timer, up->cfg->idle_timeout, 0.);
-    ev_timer_start(loop->ev, &u->timer);
+    mg_up_arm_timer(u, up->cfg->idle_timeout);
     u->next = sv->idle;
     sv->idle = u;
     sv->nidle++;
@@ -206,22 +272,6 @@ static void unlink_idle(mg_upconn_t *u)
             return;
         }
     }
-}
-
-static void idle_read_cb(struct ev_loop *ev, ev_io *w, int revents)
-{
-    (void)ev;
-    (void)revents;
-    /* An idle connection has nothing to say: EOF, reset or stray bytes all
-     * make it unusable. */
-    mg_up_conn_close(w->data);
-}
-
-static void idle_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
-{
-    (void)ev;
-    (void)revents;
-    mg_up_conn_close(w->data);
 }
 
 void mg_up_conn_close(mg_upconn_t *u)

@@ -33,8 +33,19 @@ struct mg_up {
     int nidle;                 /* over all servers, capped by cfg->keepalive */
 };
 
-/* One connection to an upstream server. */
+/* What the exchange running on a connection does with its events. While a
+ * connection is idle (req == NULL) the pool handles them instead. */
+typedef struct mg_upconn_ops {
+    void (*on_read)(mg_upconn_t *u);
+    void (*on_write)(mg_upconn_t *u);
+    void (*on_timer)(mg_upconn_t *u);
+} mg_upconn_ops_t;
+
+/* One connection to an upstream server. Its watchers are set up once and
+ * its read watcher stays on for its whole life (idle included), so reuse
+ * costs no epoll_ctl. */
 struct mg_upconn {
+    const mg_upconn_ops_t *ops;
     mg_loop_t *loop;
     mg_up_server_t *server;
     int fd;
@@ -65,9 +76,16 @@ void mg_up_close(mg_up_t *up);
 /* Picks a server for r among those whose bit is not set in `tried`;
  * -1 when none is left. */
 int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried);
-/* An idle connection to server s, or a new connecting one. NULL when the
- * socket could not even be created (err says why). */
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, int *is_new, const char **err);
+/* An idle connection to server s, or a new connecting one (write watcher
+ * armed for the connect), now serving req with ops. NULL when the socket
+ * could not even be created (err says why). */
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t *ops,
+                       const char **err);
+/* Starts/stops the write watcher; pauses/resumes reading. */
+void mg_up_want_write(mg_upconn_t *u, int on);
+void mg_up_pause_read(mg_upconn_t *u, int pause);
+/* (Re)arms the connection's one timer. */
+void mg_up_arm_timer(mg_upconn_t *u, double secs);
 /* Returns a finished connection to its pool (or closes it if full). */
 void mg_up_release(mg_upconn_t *u);
 /* Closes and frees later; idempotent. */

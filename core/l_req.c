@@ -1,0 +1,608 @@
+/* The req and res objects seen by plugins (PRODUCT.md "Plugin API"). Each is
+ * a userdata holding the request pointer; the pointer is NULLed when the
+ * request is freed, so a plugin that kept one gets "request finished"
+ * instead of a use-after-free. Methods that start with "_" are the
+ * runtime's private hooks, used by lua/moongate/runtime.lua. */
+#include "conn.h"
+#include "log.h"
+#include "lrt.h"
+#include "proxy.h"
+#include "req.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#define REQ_MT "moongate.req"
+#define RES_MT "moongate.res"
+
+/* --- helpers ---------------------------------------------------------- */
+
+static mg_req_t *check_req(lua_State *L)
+{
+    void **ud = luaL_checkudata(L, 1, REQ_MT);
+    if (*ud == NULL)
+        luaL_error(L, "request finished");
+    return *ud;
+}
+
+static mg_req_t *check_res(lua_State *L)
+{
+    void **ud = luaL_checkudata(L, 1, RES_MT);
+    if (*ud == NULL)
+        luaL_error(L, "request finished");
+    return *ud;
+}
+
+static int valid_name(const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c <= ' ' || c >= 127 || c == ':' || c == '(' || c == ')' || c == ',' || c == ';' ||
+            c == '"' || c == '/' || c == '[' || c == ']' || c == '?' || c == '=' || c == '{' ||
+            c == '}' || c == '\\' || c == '<' || c == '>' || c == '@')
+            return 0;
+    }
+    return 1;
+}
+
+static int valid_value(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+            return 0;
+    return 1;
+}
+
+static const char *check_name(lua_State *L, int idx, size_t *n)
+{
+    const char *s = luaL_checklstring(L, idx, n);
+    luaL_argcheck(L, valid_name(s, *n), idx, "invalid header name");
+    return s;
+}
+
+static const char *check_value(lua_State *L, int idx, size_t *n)
+{
+    const char *s = luaL_checklstring(L, idx, n);
+    luaL_argcheck(L, valid_value(s, *n), idx, "header value contains CR, LF or NUL");
+    return s;
+}
+
+static void push_lower(lua_State *L, mg_str_t n)
+{
+    char buf[256];
+    if (n.n > sizeof buf) {
+        lua_pushlstring(L, n.p, n.n);
+        return;
+    }
+    for (size_t j = 0; j < n.n; j++)
+        buf[j] = (n.p[j] >= 'A' && n.p[j] <= 'Z') ? (char)(n.p[j] | 0x20) : n.p[j];
+    lua_pushlstring(L, buf, n.n);
+}
+
+/* Pushes { lower-case name = value } for a head with edits applied;
+ * repeated headers are joined with ", ". */
+static void push_headers(lua_State *L, const mg_h1_head_t *h, const mg_edits_t *e)
+{
+    lua_createtable(L, 0, h ? h->nhdrs : 0);
+    int t = lua_gettop(L);
+    for (int i = 0; h && i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        if (e->n && mg_edits_find(e, n.p, n.n))
+            continue;
+        push_lower(L, n);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, t);
+        if (lua_isstring(L, -1)) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, v.p, v.n);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, v.p, v.n);
+        }
+        lua_rawset(L, t);
+    }
+    for (int i = 0; i < e->n; i++) {
+        if (e->v[i].value == NULL)
+            continue;
+        push_lower(L, (mg_str_t){ e->v[i].name, e->v[i].name_len });
+        lua_pushlstring(L, e->v[i].value, e->v[i].value_len);
+        lua_rawset(L, t);
+    }
+}
+
+/* Builds the body at idx: nil, a string, or a list of strings. */
+static void push_body(lua_State *L, int idx)
+{
+    int t = lua_type(L, idx);
+    if (t == LUA_TNIL || t == LUA_TNONE) {
+        lua_pushliteral(L, "");
+    } else if (t == LUA_TTABLE) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        lua_Integer n = luaL_len(L, idx);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            if (!lua_isstring(L, -1))
+                luaL_error(L, "body[%d] is a %s, not a string", (int)i, luaL_typename(L, -1));
+            luaL_addvalue(&b);
+        }
+        luaL_pushresult(&b);
+    } else if (lua_isstring(L, idx)) {
+        lua_pushvalue(L, idx);
+    } else {
+        luaL_error(L, "body must be a string or a list of strings, got %s", luaL_typename(L, idx));
+    }
+}
+
+/* Appends "Name: value\r\n" lines for a Lua headers table (values may be
+ * lists for repeated headers). Framing headers are the gateway's. */
+static int append_header_line(lua_State *L, mg_buf_t *out, const char *k, size_t kn, int vi,
+                              int *has_ctype)
+{
+    /* out == NULL: validate only (may raise); otherwise append (never raises) */
+    size_t vn;
+    const char *v = lua_tolstring(L, vi, &vn);
+    if (v == NULL)
+        return luaL_error(L, "header '%s' must be a string", k);
+    if (!valid_name(k, kn) || !valid_value(v, vn))
+        return luaL_error(L, "invalid header '%s'", k);
+    if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0 ||
+        strcasecmp(k, "connection") == 0)
+        return 0;
+    if (strcasecmp(k, "content-type") == 0)
+        *has_ctype = 1;
+    if (out == NULL)
+        return 0;
+    mg_buf_append(out, k, kn);
+    mg_buf_append(out, ": ", 2);
+    mg_buf_append(out, v, vn);
+    mg_buf_append(out, "\r\n", 2);
+    return 0;
+}
+
+/* req:respond / handler results: status at si, body at bi, headers at hi. */
+static void respond(lua_State *L, mg_req_t *r, int si, int bi, int hi)
+{
+    lua_settop(L, hi > bi ? hi : bi); /* values we push go above the arguments */
+    lua_Integer status = luaL_checkinteger(L, si);
+    luaL_argcheck(L, status >= 100 && status <= 999, si, "status must be 100..999");
+    push_body(L, bi);
+    int body_idx = lua_gettop(L);
+    mg_buf_t extra = { 0 };
+    int has_ctype = 0;
+    if (!lua_isnoneornil(L, hi) && !lua_istable(L, hi))
+        luaL_argerror(L, hi, "headers must be a table");
+    /* two passes: the first may raise and allocates nothing */
+    for (int pass = 0; pass < 2 && lua_istable(L, hi); pass++) {
+        mg_buf_t *out = pass ? &extra : NULL;
+        lua_pushnil(L);
+        while (lua_next(L, hi)) {
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                size_t kn;
+                const char *k = lua_tolstring(L, -2, &kn);
+                if (lua_istable(L, -1)) {
+                    lua_Integer n = luaL_len(L, -1);
+                    for (lua_Integer i = 1; i <= n; i++) {
+                        lua_rawgeti(L, -1, i);
+                        append_header_line(L, out, k, kn, lua_gettop(L), &has_ctype);
+                        lua_pop(L, 1);
+                    }
+                } else {
+                    append_header_line(L, out, k, kn, lua_gettop(L), &has_ctype);
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    mg_buf_append(&extra, "", 1);
+    size_t bn;
+    const char *body = lua_tolstring(L, body_idx, &bn);
+    mg_req_respond(r, (int)status, has_ctype ? NULL : "text/plain; charset=utf-8", body, bn,
+                   extra.base);
+    mg_buf_free(&extra);
+}
+
+/* --- req methods ---------------------------------------------------------- */
+
+static int l_header(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    mg_str_t v = mg_req_header(r, luaL_checkstring(L, 2));
+    if (v.p == NULL)
+        lua_pushnil(L);
+    else
+        lua_pushlstring(L, v.p, v.n);
+    return 1;
+}
+
+static int l_headers(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    push_headers(L, r->head, &r->edits);
+    return 1;
+}
+
+static int l_set_header(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t nn, vn;
+    const char *n = check_name(L, 2, &nn);
+    if (lua_isnumber(L, 3))
+        lua_tostring(L, 3);
+    const char *v = check_value(L, 3, &vn);
+    if (mg_edits_set(&r->edits, n, nn, v, vn) != MG_OK)
+        return luaL_error(L, "out of memory");
+    return 0;
+}
+
+static int l_remove_header(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t nn;
+    const char *n = check_name(L, 2, &nn);
+    if (mg_edits_set(&r->edits, n, nn, NULL, 0) != MG_OK)
+        return luaL_error(L, "out of memory");
+    return 0;
+}
+
+static int body_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    mg_req_t *r = (mg_req_t *)ctx;
+    if (!r->body_done) {
+        lua_pushnil(L);
+        lua_pushstring(L, r->done ? "request finished" : "body not complete");
+        return 2;
+    }
+    lua_pushlstring(L, r->body_buf.len ? mg_buf_data(&r->body_buf) : "", r->body_buf.len);
+    return 1;
+}
+
+static void body_cancel(mg_req_t *r)
+{
+    r->want_body = 0;
+}
+
+static int l_body(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (r->up || r->uhead.len)
+        return luaL_error(L, "req:body() after the request went upstream");
+    if (r->body_done || r->done)
+        return body_k(L, LUA_OK, (lua_KContext)r);
+    if (mg_lrt_current(L) != r || !lua_isyieldable(L))
+        return luaL_error(L, "req:body() needs the request's coroutine");
+    r->want_body = 1;
+    mg_lrt_wait(r, MG_WAIT_BODY, body_cancel);
+    if (r->conn && r->conn->read_paused)
+        mg_conn_pause_read(r->conn, 0);
+    return lua_yieldk(L, 0, (lua_KContext)r, body_k);
+}
+
+static int l_set_path(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    luaL_argcheck(L, n > 0 && p[0] == '/', 2, "path must start with /");
+    for (size_t i = 0; i < n; i++)
+        luaL_argcheck(L, (unsigned char)p[i] > ' ' && p[i] != 127 && p[i] != '?', 2,
+                      "path contains a space, control character or '?'");
+    char *s = malloc(n + 1);
+    if (s == NULL)
+        return luaL_error(L, "out of memory");
+    memcpy(s, p, n);
+    s[n] = '\0';
+    free(r->path_override);
+    r->path_override = s;
+    return 0;
+}
+
+static int l_set_upstream(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    const char *name = luaL_checkstring(L, 2);
+    int i = mg_cfg_upstream_index(r->gen->cfg, name);
+    if (i < 0)
+        return luaL_error(L, "unknown upstream '%s'", name);
+    r->upstream = i;
+    return 0;
+}
+
+static int l_respond(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (r->done || r->resp_started) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "response already sent");
+        return 2;
+    }
+    respond(L, r, 2, 3, 4);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* --- private hooks for runtime.lua ----------------------------------------- */
+
+static int l__done(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    lua_pushboolean(L, r->done || r->resp_started);
+    return 1;
+}
+
+static int l__reply(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (r->done || r->resp_started)
+        return 0;
+    if (!lua_isinteger(L, 2))
+        return luaL_error(L, "handler must return a status code, got %s", luaL_typename(L, 2));
+    respond(L, r, 2, 3, 4);
+    return 0;
+}
+
+static void push_res(lua_State *L, mg_req_t *r, int req_idx)
+{
+    lua_getiuservalue(L, req_idx, 2);
+    if (!lua_isnil(L, -1))
+        return;
+    lua_pop(L, 1);
+    void **ud = lua_newuserdatauv(L, sizeof(void *), 0);
+    *ud = r;
+    luaL_setmetatable(L, RES_MT);
+    r->res_handle = ud;
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, req_idx, 2);
+}
+
+static int proxy_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    mg_req_t *r = (mg_req_t *)ctx;
+    if (!r->held)
+        return 0; /* the exchange failed and was answered */
+    push_res(L, r, 1);
+    return 1;
+}
+
+static int l__proxy(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (r->done || r->resp_started)
+        return 0;
+    int hold = lua_toboolean(L, 2);
+    r->hold_head = hold;
+    r->keep_res_head = lua_toboolean(L, 3);
+    mg_req_proxy(r);
+    if (!hold || r->done)
+        return 0;
+    if (r->held)
+        return proxy_k(L, LUA_OK, (lua_KContext)r);
+    mg_lrt_wait(r, MG_WAIT_HEAD, NULL);
+    return lua_yieldk(L, 0, (lua_KContext)r, proxy_k);
+}
+
+static int l__send_head(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    mg_proxy_send_held(r);
+    return 0;
+}
+
+static int done_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)L;
+    (void)status;
+    (void)ctx;
+    return 0;
+}
+
+static int l__wait_done(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (r->done)
+        return 0;
+    r->waiting_done = 1;
+    mg_lrt_wait(r, MG_WAIT_DONE, NULL);
+    return lua_yieldk(L, 0, (lua_KContext)r, done_k);
+}
+
+static int l__res(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    push_res(L, r, 1);
+    return 1;
+}
+
+static int req_index(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+        return 1;
+    mg_req_t *r = check_req(L);
+    size_t n;
+    const char *k = lua_tolstring(L, 2, &n);
+    if (k == NULL)
+        return 0;
+    if (strcmp(k, "method") == 0)
+        lua_pushstring(L, llhttp_method_name(r->head->method));
+    else if (strcmp(k, "path") == 0) {
+        if (r->path_override)
+            lua_pushstring(L, r->path_override);
+        else
+            lua_pushlstring(L, r->path.p, r->path.n);
+    } else if (strcmp(k, "query") == 0)
+        lua_pushlstring(L, r->query.p, r->query.n);
+    else if (strcmp(k, "remote_addr") == 0)
+        lua_pushstring(L, r->remote);
+    else if (strcmp(k, "ctx") == 0) {
+        if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setiuservalue(L, 1, 1);
+        }
+    } else if (strcmp(k, "http_version") == 0)
+        lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
+    else if (strcmp(k, "route") == 0)
+        lua_pushstring(L, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "");
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int req_tostring(lua_State *L)
+{
+    void **ud = luaL_checkudata(L, 1, REQ_MT);
+    mg_req_t *r = *ud;
+    if (r == NULL)
+        lua_pushliteral(L, "req (finished)");
+    else
+        lua_pushfstring(L, "req %s %s", llhttp_method_name(r->head->method), r->remote);
+    return 1;
+}
+
+/* --- res ------------------------------------------------------------------ */
+
+static int l_res_header(lua_State *L)
+{
+    mg_req_t *r = check_res(L);
+    size_t nn;
+    const char *n = luaL_checklstring(L, 2, &nn);
+    const mg_hdr_edit_t *e = mg_edits_find(&r->res_edits, n, nn);
+    if (e) {
+        if (e->value)
+            lua_pushlstring(L, e->value, e->value_len);
+        else
+            lua_pushnil(L);
+        return 1;
+    }
+    int i = r->res_head ? mg_h1_find(r->res_head, n, nn, 0) : -1;
+    if (i < 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    mg_str_t v = mg_h1_value(r->res_head, i);
+    lua_pushlstring(L, v.p, v.n);
+    return 1;
+}
+
+static int l_res_headers(lua_State *L)
+{
+    mg_req_t *r = check_res(L);
+    push_headers(L, r->res_head, &r->res_edits);
+    return 1;
+}
+
+static int res_edit(lua_State *L, int set)
+{
+    mg_req_t *r = check_res(L);
+    size_t nn, vn = 0;
+    const char *n = check_name(L, 2, &nn);
+    const char *v = NULL;
+    if (set) {
+        if (lua_isnumber(L, 3))
+            lua_tostring(L, 3);
+        v = check_value(L, 3, &vn);
+    }
+    if (!r->held) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "response headers already sent");
+        return 2;
+    }
+    if (mg_edits_set(&r->res_edits, n, nn, v, vn) != MG_OK)
+        return luaL_error(L, "out of memory");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_res_set_header(lua_State *L) { return res_edit(L, 1); }
+static int l_res_remove_header(lua_State *L) { return res_edit(L, 0); }
+
+static int res_index(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+        return 1;
+    mg_req_t *r = check_res(L);
+    const char *k = lua_tostring(L, 2);
+    if (k && strcmp(k, "status") == 0)
+        lua_pushinteger(L, r->aborted ? 499 : r->status);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int res_newindex(lua_State *L)
+{
+    mg_req_t *r = check_res(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "status") != 0)
+        return luaL_error(L, "res.%s cannot be set", k);
+    lua_Integer s = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, s >= 200 && s <= 999, 3, "status must be 200..999");
+    if (!r->held)
+        return luaL_error(L, "response status already sent");
+    r->status = (int)s;
+    return 0;
+}
+
+void mg_lreq_register(lua_State *L)
+{
+    static const luaL_Reg req_methods[] = {
+        { "header", l_header },
+        { "headers", l_headers },
+        { "set_header", l_set_header },
+        { "remove_header", l_remove_header },
+        { "body", l_body },
+        { "set_path", l_set_path },
+        { "set_upstream", l_set_upstream },
+        { "respond", l_respond },
+        { "_done", l__done },
+        { "_reply", l__reply },
+        { "_proxy", l__proxy },
+        { "_send_head", l__send_head },
+        { "_wait_done", l__wait_done },
+        { "_res", l__res },
+        { NULL, NULL },
+    };
+    static const luaL_Reg res_methods[] = {
+        { "header", l_res_header },
+        { "headers", l_res_headers },
+        { "set_header", l_res_set_header },
+        { "remove_header", l_res_remove_header },
+        { NULL, NULL },
+    };
+    luaL_newmetatable(L, REQ_MT);
+    luaL_newlib(L, req_methods);
+    lua_pushcclosure(L, req_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, req_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "req");
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, RES_MT);
+    luaL_newlib(L, res_methods);
+    lua_pushcclosure(L, res_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, res_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pop(L, 1);
+}
+
+void mg_lreq_push(lua_State *co, mg_req_t *r)
+{
+    void **ud = lua_newuserdatauv(co, sizeof(void *), 2);
+    *ud = r;
+    luaL_setmetatable(co, REQ_MT);
+    r->lua_handle = ud;
+}

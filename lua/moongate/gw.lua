@@ -1,0 +1,34 @@
+-- The `gw` module plugins use (PRODUCT.md): available as the global `gw`
+-- and as require "gw". Every call that waits yields the request coroutine.
+local core = require "moongate.core"
+local cjson = require("cjson").new()
+if cjson.encode_empty_table_as_object then cjson.encode_empty_table_as_object(true) end
+if cjson.decode_max_depth then cjson.decode_max_depth(128) end
+
+local gw = {
+  sleep = core.sleep,
+  now = core.now,
+  log = core.log,
+}
+
+gw.json = {
+  encode = function(v) return cjson.encode(v) end,
+  decode = function(s)
+    if type(s) ~= "string" then error("gw.json.decode: expected a string", 2) end
+    local ok, v = pcall(cjson.decode, s)
+    if ok then return v end
+    return nil, v
+  end,
+  null = cjson.null,
+}
+
+local ok, base64 = pcall(require, "moongate.base64")
+if ok then gw.base64 = base64 end
+local okc, crypto = pcall(require, "moongate.crypto")
+if okc then gw.crypto = crypto end
+
+gw.cache = require("moongate.cache").new(10000)
+
+package.loaded.gw = gw
+_G.gw = gw
+return gw

@@ -1,0 +1,255 @@
+-- The Lua side of the moongate runtime.
+--
+-- build(config, file): at config load (and by `moongate -t`), loads every
+-- route's plugins from plugin_path, checks their options against their
+-- schemas and returns one chain per route (false for plain proxy routes).
+-- run(req, chain): the body of every request coroutine; runs the phases
+-- access -> handler or upstream -> response -> log (PRODUCT.md).
+local M = {}
+
+M.bundled_dir = nil -- set by the C runtime: <source>/plugins
+
+local PHASES = { "access", "response", "log" }
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function readable(path)
+  local f = io.open(path, "r")
+  if f then f:close() return true end
+  return false
+end
+
+-- Finds <dir>/<name>.lua along plugin_path, then the bundled plugins.
+local function find_plugin(dirs, name)
+  for _, dir in ipairs(dirs) do
+    local path = dir .. "/" .. name .. ".lua"
+    if readable(path) then return path end
+  end
+  return nil
+end
+
+local function plugin_dirs(config, file)
+  local base = dirname(file)
+  local dirs = {}
+  local pp = config.plugin_path
+  if type(pp) == "string" then pp = { pp } end
+  if pp ~= nil and type(pp) ~= "table" then
+    return nil, "plugin_path: expected a list of directories", "plugin_path"
+  end
+  for _, d in ipairs(pp or {}) do
+    if type(d) ~= "string" then
+      return nil, "plugin_path: expected a list of directories", "plugin_path"
+    end
+    dirs[#dirs + 1] = d:sub(1, 1) == "/" and d or (base .. "/" .. d)
+  end
+  if M.bundled_dir then dirs[#dirs + 1] = M.bundled_dir end
+  return dirs
+end
+
+-- Loads a plugin module file. Each generation loads plugins afresh, so a
+-- reload picks up edited plugin code.
+local function load_plugin(path, name)
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, err end
+  local ok, mod = pcall(chunk, name)
+  if not ok then return nil, path .. ": " .. tostring(mod) end
+  if type(mod) ~= "table" then
+    return nil, path .. ": a plugin must return a table, got " .. type(mod)
+  end
+  for _, phase in ipairs(PHASES) do
+    if mod[phase] ~= nil and type(mod[phase]) ~= "function" then
+      return nil, path .. ": " .. phase .. " must be a function"
+    end
+  end
+  if mod.schema ~= nil and type(mod.schema) ~= "table" then
+    return nil, path .. ": schema must be a table"
+  end
+  if mod.priority ~= nil and type(mod.priority) ~= "number" then
+    return nil, path .. ": priority must be a number"
+  end
+  mod.name = mod.name or name
+  return mod
+end
+
+-- Schema types: "string", "number", "integer", "boolean", "table",
+-- "function", "any", alternatives joined with "|" ("string|table"), or a
+-- table { type = ..., required = true, default = v, one_of = {...} }.
+local function type_ok(spec, v)
+  for t in spec:gmatch("[^|]+") do
+    if t == "any" or type(v) == t then return true end
+    if t == "integer" and math.type(v) == "integer" then return true end
+    if t == "array" and type(v) == "table" then return true end
+  end
+  return false
+end
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = copy(x) end
+  return t
+end
+
+-- Checks conf (a copy of the route's plugin entry without [1]) against the
+-- plugin's schema. Returns true, or nil, message, needle.
+function M.check_conf(plugin, conf)
+  local schema = plugin.schema or {}
+  for k, v in pairs(conf) do
+    local spec = schema[k]
+    if spec == nil then
+      return nil, ("unknown option '%s'"):format(tostring(k)), tostring(k)
+    end
+    local t = type(spec) == "table" and (spec.type or "any") or spec
+    if not type_ok(t, v) then
+      return nil, ("option '%s' must be %s, got %s"):format(k, t, type(v)), k
+    end
+    if type(spec) == "table" and spec.one_of then
+      local found = false
+      for _, allowed in ipairs(spec.one_of) do
+        if allowed == v then found = true end
+      end
+      if not found then
+        return nil, ("option '%s' must be one of %s"):format(k,
+          table.concat(spec.one_of, ", ")), k
+      end
+    end
+  end
+  for k, spec in pairs(schema) do
+    if type(spec) == "table" then
+      if conf[k] == nil and spec.default ~= nil then conf[k] = copy(spec.default) end
+      if conf[k] == nil and spec.required then
+        return nil, ("option '%s' is required"):format(k), plugin.name
+      end
+    end
+  end
+  if plugin.check then
+    local ok, err = plugin.check(conf)
+    if not ok then return nil, tostring(err or "invalid configuration"), plugin.name end
+  end
+  return true
+end
+
+local function build_route(route, i, dirs, loaded)
+  local where = ("routes[%d]"):format(i)
+  local plugins = route.plugins or {}
+  if type(plugins) ~= "table" then
+    return nil, where .. ".plugins: expected a list", "plugins"
+  end
+  local order = route.plugin_order
+  if order ~= nil and order ~= "priority" and order ~= "listed" then
+    return nil, where .. ".plugin_order: expected \"priority\" or \"listed\"", "plugin_order"
+  end
+  local entries = {}
+  for j, entry in ipairs(plugins) do
+    local pw = ("%s.plugins[%d]"):format(where, j)
+    local name = type(entry) == "string" and entry or (type(entry) == "table" and entry[1])
+    if type(name) ~= "string" then
+      return nil, pw .. ": expected { \"name\", option = value, ... }", "plugins"
+    end
+    local plugin = loaded[name]
+    if not plugin then
+      local path = find_plugin(dirs, name)
+      if not path then
+        return nil, ("%s: plugin '%s' not found in plugin_path"):format(pw, name), name
+      end
+      local err
+      plugin, err = load_plugin(path, name)
+      if not plugin then return nil, ("%s (%s): %s"):format(pw, name, err), name end
+      loaded[name] = plugin
+    end
+    local conf = {}
+    if type(entry) == "table" then
+      for k, v in pairs(entry) do
+        if k ~= 1 then conf[k] = v end
+      end
+    end
+    local ok, err, needle = M.check_conf(plugin, conf)
+    if not ok then
+      return nil, ("%s (%s): %s"):format(pw, name, err), needle or name
+    end
+    entries[#entries + 1] = { plugin = plugin, conf = conf, name = name, index = j }
+  end
+  if order ~= "listed" then
+    table.sort(entries, function(a, b)
+      local pa, pb = a.plugin.priority or 0, b.plugin.priority or 0
+      if pa ~= pb then return pa > pb end
+      return a.index < b.index
+    end)
+  end
+  local chain = { access = {}, response = {}, log = {}, handler = route.handler,
+                  route = route.name or ("route" .. i) }
+  for _, e in ipairs(entries) do
+    for _, phase in ipairs(PHASES) do
+      local fn = e.plugin[phase]
+      if fn then
+        local list = chain[phase]
+        list[#list + 1] = { fn = fn, conf = e.conf, name = e.name }
+      end
+    end
+  end
+  chain.has_response = #chain.response > 0
+  chain.has_log = #chain.log > 0
+  return chain
+end
+
+-- Returns chains (a list, false for routes that need no Lua), or
+-- nil, message, needle (text locating the line in the config file).
+function M.build(config, file)
+  local dirs, err, needle = plugin_dirs(config, file)
+  if not dirs then return nil, err, needle end
+  local loaded = {}
+  local chains = {}
+  for i, route in ipairs(config.routes or {}) do
+    if route.plugins or route.handler then
+      local chain
+      chain, err, needle = build_route(route, i, dirs, loaded)
+      if not chain then return nil, err, needle end
+      chains[i] = chain
+    else
+      chains[i] = false
+    end
+  end
+  return chains
+end
+
+local log = require("moongate.core").log
+
+-- The body of a request coroutine. req's underscore methods are the C
+-- runtime's private hooks.
+function M.run(req, chain)
+  local access = chain.access
+  for i = 1, #access do
+    local p = access[i]
+    p.fn(p.conf, req)
+    if req:_done() then goto finished end
+  end
+  if chain.handler then
+    req:_reply(chain.handler(req))
+  else
+    local res = req:_proxy(chain.has_response, chain.has_log)
+    if res then
+      local response = chain.response
+      for i = 1, #response do
+        local p = response[i]
+        p.fn(p.conf, req, res)
+      end
+      req:_send_head()
+    end
+  end
+  ::finished::
+  if chain.has_log then
+    req:_wait_done()
+    local res = req:_res()
+    local list = chain.log
+    for i = 1, #list do
+      local p = list[i]
+      -- one failing log plugin must not keep the others from running
+      local ok, err = xpcall(p.fn, debug.traceback, p.conf, req, res)
+      if not ok then log("error", "log phase of plugin ", p.name, " failed: ", err) end
+    end
+  end
+end
+
+return M
