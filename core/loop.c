@@ -276,6 +276,7 @@ void mg_loop_free(mg_loop_t *loop)
             fclose(loop->access_log);
     }
     mg_lrt_close(loop->L);
+    free(loop->script);
     free(loop->listeners);
     free(loop->scratch);
     free(loop);

@@ -68,6 +68,7 @@ typedef struct mg_loop {
     int run_ref;             /* runtime.run */
     int threads[64];         /* finished coroutines kept for reuse (registry refs) */
     int nthreads;
+    struct mg_req *script;   /* --script mode's pseudo request */
 } mg_loop_t;
 
 static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }

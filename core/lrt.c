@@ -4,6 +4,7 @@
 #include "loop.h"
 #include "req.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,7 +86,7 @@ static void count_hook(lua_State *co, lua_Debug *ar)
     (void)ar;
     mg_loop_t *loop = mg_lrt_loop(co);
     mg_req_t *r = loop->cur_req;
-    if (r == NULL)
+    if (r == NULL || r->script)
         return;
     r->instr_ticks++;
     if (!r->killed && (long)r->instr_ticks * HOOK_EVERY < loop->gen->cfg->lua_max_instructions)
@@ -272,6 +273,68 @@ static void lua_failed(mg_req_t *r, const char *what, const char *msg)
     }
 }
 
+static void script_step(mg_req_t *r, int st, int nres)
+{
+    mg_loop_t *loop = r->loop;
+    lua_State *co = r->co;
+    if (st == LUA_YIELD) {
+        lua_pop(co, nres);
+        if (r->wait.armed)
+            return;
+        fprintf(stderr, "script yielded outside a gw call\n");
+        loop->exit_code = 1;
+    } else if (st != LUA_OK) {
+        luaL_traceback(loop->L, co, lua_tostring(co, -1), 0);
+        fprintf(stderr, "%s\n", lua_tostring(loop->L, -1));
+        lua_pop(loop->L, 1);
+        loop->exit_code = 1;
+    } else if (nres > 0 && lua_isinteger(co, -nres)) {
+        loop->exit_code = (int)lua_tointeger(co, -nres);
+    } else if (nres > 0 && lua_isboolean(co, -nres)) {
+        loop->exit_code = lua_toboolean(co, -nres) ? 0 : 1;
+    }
+    drop_thread(r, 0);
+    ev_break(loop->ev, EVBREAK_ALL);
+}
+
+int mg_lrt_script(mg_loop_t *loop, const char *file, int argc, char **argv)
+{
+    lua_State *L = loop->L;
+    lua_createtable(L, argc, 1);
+    lua_pushstring(L, file);
+    lua_rawseti(L, -2, 0);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setglobal(L, "arg");
+    mg_req_t *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return -1;
+    r->loop = loop;
+    r->script = 1;
+    r->route = -1;
+    r->done = 1;
+    ev_init(&r->wait.timer, wake_cb);
+    r->wait.timer.data = r;
+    int ref;
+    lua_State *co = get_thread(loop, &ref);
+    lua_sethook(co, NULL, 0, 0);
+    if (luaL_loadfile(co, file) != LUA_OK) {
+        fprintf(stderr, "%s\n", lua_tostring(co, -1));
+        free(r);
+        return -1;
+    }
+    *(mg_req_t **)lua_getextraspace(co) = r;
+    r->co = co;
+    r->co_ref = ref;
+    loop->script = r;
+    for (int i = 0; i < argc; i++)
+        lua_pushstring(co, argv[i]);
+    mg_lrt_resume(r, argc);
+    return 0;
+}
+
 void mg_lrt_resume(mg_req_t *r, int nargs)
 {
     mg_loop_t *loop = r->loop;
@@ -283,7 +346,7 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
     mg_req_t *prev = loop->cur_req;
     int prev_limit = loop->lua_limit_on;
     loop->cur_req = r;
-    loop->lua_mem_limit = r->gen->cfg->lua_memory_limit;
+    loop->lua_mem_limit = r->gen ? r->gen->cfg->lua_memory_limit : (size_t)1 << 40;
     loop->lua_limit_on = 1;
     loop->lua_oom = 0;
     int nres = 0;
@@ -293,6 +356,10 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
     loop->cur_req = prev;
     r->in_lua = 0;
 
+    if (r->script) {
+        script_step(r, st, nres);
+        return;
+    }
     if (r->lua_dead) {
         drop_thread(r, 0);
     } else if (st == LUA_YIELD && !r->killed) {

@@ -44,6 +44,11 @@ int mg_lrt_match(mg_req_t *r, int ref);
 /* The loop a binding runs in (from the allocator's user data). */
 mg_loop_t *mg_lrt_loop(lua_State *L);
 
+/* `moongate --script FILE ARGS`: runs FILE as a coroutine inside the loop
+ * (gw.sleep and the other waiting calls work), sets loop->exit_code from its
+ * result and stops the loop when it ends. 0, or -1 if it could not start. */
+int mg_lrt_script(mg_loop_t *loop, const char *file, int argc, char **argv);
+
 /* Bindings (one Lua module each). */
 int luaopen_moongate_core(lua_State *L);
 /* Registers the req/res metatables; pushes nothing. */

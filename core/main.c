@@ -2,6 +2,7 @@
 #include "log.h"
 #include "loop.h"
 #include "lrt.h"
+#include "req.h"
 #include "server.h"
 
 #include <signal.h>
@@ -13,6 +14,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: moongate [-c FILE]     run (FILE defaults to ./moongate.lua)\n"
                "       moongate -t -c FILE    check the config and plugins\n"
+               "       moongate --script FILE [ARGS]  run a Lua file inside the runtime\n"
                "       moongate --version\n");
 }
 
@@ -28,6 +30,22 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {
             printf("moongate %s\n", MG_VERSION);
             return 0;
+        } else if (strcmp(argv[i], "--script") == 0 && i + 1 < argc) {
+            /* run a Lua file inside the loop: tests and tools */
+            mg_log_init();
+            signal(SIGPIPE, SIG_IGN);
+            mg_loop_t *loop = mg_loop_new(file);
+            if (loop == NULL)
+                return 1;
+            int rc = 1;
+            if (mg_lrt_script(loop, argv[i + 1], argc - i - 2, argv + i + 2) == 0) {
+                if (loop->script && ((mg_req_t *)loop->script)->co)
+                    ev_run(loop->ev, 0);
+                rc = loop->exit_code;
+            }
+            fflush(stdout);
+            mg_loop_free(loop);
+            return rc;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
