@@ -128,6 +128,12 @@ if ! taskset -c "$LOAD_CPU" true 2>/dev/null; then
   LOAD_CPU=$PROXY_CPU
 fi
 
+# The numbers mean little if something else is using the CPUs: say so.
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+if awk -v l="$LOAD_START" 'BEGIN{exit !(l > 0.5)}'; then
+  log "warning: load average is $LOAD_START before starting: other work on this machine will add noise"
+fi
+
 # ---------------------------------------------------------------- ports
 LOW_EPH=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 TAKEN=" "
@@ -354,6 +360,7 @@ summary_row() {
     "$t" "$c" "$med" "$min" "$max" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" "$note"
 }
 
+LOAD_END=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
 ver() { "$@" 2>&1 | head -1; }
 MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 HYPER=$(grep -qw hypervisor /proc/cpuinfo && echo " (virtual machine)")
@@ -371,6 +378,7 @@ REPORT="$WORK/proxy-section.md"
   echo "Run $DATE on $NCPU CPU(s), $MODEL$HYPER; moongate at $GITREV."
   echo "wrk -t$THREADS, ${DURATION}s per run, $ROUNDS round(s), targets alternating (order rotated each round), ${WARMUP}s unrecorded warm-up per target."
   [ -n "$CPU_NOTE" ] && echo "**Warning:** $CPU_NOTE."
+  echo "1-minute load average before the run: $LOAD_START, after: $LOAD_END (anything well above 0 before the run means other work shared the CPUs)."
   echo
   echo "| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | note |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"

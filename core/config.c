@@ -68,6 +68,8 @@ int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen
     }
     if (port[0] == '\0')
         goto bad;
+    if (strlen(port) > 5)
+        goto bad;
     for (const char *c = port; *c; c++)
         if (!isdigit((unsigned char)*c))
             goto bad;
@@ -147,7 +149,7 @@ static double opt_number(lua_State *L, walk_t *w, const char *where, const char 
                      luaL_typename(L, -1));
         r = lua_tonumber(L, -1);
         if (r < min)
-            cfg_fail(L, w, key, "%s.%s: must be at least %g", where, key, min);
+            cfg_fail(L, w, key, "%s.%s: must be at least %f", where, key, min);
     }
     lua_pop(L, 1);
     return r;
@@ -286,6 +288,10 @@ static void walk_upstreams(lua_State *L, walk_t *w)
             parse_addr_field(L, w, where, lua_tostring(L, -1), &u->servers[u->nservers++]);
             lua_pop(L, 1);
         }
+        if (ns == 0)
+            cfg_fail(L, w, name, "%s.servers: at least one server is required", where);
+        if (ns > 64)
+            cfg_fail(L, w, name, "%s.servers: at most 64 servers", where);
         lua_pop(L, 1);
         char *bal = opt_string(L, w, where, "balance", "round_robin");
         if (strcmp(bal, "round_robin") == 0)
@@ -326,7 +332,7 @@ int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name)
 
 static uint64_t method_bit(const char *name)
 {
-    for (int m = 0; m < 64; m++) {
+    for (int m = 0; m <= HTTP_FLUSH; m++) { /* llhttp aborts past its last method */
         const char *mn = llhttp_method_name((llhttp_method_t)m);
         if (mn && strcmp(mn, "<unknown>") != 0 && strcasecmp(mn, name) == 0)
             return (uint64_t)1 << m;
@@ -441,10 +447,11 @@ static void walk_routes(lua_State *L, walk_t *w)
         if (up) {
             r->upstream = mg_cfg_upstream_index(cfg, up);
             if (r->upstream < 0) {
-                char needle[128];
-                snprintf(needle, sizeof needle, "%s", up);
+                char needle[128], name[100];
+                snprintf(name, sizeof name, "%s", up);
+                snprintf(needle, sizeof needle, "upstream\x01%s", up);
                 free(up);
-                cfg_fail(L, w, needle, "%s.upstream: unknown upstream '%s'", where, needle);
+                cfg_fail(L, w, needle, "%s.upstream: unknown upstream '%s'", where, name);
             }
             free(up);
         }
@@ -562,25 +569,58 @@ static int walk_root(lua_State *L)
     return 0;
 }
 
-/* Finds the first line of `file` containing `needle`; 1 if none. */
+/* True if `word` occurs in line as a whole word or quoted string. */
+static int has_word(const char *line, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(line, word); p; p = strstr(p + 1, word)) {
+        int before = p == line || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+        int after = !(isalnum((unsigned char)p[n]) || p[n] == '_');
+        if (before && after)
+            return 1;
+    }
+    return 0;
+}
+
+/* Finds the line of `file` the error is about; 1 if none. `needle` is a
+ * word, or "key\x01value": a line holding both (an option and its value). */
 static int locate_line(const char *file, const char *needle)
 {
     if (needle == NULL || needle[0] == '\0')
         return 1;
+    char key[128], value[128] = "";
+    snprintf(key, sizeof key, "%s", needle);
+    char *sep = strchr(key, '\x01');
+    if (sep) {
+        *sep = '\0';
+        snprintf(value, sizeof value, "%s", sep + 1);
+    }
     FILE *f = fopen(file, "r");
     if (f == NULL)
         return 1;
     char line[4096];
-    int n = 0, found = 0;
+    int n = 0, found = 0, loose = 0;
     while (fgets(line, sizeof line, f)) {
         n++;
-        if (strstr(line, needle)) {
+        char *dash = strstr(line, "--"); /* skip Lua comments */
+        if (dash)
+            *dash = '\0';
+        if (value[0]) {
+            if (has_word(line, key) && has_word(line, value)) {
+                found = n;
+                break;
+            }
+            if (!loose && has_word(line, value))
+                loose = n;
+        } else if (has_word(line, key)) {
             found = n;
             break;
+        } else if (!loose && strstr(line, key)) {
+            loose = n;
         }
     }
     fclose(f);
-    return found ? found : 1;
+    return found ? found : loose ? loose : 1;
 }
 
 /* Asks the Lua runtime (lua/moongate/runtime.lua, in the registry as

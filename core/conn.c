@@ -99,6 +99,10 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
             return;
         }
         mg_req_t *r = c->req;
+        if (r == NULL && c->wbuf.len == 0) {
+            mg_conn_close(c); /* idle keep-alive connection */
+            return;
+        }
         if (c->wbuf.len > 0 || (r && !r->body_done && !c->read_paused)) {
             mg_log_info("closing %s: client idle for %.1fs", c->remote,
                         limits(c)->idle_timeout);
@@ -425,8 +429,12 @@ void mg_conn_request_done(mg_conn_t *c, int keepalive)
     if (c->wbuf.len)
         set_timeout(c, T_BUSY, limits(c)->idle_timeout);
     conn_process(c);
-    if (!c->closed && c->req == NULL)
+    if (!c->closed && c->req == NULL) {
         mg_conn_flush(c);
+        if (!c->closed && c->req == NULL && c->wbuf.len == 0 && c->timeout_kind == T_BUSY)
+            set_timeout(c, c->rbuf.len ? T_HEADER : T_IDLE,
+                        c->rbuf.len ? limits(c)->header_timeout : limits(c)->idle_timeout);
+    }
 }
 
 void mg_conn_pause_read(mg_conn_t *c, int pause)

@@ -50,12 +50,16 @@ static int fail(mg_h1_t *h, int status, const char *reason)
 static int span(mg_h1_t *h, int kind, const char *at, size_t n)
 {
     mg_h1_head_t *hd = h->head;
+    if (h->in_body)
+        return 0; /* chunked trailers: dropped, never part of the head */
     if (hd == NULL)
         return fail(h, 400, "bad request");
     h->head_bytes += n;
     if (kind == SPAN_URL && h->max_uri && (size_t)hd->url_len + n > h->max_uri)
         return fail(h, 414, "uri too long");
-    if (h->max_header && h->head_bytes > h->max_header)
+    /* the URI is judged by max_uri alone until it is complete, so 414 wins
+     * over 431 however the bytes arrive */
+    if (kind != SPAN_URL && h->max_header && h->head_bytes > h->max_header)
         return fail(h, 431, "request header fields too large");
     uint32_t off = (uint32_t)hd->store.len;
     if (mg_buf_append(&hd->store, at, n) != MG_OK)
@@ -106,6 +110,15 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t n) { return span(H(p), SPAN_URL, at, n); }
+
+static int on_url_complete(llhttp_t *p)
+{
+    mg_h1_t *h = H(p);
+    h->last = SPAN_NONE;
+    if (h->max_header && h->head_bytes > h->max_header)
+        return fail(h, 431, "request header fields too large");
+    return 0;
+}
 static int on_status(llhttp_t *p, const char *at, size_t n) { return span(H(p), SPAN_STATUS, at, n); }
 static int on_field(llhttp_t *p, const char *at, size_t n) { return span(H(p), SPAN_FIELD, at, n); }
 static int on_value(llhttp_t *p, const char *at, size_t n) { return span(H(p), SPAN_VALUE, at, n); }
@@ -117,6 +130,7 @@ static int on_message_begin(llhttp_t *p)
     if (h->head == NULL)
         return fail(h, 500, "out of memory");
     mg_h1_head_reset(h->head);
+    h->in_msg = 1;
     h->last = SPAN_NONE;
     h->head_bytes = 0;
     return 0;
@@ -145,9 +159,25 @@ static int on_value_complete(llhttp_t *p)
     return 0;
 }
 
+static int is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* llhttp 8 lets a space inside a header name through; a name is a token
+ * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. */
 static int on_field_complete(llhttp_t *p)
 {
-    H(p)->last = SPAN_NONE;
+    mg_h1_t *h = H(p);
+    h->last = SPAN_NONE;
+    if (h->in_body || h->head == NULL || h->head->nhdrs == 0)
+        return 0;
+    mg_str_t n = mg_h1_name(h->head, h->head->nhdrs - 1);
+    for (size_t i = 0; i < n.n; i++)
+        if (!is_tchar((unsigned char)n.p[i]))
+            return fail(h, 400, "invalid header name");
     return 0;
 }
 
@@ -231,6 +261,7 @@ static int on_message_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
     h->in_body = 0;
+    h->in_msg = 0;
     h->head = NULL;
     p->upgrade = 0;
     int r = h->cb->on_done(h->ud);
@@ -248,6 +279,7 @@ static int on_message_complete(llhttp_t *p)
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
+    .on_url_complete = on_url_complete,
     .on_status = on_status,
     .on_header_field = on_field,
     .on_header_value = on_value,
@@ -331,6 +363,8 @@ int mg_h1_eof(mg_h1_t *h)
 {
     if (h->paused || h->err_status)
         return h->err_status ? -1 : 0;
+    if (!h->in_msg)
+        return 0; /* between messages: a clean end */
     llhttp_errno_t e = llhttp_finish(&h->p);
     if (e == HPE_OK || (e == HPE_PAUSED && h->paused))
         return 0;

@@ -87,6 +87,7 @@ typedef struct mg_h1 {
     const char *err_reason;  /* static string */
     unsigned paused : 1;     /* paused after on_done */
     unsigned in_body : 1;    /* between on_head and on_done */
+    unsigned in_msg : 1;     /* between on_begin and on_done */
 } mg_h1_t;
 
 void mg_h1_init(mg_h1_t *h, int type /* HTTP_REQUEST / HTTP_RESPONSE */, const mg_h1_cb_t *cb,

@@ -1,5 +1,6 @@
 #include "lrt.h"
 #include "conn.h"
+#include "l_bindings.h"
 #include "log.h"
 #include "loop.h"
 #include "req.h"
@@ -16,10 +17,6 @@
 #define MG_SOURCE_DIR "."
 #endif
 
-/* Bindings written as separate modules; weak so the core links while they
- * are being developed. */
-int luaopen_moongate_crypto(lua_State *L) __attribute__((weak));
-int luaopen_moongate_base64(lua_State *L) __attribute__((weak));
 
 #define HOOK_EVERY 1000  /* instructions between count-hook calls */
 #define THREAD_CACHE 64
@@ -122,14 +119,10 @@ static int boot(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_moongate_core);
     lua_setfield(L, -2, "moongate.core");
-    if (luaopen_moongate_crypto) {
-        lua_pushcfunction(L, luaopen_moongate_crypto);
-        lua_setfield(L, -2, "moongate.crypto");
-    }
-    if (luaopen_moongate_base64) {
-        lua_pushcfunction(L, luaopen_moongate_base64);
-        lua_setfield(L, -2, "moongate.base64");
-    }
+    lua_pushcfunction(L, luaopen_moongate_crypto);
+    lua_setfield(L, -2, "moongate.crypto");
+    lua_pushcfunction(L, luaopen_moongate_base64);
+    lua_setfield(L, -2, "moongate.base64");
     lua_pop(L, 2);
     lua_pushlightuserdata(L, loop);
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_loop");

@@ -7,11 +7,11 @@ MOONGATE_BIN is the binary under test (default build/moongate); a relative
 path is taken from the repository root.
 
 Fixtures:
-  upstream            one tests/upstream.py server on a free loopback port
+  upstream            one upstream.py server on a free loopback port
   upstream_factory    start more of them: upstream_factory(idle_timeout=...)
   gateway             factory: gateway(config_text) starts moongate on it and
                       returns a Gateway (.port, .ports, .proc, .stderr_text(),
-                      .stdout_text()); "$PORT" (and "$PORT1", "$PORT2", ...) in
+                      .stdout_text()); "$PORT" (= "$PORT0"; "$PORT1", ... for more) in
                       the text become free ports, "$DIR" the test's directory.
                       At teardown: SIGTERM, then the test fails if moongate did
                       not exit 0 within 10 s or if a sanitizer reported anything.

@@ -52,6 +52,28 @@ def test_408_slow_headers(gw):
     assert_serves(gw.port)
 
 
+def test_silent_connection_is_closed(gw):
+    # A client that connects and sends nothing must not hold a connection
+    # forever (header_timeout 1 s, idle_timeout 30 s): closed, 408 or not.
+    with Client(gw.port) as c:
+        t0 = time.monotonic()
+        c.sock.settimeout(8)
+        try:
+            data = c.sock.recv(65536)
+            while data:
+                c.buf += data
+                data = c.sock.recv(65536)
+        except socket.timeout:
+            assert False, "a silent connection was still open after 8 s"
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 5
+        if c.buf:
+            c.eof = True
+            assert_json_error(c.read_response(timeout=1), 408)
+    assert_serves(gw.port)
+
+
 def test_408_partial_request_line(gw):
     with Client(gw.port) as c:
         c.send(b"GET /ec")
