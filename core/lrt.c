@@ -119,11 +119,8 @@ static int boot(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_moongate_core);
     lua_setfield(L, -2, "moongate.core");
-    lua_pushcfunction(L, luaopen_moongate_crypto);
-    lua_setfield(L, -2, "moongate.crypto");
-    lua_pushcfunction(L, luaopen_moongate_base64);
-    lua_setfield(L, -2, "moongate.base64");
     lua_pop(L, 2);
+    mg_lbindings_preload(L);
     lua_pushlightuserdata(L, loop);
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_loop");
     lua_pushcfunction(L, traceback);
