@@ -196,9 +196,15 @@ end
 
 -- Returns chains (a list, false for routes that need no Lua), or
 -- nil, message, needle (text locating the line in the config file).
+M.redis_conf = {}
+
 function M.build(config, file)
   local dirs, err, needle = plugin_dirs(config, file)
   if not dirs then return nil, err, needle end
+  if config.redis ~= nil then
+    local ok, rerr, rneedle = M.check_redis(config.redis)
+    if not ok then return nil, rerr, rneedle end
+  end
   local loaded = {}
   local chains = {}
   for i, route in ipairs(config.routes or {}) do
@@ -211,7 +217,32 @@ function M.build(config, file)
       chains[i] = false
     end
   end
+  M.redis_conf = config.redis or {}
   return chains
+end
+
+-- Checks the `redis` section: { name = { addr = "host:port", pool = n,
+-- timeout = s, password = "...", db = n } }. Returns true, or nil, why, needle.
+function M.check_redis(redis)
+  if type(redis) ~= "table" then return nil, "redis: expected a table", "redis" end
+  local allowed = { addr = "string", pool = "integer", timeout = "number",
+                    password = "string", db = "integer", connect_timeout = "number" }
+  for name, conf in pairs(redis) do
+    if type(name) ~= "string" or type(conf) ~= "table" then
+      return nil, "redis: expected { name = { addr = \"host:port\", ... } }", "redis"
+    end
+    for k, v in pairs(conf) do
+      local t = allowed[k]
+      if not t then return nil, ("redis.%s: unknown option '%s'"):format(name, k), k end
+      if not type_ok(t, v) then
+        return nil, ("redis.%s.%s: must be %s, got %s"):format(name, k, t, type(v)), k
+      end
+    end
+    if type(conf.addr) ~= "string" or not conf.addr:match(":%d+$") then
+      return nil, ("redis.%s.addr: expected \"host:port\""):format(name), name
+    end
+  end
+  return true
 end
 
 local log = require("moongate.core").log
