@@ -528,6 +528,11 @@ static int walk_root(lua_State *L)
         cfg_fail(L, w, "workers", "workers: expected a number from 1 to 256 or \"auto\"");
     lua_pop(L, 1);
     walk_listen(L, w);
+    lua_getfield(L, 2, "watch");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        cfg_fail(L, w, "watch", "watch: expected true or false");
+    cfg->watch = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, 2, "admin");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "admin", "admin");

@@ -63,6 +63,7 @@ typedef struct mg_cfg_route {
 typedef struct mg_cfg {
     char *file;
     int workers;            /* 0 = "auto" */
+    int watch;              /* dev mode: reload when files change */
     mg_cfg_listen_t *listen;
     int nlisten;
     int has_admin;

@@ -372,13 +372,14 @@ static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
 
 /* --- lifecycle ------------------------------------------------------------ */
 
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa)
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin)
 {
     mg_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         close(fd);
         return;
     }
+    c->admin = admin ? 1 : 0;
     c->loop = loop;
     c->fd = fd;
     if (sa->sa_family == AF_INET) {

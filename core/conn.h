@@ -41,12 +41,13 @@ typedef struct mg_conn {
     unsigned in_process : 1; /* re-entrancy guard for mg_conn_process */
     unsigned wio_on : 1;
     unsigned rio_on : 1;
+    unsigned admin : 1;      /* accepted on the admin listener */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
 
 /* Takes ownership of fd (already nonblocking). */
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa);
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin);
 /* Queues bytes for the client. Returns 0 or MG_ENOMEM. */
 int mg_conn_write(mg_conn_t *c, const void *p, size_t n);
 /* Writes what the socket takes now; arms the write watcher for the rest.

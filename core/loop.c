@@ -2,14 +2,18 @@
 #include "conn.h"
 #include "log.h"
 #include "lrt.h"
+#include "metrics.h"
 #include "server.h"
 #include "upstream.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
 #include <lua.h>
 
 #define SCRATCH_BYTES (64 * 1024)
@@ -32,6 +36,20 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
     }
     if (loop->access_log)
         fflush(loop->access_log);
+    if (loop->met) { /* publish gauges once per iteration */
+        mg_met_worker_t *w = loop->met;
+        w->conns = loop->stats.conns;
+        w->active = loop->stats.active;
+        w->lua_mem = (int64_t)loop->lua_mem;
+        w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
+        w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
+        w->up_retries = loop->stats.up_retries + loop->met_base[2];
+        int64_t idle = 0;
+        if (loop->gen && loop->gen->ups)
+            for (int i = 0; i < loop->gen->cfg->nupstreams; i++)
+                idle += loop->gen->ups[i].nidle;
+        w->up_idle = idle;
+    }
 }
 
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p)
@@ -86,10 +104,225 @@ static void on_hup(struct ev_loop *ev, ev_signal *w, int revents)
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
     char err[1024];
-    if (mg_loop_load(loop, err, sizeof err) != 0)
+    mg_loop_reload(loop, err, sizeof err);
+}
+
+/* --- listeners ------------------------------------------------------------ */
+
+static mg_listener_t *find_listener(mg_loop_t *loop, const char *text, int admin)
+{
+    for (int i = 0; i < loop->nlisteners; i++)
+        if (loop->listeners[i] && loop->listeners[i]->admin == admin &&
+            strcmp(loop->listeners[i]->addr.text, text) == 0)
+            return loop->listeners[i];
+    return NULL;
+}
+
+int mg_loop_adopt_listener(mg_loop_t *loop, int fd, const mg_addr_t *addr, int admin)
+{
+    if (loop->nlisteners == MG_MAX_LISTENERS)
+        return -1;
+    mg_listener_t *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return -1;
+    mg_srv_start(loop, l, fd, addr, admin);
+    loop->listeners[loop->nlisteners++] = l;
+    return 0;
+}
+
+static int bind_one(mg_loop_t *loop, const mg_addr_t *addr, int admin, char *err, size_t errlen)
+{
+    mg_listener_t *l = find_listener(loop, addr->text, admin);
+    if (l) {
+        l->keep = 1;
+        return 0;
+    }
+    int fd = mg_srv_bind(addr, err, errlen);
+    if (fd < 0)
+        return -1;
+    if (mg_loop_adopt_listener(loop, fd, addr, admin) != 0) {
+        close(fd);
+        snprintf(err, errlen, "too many listeners");
+        return -1;
+    }
+    loop->listeners[loop->nlisteners - 1]->keep = 1;
+    mg_log_info("listening on %s%s", addr->text, admin ? " (admin)" : "");
+    return 0;
+}
+
+/* Makes the open listeners match the current config: binds new addresses,
+ * closes ones the config no longer names. Existing sockets are kept, so no
+ * connection is refused across a reload. */
+static int sync_listeners(mg_loop_t *loop, char *err, size_t errlen)
+{
+    mg_cfg_t *cfg = loop->gen->cfg;
+    for (int i = 0; i < loop->nlisteners; i++)
+        loop->listeners[i]->keep = 0;
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if (cfg->listen[i].tls_cert) {
+            snprintf(err, errlen, "%s: listen[%d] %s: TLS listeners are not supported yet",
+                     cfg->file, i + 1, cfg->listen[i].addr.text);
+            return -1;
+        }
+        if (bind_one(loop, &cfg->listen[i].addr, 0, err, errlen) != 0)
+            return -1;
+    }
+    if (cfg->has_admin && bind_one(loop, &cfg->admin, 1, err, errlen) != 0)
+        return -1;
+    int k = 0;
+    for (int i = 0; i < loop->nlisteners; i++) {
+        mg_listener_t *l = loop->listeners[i];
+        if (l->keep) {
+            loop->listeners[k++] = l;
+        } else {
+            mg_log_info("no longer listening on %s", l->addr.text);
+            mg_srv_close(l);
+            free(l);
+        }
+    }
+    loop->nlisteners = k;
+    return 0;
+}
+
+/* --- reload --------------------------------------------------------------- */
+
+static void setup_watch(mg_loop_t *loop);
+
+int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
+{
+    mg_gen_t *old = loop->gen;
+    mg_gen_ref(old);
+    int rc = mg_loop_load(loop, err, errlen);
+    if (rc == 0 && !loop->inherited && loop->ev && loop->nlisteners > 0 &&
+        sync_listeners(loop, err, errlen) != 0) {
+        /* the new listeners cannot be had: back to the old generation */
+        mg_gen_t *bad = loop->gen;
+        loop->gen = old;
+        mg_gen_ref(old);
+        mg_gen_unref(bad);
+        char ignored[256];
+        sync_listeners(loop, ignored, sizeof ignored);
+        rc = -1;
+    }
+    mg_gen_unref(old);
+    double now = ev_time();
+    if (rc != 0) {
         mg_log_error("reload failed, keeping generation %u: %s", loop->gen->id, err);
-    else
-        mg_log_info("reloaded: generation %u", loop->gen->id);
+        if (loop->met_shm && !loop->inherited)
+            mg_met_reload(loop->met_shm, 0, err, now);
+        return -1;
+    }
+    if (loop->met_shm) {
+        if (loop->inherited) {
+            loop->gen->id = loop->met_shm->generation; /* the master's count */
+        } else {
+            loop->met_shm->generation = loop->gen->id;
+            mg_met_reload(loop->met_shm, 1, NULL, now);
+        }
+    }
+    if (loop->met)
+        loop->met->generation = loop->gen->id;
+    setup_watch(loop);
+    mg_log_info("reloaded: generation %u", loop->gen->id);
+    return 0;
+}
+
+int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen)
+{
+    if (!loop->master_pid)
+        return mg_loop_reload(loop, err, errlen);
+    /* Check here first so the caller gets the verdict; the master checks
+     * again and signals every worker. */
+    mg_cfg_t *cfg = mg_cfg_load(loop->L, loop->config_file, err, errlen);
+    if (cfg == NULL) {
+        mg_log_error("reload refused: %s", err);
+        if (loop->met_shm)
+            mg_met_reload(loop->met_shm, 0, err, ev_time());
+        return -1;
+    }
+    mg_cfg_free(cfg);
+    if (kill(loop->master_pid, SIGHUP) != 0) {
+        snprintf(err, errlen, "cannot signal the master: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* --- dev mode: watch = true ------------------------------------------------ */
+
+static void watch_fire(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    mg_loop_t *loop = mg_loop_of(ev);
+    char err[1024];
+    mg_log_info("watch: a config or plugin file changed; reloading");
+    mg_loop_request_reload(loop, err, sizeof err);
+}
+
+static void watch_cb(struct ev_loop *ev, ev_stat *w, int revents)
+{
+    (void)revents;
+    mg_loop_t *loop = mg_loop_of(ev);
+    if (w->attr.st_nlink == 0 && w->prev.st_nlink == 0)
+        return;
+    /* editors write in several steps: reload once things settle */
+    ev_timer_stop(ev, &loop->watch_debounce);
+    ev_timer_set(&loop->watch_debounce, 0.2, 0.);
+    ev_timer_start(ev, &loop->watch_debounce);
+}
+
+static void add_watch(mg_loop_t *loop, const char *path)
+{
+    if (loop->nwatch == MG_MAX_WATCH)
+        return;
+    for (int i = 0; i < loop->nwatch; i++)
+        if (strcmp(loop->watch[i].path, path) == 0)
+            return;
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return;
+    ev_stat *st = &loop->watch[loop->nwatch++];
+    ev_stat_init(st, watch_cb, copy, 0.25);
+    ev_stat_start(loop->ev, st);
+}
+
+static void clear_watch(mg_loop_t *loop)
+{
+    for (int i = 0; i < loop->nwatch; i++) {
+        ev_stat_stop(loop->ev, &loop->watch[i]);
+        free((char *)loop->watch[i].path);
+    }
+    loop->nwatch = 0;
+}
+
+/* Watches the config file and every plugin file the generation loaded.
+ * Only one process watches (worker 0, or the single process). */
+static void setup_watch(mg_loop_t *loop)
+{
+    if (loop->ev == NULL || loop->worker_index != 0 || loop->script)
+        return;
+    clear_watch(loop);
+    if (!loop->gen->cfg->watch)
+        return;
+    ev_init(&loop->watch_debounce, watch_fire);
+    add_watch(loop, loop->config_file);
+    lua_State *L = loop->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, "mg_runtime");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "loaded_files");
+        if (lua_istable(L, -1)) {
+            lua_Integer n = luaL_len(L, -1);
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                if (lua_isstring(L, -1))
+                    add_watch(loop, lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
@@ -124,7 +357,8 @@ void mg_loop_stop(mg_loop_t *loop)
         return;
     loop->stopping = 1;
     for (int i = 0; i < loop->nlisteners; i++)
-        mg_srv_close(&loop->listeners[i]);
+        mg_srv_close(loop->listeners[i]);
+    clear_watch(loop);
     mg_conn_t *c = loop->conns;
     while (c) {
         mg_conn_t *next = c->next;
@@ -218,26 +452,31 @@ static int open_access_log(mg_loop_t *loop)
 
 int mg_loop_run(mg_loop_t *loop)
 {
-    mg_cfg_t *cfg = loop->gen->cfg;
     if (open_access_log(loop) != 0)
         return 1;
-    loop->listeners = calloc((size_t)cfg->nlisten, sizeof *loop->listeners);
-    if (loop->listeners == NULL)
-        return 1;
-    for (int i = 0; i < cfg->nlisten; i++) {
-        char err[256];
-        if (cfg->listen[i].tls_cert) {
-            mg_log_error("%s: listen[%d] %s: TLS listeners are not supported yet", cfg->file,
-                         i + 1, cfg->listen[i].addr.text);
-            return 1;
-        }
-        int fd = mg_srv_bind(&cfg->listen[i].addr, err, sizeof err);
-        if (fd < 0) {
+    if (!loop->inherited) {
+        char err[512];
+        if (sync_listeners(loop, err, sizeof err) != 0) {
             mg_log_error("%s", err);
             return 1;
         }
-        mg_srv_start(loop, &loop->listeners[loop->nlisteners++], fd, &cfg->listen[i].addr);
-        mg_log_info("listening on %s", cfg->listen[i].addr.text);
+    }
+    if (loop->met_shm == NULL) { /* single process: a region of one slot */
+        loop->met_shm = mg_met_create(1);
+        loop->met_owned = 1;
+        if (loop->met_shm) {
+            loop->met_shm->started = ev_time();
+            loop->met_shm->generation = loop->gen->id;
+        }
+    }
+    if (loop->met_shm && loop->met == NULL)
+        loop->met = &loop->met_shm->w[loop->worker_index];
+    if (loop->met) {
+        loop->met->pid = (int)getpid();
+        loop->met->generation = loop->gen->id;
+        loop->met_base[0] = loop->met->up_connect_errors;
+        loop->met_base[1] = loop->met->up_timeouts;
+        loop->met_base[2] = loop->met->up_retries;
     }
     ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
@@ -245,8 +484,9 @@ int mg_loop_run(mg_loop_t *loop)
     ev_signal_start(loop->ev, &loop->sigterm);
     ev_signal_start(loop->ev, &loop->sigint);
     ev_signal_start(loop->ev, &loop->sighup);
-    mg_log_info("moongate %s started (pid %d, generation %u)", MG_VERSION, (int)getpid(),
-                loop->gen->id);
+    setup_watch(loop);
+    mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
+                (int)getpid(), loop->worker_index, loop->gen->id);
     ev_run(loop->ev, 0);
     mg_log_info("stopped");
     return loop->exit_code;
@@ -257,8 +497,12 @@ void mg_loop_free(mg_loop_t *loop)
     if (loop == NULL)
         return;
     if (loop->ev) {
-        for (int i = 0; i < loop->nlisteners; i++)
-            mg_srv_close(&loop->listeners[i]);
+        for (int i = 0; i < loop->nlisteners; i++) {
+            mg_srv_close(loop->listeners[i]);
+            free(loop->listeners[i]);
+        }
+        loop->nlisteners = 0;
+        clear_watch(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);
@@ -277,7 +521,8 @@ void mg_loop_free(mg_loop_t *loop)
     }
     mg_lrt_close(loop->L);
     free(loop->script);
-    free(loop->listeners);
+    if (loop->met_owned)
+        mg_met_destroy(loop->met_shm);
     free(loop->scratch);
     free(loop);
 }

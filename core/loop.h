@@ -10,6 +10,9 @@
 
 #include "config.h"
 
+#define MG_MAX_LISTENERS 64
+#define MG_MAX_WATCH 64
+
 typedef struct mg_up mg_up_t;
 typedef struct mg_conn mg_conn_t;
 typedef struct mg_listener mg_listener_t;
@@ -44,8 +47,19 @@ typedef struct mg_loop {
     mg_gen_t *gen;           /* current generation */
     unsigned next_gen_id;
     const char *config_file;
-    mg_listener_t *listeners;
+    mg_listener_t *listeners[MG_MAX_LISTENERS]; /* heap-allocated: watchers never move */
     int nlisteners;
+    /* processes and metrics */
+    int worker_index;        /* 0 in single-process mode */
+    int master_pid;          /* 0 in single-process mode */
+    int inherited;           /* listeners come from the master (multi-worker mode) */
+    struct mg_met_shm *met_shm;
+    struct mg_met_worker *met;  /* this worker's slot */
+    ev_stat watch[MG_MAX_WATCH];   /* dev mode: config and plugin files */
+    int nwatch;
+    ev_timer watch_debounce;
+    int met_owned;
+    uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
@@ -78,7 +92,18 @@ mg_loop_t *mg_loop_new(const char *config_file);
 /* Loads the config file as a new generation and makes it current.
  * 0, or -1 with "file:line: why" in err. */
 int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen);
-/* Binds listeners, runs until stopped; returns the exit code. */
+/* Loads the config file again as a new generation (SIGHUP, POST /reload,
+ * watch). On failure the old generation keeps serving. In single-process
+ * mode it also binds/closes listeners the new config adds/removes. Records
+ * the result in the metrics region. 0, or -1 with the reason in err. */
+int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen);
+/* Asks for a reload the way this process should: in a worker of a
+ * multi-worker gateway, by signalling the master after checking the
+ * config; otherwise in-process. 0, or -1 with the reason in err. */
+int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen);
+/* Adopts an already-bound listening fd (multi-worker mode). */
+int mg_loop_adopt_listener(mg_loop_t *loop, int fd, const mg_addr_t *addr, int admin);
+/* Binds listeners (unless adopted), runs until stopped; returns the exit code. */
 int mg_loop_run(mg_loop_t *loop);
 void mg_loop_free(mg_loop_t *loop);
 

@@ -2,6 +2,7 @@
 #include "log.h"
 #include "loop.h"
 #include "lrt.h"
+#include "master.h"
 #include "req.h"
 #include "server.h"
 
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -73,7 +75,12 @@ int main(int argc, char **argv)
         return 0;
     }
     mg_srv_raise_nofile();
-    int rc = mg_loop_run(loop);
+    int workers = loop->gen->cfg->workers;
+    if (workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        workers = n > 0 ? (int)n : 1;
+    }
+    int rc = workers > 1 ? mg_master_run(loop, workers) : mg_loop_run(loop);
     mg_loop_free(loop);
     return rc;
 }

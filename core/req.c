@@ -6,7 +6,9 @@
  * has its response. */
 #include "req.h"
 #include "conn.h"
+#include "admin.h"
 #include "log.h"
+#include "metrics.h"
 #include "lrt.h"
 #include "proxy.h"
 #include "router.h"
@@ -220,6 +222,11 @@ void mg_req_dispatch(mg_req_t *r)
         mg_req_error(r, 413, "request body too large");
         return;
     }
+    if (r->conn && r->conn->admin) {
+        r->admin = 1;
+        mg_admin_handle(r);
+        return;
+    }
     mg_str_t host = mg_req_header(r, "host");
     if (host.p) {
         /* strip the port, keeping IPv6 brackets intact */
@@ -409,7 +416,12 @@ void mg_req_finish(mg_req_t *r)
     mg_loop_t *loop = r->loop;
     loop->stats.requests++;
     loop->stats.active--;
-    access_log(r);
+    if (!r->admin) {
+        access_log(r);
+        if (loop->met)
+            mg_met_request(loop->met, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "",
+                           r->status, ev_now(loop->ev) - r->t_start);
+    }
     mg_conn_t *c = r->conn;
     if (c) {
         int keepalive = r->keepalive && r->body_done && !r->resp_close;
@@ -445,8 +457,12 @@ void mg_req_abort(mg_req_t *r)
     if (r->up)
         mg_proxy_abort(r);
     r->loop->stats.active--;
-    if (r->head && (r->head->nhdrs || r->head->url_len))
+    if (r->head && (r->head->nhdrs || r->head->url_len) && !r->admin) {
         access_log(r);
+        if (r->loop->met)
+            mg_met_request(r->loop->met, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "",
+                           499, ev_now(r->loop->ev) - r->t_start);
+    }
     r->conn = NULL;
     mg_lrt_abort(r);
     mg_req_maybe_free(r);

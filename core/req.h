@@ -99,6 +99,7 @@ struct mg_req {
     unsigned freeing : 1;     /* free scheduled */
     unsigned keep_res_head : 1; /* copy the response head for the log phase */
     unsigned script : 1;      /* `moongate --script`: not an HTTP request */
+    unsigned admin : 1;       /* an admin API request: not logged or counted */
     unsigned instr_ticks;     /* count-hook ticks since the last resume */
     mg_conn_t *pending_conn;
     mg_edits_t edits;         /* request header edits */

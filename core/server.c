@@ -86,13 +86,14 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss);
+        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss, l->admin);
     }
 }
 
-void mg_srv_start(mg_loop_t *loop, mg_listener_t *l, int fd, const mg_addr_t *addr)
+void mg_srv_start(mg_loop_t *loop, mg_listener_t *l, int fd, const mg_addr_t *addr, int admin)
 {
     l->loop = loop;
+    l->admin = admin;
     l->fd = fd;
     l->addr = *addr;
     ev_io_init(&l->io, accept_cb, fd, EV_READ);

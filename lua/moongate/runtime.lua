@@ -131,6 +131,8 @@ function M.check_conf(plugin, conf)
   return true
 end
 
+local loaded_files
+
 local function build_route(route, i, dirs, loaded)
   local where = ("routes[%d]"):format(i)
   local plugins = route.plugins or {}
@@ -157,6 +159,7 @@ local function build_route(route, i, dirs, loaded)
       local err
       plugin, err = load_plugin(path, name)
       if not plugin then return nil, ("%s (%s): %s"):format(pw, name, err), name end
+      loaded_files[#loaded_files + 1] = path
       loaded[name] = plugin
     end
     local conf = {}
@@ -207,6 +210,7 @@ function M.build(config, file)
   end
   local loaded = {}
   local chains = {}
+  loaded_files = {}
   for i, route in ipairs(config.routes or {}) do
     if route.plugins or route.handler then
       local chain
@@ -218,6 +222,7 @@ function M.build(config, file)
     end
   end
   M.redis_conf = config.redis or {}
+  M.loaded_files = loaded_files
   return chains
 end
 

@@ -1,0 +1,107 @@
+#include "admin.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "req.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* JSON string escaping for the few strings we put in answers. */
+static void json_str(mg_buf_t *b, const char *s)
+{
+    mg_buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            mg_buf_printf(b, "\\%c", c);
+        else if (c < 0x20)
+            mg_buf_printf(b, "\\u%04x", c);
+        else
+            mg_buf_append(b, s, 1);
+    }
+    mg_buf_append(b, "\"", 1);
+}
+
+static void status_json(mg_req_t *r)
+{
+    mg_loop_t *loop = r->loop;
+    const mg_met_shm_t *m = loop->met_shm;
+    mg_buf_t b = { 0 };
+    double started = m && m->started ? m->started : loop->started;
+    mg_buf_printf(&b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"workers\":%d,"
+                      "\"generation\":%u,",
+                  MG_VERSION, loop->master_pid ? loop->master_pid : (int)getpid(),
+                  ev_now(loop->ev) - started, m ? m->nworkers : 1,
+                  m ? m->generation : loop->gen->id);
+    mg_buf_printf(&b, "\"reloads\":{\"ok\":%llu,\"failed\":%llu},\"last_reload\":",
+                  m ? (unsigned long long)m->reloads_ok : 0ULL,
+                  m ? (unsigned long long)m->reloads_failed : 0ULL);
+    if (m == NULL || m->last_reload_ok < 0) {
+        mg_buf_printf(&b, "null");
+    } else {
+        mg_buf_printf(&b, "{\"ok\":%s,\"at\":%.3f,\"error\":", m->last_reload_ok ? "true" : "false",
+                      m->last_reload_at);
+        if (m->last_reload_ok)
+            mg_buf_printf(&b, "null}");
+        else {
+            json_str(&b, m->last_reload_error);
+            mg_buf_printf(&b, "}");
+        }
+    }
+    mg_buf_printf(&b, ",\"connections\":%d,\"requests_active\":%d,\"lua_memory\":%zu}\n",
+                  loop->stats.conns, loop->stats.active, loop->lua_mem);
+    mg_req_respond(r, 200, "application/json", b.base, b.len, NULL);
+    mg_buf_free(&b);
+}
+
+static void reload(mg_req_t *r)
+{
+    char err[1024];
+    mg_loop_t *loop = r->loop;
+    mg_buf_t b = { 0 };
+    if (mg_loop_request_reload(loop, err, sizeof err) == 0) {
+        unsigned gen = loop->master_pid ? (loop->met_shm ? loop->met_shm->generation + 1 : 0)
+                                        : loop->gen->id;
+        mg_buf_printf(&b, "{\"ok\":true,\"generation\":%u}\n", gen);
+        mg_req_respond(r, 200, "application/json", b.base, b.len, NULL);
+    } else {
+        mg_buf_printf(&b, "{\"ok\":false,\"error\":");
+        json_str(&b, err);
+        mg_buf_printf(&b, "}\n");
+        mg_req_respond(r, 400, "application/json", b.base, b.len, NULL);
+    }
+    mg_buf_free(&b);
+}
+
+void mg_admin_handle(mg_req_t *r)
+{
+    int m = r->head->method;
+    mg_str_t p = r->path;
+    if (MG_STR_EQ_CI(p, "/metrics")) {
+        if (m != HTTP_GET && m != HTTP_HEAD) {
+            mg_req_error(r, 405, "method not allowed");
+            return;
+        }
+        size_t len = 0;
+        char *text = r->loop->met_shm ? mg_met_render(r->loop->met_shm, MG_VERSION, &len) : NULL;
+        mg_req_respond(r, 200, "text/plain; version=0.0.4", text ? text : "", len, NULL);
+        free(text);
+    } else if (MG_STR_EQ_CI(p, "/status")) {
+        if (m != HTTP_GET && m != HTTP_HEAD) {
+            mg_req_error(r, 405, "method not allowed");
+            return;
+        }
+        status_json(r);
+    } else if (MG_STR_EQ_CI(p, "/reload")) {
+        if (m != HTTP_POST) {
+            mg_req_error(r, 405, "use POST");
+            return;
+        }
+        reload(r);
+    } else {
+        mg_req_error(r, 404, "no such admin endpoint");
+    }
+}

@@ -1,0 +1,229 @@
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+const double mg_met_bounds[MG_MET_BUCKETS] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                0.05,   0.1,   0.25,   0.5,   1,    5 };
+
+mg_met_shm_t *mg_met_create(int nworkers)
+{
+    void *p = mmap(NULL, sizeof(mg_met_shm_t), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    mg_met_shm_t *m = p; /* mmap gives zeroed pages */
+    m->nworkers = nworkers > MG_MET_MAX_WORKERS ? MG_MET_MAX_WORKERS : nworkers;
+    m->last_reload_ok = -1;
+    return m;
+}
+
+void mg_met_destroy(mg_met_shm_t *m)
+{
+    if (m)
+        munmap(m, sizeof *m);
+}
+
+static uint32_t hash_key(const char *route, int status)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = route; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 16777619u;
+    }
+    h ^= (uint32_t)status;
+    h *= 16777619u;
+    return h;
+}
+
+void mg_met_request(mg_met_worker_t *w, const char *route, int status, double seconds)
+{
+    w->requests++;
+    int b = 0;
+    while (b < MG_MET_BUCKETS && seconds > mg_met_bounds[b])
+        b++;
+    w->hist[b]++;
+    w->latency_sum += seconds;
+    size_t rl = strlen(route);
+    if (rl >= MG_MET_ROUTE_LEN)
+        rl = MG_MET_ROUTE_LEN - 1;
+    uint32_t h = hash_key(route, status);
+    for (int probe = 0; probe < MG_MET_KEYS; probe++) {
+        mg_met_key_t *k = &w->keys[(h + (uint32_t)probe) % MG_MET_KEYS];
+        if (!k->used) {
+            memcpy(k->route, route, rl);
+            k->route[rl] = '\0';
+            k->status = (uint16_t)status;
+            k->count = 1;
+            __atomic_store_n(&k->used, 1, __ATOMIC_RELEASE);
+            return;
+        }
+        if (k->status == status && strncmp(k->route, route, rl) == 0 && k->route[rl] == '\0') {
+            k->count++;
+            return;
+        }
+    }
+    w->overflow++;
+}
+
+void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now)
+{
+    if (ok)
+        m->reloads_ok++;
+    else
+        m->reloads_failed++;
+    m->last_reload_ok = ok;
+    m->last_reload_at = now;
+    snprintf(m->last_reload_error, sizeof m->last_reload_error, "%s", ok || !err ? "" : err);
+}
+
+/* --- rendering ------------------------------------------------------------ */
+
+typedef struct out {
+    char *p;
+    size_t len, cap;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->p ? o->p + o->len : NULL, o->p ? o->cap - o->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (o->p && o->len + (size_t)n < o->cap) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap ? o->cap * 2 : 8192;
+        while (cap < o->len + (size_t)n + 1)
+            cap *= 2;
+        char *q = realloc(o->p, cap);
+        if (q == NULL)
+            return;
+        o->p = q;
+        o->cap = cap;
+    }
+}
+
+/* Prometheus label values: escape backslash, quote and newline. */
+static void put_label(out_t *o, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            put(o, "\\%c", *s);
+        else if (*s == '\n')
+            put(o, "\\n");
+        else
+            put(o, "%c", *s);
+    }
+}
+
+char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
+{
+    out_t o = { 0 };
+    int n = m->nworkers;
+    put(&o, "# HELP moongate_build_info moongate version.\n# TYPE moongate_build_info gauge\n"
+            "moongate_build_info{version=\"%s\"} 1\n", version);
+    put(&o, "# HELP moongate_requests_total Requests answered, by route and status.\n"
+            "# TYPE moongate_requests_total counter\n");
+    /* merge the workers' (route, status) pairs */
+    for (int wi = 0; wi < n; wi++) {
+        for (int k = 0; k < MG_MET_KEYS; k++) {
+            const mg_met_key_t *key = &m->w[wi].keys[k];
+            if (!__atomic_load_n(&key->used, __ATOMIC_ACQUIRE))
+                continue;
+            int seen = 0; /* already printed for an earlier worker? */
+            for (int pw = 0; pw < wi && !seen; pw++)
+                for (int pk = 0; pk < MG_MET_KEYS && !seen; pk++) {
+                    const mg_met_key_t *q = &m->w[pw].keys[pk];
+                    if (q->used && q->status == key->status && strcmp(q->route, key->route) == 0)
+                        seen = 1;
+                }
+            if (seen)
+                continue;
+            uint64_t total = 0;
+            for (int ow = wi; ow < n; ow++)
+                for (int ok = 0; ok < MG_MET_KEYS; ok++) {
+                    const mg_met_key_t *q = &m->w[ow].keys[ok];
+                    if (q->used && q->status == key->status && strcmp(q->route, key->route) == 0)
+                        total += q->count;
+                }
+            put(&o, "moongate_requests_total{route=\"");
+            put_label(&o, key->route);
+            put(&o, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
+        }
+    }
+    uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0, ce = 0, to = 0, re = 0, restarts = 0;
+    double sum = 0;
+    int64_t conns = 0, active = 0, idle = 0;
+    for (int wi = 0; wi < n; wi++) {
+        const mg_met_worker_t *w = &m->w[wi];
+        for (int b = 0; b <= MG_MET_BUCKETS; b++)
+            hist[b] += w->hist[b];
+        count += w->requests;
+        sum += w->latency_sum;
+        ce += w->up_connect_errors;
+        to += w->up_timeouts;
+        re += w->up_retries;
+        restarts += w->restarts;
+        conns += w->conns;
+        active += w->active;
+        idle += w->up_idle;
+    }
+    put(&o, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
+            "# TYPE moongate_request_duration_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int b = 0; b < MG_MET_BUCKETS; b++) {
+        cum += hist[b];
+        put(&o, "moongate_request_duration_seconds_bucket{le=\"%g\"} %llu\n", mg_met_bounds[b],
+            (unsigned long long)cum);
+    }
+    cum += hist[MG_MET_BUCKETS];
+    put(&o, "moongate_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    put(&o, "moongate_request_duration_seconds_sum %.6f\n", sum);
+    put(&o, "moongate_request_duration_seconds_count %llu\n", (unsigned long long)count);
+    put(&o, "# HELP moongate_upstream_connect_errors_total Failed upstream connects.\n"
+            "# TYPE moongate_upstream_connect_errors_total counter\n"
+            "moongate_upstream_connect_errors_total %llu\n", (unsigned long long)ce);
+    put(&o, "# HELP moongate_upstream_timeouts_total Upstream connect or read timeouts.\n"
+            "# TYPE moongate_upstream_timeouts_total counter\n"
+            "moongate_upstream_timeouts_total %llu\n", (unsigned long long)to);
+    put(&o, "# HELP moongate_upstream_retries_total Requests retried on another server.\n"
+            "# TYPE moongate_upstream_retries_total counter\n"
+            "moongate_upstream_retries_total %llu\n", (unsigned long long)re);
+    put(&o, "# HELP moongate_connections_active Open client connections.\n"
+            "# TYPE moongate_connections_active gauge\nmoongate_connections_active %lld\n",
+        (long long)conns);
+    put(&o, "# HELP moongate_requests_active Requests in flight.\n"
+            "# TYPE moongate_requests_active gauge\nmoongate_requests_active %lld\n",
+        (long long)active);
+    put(&o, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
+            "# TYPE moongate_upstream_connections_idle gauge\n"
+            "moongate_upstream_connections_idle %lld\n", (long long)idle);
+    put(&o, "# HELP moongate_lua_memory_bytes Lua heap per worker.\n"
+            "# TYPE moongate_lua_memory_bytes gauge\n");
+    for (int wi = 0; wi < n; wi++)
+        put(&o, "moongate_lua_memory_bytes{worker=\"%d\"} %lld\n", wi, (long long)m->w[wi].lua_mem);
+    put(&o, "# HELP moongate_reloads_total Config reloads by result.\n"
+            "# TYPE moongate_reloads_total counter\n"
+            "moongate_reloads_total{result=\"ok\"} %llu\n"
+            "moongate_reloads_total{result=\"failed\"} %llu\n",
+        (unsigned long long)m->reloads_ok, (unsigned long long)m->reloads_failed);
+    put(&o, "# HELP moongate_config_generation The config generation in force.\n"
+            "# TYPE moongate_config_generation gauge\nmoongate_config_generation %u\n",
+        m->generation);
+    put(&o, "# HELP moongate_workers Worker processes.\n# TYPE moongate_workers gauge\n"
+            "moongate_workers %d\n", n);
+    put(&o, "# HELP moongate_worker_restarts_total Workers restarted after dying.\n"
+            "# TYPE moongate_worker_restarts_total counter\n"
+            "moongate_worker_restarts_total %llu\n", (unsigned long long)restarts);
+    *len = o.len;
+    return o.p;
+}

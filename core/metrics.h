@@ -1,0 +1,61 @@
+/* Metrics shared by all workers: one shared-memory region (mmap'd by the
+ * master before it forks) with a slot per worker. Each worker writes only
+ * its own slot; /metrics sums the slots. A respawned worker keeps its
+ * slot's counters, so totals never go backwards. Leaf module: libc only. */
+#ifndef MG_METRICS_H
+#define MG_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MG_MET_MAX_WORKERS 64
+#define MG_MET_KEYS 512          /* distinct (route, status) pairs per worker */
+#define MG_MET_ROUTE_LEN 48
+#define MG_MET_BUCKETS 12
+
+typedef struct mg_met_key {
+    uint32_t used;               /* set last, with release order */
+    uint16_t status;
+    char route[MG_MET_ROUTE_LEN];
+    uint64_t count;
+} mg_met_key_t;
+
+typedef struct mg_met_worker {
+    int pid;
+    uint64_t requests;
+    uint64_t hist[MG_MET_BUCKETS + 1];   /* latency buckets, last is +Inf */
+    double latency_sum;
+    uint64_t up_connect_errors, up_timeouts, up_retries;
+    uint64_t restarts;
+    int64_t conns, active, up_idle;      /* gauges, refreshed each loop iteration */
+    int64_t lua_mem;
+    uint32_t generation;
+    uint32_t overflow;                   /* (route, status) pairs that found no slot */
+    mg_met_key_t keys[MG_MET_KEYS];
+} mg_met_worker_t;
+
+typedef struct mg_met_shm {
+    int nworkers;
+    double started;
+    uint32_t generation;                 /* the config generation in force */
+    uint64_t reloads_ok, reloads_failed;
+    int last_reload_ok;                  /* -1 none yet */
+    double last_reload_at;
+    char last_reload_error[512];
+    mg_met_worker_t w[MG_MET_MAX_WORKERS];
+} mg_met_shm_t;
+
+extern const double mg_met_bounds[MG_MET_BUCKETS];
+
+/* Maps a region for nworkers (shared with children forked later). */
+mg_met_shm_t *mg_met_create(int nworkers);
+void mg_met_destroy(mg_met_shm_t *m);
+/* Counts one finished request in a worker's slot. */
+void mg_met_request(mg_met_worker_t *w, const char *route, int status, double seconds);
+/* Records a reload result (ok, or the error text). */
+void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now);
+
+/* Renders the Prometheus text exposition into a malloc'd string. */
+char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len);
+
+#endif
