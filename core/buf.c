@@ -88,3 +88,31 @@ void mg_buf_free(mg_buf_t *b)
     b->base = NULL;
     b->off = b->len = b->cap = 0;
 }
+
+int mg_buf_puts(mg_buf_t *b, const char *s)
+{
+    return mg_buf_append(b, s, strlen(s));
+}
+
+int mg_buf_putu(mg_buf_t *b, unsigned long long v)
+{
+    char tmp[24];
+    int i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+int mg_buf_putx(mg_buf_t *b, unsigned long long v)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[20];
+    int i = sizeof tmp;
+    do {
+        tmp[--i] = hex[v & 15];
+        v >>= 4;
+    } while (v);
+    return mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}

@@ -22,6 +22,11 @@ static inline size_t mg_buf_room(const mg_buf_t *b) { return b->cap - b->off - b
 int mg_buf_reserve(mg_buf_t *b, size_t extra);
 int mg_buf_append(mg_buf_t *b, const void *p, size_t n);
 int mg_buf_printf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends a NUL-terminated string / an unsigned number in decimal or hex
+ * (hot paths: cheaper than printf). */
+int mg_buf_puts(mg_buf_t *b, const char *s);
+int mg_buf_putu(mg_buf_t *b, unsigned long long v);
+int mg_buf_putx(mg_buf_t *b, unsigned long long v);
 /* Drops n bytes from the front; resets off when the buffer empties. */
 void mg_buf_consume(mg_buf_t *b, size_t n);
 /* Moves live bytes to the front of the allocation. */

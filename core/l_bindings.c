@@ -10,6 +10,7 @@ void mg_lbindings_preload(lua_State *L)
     static const luaL_Reg mods[] = {
         { "moongate.crypto", luaopen_moongate_crypto },
         { "moongate.base64", luaopen_moongate_base64 },
+        { "moongate.redis", luaopen_moongate_redis },
         { NULL, NULL },
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

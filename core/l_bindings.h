@@ -14,6 +14,9 @@ int luaopen_moongate_crypto(lua_State *L);
 /* Standard and URL-safe base64 (core/l_base64.c). May raise (OOM only). */
 int luaopen_moongate_base64(lua_State *L);
 
+/* gw.redis: pooled, nonblocking Redis (core/l_redis.c). */
+int luaopen_moongate_redis(lua_State *L);
+
 /* Puts every module above in package.preload. */
 void mg_lbindings_preload(lua_State *L);
 

@@ -3,6 +3,7 @@
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
+#include "req.h"
 #include "server.h"
 #include "upstream.h"
 
@@ -520,6 +521,12 @@ void mg_loop_free(mg_loop_t *loop)
             fclose(loop->access_log);
     }
     mg_lrt_close(loop->L);
+    while (loop->free_reqs) {
+        struct mg_req *r = loop->free_reqs;
+        loop->free_reqs = r->next_free;
+        mg_buf_free(&r->uhead);
+        free(r);
+    }
     free(loop->script);
     if (loop->met_owned)
         mg_met_destroy(loop->met_shm);

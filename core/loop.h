@@ -83,6 +83,8 @@ typedef struct mg_loop {
     int threads[64];         /* finished coroutines kept for reuse (registry refs) */
     int nthreads;
     struct mg_req *script;   /* --script mode's pseudo request */
+    struct mg_req *free_reqs;/* finished requests kept for reuse */
+    int nfree_reqs;
 } mg_loop_t;
 
 static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }

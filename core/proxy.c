@@ -77,51 +77,85 @@ static int forwardable(const mg_h1_head_t *h, mg_str_t n)
     return !is_hop_by_hop(n) && !connection_lists(h, n);
 }
 
+static int is_framing(mg_str_t n);
+
+/* Serializes the request for the upstream into r->uhead: the original
+ * headers minus hop-by-hop ones, Lua's edits (set_header/remove_header win
+ * over originals and over our X-Forwarded-*), X-Forwarded-For (appended to
+ * the client's), -Proto and -Host, and our own body framing. */
 static void build_request_head(mg_req_t *r)
 {
     mg_h1_head_t *h = r->head;
     mg_buf_t *o = &r->uhead;
+    const mg_edits_t *e = &r->edits;
     mg_str_t url = mg_h1_url(h);
-    /* origin-form target: the path view starts inside the url */
-    const char *t = r->path.p;
-    size_t tn = (size_t)(url.p + url.n - t);
-    mg_buf_printf(o, "%s %.*s HTTP/1.1\r\n", llhttp_method_name(h->method), (int)tn, t);
-    mg_str_t xff = { NULL, 0 };
+    mg_buf_puts(o, llhttp_method_name(h->method));
+    mg_buf_append(o, " ", 1);
+    if (r->path_override) {
+        mg_buf_puts(o, r->path_override);
+        if (r->query.n) {
+            mg_buf_append(o, "?", 1);
+            mg_buf_append(o, r->query.p, r->query.n);
+        }
+    } else {
+        /* origin-form target: the path view starts inside the url */
+        mg_buf_append(o, r->path.p, (size_t)(url.p + url.n - r->path.p));
+    }
+    mg_buf_append(o, " HTTP/1.1\r\n", 11);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, n) || MG_STR_EQ_CI(n, "content-length") || MG_STR_EQ_CI(n, "expect") ||
-            MG_STR_EQ_CI(n, "x-forwarded-proto") || MG_STR_EQ_CI(n, "x-forwarded-host"))
+        if (!forwardable(h, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
+            MG_STR_EQ_CI(n, "x-forwarded-proto") || MG_STR_EQ_CI(n, "x-forwarded-host") ||
+            MG_STR_EQ_CI(n, "x-forwarded-for"))
             continue;
-        if (MG_STR_EQ_CI(n, "x-forwarded-for")) {
-            if (xff.p == NULL)
-                xff = v; /* first one; later ones are joined below */
+        if (e->n && mg_edits_find(e, n.p, n.n))
             continue;
-        }
         mg_buf_append(o, n.p, n.n);
         mg_buf_append(o, ": ", 2);
         mg_buf_append(o, v.p, v.n);
         mg_buf_append(o, "\r\n", 2);
     }
-    mg_buf_append(o, "X-Forwarded-For: ", 17);
-    for (int i = mg_h1_find(h, "x-forwarded-for", 15, 0); i >= 0;
-         i = mg_h1_find(h, "x-forwarded-for", 15, i + 1)) {
-        mg_str_t v = mg_h1_value(h, i);
-        if (v.n) {
-            mg_buf_append(o, v.p, v.n);
-            mg_buf_append(o, ", ", 2);
+    if (!(e->n && mg_edits_find(e, "x-forwarded-for", 15))) {
+        mg_buf_append(o, "X-Forwarded-For: ", 17);
+        for (int i = mg_h1_find(h, "x-forwarded-for", 15, 0); i >= 0;
+             i = mg_h1_find(h, "x-forwarded-for", 15, i + 1)) {
+            mg_str_t v = mg_h1_value(h, i);
+            if (v.n) {
+                mg_buf_append(o, v.p, v.n);
+                mg_buf_append(o, ", ", 2);
+            }
+        }
+        mg_buf_puts(o, r->remote);
+        mg_buf_append(o, "\r\n", 2);
+    }
+    if (!(e->n && mg_edits_find(e, "x-forwarded-proto", 17)))
+        mg_buf_puts(o, "X-Forwarded-Proto: http\r\n");
+    if (!(e->n && mg_edits_find(e, "x-forwarded-host", 16))) {
+        int hi = mg_h1_find(h, "host", 4, 0);
+        if (hi >= 0) {
+            mg_str_t host = mg_h1_value(h, hi);
+            mg_buf_append(o, "X-Forwarded-Host: ", 18);
+            mg_buf_append(o, host.p, host.n);
+            mg_buf_append(o, "\r\n", 2);
         }
     }
-    (void)xff;
-    const char *remote = r->conn ? r->conn->remote : "unknown";
-    mg_buf_printf(o, "%s\r\nX-Forwarded-Proto: http\r\n", remote);
-    mg_str_t host = mg_req_header(r, "host");
-    if (host.p)
-        mg_buf_printf(o, "X-Forwarded-Host: %.*s\r\n", (int)host.n, host.p);
+    for (int i = 0; i < e->n; i++) {
+        mg_str_t n = { e->v[i].name, e->v[i].name_len };
+        if (e->v[i].value == NULL || is_framing(n) || is_hop_by_hop(n) ||
+            MG_STR_EQ_CI(n, "expect"))
+            continue;
+        mg_buf_append(o, n.p, n.n);
+        mg_buf_append(o, ": ", 2);
+        mg_buf_append(o, e->v[i].value, e->v[i].value_len);
+        mg_buf_append(o, "\r\n", 2);
+    }
     if (h->flags & MG_H1_CHUNKED) {
         r->req_chunked = 1;
-        mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
+        mg_buf_puts(o, "Transfer-Encoding: chunked\r\n");
     } else if (h->flags & MG_H1_HAS_CL) {
-        mg_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
+        mg_buf_append(o, "Content-Length: ", 16);
+        mg_buf_putu(o, h->content_length);
+        mg_buf_append(o, "\r\n", 2);
     }
     mg_buf_append(o, "\r\n", 2);
 }
@@ -170,11 +204,14 @@ static int is_framing(mg_str_t n)
 static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, mg_buf_t *o)
 {
     size_t before = o->len;
+    mg_buf_append(o, "HTTP/1.1 ", 9);
+    mg_buf_putu(o, (unsigned)r->status);
+    mg_buf_append(o, " ", 1);
     if (h->reason_len && r->status == h->status)
-        mg_buf_printf(o, "HTTP/1.1 %d %.*s\r\n", r->status, (int)h->reason_len,
-                      h->store.base + h->reason_off);
+        mg_buf_append(o, h->store.base + h->reason_off, h->reason_len);
     else
-        mg_buf_printf(o, "HTTP/1.1 %d %s\r\n", r->status, mg_status_reason(r->status));
+        mg_buf_puts(o, mg_status_reason(r->status));
+    mg_buf_append(o, "\r\n", 2);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
         if (!forwardable(h, n))
@@ -261,7 +298,8 @@ static int r_on_body(void *ud, const char *p, size_t n)
     mg_buf_t *o = r->held ? &r->hold : &r->conn->wbuf;
     size_t before = o->len;
     if (r->resp_chunked) {
-        mg_buf_printf(o, "%zx\r\n", n);
+        mg_buf_putx(o, n);
+        mg_buf_append(o, "\r\n", 2);
         mg_buf_append(o, p, n);
         mg_buf_append(o, "\r\n", 2);
     } else {
@@ -583,7 +621,8 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 {
     mg_upconn_t *u = r->up;
     if (r->req_chunked) {
-        mg_buf_printf(&u->wbuf, "%zx\r\n", n);
+        mg_buf_putx(&u->wbuf, n);
+        mg_buf_append(&u->wbuf, "\r\n", 2);
         mg_buf_append(&u->wbuf, p, n);
         mg_buf_append(&u->wbuf, "\r\n", 2);
     } else {

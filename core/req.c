@@ -125,11 +125,23 @@ void mg_edits_free(mg_edits_t *e)
 
 /* --- creation and dispatch ------------------------------------------------ */
 
+#define FREE_REQS_MAX 256
+
 mg_req_t *mg_req_new(mg_conn_t *c)
 {
-    mg_req_t *r = calloc(1, sizeof *r);
-    if (r == NULL)
+    mg_loop_t *loop = c->loop;
+    mg_req_t *r = loop->free_reqs;
+    if (r) {
+        /* reuse a finished request; keep its upstream-head buffer */
+        loop->free_reqs = r->next_free;
+        loop->nfree_reqs--;
+        mg_buf_t uhead = r->uhead;
+        memset(r, 0, sizeof *r);
+        r->uhead = uhead;
+        mg_buf_reset(&r->uhead);
+    } else if ((r = calloc(1, sizeof *r)) == NULL) {
         return NULL;
+    }
     r->loop = c->loop;
     r->conn = c;
     r->gen = c->loop->gen;
@@ -493,12 +505,19 @@ static void req_free(void *p)
         mg_h1_head_free(r->res_head);
         free(r->res_head);
     }
-    mg_buf_free(&r->uhead);
     mg_buf_free(&r->body_buf);
     mg_buf_free(&r->hold);
     mg_edits_free(&r->edits);
     mg_edits_free(&r->res_edits);
     free(r->path_override);
     mg_gen_unref(r->gen);
+    mg_loop_t *loop = r->loop;
+    if (loop->nfree_reqs < FREE_REQS_MAX && r->uhead.cap <= 4096 && !r->script) {
+        r->next_free = loop->free_reqs;
+        loop->free_reqs = r;
+        loop->nfree_reqs++;
+        return;
+    }
+    mg_buf_free(&r->uhead);
     free(r);
 }

@@ -105,6 +105,7 @@ struct mg_req {
     mg_edits_t edits;         /* request header edits */
     mg_edits_t res_edits;     /* response header edits */
     char *path_override;      /* req:set_path */
+    struct mg_req *next_free; /* loop->free_reqs */
 };
 
 /* Creates a request for conn on the current generation. */
