@@ -1,0 +1,237 @@
+-- forward_auth: Traefik's ForwardAuth middleware, option for option, so a
+-- Traefik user can move over unchanged (doc/plugins/forward_auth.md).
+--
+-- Every request is first sent to `address` (with the client's headers and
+-- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
+-- response headers into it; anything else is the answer the client gets.
+local HOP = {
+  ["connection"] = true, ["keep-alive"] = true, ["proxy-authenticate"] = true,
+  ["proxy-authorization"] = true, ["te"] = true, ["trailer"] = true, ["trailers"] = true,
+  ["transfer-encoding"] = true, ["upgrade"] = true, ["content-length"] = true,
+  ["host"] = true,
+}
+
+local FORWARDED = { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
+                    "x-forwarded-uri", "x-forwarded-for", "x-forwarded-port" }
+
+-- Traefik's regex options are Go regexps; plain header-name patterns
+-- ("^X-Auth-.*", "X-User|X-Email" is not supported) are translated to Lua
+-- patterns: ^ $ . * + ? [] and backslash escapes.
+local function regex_to_pattern(re)
+  local out = {}
+  local i = 1
+  while i <= #re do
+    local c = re:sub(i, i)
+    if c == "\\" then
+      local n = re:sub(i + 1, i + 1)
+      if n == "d" then out[#out + 1] = "%d"
+      elseif n == "w" then out[#out + 1] = "[%w_]"
+      elseif n == "s" then out[#out + 1] = "%s"
+      else out[#out + 1] = "%" .. n end
+      i = i + 2
+    elseif c == "-" then
+      out[#out + 1] = "%-"
+      i = i + 1
+    elseif c == "|" or c == "(" or c == ")" or c == "{" then
+      return nil, "unsupported regex feature '" .. c .. "'"
+    else
+      out[#out + 1] = c
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
+local function lower_set(list)
+  local s = {}
+  for _, v in ipairs(list or {}) do s[v:lower()] = true end
+  return s
+end
+
+local function absolute_location(loc, address)
+  if loc:match("^%a[%w+.-]*://") then return loc end
+  local scheme_host = address:match("^(%a[%w+.-]*://[^/]+)")
+  if not scheme_host then return loc end
+  if loc:sub(1, 1) == "/" then return scheme_host .. loc end
+  local base = address:match("^(%a[%w+.-]*://.*/)") or (scheme_host .. "/")
+  return base .. loc
+end
+
+local function host_port(req)
+  local host = req:header("host") or ""
+  local port = host:match(":(%d+)$")
+  return host, port or "80"
+end
+
+local function cache_key(conf, req)
+  local parts = { conf.address }
+  for _, name in ipairs(conf.cache_key) do
+    parts[#parts + 1] = name:lower() .. "=" .. (req:header(name) or "")
+  end
+  return "forward_auth\0" .. table.concat(parts, "\0")
+end
+
+-- Deletes (no client spoofing) then copies the auth response's headers.
+local function copy_auth_headers(conf, req, copied)
+  for _, name in ipairs(conf.auth_response_headers or {}) do
+    req:remove_header(name)
+  end
+  if conf._pattern then
+    for name in pairs(req:headers()) do
+      if name:match(conf._pattern) then req:remove_header(name) end
+    end
+  end
+  for _, h in ipairs(copied) do
+    req:set_header(h[1], h[2])
+  end
+end
+
+local function wanted(conf, name)
+  local lname = name:lower()
+  if conf._response_set[lname] then return true end
+  if conf._pattern and (name:match(conf._pattern) or lname:match(conf._pattern)) then
+    return true
+  end
+  return false
+end
+
+local function fail(conf, req, why)
+  gw.log("warn", "forward_auth: ", conf.address, ": ", why)
+  return req:respond(conf.status_on_error, "", {})
+end
+
+return {
+  name = "forward_auth",
+  priority = 1800,
+  schema = {
+    address = { type = "string", required = true },
+    trust_forward_header = { type = "boolean", default = false },
+    auth_response_headers = "table",
+    auth_response_headers_regex = "string",
+    auth_request_headers = "table",
+    forward_body = { type = "boolean", default = false },
+    max_body_size = { type = "integer", default = -1 },
+    preserve_request_method = { type = "boolean", default = false },
+    preserve_location_header = { type = "boolean", default = false },
+    auth_signin_url = "string",
+    timeout = { type = "number", default = 30 },
+    status_on_error = { type = "integer", default = 500 },
+    tls_verify = { type = "boolean", default = true },
+    cache_ttl = "number",
+    cache_key = "table",
+  },
+
+  check = function(conf)
+    if not conf.address:match("^https?://[^/]") then
+      return nil, "address must be an http:// or https:// URL"
+    end
+    if conf.auth_response_headers_regex then
+      local p, err = regex_to_pattern(conf.auth_response_headers_regex)
+      if not p then return nil, "auth_response_headers_regex: " .. err end
+      conf._pattern = p
+    end
+    conf._response_set = lower_set(conf.auth_response_headers)
+    conf._request_set = conf.auth_request_headers and lower_set(conf.auth_request_headers)
+    if conf.cache_ttl and not conf.cache_key then
+      return nil, "cache_ttl needs cache_key (the headers that identify the caller)"
+    end
+    if conf.status_on_error < 100 or conf.status_on_error > 599 then
+      return nil, "status_on_error must be an HTTP status"
+    end
+    return true
+  end,
+
+  access = function(conf, req)
+    local key
+    if conf.cache_ttl then
+      key = cache_key(conf, req)
+      local copied = gw.cache:get(key)
+      if copied then return copy_auth_headers(conf, req, copied) end
+    end
+
+    local headers = {}
+    for name, value in pairs(req:headers()) do
+      if not HOP[name] and (conf._request_set == nil or conf._request_set[name]) then
+        headers[name] = value
+      end
+    end
+    local host, port = host_port(req)
+    local uri = req.path
+    if req.query ~= "" then uri = uri .. "?" .. req.query end
+    local ours = {
+      ["x-forwarded-method"] = req.method, ["x-forwarded-proto"] = "http",
+      ["x-forwarded-host"] = host, ["x-forwarded-uri"] = uri,
+      ["x-forwarded-for"] = req.remote_addr, ["x-forwarded-port"] = port,
+    }
+    for _, name in ipairs(FORWARDED) do
+      local theirs = req:header(name)
+      if conf.trust_forward_header and theirs then
+        if name == "x-forwarded-for" then
+          headers[name] = theirs .. ", " .. req.remote_addr
+        else
+          headers[name] = theirs
+        end
+      else
+        headers[name] = ours[name]
+      end
+    end
+
+    local body
+    if conf.forward_body then
+      body = req:body()
+      if not body or (conf.max_body_size >= 0 and #body > conf.max_body_size) then
+        return req:respond(413, '{"error":"request body too large"}',
+                           { ["Content-Type"] = "application/json" })
+      end
+    end
+
+    if not gw.http then return fail(conf, req, "gw.http is not available") end
+    local res, err = gw.http.request {
+      method = conf.preserve_request_method and req.method or "GET",
+      url = conf.address, headers = headers, body = body, timeout = conf.timeout,
+      tls_verify = conf.tls_verify,
+    }
+    if not res then return fail(conf, req, err) end
+
+    if res.status >= 200 and res.status < 300 then
+      local copied = {}
+      for _, h in ipairs(res.headers_list or {}) do
+        if wanted(conf, h[1]) then copied[#copied + 1] = { h[1], h[2] } end
+      end
+      if not res.headers_list then
+        for name, value in pairs(res.headers) do
+          if wanted(conf, name) then copied[#copied + 1] = { name, value } end
+        end
+      end
+      if key then gw.cache:set(key, copied, conf.cache_ttl) end
+      return copy_auth_headers(conf, req, copied)
+    end
+
+    if res.status == 401 and conf.auth_signin_url then
+      return req:respond(302, "", { Location = conf.auth_signin_url })
+    end
+    local out = {}
+    local list = res.headers_list
+    if not list then
+      list = {}
+      for name, value in pairs(res.headers) do list[#list + 1] = { name, value } end
+    end
+    for _, h in ipairs(list) do
+      local lname = h[1]:lower()
+      if not HOP[lname] then
+        local value = h[2]
+        if lname == "location" and not conf.preserve_location_header then
+          value = absolute_location(value, conf.address)
+        end
+        local cur = out[h[1]]
+        if cur == nil then out[h[1]] = value
+        elseif type(cur) == "table" then cur[#cur + 1] = value
+        else out[h[1]] = { cur, value } end
+      end
+    end
+    return req:respond(res.status, res.body or "", out)
+  end,
+
+  _regex_to_pattern = regex_to_pattern,
+  _absolute_location = absolute_location,
+}
