@@ -3,9 +3,14 @@
 --   curl -i localhost:8080/hello        -- answered by a Lua handler
 --   curl -i localhost:8080/app/         -- proxied to the demo upstream
 --   curl -i localhost:8080/nope         -- 404 {"error":"no route"}
+--   curl -i localhost:8080/api/         -- 401: the jwt plugin wants a token
+--   curl -i -H "Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.UixtVIMi8w4GH7-wbyRtpmwQ_4qWLVw9jH1D45rn9jI" localhost:8080/api/
+--                                       -- 200, proxied with X-User: alice
+--   curl -s localhost:9901/metrics      -- Prometheus metrics (admin listener)
 return {
   workers = 1,
   listen = { { addr = "127.0.0.1:8080" } },
+  admin = { addr = "127.0.0.1:9901" },
   access_log = "stdout",
   limits = { max_body_bytes = 1048576, header_timeout = 10, idle_timeout = 60 },
   upstreams = {
@@ -21,5 +26,10 @@ return {
                { ["X-Served-By"] = "moongate" }
       end },
     { name = "app", match = { prefix = "/app/" }, upstream = "demo" },
+    -- a JWT-guarded API (examples/jwt_api.lua has more)
+    { name = "api", match = { prefix = "/api/" },
+      plugins = { { "jwt", secret = "quickstart-secret", claims_to_headers = { sub = "X-User" } },
+                  { "request_id" } },
+      upstream = "demo" },
   },
 }
