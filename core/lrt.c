@@ -88,9 +88,19 @@ static void count_hook(lua_State *co, lua_Debug *ar)
     r->instr_ticks++;
     if (!r->killed && (long)r->instr_ticks * HOOK_EVERY < loop->gen->cfg->lua_max_instructions)
         return;
-    r->killed = 1;
-    if (co == r->co && lua_isyieldable(co))
+    if (!r->killed) {
+        r->killed = 1;
+        /* From now on check every instruction, so that the first one run
+         * where the coroutine can yield (e.g. right after a pcall caught
+         * the error below) yields. Killed threads are never reused. */
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, 1);
+    }
+    if (co == r->co && lua_isyieldable(co)) {
+        /* from a hook lua_yield marks the yield and returns; Lua yields
+         * when the hook returns */
         lua_yield(co, 0);
+        return;
+    }
     luaL_error(co, "execution timeout: plugin exceeded its instruction budget");
 }
 
