@@ -11,6 +11,7 @@ void mg_lbindings_preload(lua_State *L)
         { "moongate.crypto", luaopen_moongate_crypto },
         { "moongate.base64", luaopen_moongate_base64 },
         { "moongate.redis", luaopen_moongate_redis },
+        { "moongate.http", luaopen_moongate_http },
         { NULL, NULL },
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

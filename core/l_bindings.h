@@ -17,6 +17,9 @@ int luaopen_moongate_base64(lua_State *L);
 /* gw.redis: pooled, nonblocking Redis (core/l_redis.c). */
 int luaopen_moongate_redis(lua_State *L);
 
+/* gw.http.request: nonblocking HTTP/1.1 client (core/l_http.c). */
+int luaopen_moongate_http(lua_State *L);
+
 /* Puts every module above in package.preload. */
 void mg_lbindings_preload(lua_State *L);
 

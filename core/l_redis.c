@@ -60,6 +60,8 @@ static lua_Number opt_number(lua_State *L, int idx, const char *what, const char
         if (integer ? !lua_isinteger(L, -1) : t != LUA_TNUMBER)
             luaL_error(L, "%s.%s: must be %s", what, k, integer ? "an integer" : "a number");
         v = lua_tonumber(L, -1);
+        if (!(v >= 0 && v <= 1e6)) /* also NaN; keeps the int casts defined */
+            luaL_error(L, "%s.%s: out of range", what, k);
     }
     lua_pop(L, 1);
     return v;
@@ -127,7 +129,7 @@ static mg_rds_pool_t *pool_for(lua_State *L, int idx, const char *what, int stri
         char err[256];
         *box = mg_rds_pool_new(mg_lrt_loop(L)->ev, &o, err, sizeof err);
         if (*box == NULL)
-            luaL_error(L, "%s.addr: %s", what, err);
+            luaL_error(L, "%s: %s", what, err);
         lua_pushvalue(L, key);
         lua_pushvalue(L, -2);
         lua_rawset(L, bykey); /* bykey[key] = pool */
@@ -402,7 +404,8 @@ static void arm(mg_req_t *r, mg_rds_ticket_t *t, mg_rds_pool_t *p)
     mg_lrt_wait(r, MG_WAIT_EXT, on_cancel);
     r->wait.ticket = t;
     ev_timer_stop(r->loop->ev, &r->wait.timer);
-    ev_timer_set(&r->wait.timer, mg_rds_pool_timeout(p), 0.);
+    /* from the real time: ev_now is stale after a long callback */
+    ev_timer_set(&r->wait.timer, mg_rds_pool_timeout(p) + (ev_time() - ev_now(r->loop->ev)), 0.);
     ev_timer_start(r->loop->ev, &r->wait.timer);
 }
 

@@ -187,9 +187,11 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     mg_rds_conn_t *c = ac->data;
     mg_rds_pool_t *p = c->pool;
-    if (status != REDIS_OK && !p->closing)
-        mg_log_warn("redis %s:%d: connection lost: %s", p->host, p->port,
-                    c->err[0] ? c->err : ac->c.errstr);
+    if (status != REDIS_OK && !p->closing) {
+        char why[128];
+        set_err(why, sizeof why, c->err[0] ? c->err : ac->c.errstr);
+        mg_log_warn("redis %s:%d: connection lost: %s", p->host, p->port, why);
+    }
     c->ac = NULL;
     conn_free(c); /* every callback has run */
 }
@@ -289,19 +291,19 @@ mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char 
 {
     const char *colon = o->addr ? strrchr(o->addr, ':') : NULL;
     if (colon == NULL || colon == o->addr) {
-        snprintf(err, errlen, "expected \"host:port\", got \"%s\"", o->addr ? o->addr : "");
+        snprintf(err, errlen, "addr: expected \"host:port\", got \"%s\"", o->addr ? o->addr : "");
         return NULL;
     }
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || end == colon + 1 || port < 1 || port > 65535) {
-        snprintf(err, errlen, "bad port in \"%s\"", o->addr);
+        snprintf(err, errlen, "addr: bad port in \"%s\"", o->addr);
         return NULL;
     }
     char host[256];
     size_t hn = (size_t)(colon - o->addr);
     if (hn >= sizeof host) {
-        snprintf(err, errlen, "host name too long in \"%s\"", o->addr);
+        snprintf(err, errlen, "addr: host name too long in \"%s\"", o->addr);
         return NULL;
     }
     memcpy(host, o->addr, hn);
@@ -312,12 +314,12 @@ mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char 
         strcpy(host, "127.0.0.1");
     struct in_addr a;
     if (inet_pton(AF_INET, host, &a) != 1) {
-        snprintf(err, errlen, "host \"%s\" must be an IPv4 address or localhost "
+        snprintf(err, errlen, "addr: host \"%s\" must be an IPv4 address or localhost "
                               "(name lookups would block the worker)", host);
         return NULL;
     }
-    if (o->size < 1 || o->timeout <= 0 || o->connect_timeout <= 0 || o->db < 0) {
-        snprintf(err, errlen, "pool must be >= 1, timeouts > 0, db >= 0");
+    if (o->size < 1 || !(o->timeout > 0) || !(o->connect_timeout > 0) || o->db < 0) {
+        snprintf(err, errlen, "pool must be >= 1, timeouts > 0 and db >= 0");
         return NULL;
     }
     mg_rds_pool_t *p = calloc(1, sizeof *p);
@@ -442,7 +444,10 @@ static mg_rds_conn_t *conn_open(mg_rds_pool_t *p)
     }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    ev_timer_init(&c->timer, conn_timer_cb, p->connect_timeout, 0.);
+    /* ev_now may be stale after a long callback (a script's startup): count
+     * from the real time, or the timer fires at once. */
+    ev_timer_init(&c->timer, conn_timer_cb, p->connect_timeout + (ev_time() - ev_now(p->ev)),
+                  0.);
     c->timer.data = c;
     ev_timer_start(p->ev, &c->timer);
     c->next = p->conns;
@@ -466,7 +471,7 @@ static mg_rds_conn_t *pick(mg_rds_pool_t *p, const char **err)
     }
     if (best && best->pending == 0)
         return best;
-    if (p->nlive < p->size && p->nretired < p->size) {
+    if (p->nlive < p->size && p->nretired < 2 * p->size) {
         if (best == NULL && ev_now(p->ev) < p->retry_at) {
             *err = p->err; /* down: fail fast until the backoff ends */
             return NULL;

@@ -26,6 +26,8 @@ local ok, base64 = pcall(require, "moongate.base64")
 if ok then gw.base64 = base64 end
 local okc, crypto = pcall(require, "moongate.crypto")
 if okc then gw.crypto = crypto end
+gw.redis = require("moongate.redis").open
+gw.http = require "moongate.http"
 
 gw.cache = require("moongate.cache").new(10000)
 

@@ -1,0 +1,891 @@
+/* Outgoing HTTP/1.1 exchanges on pooled upstream connections (hclient.h).
+ *
+ * Ownership: while an exchange is attached, hc->u is its connection and
+ * u->ops points at hc->ops (that is how a connection's events find the
+ * exchange: mg_container_of on u->ops). Whoever ends the exchange (response
+ * complete, failure, timeout, cancel) clears hc->u first, then releases or
+ * closes the connection, and calls `done` last: done may resume Lua, which
+ * may free hc (deferred) or start other exchanges.
+ *
+ * The resolver: getaddrinfo_a runs lookups on glibc's own threads. Its
+ * completion (SIGEV_THREAD) only queues the finished lookup on a small
+ * mutex-protected hub and pokes the loop with ev_async_send; everything else
+ * happens on the loop thread. The hub is reference-counted so that a lookup
+ * finishing after the worker shut down frees itself without touching the
+ * (gone) loop. */
+#include "hclient.h"
+#include "log.h"
+#include "loop.h"
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+const char mg_hc_err_timeout[] = "timeout";
+const char mg_hc_err_refused[] = "connection refused";
+const char mg_hc_err_invalid[] = "invalid response";
+const char mg_hc_err_too_large[] = "response too large";
+const char mg_hc_err_closed[] = "connection closed";
+const char mg_hc_err_reset[] = "connection reset";
+const char mg_hc_err_resolve[] = "could not resolve host";
+const char mg_hc_err_nomem[] = "out of memory";
+static const char err_unreachable[] = "network unreachable";
+static const char err_connect[] = "connect failed";
+static const char err_write[] = "write failed";
+
+#define MAX_RESPONSE_HEAD (64 * 1024)
+#define DNS_TTL 30.0          /* seconds a resolved address is used for new connections */
+#define MAX_ORIGINS 256       /* above this, unused origins are dropped */
+
+typedef struct mg_hc_origin mg_hc_origin_t;
+typedef struct mg_hc_lookup mg_hc_lookup_t;
+
+/* Shared between the loop thread and glibc's notification threads; the
+ * only state they touch. Freed by whoever drops the last reference. */
+typedef struct mg_hc_hub {
+    pthread_mutex_t mu;
+    int refs;                   /* the ctx's own + one per lookup in flight */
+    int alive;                  /* the loop (and `async`) still exist */
+    struct ev_loop *ev;
+    ev_async *async;
+    mg_hc_lookup_t *done;       /* finished lookups for the loop thread */
+} mg_hc_hub_t;
+
+struct mg_hc_lookup {
+    struct gaicb cb;            /* glibc writes ar_result from its thread */
+    struct addrinfo hints;
+    mg_hc_hub_t *hub;
+    mg_hc_origin_t *origin;     /* loop thread only */
+    mg_hc_lookup_t *next;       /* hub->done, under hub->mu */
+    char service[8];
+    char name[];
+};
+
+/* One origin host:port with its pool. The pool's config is synthesized
+ * here and its single server address is this origin's `addr`, rewritten in
+ * place when the name is resolved again (only new connections use it). */
+struct mg_hc_origin {
+    mg_hc_origin_t *next;
+    char *host;                 /* lower-case */
+    int port;
+    int numeric;                /* address known without a lookup */
+    double resolved_at;         /* ev_now of the last good lookup; 0 never */
+    mg_hc_lookup_t *lookup;     /* in flight, or NULL */
+    mg_hc_t *waiters;           /* exchanges waiting for the address */
+    mg_addr_t addr;
+    mg_cfg_upstream_t cfg;
+    mg_up_t up;
+};
+
+struct mg_hc_ctx {
+    mg_loop_t *loop;
+    mg_hc_origin_t *origins;
+    int norigins;
+    mg_hc_t *live;              /* running exchanges */
+    mg_hc_hub_t *hub;           /* created with the first lookup */
+    ev_async async;
+    ev_cleanup cleanup;
+    unsigned shut : 1;
+};
+
+/* Reads and writes go through a transport so a TLS one can slot in later
+ * (it would keep its SSL state beside the connection and answer
+ * WANT_READ/WANT_WRITE by arming the watchers). */
+typedef struct mg_hc_transport {
+    ssize_t (*recv)(mg_upconn_t *u, void *p, size_t n);
+    ssize_t (*send)(mg_upconn_t *u, const void *p, size_t n);
+} mg_hc_transport_t;
+
+struct mg_hc {
+    mg_upconn_ops_t ops;        /* u->ops points here while attached */
+    mg_hc_ctx_t *ctx;
+    mg_hc_origin_t *origin;
+    const mg_hc_transport_t *tr;
+    mg_upconn_t *u;             /* the connection, while attached */
+    mg_req_t *owner;            /* the pool's busy marker, never dereferenced */
+    mg_hc_done_fn done;
+    void *ud;
+    mg_buf_t req;               /* the whole request, kept for a replay */
+    mg_h1_head_t head;          /* the final response head */
+    mg_buf_t body;
+    ev_timer timer;             /* the whole exchange's deadline */
+    mg_hc_t *next, *prev;       /* ctx->live */
+    mg_hc_t *wnext, *wprev;     /* origin->waiters */
+    mg_hc_lookup_t *lookup;     /* the lookup waited for */
+    size_t max_body;
+    const char *err;            /* set by the parser callbacks */
+    unsigned head_req : 1, idempotent : 1;
+    unsigned running : 1;       /* started and not ended */
+    unsigned final : 1;         /* the head being parsed is not a 1xx */
+    unsigned resp_done : 1;
+    unsigned retried : 1;       /* already replayed once */
+    unsigned freed : 1;
+};
+
+static void hc_on_read(mg_upconn_t *u);
+static void hc_on_write(mg_upconn_t *u);
+static void hc_on_timer(mg_upconn_t *u);
+static void finish(mg_hc_t *hc, const char *err);
+
+/* --- transport: plain TCP --------------------------------------------------- */
+
+static ssize_t tcp_recv(mg_upconn_t *u, void *p, size_t n)
+{
+    return read(u->fd, p, n);
+}
+
+static ssize_t tcp_send(mg_upconn_t *u, const void *p, size_t n)
+{
+    return send(u->fd, p, n, MSG_NOSIGNAL);
+}
+
+static const mg_hc_transport_t tcp_transport = { tcp_recv, tcp_send };
+
+static mg_hc_t *hc_of(mg_upconn_t *u)
+{
+    return mg_container_of(u->ops, mg_hc_t, ops);
+}
+
+static const char *errno_text(int e)
+{
+    switch (e) {
+    case ECONNREFUSED:
+        return mg_hc_err_refused;
+    case ECONNRESET:
+    case EPIPE:
+        return mg_hc_err_reset;
+    case ETIMEDOUT:
+        return mg_hc_err_timeout;
+    case ENETUNREACH:
+    case EHOSTUNREACH:
+        return err_unreachable;
+    case ENOMEM:
+        return mg_hc_err_nomem;
+    default:
+        return err_connect;
+    }
+}
+
+/* --- the resolver hub ----------------------------------------------------- */
+
+static void hub_unref_locked(mg_hc_hub_t *hub, int *last)
+{
+    *last = --hub->refs == 0;
+}
+
+static void hub_free(mg_hc_hub_t *hub)
+{
+    pthread_mutex_destroy(&hub->mu);
+    free(hub);
+}
+
+static void lookup_free(mg_hc_lookup_t *l)
+{
+    if (l->cb.ar_result)
+        freeaddrinfo(l->cb.ar_result);
+    free(l);
+}
+
+/* Runs on a glibc thread when a lookup finished. */
+static void lookup_notify(union sigval sv)
+{
+    mg_hc_lookup_t *l = sv.sival_ptr;
+    mg_hc_hub_t *hub = l->hub;
+    int last = 0;
+    pthread_mutex_lock(&hub->mu);
+    if (hub->alive) {
+        l->next = hub->done;
+        hub->done = l;
+        ev_async_send(hub->ev, hub->async);
+    } else {
+        lookup_free(l);
+        hub_unref_locked(hub, &last);
+    }
+    pthread_mutex_unlock(&hub->mu);
+    if (last)
+        hub_free(hub);
+}
+
+static mg_hc_t *first_waiter_of(mg_hc_origin_t *o, mg_hc_lookup_t *l)
+{
+    for (mg_hc_t *hc = o->waiters; hc; hc = hc->wnext)
+        if (hc->lookup == l)
+            return hc;
+    return NULL;
+}
+
+static void waiter_unlink(mg_hc_t *hc)
+{
+    mg_hc_origin_t *o = hc->origin;
+    if (hc->lookup == NULL)
+        return;
+    if (hc->wprev)
+        hc->wprev->wnext = hc->wnext;
+    else
+        o->waiters = hc->wnext;
+    if (hc->wnext)
+        hc->wnext->wprev = hc->wprev;
+    hc->wnext = hc->wprev = NULL;
+    hc->lookup = NULL;
+}
+
+static const char *attach(mg_hc_t *hc);
+
+/* A lookup finished (loop thread): take its address and start the
+ * exchanges that waited for it. Each `done` may run Lua, which may start or
+ * cancel exchanges on this origin: pick the next waiter afresh each time. */
+static void lookup_finished(mg_hc_ctx_t *ctx, mg_hc_lookup_t *l)
+{
+    mg_hc_origin_t *o = l->origin;
+    if (o == NULL)
+        return;
+    o->lookup = NULL;
+    int rc = gai_error(&l->cb);
+    const char *err = NULL;
+    const struct addrinfo *ai = rc == 0 ? l->cb.ar_result : NULL;
+    if (ai && ai->ai_addrlen <= sizeof o->addr.sa) {
+        memcpy(&o->addr.sa, ai->ai_addr, ai->ai_addrlen);
+        o->addr.len = ai->ai_addrlen;
+        o->resolved_at = ev_now(ctx->loop->ev);
+    } else {
+        err = mg_hc_err_resolve;
+        mg_log_info("http client: cannot resolve %s: %s", o->host,
+                    rc ? gai_strerror(rc) : "no address");
+    }
+    mg_hc_t *hc;
+    while ((hc = first_waiter_of(o, l)) != NULL) {
+        waiter_unlink(hc);
+        const char *e = err ? err : attach(hc);
+        if (e)
+            finish(hc, e);
+    }
+}
+
+static void async_cb(struct ev_loop *ev, ev_async *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_hc_ctx_t *ctx = w->data;
+    mg_hc_hub_t *hub = ctx->hub;
+    pthread_mutex_lock(&hub->mu);
+    mg_hc_lookup_t *l = hub->done;
+    hub->done = NULL;
+    pthread_mutex_unlock(&hub->mu);
+    while (l) {
+        mg_hc_lookup_t *next = l->next;
+        lookup_finished(ctx, l);
+        lookup_free(l);
+        int last;
+        pthread_mutex_lock(&hub->mu);
+        hub_unref_locked(hub, &last); /* never the last: ctx holds one */
+        pthread_mutex_unlock(&hub->mu);
+        l = next;
+    }
+}
+
+static int hub_open(mg_hc_ctx_t *ctx)
+{
+    if (ctx->hub)
+        return MG_OK;
+    mg_hc_hub_t *hub = calloc(1, sizeof *hub);
+    if (hub == NULL)
+        return MG_ENOMEM;
+    if (pthread_mutex_init(&hub->mu, NULL) != 0) {
+        free(hub);
+        return MG_ENOMEM;
+    }
+    hub->refs = 1;
+    hub->alive = 1;
+    hub->ev = ctx->loop->ev;
+    hub->async = &ctx->async;
+    ctx->hub = hub;
+    ev_async_start(ctx->loop->ev, &ctx->async);
+    ev_unref(ctx->loop->ev); /* a pending lookup alone does not keep the loop running */
+    return MG_OK;
+}
+
+/* Detaches from the hub: lookups still running free themselves later. */
+static void hub_close(mg_hc_ctx_t *ctx)
+{
+    mg_hc_hub_t *hub = ctx->hub;
+    if (hub == NULL)
+        return;
+    ctx->hub = NULL;
+    int last;
+    pthread_mutex_lock(&hub->mu);
+    hub->alive = 0; /* from here on no thread touches the loop */
+    while (hub->done) {
+        mg_hc_lookup_t *l = hub->done;
+        hub->done = l->next;
+        lookup_free(l);
+        hub->refs--;
+    }
+    hub_unref_locked(hub, &last);
+    pthread_mutex_unlock(&hub->mu);
+    if (last)
+        hub_free(hub);
+    ev_ref(ctx->loop->ev);
+    ev_async_stop(ctx->loop->ev, &ctx->async);
+}
+
+static const char *lookup_start(mg_hc_ctx_t *ctx, mg_hc_origin_t *o)
+{
+    if (hub_open(ctx) != MG_OK)
+        return mg_hc_err_nomem;
+    size_t n = strlen(o->host);
+    mg_hc_lookup_t *l = calloc(1, sizeof *l + n + 1);
+    if (l == NULL)
+        return mg_hc_err_nomem;
+    memcpy(l->name, o->host, n + 1);
+    snprintf(l->service, sizeof l->service, "%d", o->port);
+    l->hints.ai_family = AF_UNSPEC;
+    l->hints.ai_socktype = SOCK_STREAM;
+    l->hints.ai_flags = AI_NUMERICSERV;
+    l->cb.ar_name = l->name;
+    l->cb.ar_service = l->service;
+    l->cb.ar_request = &l->hints;
+    l->hub = ctx->hub;
+    l->origin = o;
+    struct gaicb *list[1] = { &l->cb };
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD;
+    sev.sigev_notify_function = lookup_notify;
+    sev.sigev_value.sival_ptr = l;
+    pthread_mutex_lock(&ctx->hub->mu);
+    ctx->hub->refs++;
+    pthread_mutex_unlock(&ctx->hub->mu);
+    int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &sev);
+    if (rc != 0) {
+        int last;
+        pthread_mutex_lock(&ctx->hub->mu);
+        hub_unref_locked(ctx->hub, &last);
+        pthread_mutex_unlock(&ctx->hub->mu);
+        free(l);
+        mg_log_info("http client: cannot resolve %s: %s", o->host, gai_strerror(rc));
+        return rc == EAI_MEMORY || rc == EAI_AGAIN ? mg_hc_err_nomem : mg_hc_err_resolve;
+    }
+    o->lookup = l;
+    return NULL;
+}
+
+/* --- origins -------------------------------------------------------------- */
+
+/* Fills o->addr when the host needs no lookup. */
+static void origin_numeric(mg_hc_origin_t *o)
+{
+    mg_addr_t *a = &o->addr;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&a->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a->sa;
+    const char *h = o->host;
+    if (strcmp(h, "localhost") == 0)
+        h = "127.0.0.1";
+    if (inet_pton(AF_INET, h, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)o->port);
+        a->len = sizeof *s4;
+        o->numeric = 1;
+    } else if (inet_pton(AF_INET6, h, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)o->port);
+        a->len = sizeof *s6;
+        o->numeric = 1;
+    }
+}
+
+static int origin_unused(const mg_hc_origin_t *o)
+{
+    return o->up.servers[0].active == 0 && o->up.servers[0].nidle == 0 && o->lookup == NULL &&
+           o->waiters == NULL;
+}
+
+/* An origin with a lookup in flight is only freed after the hub closed:
+ * the lookup then belongs to its notification, which frees it. */
+static void origin_free(mg_hc_origin_t *o)
+{
+    mg_up_close(&o->up);
+    free(o->host);
+    free(o);
+}
+
+/* Drops origins nobody uses, so a plugin calling many hosts does not grow
+ * the list for ever. */
+static void origins_trim(mg_hc_ctx_t *ctx)
+{
+    for (mg_hc_origin_t **pp = &ctx->origins; *pp;) {
+        mg_hc_origin_t *o = *pp;
+        if (origin_unused(o)) {
+            *pp = o->next;
+            ctx->norigins--;
+            origin_free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
+}
+
+static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn, int port)
+{
+    for (mg_hc_origin_t *o = ctx->origins; o; o = o->next)
+        if (o->port == port && strlen(o->host) == hn && strncasecmp(o->host, host, hn) == 0)
+            return o;
+    if (ctx->norigins >= MAX_ORIGINS)
+        origins_trim(ctx);
+    mg_hc_origin_t *o = calloc(1, sizeof *o);
+    if (o == NULL)
+        return NULL;
+    o->host = malloc(hn + 1);
+    if (o->host == NULL)
+        goto fail;
+    for (size_t i = 0; i < hn; i++)
+        o->host[i] = (char)tolower((unsigned char)host[i]);
+    o->host[hn] = 0;
+    o->port = port;
+    snprintf(o->addr.text, sizeof o->addr.text, "%s:%d", o->host, port);
+    origin_numeric(o);
+    o->cfg.name = o->addr.text;
+    o->cfg.servers = &o->addr;
+    o->cfg.nservers = 1;
+    o->cfg.balance = MG_BAL_ROUND_ROBIN;
+    o->cfg.keepalive = MG_HC_KEEPALIVE;
+    o->cfg.idle_timeout = MG_HC_IDLE_TIMEOUT;
+    if (mg_up_init(&o->up, ctx->loop, &o->cfg) != MG_OK)
+        goto fail;
+    o->next = ctx->origins;
+    ctx->origins = o;
+    ctx->norigins++;
+    return o;
+fail:
+    free(o->host);
+    free(o);
+    return NULL;
+}
+
+static void origin_drop_idle(mg_hc_origin_t *o)
+{
+    mg_up_server_t *sv = &o->up.servers[0];
+    while (sv->idle)
+        mg_up_conn_close(sv->idle);
+}
+
+/* --- the context ---------------------------------------------------------- */
+
+static void live_unlink(mg_hc_t *hc)
+{
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        hc->ctx->live = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    hc->next = hc->prev = NULL;
+}
+
+/* Everything that needs the loop: cancel exchanges, close connections,
+ * stop watchers, detach the resolver. */
+static void ctx_shutdown(mg_hc_ctx_t *ctx)
+{
+    if (ctx->shut)
+        return;
+    ctx->shut = 1;
+    while (ctx->live)
+        mg_hc_cancel(ctx->live);
+    hub_close(ctx);
+    while (ctx->origins) {
+        mg_hc_origin_t *o = ctx->origins;
+        ctx->origins = o->next;
+        origin_free(o);
+    }
+    ctx->norigins = 0;
+    ev_cleanup_stop(ctx->loop->ev, &ctx->cleanup);
+}
+
+/* The libev loop is being destroyed before the Lua state (mg_loop_free's
+ * order): shut down while watchers can still be stopped, then run the
+ * deferred frees that closing the connections queued, since the loop's
+ * prepare watcher will not run again. */
+static void cleanup_cb(struct ev_loop *ev, ev_cleanup *w, int revents)
+{
+    (void)revents;
+    mg_hc_ctx_t *ctx = w->data;
+    ctx_shutdown(ctx);
+    ev_invoke(ev, &ctx->loop->prepare, EV_PREPARE);
+}
+
+mg_hc_ctx_t *mg_hc_ctx_new(mg_loop_t *loop)
+{
+    mg_hc_ctx_t *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL)
+        return NULL;
+    ctx->loop = loop;
+    ev_async_init(&ctx->async, async_cb);
+    ctx->async.data = ctx;
+    ev_cleanup_init(&ctx->cleanup, cleanup_cb);
+    ctx->cleanup.data = ctx;
+    ev_cleanup_start(loop->ev, &ctx->cleanup);
+    return ctx;
+}
+
+void mg_hc_ctx_free(mg_hc_ctx_t *ctx)
+{
+    if (ctx == NULL)
+        return;
+    ctx_shutdown(ctx);
+    free(ctx);
+}
+
+/* --- the exchange: parser callbacks --------------------------------------- */
+
+static mg_h1_head_t *p_on_begin(void *ud)
+{
+    mg_hc_t *hc = ud;
+    return &hc->head;
+}
+
+static int p_on_head(void *ud, mg_h1_head_t *h)
+{
+    mg_hc_t *hc = ud;
+    if (h->status < 100 || h->status == 101) {
+        hc->err = mg_hc_err_invalid; /* we never ask to switch protocols */
+        return -1;
+    }
+    if (h->status < 200) {
+        hc->final = 0; /* interim: dropped, the final response follows */
+        return 0;
+    }
+    hc->final = 1;
+    if (hc->head_req)
+        return 1;
+    if ((h->flags & MG_H1_HAS_CL) && h->content_length > hc->max_body) {
+        hc->err = mg_hc_err_too_large;
+        return -1;
+    }
+    return 0;
+}
+
+static int p_on_body(void *ud, const char *p, size_t n)
+{
+    mg_hc_t *hc = ud;
+    if (!hc->final)
+        return 0;
+    if (hc->body.len + n > hc->max_body) {
+        hc->err = mg_hc_err_too_large;
+        return -1;
+    }
+    if (mg_buf_append(&hc->body, p, n) != MG_OK) {
+        hc->err = mg_hc_err_nomem;
+        return -1;
+    }
+    return 0;
+}
+
+static int p_on_done(void *ud)
+{
+    mg_hc_t *hc = ud;
+    if (!hc->final)
+        return 1;
+    hc->resp_done = 1;
+    return 0;
+}
+
+static const mg_h1_cb_t parser_cbs = { p_on_begin, p_on_head, p_on_body, p_on_done };
+
+/* --- the exchange: I/O ------------------------------------------------------ */
+
+/* Ends the exchange. `done` runs last: nothing touches hc afterwards. */
+static void finish(mg_hc_t *hc, const char *err)
+{
+    mg_loop_t *loop = hc->ctx->loop;
+    ev_timer_stop(loop->ev, &hc->timer);
+    waiter_unlink(hc);
+    live_unlink(hc);
+    hc->running = 0;
+    hc->err = err;
+    hc->done(hc, hc->ud, err);
+}
+
+/* Detaches the connection and closes it. */
+static void drop_conn(mg_hc_t *hc)
+{
+    mg_upconn_t *u = hc->u;
+    if (u == NULL)
+        return;
+    hc->u = NULL;
+    mg_up_conn_close(u);
+}
+
+/* An I/O failure. A pooled connection that fails before any response byte
+ * was most likely closed by the server while idle: replay once on a fresh
+ * connection if that cannot run the request twice. The origin's other idle
+ * connections are as old or older, so they go too. */
+static void io_fail(mg_hc_t *hc, const char *err)
+{
+    mg_upconn_t *u = hc->u;
+    int stale = u->reused && !u->got_any && !hc->retried && (hc->idempotent || !u->wrote_any);
+    drop_conn(hc);
+    if (stale) {
+        hc->retried = 1;
+        origin_drop_idle(hc->origin);
+        const char *e = attach(hc);
+        if (e)
+            finish(hc, e);
+        return;
+    }
+    finish(hc, err);
+}
+
+static void complete(mg_hc_t *hc, int leftover)
+{
+    mg_upconn_t *u = hc->u;
+    int reusable = !leftover && (hc->head.flags & MG_H1_KEEPALIVE) && u->wbuf.len == 0 &&
+                   !u->closed && !hc->ctx->shut;
+    hc->u = NULL;
+    if (reusable)
+        mg_up_release(u);
+    else
+        mg_up_conn_close(u);
+    finish(hc, NULL);
+}
+
+static void hc_flush(mg_hc_t *hc)
+{
+    mg_upconn_t *u = hc->u;
+    while (u->wbuf.len > 0) {
+        ssize_t n = hc->tr->send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
+        if (n > 0) {
+            mg_buf_consume(&u->wbuf, (size_t)n);
+            u->wrote_any = 1;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        io_fail(hc, n < 0 ? errno_text(errno) : err_write);
+        return;
+    }
+    mg_up_want_write(u, u->wbuf.len > 0);
+}
+
+static void hc_on_write(mg_upconn_t *u)
+{
+    mg_hc_t *hc = hc_of(u);
+    if (u->connecting) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+            err = errno;
+        if (err == EINPROGRESS)
+            return;
+        if (err != 0) {
+            drop_conn(hc);
+            finish(hc, errno_text(err));
+            return;
+        }
+        u->connecting = 0;
+        if (!u->rio_on)
+            mg_up_pause_read(u, 0);
+    }
+    hc_flush(hc);
+}
+
+static void hc_on_read(mg_upconn_t *u)
+{
+    mg_hc_t *hc = hc_of(u);
+    mg_loop_t *loop = u->loop;
+    ssize_t n = hc->tr->recv(u, loop->scratch, loop->scratch_cap);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        io_fail(hc, errno_text(errno));
+        return;
+    }
+    if (n == 0) {
+        if (!u->got_any) {
+            io_fail(hc, mg_hc_err_closed);
+            return;
+        }
+        if (mg_h1_eof(&u->h1) == 0 && hc->resp_done) {
+            complete(hc, 1); /* close-delimited body */
+            return;
+        }
+        drop_conn(hc);
+        finish(hc, hc->err ? hc->err : mg_hc_err_closed);
+        return;
+    }
+    u->got_any = 1;
+    ssize_t k = mg_h1_feed(&u->h1, loop->scratch, (size_t)n);
+    if (k < 0) {
+        drop_conn(hc);
+        finish(hc, hc->err ? hc->err : mg_hc_err_invalid);
+        return;
+    }
+    if (hc->resp_done)
+        complete(hc, k < n);
+}
+
+/* The pool's timer: only armed while the connection is idle, so it should
+ * not fire for us; the exchange's deadline is hc->timer. */
+static void hc_on_timer(mg_upconn_t *u)
+{
+    ev_timer_stop(u->loop->ev, &u->timer);
+}
+
+static void deadline_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_hc_t *hc = w->data;
+    drop_conn(hc); /* never returned to the pool */
+    finish(hc, mg_hc_err_timeout);
+}
+
+/* Puts the exchange on a connection of its origin (idle or new). The bytes
+ * go out when the socket is writable, so nothing fails synchronously
+ * except creating the socket or an immediately refused connect. */
+static const char *attach(mg_hc_t *hc)
+{
+    mg_hc_origin_t *o = hc->origin;
+    const char *e = NULL;
+    mg_upconn_t *u = mg_up_get(&o->up, 0, hc->owner, &hc->ops, &e);
+    if (u == NULL) {
+        if (e && strcmp(e, strerror(ECONNREFUSED)) == 0)
+            return mg_hc_err_refused;
+        if (e && strcmp(e, "out of memory") == 0)
+            return mg_hc_err_nomem;
+        mg_log_info("http client: connect to %s: %s", o->addr.text, e ? e : "?");
+        return err_connect;
+    }
+    hc->u = u;
+    ev_timer_stop(u->loop->ev, &u->timer); /* the pool's idle timer */
+    hc->final = hc->resp_done = 0;
+    hc->err = NULL;
+    mg_h1_head_reset(&hc->head);
+    mg_buf_reset(&hc->body);
+    mg_h1_init(&u->h1, HTTP_RESPONSE, &parser_cbs, hc, 0, MAX_RESPONSE_HEAD);
+    mg_buf_reset(&u->wbuf);
+    if (mg_buf_append(&u->wbuf, mg_buf_data(&hc->req), hc->req.len) != MG_OK) {
+        drop_conn(hc);
+        return mg_hc_err_nomem;
+    }
+    mg_up_want_write(u, 1);
+    return NULL;
+}
+
+/* --- the exchange: API ------------------------------------------------------ */
+
+mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx)
+{
+    mg_hc_t *hc = calloc(1, sizeof *hc);
+    if (hc == NULL)
+        return NULL;
+    hc->ctx = ctx;
+    hc->tr = &tcp_transport;
+    hc->ops = (mg_upconn_ops_t){ hc_on_read, hc_on_write, hc_on_timer };
+    ev_init(&hc->timer, deadline_cb);
+    hc->timer.data = hc;
+    return hc;
+}
+
+mg_buf_t *mg_hc_request(mg_hc_t *hc)
+{
+    return &hc->req;
+}
+
+static int need_lookup(const mg_hc_ctx_t *ctx, const mg_hc_origin_t *o)
+{
+    if (o->numeric || o->up.servers[0].idle)
+        return 0;
+    return o->resolved_at == 0 || ev_now(ctx->loop->ev) - o->resolved_at > DNS_TTL;
+}
+
+const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_hc_done_fn done,
+                        void *ud)
+{
+    mg_hc_ctx_t *ctx = hc->ctx;
+    if (ctx->shut)
+        return mg_hc_err_closed;
+    mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port);
+    if (origin == NULL)
+        return mg_hc_err_nomem;
+    hc->origin = origin;
+    hc->owner = owner;
+    hc->done = done;
+    hc->ud = ud;
+    hc->head_req = o->head ? 1 : 0;
+    hc->idempotent = o->idempotent ? 1 : 0;
+    hc->max_body = o->max_body;
+    const char *err;
+    if (!need_lookup(ctx, origin)) {
+        err = attach(hc);
+    } else if (origin->lookup) {
+        err = NULL;
+    } else {
+        err = lookup_start(ctx, origin);
+    }
+    if (err)
+        return err;
+    if (hc->u == NULL) {
+        hc->lookup = origin->lookup;
+        hc->wnext = origin->waiters;
+        if (hc->wnext)
+            hc->wnext->wprev = hc;
+        origin->waiters = hc;
+    }
+    hc->running = 1;
+    hc->next = ctx->live;
+    if (hc->next)
+        hc->next->prev = hc;
+    ctx->live = hc;
+    ev_timer_set(&hc->timer, o->timeout, 0.);
+    ev_timer_start(ctx->loop->ev, &hc->timer);
+    return NULL;
+}
+
+void mg_hc_cancel(mg_hc_t *hc)
+{
+    if (hc == NULL || !hc->running)
+        return;
+    ev_timer_stop(hc->ctx->loop->ev, &hc->timer);
+    drop_conn(hc); /* a half-read response never goes back to the pool */
+    waiter_unlink(hc);
+    live_unlink(hc);
+    hc->running = 0;
+}
+
+static void hc_free_now(void *p)
+{
+    mg_hc_t *hc = p;
+    mg_buf_free(&hc->req);
+    mg_buf_free(&hc->body);
+    mg_h1_head_free(&hc->head);
+    free(hc);
+}
+
+void mg_hc_free(mg_hc_t *hc)
+{
+    if (hc == NULL || hc->freed)
+        return;
+    mg_hc_cancel(hc);
+    hc->freed = 1;
+    mg_loop_defer(hc->ctx->loop, hc_free_now, hc);
+}
+
+const mg_h1_head_t *mg_hc_head(const mg_hc_t *hc)
+{
+    return &hc->head;
+}
+
+const mg_buf_t *mg_hc_body(const mg_hc_t *hc)
+{
+    return &hc->body;
+}

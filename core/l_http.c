@@ -1,0 +1,438 @@
+/* moongate.http (gw.http): request{ method, url, headers, body, timeout,
+ * max_body } -> { status, headers, headers_list, body } or nil, err.
+ *
+ * Every Lua-side step (argument checks, building the request head) happens
+ * before any C resource exists, so a raise leaks nothing. The exchange then
+ * runs in hclient; its completion resumes the coroutine and the
+ * continuation turns the response into Lua values (STYLE.md b). The
+ * per-worker client state (origins, pools, resolver) hangs off a userdata
+ * anchored in the registry, freed by its __gc. */
+#include "hclient.h"
+#include "l_bindings.h"
+#include "loop.h"
+#include "lrt.h"
+#include "req.h"
+
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#define CTX_KEY "moongate.http.ctx"
+#define DEFAULT_TIMEOUT 10.0
+
+typedef struct url_parts {
+    const char *host;
+    size_t host_len;
+    int ipv6;         /* host was in brackets */
+    int port;
+    const char *target; /* path and query */
+    size_t target_len;
+} url_parts_t;
+
+/* Splits an http:// URL. Returns NULL, or the error to return to Lua. */
+static const char *parse_url(const char *s, size_t n, url_parts_t *u)
+{
+    const char *end = s + n;
+    if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
+        return "https is not supported yet";
+    if (n < 7 || strncasecmp(s, "http://", 7) != 0)
+        return "invalid url (expected http://host[:port]/path)";
+    const char *p = s + 7;
+    const char *a_end = p;
+    while (a_end < end && *a_end != '/' && *a_end != '?' && *a_end != '#')
+        a_end++;
+    memset(u, 0, sizeof *u);
+    u->port = 80;
+    const char *port_at = NULL;
+    if (p < a_end && *p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(a_end - p));
+        if (rb == NULL)
+            return "invalid url";
+        u->host = p + 1;
+        u->host_len = (size_t)(rb - p - 1);
+        u->ipv6 = 1;
+        if (rb + 1 < a_end) {
+            if (rb[1] != ':')
+                return "invalid url";
+            port_at = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(p, ':', (size_t)(a_end - p));
+        u->host = p;
+        u->host_len = (size_t)((colon ? colon : a_end) - p);
+        if (colon)
+            port_at = colon + 1;
+    }
+    if (u->host_len == 0 || u->host_len > 253)
+        return "invalid url";
+    for (size_t i = 0; i < u->host_len; i++) {
+        unsigned char c = (unsigned char)u->host[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '.' || c == '_' || (u->ipv6 && (c == ':' || c == '%'));
+        if (!ok)
+            return "invalid url";
+    }
+    if (port_at) {
+        if (port_at == a_end)
+            return "invalid url";
+        long port = 0;
+        for (const char *q = port_at; q < a_end; q++) {
+            if (*q < '0' || *q > '9' || port > 65535)
+                return "invalid url";
+            port = port * 10 + (*q - '0');
+        }
+        if (port < 1 || port > 65535)
+            return "invalid url";
+        u->port = (int)port;
+    }
+    const char *t = a_end, *t_end = memchr(a_end, '#', (size_t)(end - a_end));
+    if (t_end == NULL)
+        t_end = end;
+    for (const char *q = t; q < t_end; q++)
+        if ((unsigned char)*q <= ' ' || *q == 0x7f)
+            return "invalid url";
+    u->target = t;
+    u->target_len = (size_t)(t_end - t);
+    return NULL;
+}
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int is_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+/* The request head is collected as pieces in a Lua table (at index `t`,
+ * *n pieces so far) and joined at the end: Lua owns everything while the
+ * arguments are still being checked, so a raise leaks nothing. */
+static void put(lua_State *L, int t, int *n, const char *s, size_t len)
+{
+    lua_pushlstring(L, s, len);
+    lua_rawseti(L, t, ++*n);
+}
+
+static int header_value_ok(lua_State *L, int idx)
+{
+    int t = lua_type(L, idx);
+    return t == LUA_TSTRING || t == LUA_TNUMBER;
+}
+
+/* may raise */
+static void add_header(lua_State *L, int t, int *n, const char *name, size_t nn, int vidx)
+{
+    lua_pushvalue(L, vidx); /* tolstring converts numbers in place: use a copy */
+    size_t vn;
+    const char *v = lua_tolstring(L, -1, &vn);
+    for (size_t i = 0; i < vn; i++)
+        if (v[i] == '\r' || v[i] == '\n' || v[i] == 0)
+            luaL_error(L, "gw.http.request: header %s has a line break or NUL in its value", name);
+    put(L, t, n, name, nn);
+    put(L, t, n, ": ", 2);
+    put(L, t, n, v, vn);
+    put(L, t, n, "\r\n", 2);
+    lua_pop(L, 1);
+}
+
+/* Adds the caller's headers (table at hidx). Framing headers are ours.
+ * Returns whether a Host header was given. May raise. */
+static int add_headers(lua_State *L, int t, int *n, int hidx)
+{
+    int has_host = 0;
+    lua_pushnil(L);
+    while (lua_next(L, hidx) != 0) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_error(L, "gw.http.request: header names must be strings");
+        size_t nn;
+        const char *name = lua_tolstring(L, -2, &nn);
+        if (!is_token(name, nn))
+            luaL_error(L, "gw.http.request: invalid header name '%s'", name);
+        if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (strcasecmp(name, "host") == 0)
+            has_host = 1;
+        int vidx = lua_gettop(L);
+        if (header_value_ok(L, vidx)) {
+            add_header(L, t, n, name, nn, vidx);
+        } else if (lua_type(L, vidx) == LUA_TTABLE) {
+            lua_Integer len = luaL_len(L, vidx);
+            for (lua_Integer i = 1; i <= len; i++) {
+                lua_geti(L, vidx, i);
+                if (!header_value_ok(L, -1))
+                    luaL_error(L, "gw.http.request: header %s: values must be strings", name);
+                add_header(L, t, n, name, nn, lua_gettop(L));
+                lua_pop(L, 1);
+            }
+        } else {
+            luaL_error(L, "gw.http.request: header %s: value must be a string", name);
+        }
+        lua_pop(L, 1);
+    }
+    return has_host;
+}
+
+static int is_idempotent(const char *m)
+{
+    return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "PUT") == 0 ||
+           strcmp(m, "DELETE") == 0 || strcmp(m, "OPTIONS") == 0 || strcmp(m, "TRACE") == 0;
+}
+
+static int wants_length(const char *m)
+{
+    return strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
+}
+
+/* Pushes the response table for a finished exchange. May raise (OOM). */
+static void push_response(lua_State *L, const mg_hc_t *hc)
+{
+    const mg_h1_head_t *h = mg_hc_head(hc);
+    const mg_buf_t *body = mg_hc_body(hc);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, h->status);
+    lua_setfield(L, -2, "status");
+    lua_createtable(L, 0, h->nhdrs);
+    lua_createtable(L, h->nhdrs, 0);
+    for (int i = 0; i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        /* headers_list[i+1] = { name, value } as received */
+        lua_createtable(L, 2, 0);
+        lua_pushlstring(L, n.p, n.n);
+        lua_rawseti(L, -2, 1);
+        lua_pushlstring(L, v.p, v.n);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, i + 1);
+        /* headers[lower(name)], repeated ones joined with ", " */
+        luaL_Buffer b;
+        char *lp = luaL_buffinitsize(L, &b, n.n);
+        for (size_t k = 0; k < n.n; k++) {
+            unsigned char c = (unsigned char)n.p[k];
+            lp[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+        }
+        luaL_pushresultsize(&b, n.n);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -4) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, v.p, v.n);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, v.p, v.n);
+        }
+        lua_rawset(L, -4);
+    }
+    lua_setfield(L, -3, "headers_list");
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, body->len ? mg_buf_data(body) : "", body->len);
+    lua_setfield(L, -2, "body");
+}
+
+static int request_k(lua_State *L, int status, lua_KContext kctx)
+{
+    (void)status;
+    mg_hc_t *hc = (mg_hc_t *)kctx;
+    mg_req_t *r = mg_lrt_current(L);
+    const char *err = r->wait.err;
+    r->wait.ticket = NULL;
+    /* The free is deferred to the next loop iteration: the response stays
+     * readable below, and is released even if pushing it raises. */
+    mg_hc_free(hc);
+    if (err) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    push_response(L, hc);
+    return 1;
+}
+
+static void request_done(mg_hc_t *hc, void *ud, const char *err)
+{
+    (void)hc;
+    mg_req_t *r = ud;
+    r->wait.err = err;
+    r->wait.status = err ? MG_EAGAIN : MG_OK;
+    mg_lrt_resume(r, 0);
+}
+
+/* The request went away while waiting: close the connection (a half-read
+ * response never goes back to the pool) and drop the exchange. */
+static void request_cancel(mg_req_t *r)
+{
+    mg_hc_t *hc = r->wait.ticket;
+    r->wait.ticket = NULL;
+    mg_hc_free(hc);
+}
+
+static int opt_type(lua_State *L, const char *field, int type, const char *tname)
+{
+    int t = lua_getfield(L, 1, field);
+    if (t != LUA_TNIL && t != type)
+        luaL_error(L, "gw.http.request: %s must be a %s", field, tname);
+    return t != LUA_TNIL;
+}
+
+/* gw.http.request(opts): may raise on misuse; yields. */
+static int l_request(lua_State *L)
+{
+    mg_hc_ctx_t **ctxp = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+
+    const char *method = "GET";
+    if (opt_type(L, "method", LUA_TSTRING, "string")) /* 2 */
+        method = lua_tostring(L, 2);
+    size_t mlen = strlen(method);
+    if (!is_token(method, mlen) || mlen > 32)
+        return luaL_error(L, "gw.http.request: invalid method");
+    char m[33];
+    for (size_t i = 0; i <= mlen; i++)
+        m[i] = (char)((method[i] >= 'a' && method[i] <= 'z') ? method[i] - 32 : method[i]);
+
+    if (lua_getfield(L, 1, "url") != LUA_TSTRING) /* 3 */
+        return luaL_error(L, "gw.http.request: url must be a string");
+    size_t ulen;
+    const char *url = lua_tolstring(L, 3, &ulen);
+    int has_headers = opt_type(L, "headers", LUA_TTABLE, "table"); /* 4 */
+    size_t blen = 0;
+    const char *body = NULL;
+    if (opt_type(L, "body", LUA_TSTRING, "string")) /* 5 */
+        body = lua_tolstring(L, 5, &blen);
+    double timeout = DEFAULT_TIMEOUT;
+    if (opt_type(L, "timeout", LUA_TNUMBER, "number")) /* 6 */
+        timeout = lua_tonumber(L, 6);
+    if (!(timeout > 0 && timeout < 1e9))
+        return luaL_error(L, "gw.http.request: timeout must be a positive number of seconds");
+    lua_Integer max_body = MG_HC_MAX_BODY;
+    if (opt_type(L, "max_body", LUA_TNUMBER, "number")) { /* 7 */
+        if (!lua_isinteger(L, 7) || lua_tointeger(L, 7) < 0)
+            return luaL_error(L, "gw.http.request: max_body must be a non-negative integer");
+        max_body = lua_tointeger(L, 7);
+    }
+    lua_settop(L, 7);
+
+    mg_req_t *r = mg_lrt_current(L);
+    if (r == NULL || r->co != L || !lua_isyieldable(L))
+        return luaL_error(L, "gw.http.request needs a request coroutine (not the main thread, "
+                             "a user coroutine or a metamethod)");
+    if (*ctxp == NULL)
+        return luaL_error(L, "gw.http.request: the http client is shut down");
+
+    url_parts_t u;
+    const char *uerr = parse_url(url, ulen, &u);
+    if (uerr) {
+        lua_pushnil(L);
+        lua_pushstring(L, uerr);
+        return 2;
+    }
+
+    /* The head, as pieces in a Lua table: raising here leaks nothing. */
+    lua_createtable(L, 16, 0); /* 8 */
+    int t = 8, np = 0;
+    put(L, t, &np, m, mlen);
+    put(L, t, &np, " ", 1);
+    if (u.target_len == 0 || u.target[0] != '/')
+        put(L, t, &np, "/", 1);
+    put(L, t, &np, u.target, u.target_len);
+    put(L, t, &np, " HTTP/1.1\r\n", 11);
+    int has_host = has_headers ? add_headers(L, t, &np, 4) : 0;
+    if (!has_host) {
+        put(L, t, &np, "Host: ", 6);
+        if (u.ipv6)
+            put(L, t, &np, "[", 1);
+        put(L, t, &np, u.host, u.host_len);
+        if (u.ipv6)
+            put(L, t, &np, "]", 1);
+        if (u.port != 80) {
+            lua_pushfstring(L, ":%d", u.port);
+            lua_rawseti(L, t, ++np);
+        }
+        put(L, t, &np, "\r\n", 2);
+    }
+    if (body || wants_length(m)) {
+        lua_pushfstring(L, "Content-Length: %I\r\n", (lua_Integer)blen);
+        lua_rawseti(L, t, ++np);
+    }
+    put(L, t, &np, "\r\n", 2);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= np; i++) {
+        lua_rawgeti(L, t, i);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    size_t hlen;
+    const char *head = lua_tolstring(L, -1, &hlen);
+
+    /* C resources from here on: nothing below raises. */
+    mg_hc_t *hc = mg_hc_new(*ctxp);
+    if (hc == NULL || mg_buf_append(mg_hc_request(hc), head, hlen) != MG_OK ||
+        (blen && mg_buf_append(mg_hc_request(hc), body, blen) != MG_OK)) {
+        mg_hc_free(hc);
+        lua_pushnil(L);
+        lua_pushliteral(L, "out of memory");
+        return 2;
+    }
+    mg_hc_opts_t o = {
+        .host = u.host,
+        .host_len = u.host_len,
+        .port = u.port,
+        .head = strcmp(m, "HEAD") == 0,
+        .idempotent = is_idempotent(m),
+        .timeout = timeout,
+        .max_body = (size_t)max_body,
+    };
+    const char *err = mg_hc_start(hc, r, &o, request_done, r);
+    if (err) {
+        mg_hc_free(hc);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    mg_lrt_wait(r, MG_WAIT_EXT, request_cancel);
+    r->wait.ticket = hc;
+    return lua_yieldk(L, 0, (lua_KContext)hc, request_k);
+}
+
+static int ctx_gc(lua_State *L)
+{
+    mg_hc_ctx_t **ctxp = lua_touserdata(L, 1);
+    mg_hc_ctx_free(*ctxp);
+    *ctxp = NULL;
+    return 0;
+}
+
+int luaopen_moongate_http(lua_State *L)
+{
+    /* One client state per Lua state (= per worker), kept in the registry. */
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY) != LUA_TUSERDATA) {
+        lua_pop(L, 1);
+        mg_hc_ctx_t **ctxp = lua_newuserdatauv(L, sizeof *ctxp, 0);
+        *ctxp = NULL;
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, ctx_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        *ctxp = mg_hc_ctx_new(mg_lrt_loop(L));
+        if (*ctxp == NULL)
+            return luaL_error(L, "moongate.http: out of memory");
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, l_request, 1);
+    lua_setfield(L, -2, "request");
+    return 1;
+}

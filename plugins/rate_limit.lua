@@ -1,0 +1,197 @@
+-- rate_limit: a token bucket per key. `rate` tokens per second refill a
+-- bucket of `burst` tokens (default: rate); each request takes one. Over the
+-- limit: 429 with Retry-After and RateLimit-Limit/-Remaining/-Reset, which
+-- allowed responses carry too. doc/plugins/rate_limit.md has the details.
+--
+-- scope "local": one bucket per key per worker, in a bounded LRU whose
+-- entries expire when their bucket would be full again (a missing bucket is
+-- a full one, so eviction never under-counts for long).
+-- scope "redis": one atomic script per request (EVALSHA, EVAL when Redis
+-- does not know the script yet), with Redis's clock, so every gateway of a
+-- fleet shares the buckets.
+local gw = gw
+
+local M = {
+  name = "rate_limit",
+  priority = 910, -- Kong's rate-limiting: after authentication
+  schema = {
+    rate = { type = "number", required = true },
+    burst = "number",
+    key = { type = "string|function", default = "remote_addr" },
+    scope = { type = "string", one_of = { "local", "redis" }, default = "local" },
+    redis = { type = "string", default = "default" },
+    redis_prefix = { type = "string", default = "moongate:rl:" },
+    namespace = "string",
+    fault_tolerant = { type = "boolean", default = true },
+    headers = { type = "boolean", default = true },
+    status = { type = "integer", default = 429 },
+    message = { type = "string", default = "rate limit exceeded" },
+    max_keys = { type = "integer", default = 100000 },
+  },
+}
+
+-- KEYS[1] bucket; ARGV rate, burst. Returns { allowed (0/1), tokens left
+-- (as a string: Redis truncates Lua numbers to integers) }.
+local SCRIPT = [[
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(v[1]), tonumber(v[2])
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate) end
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return { allowed, tostring(tokens) }
+]]
+
+local script_sha
+local buckets, buckets_max
+
+local function hex(s)
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+function M.check(conf)
+  if conf.rate <= 0 then return nil, "rate: must be positive" end
+  conf.burst = conf.burst or conf.rate
+  if conf.burst < 1 then return nil, "burst: must be at least 1" end
+  if type(conf.key) == "string" then
+    local k = conf.key
+    if k ~= "remote_addr" and not k:match("^header:[%w!#$%%&'*+.^_`|~-]+$")
+        and not k:match("^claim:.+$") then
+      return nil, 'key: expected "remote_addr", "header:NAME", "claim:NAME" or a function'
+    end
+  end
+  if conf.status < 400 or conf.status > 599 then return nil, "status: expected 4xx or 5xx" end
+  if conf.max_keys < 1 then return nil, "max_keys: must be positive" end
+  if conf.scope == "redis" then
+    script_sha = script_sha or hex(gw.crypto.digest("sha1", SCRIPT))
+  end
+  -- local buckets live in this module, which each config generation loads
+  -- afresh, so a reload starts them over; a namespace shares them
+  if not buckets or conf.max_keys > buckets_max then
+    -- (config load: no bucket exists yet, nothing is lost)
+    local ok, Cache = pcall(require, "moongate.cache")
+    buckets = ok and Cache.new(conf.max_keys) or gw.cache
+    buckets_max = conf.max_keys
+  end
+  conf._prefix = conf.namespace and ("ns\0" .. conf.namespace)
+    or ("c\0" .. gw.crypto.random(8))
+  return true
+end
+
+-- The caller's key: the configured source, falling back to the address.
+local function caller(conf, req)
+  local k = conf.key
+  local v
+  if type(k) == "function" then
+    v = k(req)
+    if v ~= nil then v = tostring(v) end
+  elseif k == "remote_addr" then
+    v = req.remote_addr
+  elseif k:sub(1, 7) == "header:" then
+    v = req:header(k:sub(8))
+  else
+    local claims = req.ctx.jwt
+    local c = type(claims) == "table" and claims[k:sub(7)] or nil
+    if type(c) == "string" or type(c) == "number" then v = tostring(c) end
+  end
+  if v == nil or v == "" then v = req.remote_addr end
+  return v
+end
+
+-- Local token bucket: returns allowed, tokens left.
+local function take_local(conf, key)
+  key = conf._prefix .. "\0" .. key
+  local now = gw.now()
+  local b = buckets:get(key)
+  local tokens
+  if b then
+    tokens = math.min(conf.burst, b.tokens + math.max(0, now - b.ts) * conf.rate)
+  else
+    b = {}
+    tokens = conf.burst
+  end
+  local allowed = tokens >= 1
+  if allowed then tokens = tokens - 1 end
+  b.tokens, b.ts = tokens, now
+  -- expires when it would be full again: a missing bucket is a full one
+  buckets:set(key, b, (conf.burst - tokens) / conf.rate + 1)
+  return allowed, tokens
+end
+
+local function take_redis(conf, key)
+  if not gw.redis then return nil, "gw.redis unavailable" end
+  local rkey = conf.redis_prefix .. key
+  local rds = gw.redis(conf.redis)
+  local res, err = rds:call("EVALSHA", script_sha, 1, rkey, conf.rate, conf.burst)
+  if res == nil and err and err:find("NOSCRIPT", 1, true) then
+    res, err = rds:call("EVAL", SCRIPT, 1, rkey, conf.rate, conf.burst)
+  end
+  if type(res) ~= "table" then return nil, err or "unexpected reply" end
+  local tokens = tonumber(res[2])
+  if tokens == nil then return nil, "unexpected reply" end
+  return res[1] == 1, tokens
+end
+
+local function ceil(x)
+  local i = math.ceil(x - 1e-9)
+  return i < 0 and 0 or i
+end
+
+function M.access(conf, req)
+  local key = caller(conf, req)
+  local allowed, tokens
+  if conf.scope == "redis" then
+    local err
+    -- pcall: an unknown redis name raises; that is an outage here too
+    local ok
+    ok, allowed, tokens = pcall(take_redis, conf, (conf.namespace or req.route or "") .. ":" .. key)
+    if not ok then allowed, tokens = nil, allowed end
+    if allowed == nil then
+      err = tokens
+      -- one line per 10 s, not one per request, while Redis is down
+      local now = gw.now()
+      local say = not conf._warned or now - conf._warned >= 10
+      if say then conf._warned = now end
+      if conf.fault_tolerant then
+        if say then
+          gw.log("warn", "rate_limit: redis failed, letting requests through: ", tostring(err))
+        end
+        return
+      end
+      if say then gw.log("error", "rate_limit: redis failed: ", tostring(err)) end
+      return req:respond(503, '{"error":"rate limiter unavailable"}',
+                         { ["Content-Type"] = "application/json" })
+    end
+  else
+    allowed, tokens = take_local(conf, key)
+  end
+  local h = {
+    ["RateLimit-Limit"] = tostring(math.floor(conf.burst)),
+    ["RateLimit-Remaining"] = tostring(math.floor(tokens)),
+    -- seconds until the bucket is full again
+    ["RateLimit-Reset"] = tostring(ceil((conf.burst - tokens) / conf.rate)),
+  }
+  if not allowed then
+    h["Retry-After"] = tostring(math.max(1, ceil((1 - tokens) / conf.rate)))
+    h["Content-Type"] = "application/json"
+    return req:respond(conf.status, gw.json.encode({ error = conf.message }), h)
+  end
+  if conf.headers then req.ctx._rate_limit_headers = h end
+end
+
+function M.response(conf, req, res)
+  local h = conf.headers and req.ctx._rate_limit_headers
+  if not h then return end
+  for k, v in pairs(h) do res:set_header(k, v) end
+end
+
+return M

@@ -1,0 +1,109 @@
+"""gw.http.request from route handlers, through the real gateway: many
+requests waiting on the upstream at once, pooled connections, and a client
+that goes away while its handler waits (the connection must be closed, not
+pooled). The client's own behaviour (framing, errors, timeouts, stale
+connections) is covered in spec/lua/http_spec.lua."""
+
+import threading
+import time
+
+from conftest import Client, Raw, config, request, wait_for
+
+HANDLER = """function(req)
+  local path = req.path == "/slow" and "/slow/3000" or "/echo"
+  local r, err = gw.http.request{
+    url = "http://127.0.0.1:%d" .. path .. "?" .. (req.query or ""),
+    headers = { ["X-From"] = "gateway" }, timeout = 5 }
+  if not r then return 502, "error: " .. err end
+  return r.status, r.body, { ["X-Up-Conn"] = r.headers["x-upstream-conn"] }
+end"""
+
+
+def http_config(upstream_port):
+    return config(routes=[{"name": "call", "match": {"prefix": "/"},
+                           "handler": Raw(HANDLER % upstream_port)}])
+
+
+def test_handler_requests_in_parallel_all_succeed(gateway, upstream):
+    g = gateway(http_config(upstream.port))
+    n = 100
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def one(i):
+        with Client(g.port, timeout=20) as c:
+            barrier.wait()
+            c.request("GET", "/x?i=%d" % i)
+            results[i] = c.read_response()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, r in enumerate(results):
+        assert r is not None, "request %d got no response" % i
+        assert r.status == 200, (i, r.status, r.body[:200])
+        e = r.json()
+        assert e["path"] == "/echo?i=%d" % i
+        assert ["X-From", "gateway"] in e["headers"]
+    st = upstream.stats()
+    assert st["requests"] == n
+    assert st["max_inflight"] > 1, "the handlers did not wait on the upstream concurrently"
+    opened = st["connections"]
+    assert opened <= n
+    # the pool keeps connections: sequential requests open no new ones
+    for i in range(20):
+        r = request(g.port, "GET", "/again?i=%d" % i)
+        assert r.status == 200
+    st = upstream.stats()
+    assert st["requests"] == n + 20
+    assert st["connections"] == opened
+
+
+def test_sequential_handler_calls_share_one_upstream_connection(gateway, upstream):
+    g = gateway(http_config(upstream.port))
+    conns = set()
+    for i in range(20):
+        r = request(g.port, "GET", "/seq?i=%d" % i)
+        assert r.status == 200
+        conns.add(r.header("x-up-conn"))
+    assert len(conns) == 1, conns
+    assert upstream.stats()["connections"] == 1
+
+
+def test_client_abort_closes_the_upstream_connection(gateway, upstream):
+    g = gateway(http_config(upstream.port))
+    first = request(g.port, "GET", "/fast")
+    assert first.status == 200
+    pooled = first.header("x-up-conn")
+    # the slow call takes the pooled connection, then its client leaves
+    c = Client(g.port, timeout=10)
+    c.request("GET", "/slow")
+    wait_for(lambda: upstream.stats()["inflight"] == 1, what="the slow call to reach the upstream")
+    c.close()
+    # the gateway must not put the half-finished connection back in the
+    # pool: the next call gets a new connection and its own answer at once
+    t0 = time.monotonic()
+    r = wait_for(lambda: request(g.port, "GET", "/fast2"), what="a response")
+    assert r.status == 200
+    assert r.header("x-up-conn") not in (None, pooled)
+    assert r.json()["path"] == "/echo?"
+    assert time.monotonic() - t0 < 2.5
+    # and the aborted connection is really closed
+    wait_for(lambda: upstream.stats()["open"] == 1, timeout=10,
+             what="the aborted upstream connection to close")
+    assert "plugin error" not in g.stderr_text()
+
+
+def test_handler_gets_errors_as_values(gateway, upstream_factory):
+    gone = upstream_factory()
+    port = gone.port
+    gone.stop()
+    g = gateway(http_config(port))
+    r = request(g.port, "GET", "/refused")
+    assert r.status == 502
+    assert r.body == b"error: connection refused"
+    # the worker keeps serving
+    r = request(g.port, "GET", "/refused")
+    assert r.status == 502
