@@ -30,6 +30,8 @@ static int l_sleep(lua_State *L)
         return luaL_error(L, "gw.sleep needs a request coroutine (not the main thread, "
                              "a user coroutine or a metamethod)");
     mg_lrt_wait(r, MG_WAIT_SLEEP, NULL);
+    /* the loop time is stale after a long stretch of Lua: count from now */
+    ev_now_update(r->loop->ev);
     ev_timer_set(&r->wait.timer, s, 0.);
     ev_timer_start(r->loop->ev, &r->wait.timer);
     return lua_yieldk(L, 0, (lua_KContext)r, sleep_k);

@@ -513,6 +513,9 @@ void mg_loop_free(mg_loop_t *loop)
         ev_signal_stop(loop->ev, &loop->sigterm);
         ev_signal_stop(loop->ev, &loop->sigint);
         ev_signal_stop(loop->ev, &loop->sighup);
+        /* Lua first: __gc handlers of bindings may stop their watchers */
+        mg_lrt_close(loop->L);
+        loop->L = NULL;
         ev_loop_destroy(loop->ev);
     }
     if (loop->access_log) {
