@@ -32,6 +32,7 @@
 
 set -uo pipefail
 BENCH_NAME=auth
+LOAD_DESC="the upstream, redis-server and the auth server"
 DEFAULT_CONNS="1 50 1000"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -88,16 +89,15 @@ log "auth server nginx on 127.0.0.1:${PORT[authserver]} (pid ${PID[authserver]},
 for t in $WANT_TARGETS; do
   case $t in
   direct) add_target direct upstream "$UP/" ;;
-  mg-jwt) add_target mg-jwt moongate "" "$GOOD_COOKIE" ;;
+  mg-jwt) add_target mg-jwt moongate-jwt "" "$GOOD_COOKIE" ;;
   nginx-lua-jwt) add_target nginx-lua-jwt nginx-lua "" "$GOOD_COOKIE" ;;
-  mg-fa) add_target mg-fa moongate "" ;;
+  mg-fa) add_target mg-fa moongate-fa "" ;;
   nginx-fa) add_target nginx-fa nginx-fa "" ;;
   caddy-fa) add_target caddy-fa caddy "" ;;
   esac
 done
 
-# moongate: one process, both routes
-CMD[moongate]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/moongate.lua   # bench/peers/moongate-auth.lua.in"
+# moongate: one process per scenario (a crash in one does not hide the other)
 if wanted mg-jwt || wanted mg-fa; then
   if mg_probe; then
     wanted mg-jwt && ! mg_has redis && STATUS[mg-jwt]="not available: this moongate binary has no gw.redis"
@@ -105,15 +105,18 @@ if wanted mg-jwt || wanted mg-fa; then
   else
     STATUS[mg-jwt]=$MG_PROBE_ERR; STATUS[mg-fa]=$MG_PROBE_ERR
   fi
-  if { wanted mg-jwt && [ -z "${STATUS[mg-jwt]:-}" ]; } || { wanted mg-fa && [ -z "${STATUS[mg-fa]:-}" ]; }; then
-    free_port moongate
-    subst "$BENCH_DIR/peers/moongate-auth.lua.in" "$WORK/moongate.lua" PORT="${PORT[moongate]}" \
-      UPPORT="${PORT[upstream]}" RPORT="${PORT[redis]}" AUTHPORT="${PORT[authserver]}" SECRET="$SECRET"
-    start_bg moongate "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/moongate.lua"
-    TURL[mg-jwt]="http://127.0.0.1:${PORT[moongate]}/jwt/"
-    TURL[mg-fa]="http://127.0.0.1:${PORT[moongate]}/fa/"
-  fi
 fi
+for r in jwt fa; do
+  t=mg-$r p=moongate-$r
+  wanted "$t" || continue
+  CMD[$p]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/$p.lua   # bench/peers/moongate-auth.lua.in, ONLY=$r"
+  [ -z "${STATUS[$t]:-}" ] || continue
+  free_port "$p"
+  subst "$BENCH_DIR/peers/moongate-auth.lua.in" "$WORK/$p.lua" PORT="${PORT[$p]}" ONLY="$r" \
+    UPPORT="${PORT[upstream]}" RPORT="${PORT[redis]}" AUTHPORT="${PORT[authserver]}" SECRET="$SECRET"
+  start_bg "$p" "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/$p.lua"
+  TURL[$t]="http://127.0.0.1:${PORT[$p]}/$r/"
+done
 
 # nginx + lua: the auth proxy
 if wanted nginx-lua-jwt; then
@@ -245,8 +248,7 @@ REPORT="$WORK/section.md"
   echo
   echo "### Throughput"
   echo
-  echo "| comparison | conns | req/s | peer req/s | ratio | target |"
-  echo "|---|---:|---:|---:|---:|---|"
+  compare_header "req/s" "peer req/s" "target"
   res_jwt=() res_fa_ngx=() res_fa_caddy=()
   for c in $TPUT_CONNS; do
     compare_row "mg-jwt / nginx-lua-jwt (≥ 1.3×)" mg-jwt nginx-lua-jwt "$c" 1.3; res_jwt+=("$CMP_RESULT")
@@ -293,7 +295,7 @@ REPORT="$WORK/section.md"
   echo "${CMD[redis]}"
   echo "redis-cli -p \$RPORT set $SID '{\"credentials\":\"$CREDS\"}'"
   echo "${CMD[authserver]}"
-  for p in moongate nginx-lua nginx-fa caddy; do [[ " $STARTED " == *" $p "* ]] && echo "${CMD[$p]}"; done
+  for p in moongate-jwt moongate-fa nginx-lua nginx-fa caddy; do [[ " $STARTED " == *" $p "* ]] && echo "${CMD[$p]}"; done
   echo "# JWT: HS512 {\"sid\":\"$SID\",\"exp\":now+86400}, signed with a random secret (openssl dgst -sha512 -hmac)"
   wrk_cmd "-H \"Cookie: Authorization=\$(base64 of the JWT)\" http://127.0.0.1:\$PORT/jwt/"
   wrk_cmd "http://127.0.0.1:\$PORT/fa/"

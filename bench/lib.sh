@@ -320,7 +320,7 @@ proc_died() {  # target when: if its process is gone, mark every target it serve
 alive() { local p=${TPROC[$1]}; [ -z "${PID[$p]:-}" ] || kill -0 "${PID[$p]}" 2>/dev/null; }
 
 bench_run() {  # warm-up, then ROUNDS rounds over CONNS x active targets, order rotated
-  local t conc round rot out rw rt order rotated n_active n_conns est
+  local t conc round rot out rw rt order rotated n_active n_conns est ok
   ACTIVE=""
   for t in $TARGETS; do [ "${STATUS[$t]:-}" = ok ] && ACTIVE="$ACTIVE $t"; done
   ACTIVE=${ACTIVE# }
@@ -345,7 +345,11 @@ bench_run() {  # warm-up, then ROUNDS rounds over CONNS x active targets, order 
         [ "${STATUS[$t]}" = ok ] || continue
         out="$WORK/wrk-$t-c$conc-r$round.txt"
         log "round $round/$ROUNDS c=$conc $t"
-        if run_wrk "$t" "$conc" "$DURATION" "$out"; then
+        run_wrk "$t" "$conc" "$DURATION" "$out"; ok=$?
+        # a run during which the process died is not a measurement: the status says why
+        if proc_died "$t" "the c=$conc run of round $round"; then
+          grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
+        elif [ "$ok" -eq 0 ]; then
           read -r rw rt <<<"$(rss_sample "${TPROC[$t]}")"
           sed -n 's/^MGBENCH //p' "$out" | tr ' ' '\n' | awk -F= -v t="$t" -v c="$conc" -v r="$round" \
             -v rw="$rw" -v rt="$rt" '{v[$1]=$2} END {
@@ -354,7 +358,6 @@ bench_run() {  # warm-up, then ROUNDS rounds over CONNS x active targets, order 
                 v["timeout"], v["status"], v["requests"], rw, rt }' >>"$RAW"
           grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
         fi
-        proc_died "$t" "the c=$conc run of round $round"
         sleep "$PAUSE"
       done
     done
@@ -421,10 +424,28 @@ summary_table() {  # the per-target table for every concurrency
   echo "by one process share its figure."
 }
 
-# compare_row label a_target b_target conc min_ratio: "| label | c | a | b | ratio | PASS/FAIL |";
-# sets CMP_RESULT to PASS, FAIL or n/a (min_ratio "" = no target: "–")
+# paired_ratio a b conc: the median over rounds of a's req/s / b's req/s in
+# the same round (less sensitive to slow drifts of a shared machine than the
+# ratio of the medians); empty if no round has both
+paired_ratio() {
+  awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '
+    $2 == c && $1 == a { ra[$3] = $4 } $2 == c && $1 == b { rb[$3] = $4 }
+    END { n = 0; for (r in ra) if ((r in rb) && rb[r] > 0) x[++n] = ra[r] / rb[r]
+          if (!n) exit
+          for (i = 2; i <= n; i++) { v = x[i]; for (j = i - 1; j >= 1 && x[j] > v; j--) x[j + 1] = x[j]; x[j + 1] = v }
+          printf "%.2f", (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }' "$RAW"
+}
+
+# compare_row label a_target b_target conc min_ratio: one row of a comparison
+# table (compare_header prints its head): "| label | c | a | b | ratio | per-round | PASS/FAIL |".
+# The ratio is of the medians; CMP_RESULT is PASS, FAIL or n/a
+# (min_ratio "" = no target: "–").
+compare_header() {  # a-column b-column target-column
+  echo "| comparison | conns | $1 | $2 | ratio | per-round ratio (median) | $3 |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
+}
 compare_row() {
-  local label=$1 a=$2 b=$3 c=$4 want=$5 av bv r
+  local label=$1 a=$2 b=$3 c=$4 want=$5 av bv r pr
   av=${RPS[$a,$c]:-}; bv=${RPS[$b,$c]:-}
   if [ -z "$av" ] || [ -z "$bv" ]; then
     CMP_RESULT=n/a
@@ -432,13 +453,13 @@ compare_row() {
     [ -z "$av" ] && why="$a"
     [ -z "$bv" ] && why="${why:+$why, }$b"
     why="$why not measured"
-    printf '| %s | %s | %s | %s | – | n/a (%s) |\n' "$label" "$c" "$(fmt0 "$av")" "$(fmt0 "$bv")" "$why"
+    printf '| %s | %s | %s | %s | – | – | n/a (%s) |\n' "$label" "$c" "$(fmt0 "$av")" "$(fmt0 "$bv")" "$why"
     return
   fi
-  r=$(ratio "$av" "$bv")
+  r=$(ratio "$av" "$bv"); pr=$(paired_ratio "$a" "$b" "$c")
   if [ -z "$want" ]; then CMP_RESULT="–"
   elif ge "$r" "$want"; then CMP_RESULT=PASS; else CMP_RESULT=FAIL; fi
-  printf '| %s | %s | %.0f | %.0f | %s× | %s |\n' "$label" "$c" "$av" "$bv" "$r" "$CMP_RESULT"
+  printf '| %s | %s | %.0f | %.0f | %s× | %s | %s |\n' "$label" "$c" "$av" "$bv" "$r" "${pr:+$pr×}" "$CMP_RESULT"
 }
 
 # all_of results...: PASS if all PASS, FAIL if any FAIL, else n/a
@@ -453,9 +474,9 @@ all_of() {
 header_lines() {  # title: the common head of a section
   echo "## $1"
   echo
-  echo "Run $DATE on $NCPU CPU(s), $MODEL$HYPER; moongate at $GITREV ($MG_VER)."
+  echo "Run $DATE on $NCPU CPU(s), $MODEL$HYPER; moongate at $GITREV ($MG_VER$([ "$MOONGATE_BIN" != "$REPO/build/moongate" ] && echo ", binary $MOONGATE_BIN"))."
   echo "wrk -t$THREADS, ${DURATION}s per run, $ROUNDS round(s), targets alternating (order rotated each round), ${WARMUP}s unrecorded warm-up per target."
-  echo "Proxies on CPU $PROXY_CPU; wrk and the load (upstream, Redis, auth server) on CPU $LOAD_CPU."
+  echo "Proxies on CPU $PROXY_CPU; wrk and ${LOAD_DESC:-the upstream} on CPU $LOAD_CPU."
   [ -n "$CPU_NOTE" ] && echo "**Warning:** $CPU_NOTE."
   echo "1-minute load average before the run: $LOAD_START, after: $LOAD_END (anything well above 0 before the run means other work shared the CPUs)."
 }

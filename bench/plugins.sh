@@ -18,6 +18,7 @@
 
 set -uo pipefail
 BENCH_NAME=plugins
+LOAD_DESC="the upstream"
 DEFAULT_CONNS="50"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -98,8 +99,7 @@ REPORT="$WORK/section.md"
   echo
   echo "### One plugin against the plain route"
   echo
-  echo "| comparison | conns | req/s | baseline req/s | ratio | target ≥ 0.90× |"
-  echo "|---|---:|---:|---:|---:|---|"
+  compare_header "req/s" "baseline req/s" "target ≥ 0.90×"
   res_noop=() res_hdr=()
   for c in $CONNS; do
     compare_row "mg-noop / mg-plain" mg-noop mg-plain "$c" 0.90; res_noop+=("$CMP_RESULT")

@@ -21,6 +21,7 @@
 
 set -uo pipefail
 BENCH_NAME=redis
+LOAD_DESC="redis-server"
 DEFAULT_CONNS="50"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -100,8 +101,7 @@ REPORT="$WORK/section.md"
   echo
   echo "### moongate against nginx-lua"
   echo
-  echo "| comparison | conns | moongate req/s | nginx-lua req/s | ratio | target ≥ 1.00× |"
-  echo "|---|---:|---:|---:|---:|---|"
+  compare_header "moongate req/s" "nginx-lua req/s" "target ≥ 1.00×"
   res=()
   for c in $CONNS; do compare_row "moongate / nginx-lua" moongate nginx-lua "$c" 1.00; res+=("$CMP_RESULT"); done
   echo

@@ -292,7 +292,7 @@ for i, d in enumerate(done[:-1]):  # the last bucket is partial
     rows.append((rel, d / B, (d / B) / baseline * 100 if baseline else 0, errors[i], vs))
 after = [d / B for d in done[rb:rb + 10]]
 dip = min(after) if after else 0
-low = [i for i in range(rb, len(done) - 1) if done[i] / B < 0.9 * baseline]
+low = [i for i in range(rb, min(rb + 10, len(done) - 1)) if done[i] / B < 0.9 * baseline]
 first_b = next((i for i, v in enumerate(versions) if "B" in v), None)
 last_a = max((i for i, v in enumerate(versions) if "A" in v), default=None)
 lines = []
@@ -309,7 +309,8 @@ lines.append("")
 lines.append("- baseline (median of the 2 s before the reload): %.0f req/s" % baseline)
 lines.append("- lowest 100 ms bucket in the 1 s after the reload: %.0f req/s (%.0f%% of baseline)"
              % (dip, dip / baseline * 100 if baseline else 0))
-lines.append("- buckets under 90%% of baseline after the reload: %d (%d ms)" % (len(low), len(low) * 100))
+lines.append("- buckets under 90%% of baseline in the 1 s after the reload: %d (%d ms)"
+             % (len(low), len(low) * 100))
 lines.append("- errors (failed connections or non-200) over the whole run: %d" % sum(errors))
 if first_b is not None:
     lines.append("- first response from the new config at %+d ms; last from the old at %+d ms"

@@ -37,6 +37,8 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
     }
     if (loop->access_log)
         fflush(loop->access_log);
+    if (loop->stopping)
+        mg_loop_check_drained(loop);
     if (loop->met) { /* publish gauges once per iteration */
         mg_met_worker_t *w = loop->met;
         w->conns = loop->stats.conns;
@@ -345,10 +347,9 @@ void mg_loop_check_drained(mg_loop_t *loop)
             mg_conn_close_idle(c);
             c = next;
         }
-        if (loop->conns == NULL || loop->stats.active == 0) {
-            if (loop->conns == NULL)
-                ev_break(loop->ev, EVBREAK_ALL);
-        }
+        /* log phases still running keep the worker up (within drain_timeout) */
+        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+            ev_break(loop->ev, EVBREAK_ALL);
     }
 }
 

@@ -38,6 +38,7 @@ typedef struct mg_stats {
     uint64_t accepted;
     int conns;               /* open client connections */
     int active;              /* requests in flight */
+    int lua_busy;            /* request coroutines alive (log phases included) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 

@@ -210,6 +210,15 @@ static void drop_thread(mg_req_t *r, int reusable)
     lua_State *co = r->co;
     if (co == NULL)
         return;
+    /* The req/res objects die with the coroutine: a GC may free their
+     * userdata from now on, so stop pointing at it. */
+    if (r->lua_handle)
+        *r->lua_handle = NULL;
+    if (r->res_handle)
+        *r->res_handle = NULL;
+    r->lua_handle = r->res_handle = NULL;
+    if (!r->script)
+        loop->stats.lua_busy--;
     *(mg_req_t **)lua_getextraspace(co) = NULL;
     if (reusable && loop->nthreads < THREAD_CACHE) {
         lua_settop(co, 0);
@@ -232,6 +241,7 @@ void mg_lrt_start(mg_req_t *r, int chain_ref)
     *(mg_req_t **)lua_getextraspace(co) = r;
     r->co = co;
     r->co_ref = ref;
+    loop->stats.lua_busy++;
     lua_rawgeti(co, LUA_REGISTRYINDEX, loop->run_ref);
     mg_lreq_push(co, r);
     lua_rawgeti(co, LUA_REGISTRYINDEX, chain_ref);

@@ -452,8 +452,11 @@ void mg_req_finish(mg_req_t *r)
             mg_conn_request_done(c, keepalive);
         }
     }
-    if (r->waiting_done) {
+    /* a coroutine waiting on this request's progress goes on now */
+    if (r->wait.armed && (r->wait.kind == MG_WAIT_DONE || r->wait.kind == MG_WAIT_BODY ||
+                          r->wait.kind == MG_WAIT_HEAD)) {
         r->waiting_done = 0;
+        r->want_body = 0;
         mg_lrt_wake(r);
     }
     mg_req_maybe_free(r);

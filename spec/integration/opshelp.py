@@ -135,11 +135,6 @@ def rewrite_config(g, **kw):
 # --------------------------------------------------------------------------
 # admin API
 
-def get_text(port, path, timeout=10):
-    r = request(port, "GET", path, timeout=timeout)
-    return r
-
-
 def status(g):
     r = request(g.admin_port, "GET", "/status")
     assert r.status == 200, r
@@ -371,9 +366,6 @@ class Wrk:
             ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--timeout", "%ds" % timeout,
              "-s", str(script), "http://127.0.0.1:%d%s" % (port, path)],
             stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def wait_started(self, port_hint=None):
-        time.sleep(0)  # wrk connects at once; callers check progress via metrics
 
     def result(self):
         try:

@@ -2,13 +2,11 @@
 coroutine and one worker serves thousands at once; clients that go away while
 their coroutine waits are cancelled cleanly (run this under ASan too:
 MOONGATE_BIN=<asan build>/moongate)."""
+import selectors
 import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-
-import selectors
 
 from conftest import Client, request, wait_for
 from luahelp import (close_all, get, handler, hook, lua_config, open_flights, pump,

@@ -159,8 +159,10 @@ def test_memory_hog_gets_500_and_the_worker_lives(gateway):
         {"match": {"path": "/hog"}, "plugins": [plugin("t_hog")],
          "handler": handler('return 200, "never"')},
         {"match": {"path": "/sleeper"}, "handler": handler(
-            'local t = { "a" } gw.sleep(0.5) t[2] = string.rep("b", 1000) '
-            'return 200, #t[1] + #t[2] .. ""')},
+            'local t = { "a" } gw.cache:set("sleeping", "yes") gw.sleep(0.5) '
+            't[2] = string.rep("b", 1000) return 200, #t[1] + #t[2] .. ""')},
+        {"match": {"path": "/sleeping"},
+         "handler": handler('return 200, tostring(gw.cache:get("sleeping"))')},
         {"match": {"path": "/big"}, "handler": handler(
             'local s = string.rep("z", 8 * 1024 * 1024) return 200, tostring(#s)')},
         FAST, PID,
@@ -169,7 +171,9 @@ def test_memory_hog_gets_500_and_the_worker_lives(gateway):
     out = {}
     th = threading.Thread(target=lambda: out.setdefault("r", request(g.port, "GET", "/sleeper")))
     th.start()
-    time.sleep(0.1)   # the sleeper is inside gw.sleep while the hog runs
+    # the sleeper is inside gw.sleep while the hog runs
+    wait_for(lambda: request(g.port, "GET", "/sleeping").body == b"yes", timeout=3,
+             what="the sleeper to start sleeping")
     for _ in range(2):
         t = time.monotonic()
         r = request(g.port, "GET", "/hog", timeout=30)

@@ -2,22 +2,22 @@
 POST /reload; kept apart from the traffic listeners."""
 import json
 import re
-import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import Client, assert_json_error, free_port, request, wait_for
+from conftest import assert_json_error, free_port, moongate_bin, request, wait_for
+from luahelp import get, run_flights
 from opshelp import (body_of, metric, metrics, parse_metrics, post_reload, reloads,
-                     start_ops, status, worker_pids)
+                     start_ops, status, write_file)
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["w1", "w2"])
 
 
 @WORKERS
 def test_status_fields_and_types(gateway, tmp_path, workers):
-    from conftest import run_moongate  # noqa: F401  (fixture name only)
     t_start = time.monotonic()
     g = start_ops(gateway, tmp_path, workers=workers)
     r = request(g.admin_port, "GET", "/status")
@@ -30,8 +30,6 @@ def test_status_fields_and_types(gateway, tmp_path, workers):
         assert isinstance(st[key], typ) and not isinstance(st[key], bool), (key, st)
     assert "last_reload" in st and st["last_reload"] is None, st
     assert re.match(r"^\d+\.\d+\.\d+", st["version"]), st
-    from conftest import moongate_bin
-    import subprocess
     v = subprocess.run([str(moongate_bin()), "--version"], capture_output=True, text=True)
     assert st["version"] in v.stdout, (st["version"], v.stdout)
     assert st["pid"] == g.pid, "pid is the process the user signals (the master)"
@@ -168,7 +166,6 @@ def test_latency_histogram_sees_slow_requests(gateway, tmp_path, workers):
 
 @WORKERS
 def test_active_gauges_follow_in_flight_requests(gateway, tmp_path, workers):
-    from luahelp import get, run_flights
     g = start_ops(gateway, tmp_path, workers=workers)
     out = []
     t = threading.Thread(target=lambda: out.extend(
@@ -212,7 +209,6 @@ def test_failed_reload_error_is_json_escaped(gateway, tmp_path):
     g = start_ops(gateway, tmp_path, workers=1)
     text = g.config_path.read_text().replace('access_log = false,',
                                              'access_log = "a\\"b\\n", x = = 1,')
-    from opshelp import write_file
     write_file(g.config_path, text)
     r = request(g.admin_port, "POST", "/reload", body="")
     assert r.status == 400

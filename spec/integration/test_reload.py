@@ -4,6 +4,7 @@ configs and plugins are refused while the old generation keeps serving, no
 connection is refused or reset, and listeners follow the config.
 Every test runs with workers = 1 (in-process reload) and workers = 2 (a
 master signalling its workers)."""
+import os
 import re
 import signal
 import threading
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Client, PeerClosed, request, wait_for
+from conftest import PeerClosed, request, wait_for
 from opshelp import (Wrk, all_answer, body_of, connect_refused, keepalive_client,
                      ops_config, poll_body, poll_streak, post_reload, reloads, replace_file,
                      rewrite_config, start_ops, status, subst, version_line_number,
@@ -281,15 +282,43 @@ def test_watch_picks_up_plugin_and_config_edits(gateway, tmp_path, workers):
 @WORKERS
 def test_watch_sees_quick_same_size_edits(gateway, tmp_path, workers):
     """Two saves within the same second that keep the file's size (v1 -> v2
-    -> v3): the last one must win (an mtime of whole seconds is not enough)."""
+    -> v3, the second save after v2 is live, written over the old bytes
+    without truncating first, as `dd conv=notrunc` or an mmap editor does):
+    the last one must win. Size, inode and whole-second mtime are unchanged;
+    only the nanoseconds of st_mtim show the save."""
     kw = dict(workers=workers, watch=True)
     g = start_ops(gateway, tmp_path, **kw)
     plugin = tmp_path / "plugins" / "ops_version.lua"
-    time.sleep(1.1)
-    write_file(plugin, version_plugin_text("v2"))
-    poll_body(g.port, "/v", "v2", timeout=5, what="the first edit")
-    write_file(plugin, version_plugin_text("v3"))
-    poll_body(g.port, "/v", "v3", timeout=5, what="the second edit (same size, same second)")
+    for attempt in range(5):
+        # start right after a wall-clock second begins, so that both saves
+        # fall in the same second
+        time.sleep(1.02 - (time.time() % 1.0))
+        write_file(plugin, version_plugin_text("v2" if attempt % 2 == 0 else "v4"))
+        first = "v2" if attempt % 2 == 0 else "v4"
+        sec = int(plugin.stat().st_mtime)
+        poll_body(g.port, "/v", first, timeout=5, what="the first edit")
+        if int(time.time()) != sec:
+            continue  # the reload took too long to keep both saves in one second: again
+        second = "v3" if attempt % 2 == 0 else "v5"
+        overwrite_in_place(plugin, version_plugin_text(second))
+        if int(plugin.stat().st_mtime) != sec:
+            continue
+        poll_body(g.port, "/v", second, timeout=5,
+                  what="the second edit (same size, same second, same inode)")
+        return
+    pytest.skip("could not fit two saves into one second on this machine")
+
+
+def overwrite_in_place(path, text):
+    """Writes text over the file's bytes without truncating it first."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        data = text.encode()
+        assert os.pwrite(fd, data, 0) == len(data)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from collections import Counter
 
 import pytest
 
-from conftest import can_connect, request, wait_for
+from conftest import request, wait_for
 from luahelp import get, run_flights
 from opshelp import (Wrk, body_of, children, connect_refused, holds_socket,
-                     listening_inode, metric, metrics, start_ops, status, worker_pids)
+                     keepalive_client, listening_inode, metric, metrics, start_ops, status,
+                     version_plugin_text, worker_pids, write_file)
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["w1", "w2"])
 
@@ -173,7 +174,6 @@ def test_second_sigint_stops_at_once(gateway, tmp_path, workers):
 
 
 def test_idle_keepalive_connections_closed_on_stop_with_workers(gateway, tmp_path):
-    from opshelp import keepalive_client
     g = start_ops(gateway, tmp_path, workers=2, limits="drain_timeout = 20")
     conns = [keepalive_client(g.port)[0] for _ in range(6)]
     t0 = time.monotonic()
@@ -253,7 +253,6 @@ def test_restarted_worker_uses_the_last_good_config(gateway, tmp_path):
     accepted, not a broken or newer file on disk."""
     g = start_ops(gateway, tmp_path, workers=2)
     pids = worker_pids(g, 2)
-    from opshelp import version_plugin_text, write_file
     write_file(tmp_path / "plugins" / "ops_version.lua", version_plugin_text("v9", broken=True))
     g.config_path.write_text(g.config_path.read_text().replace("hello-A", "hello-Z"))
     for p in pids:
