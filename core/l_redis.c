@@ -367,8 +367,8 @@ static mg_rds_ticket_t *send_one(lua_State *L, mg_rds_pool_t *p, mg_req_t *r, in
                                  const char **err)
 {
     int n = npre + (last >= first ? last - first + 1 : 0);
-    const char *sargv[16];
-    size_t slen[16];
+    const char *sargv[16] = { 0 };
+    size_t slen[16] = { 0 };
     const char **argv = sargv;
     size_t *lens = slen;
     if (n > 16) {

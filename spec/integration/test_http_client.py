@@ -33,23 +33,28 @@ def test_handler_requests_in_parallel_all_succeed(gateway, upstream):
     def one(i):
         with Client(g.port, timeout=20) as c:
             barrier.wait()
-            c.request("GET", "/x?i=%d" % i)
+            # the upstream holds each answer 200 ms: handlers that did not
+            # wait concurrently would take 20 s and never overlap
+            c.request("GET", "/x?i=%d&delay=200" % i)
             results[i] = c.read_response()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    elapsed = time.monotonic() - t0
     for i, r in enumerate(results):
         assert r is not None, "request %d got no response" % i
         assert r.status == 200, (i, r.status, r.body[:200])
         e = r.json()
-        assert e["path"] == "/echo?i=%d" % i
+        assert e["path"] == "/echo?i=%d&delay=200" % i
         assert ["X-From", "gateway"] in e["headers"]
     st = upstream.stats()
     assert st["requests"] == n
     assert st["max_inflight"] > 1, "the handlers did not wait on the upstream concurrently"
+    assert elapsed < 15, "100 calls of 200 ms took %.1f s" % elapsed
     opened = st["connections"]
     assert opened <= n
     # the pool keeps connections: sequential requests open no new ones
