@@ -372,8 +372,8 @@ static mg_rds_ticket_t *send_one(lua_State *L, mg_rds_pool_t *p, mg_req_t *r, in
     const char **argv = sargv;
     size_t *lens = slen;
     if (n > 16) {
-        argv = malloc((size_t)n * sizeof *argv);
-        lens = malloc((size_t)n * sizeof *lens);
+        argv = calloc((size_t)n, sizeof *argv);
+        lens = calloc((size_t)n, sizeof *lens);
         if (argv == NULL || lens == NULL) {
             if (argv != sargv)
                 free(argv);
