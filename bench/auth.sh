@@ -173,6 +173,13 @@ check_fa() {  # base URL of a ForwardAuth route: the upstream gets the auth serv
   check_http "$1" 200 "hello world" &&
   check_http "${1}echo" 200 "x-user=[alice]" -H "X-User: mallory"
 }
+check_target() {
+  case $1 in
+  direct) check_http "${TURL[$1]}" 200 "hello world" ;;
+  *-jwt) check_jwt "${TURL[$1]}" ;;
+  *-fa) check_fa "${TURL[$1]}" ;;
+  esac
+}
 declare -A READY=()
 for t in $TARGETS; do
   p=${TPROC[$t]}
@@ -183,12 +190,7 @@ for t in $TARGETS; do
     else READY[$p]="failed to start: $READY_ERR"; proc_failed "$p"; fi
   fi
   if [ "${READY[$p]}" != ok ]; then STATUS[$t]=${READY[$p]}; continue; fi
-  case $t in
-  direct) check_http "${TURL[$t]}" 200 "hello world" ;;
-  *-jwt) check_jwt "${TURL[$t]}" ;;
-  *-fa) check_fa "${TURL[$t]}" ;;
-  esac
-  if [ $? -eq 0 ]; then STATUS[$t]=ok
+  if check_target "$t"; then STATUS[$t]=ok
   else
     STATUS[$t]="wrong answer: $CHECK_ERR"
     tail_log "$WORK/$p.out"; tail_log "$WORK/$p-error.log"

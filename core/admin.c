@@ -57,23 +57,67 @@ static void status_json(mg_req_t *r)
     mg_buf_free(&b);
 }
 
-static void reload(mg_req_t *r)
+static void answer_reload(mg_req_t *r, int ok, unsigned gen, const char *err)
 {
-    char err[1024];
-    mg_loop_t *loop = r->loop;
     mg_buf_t b = { 0 };
-    if (mg_loop_request_reload(loop, err, sizeof err) == 0) {
-        unsigned gen = loop->master_pid ? (loop->met_shm ? loop->met_shm->generation + 1 : 0)
-                                        : loop->gen->id;
+    if (ok) {
         mg_buf_printf(&b, "{\"ok\":true,\"generation\":%u}\n", gen);
-        mg_req_respond(r, 200, "application/json", b.base, b.len, NULL);
     } else {
         mg_buf_printf(&b, "{\"ok\":false,\"error\":");
         json_str(&b, err);
         mg_buf_printf(&b, "}\n");
-        mg_req_respond(r, 400, "application/json", b.base, b.len, NULL);
     }
+    mg_req_respond(r, ok ? 200 : 400, "application/json", b.base, b.len, NULL);
     mg_buf_free(&b);
+}
+
+#define RELOAD_POLL 0.005
+#define RELOAD_WAIT 30.0
+
+/* Multi-worker mode: the master decides. Poll the shared counters until
+ * it has recorded a verdict for our request. */
+static void reload_poll(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)revents;
+    mg_req_t *r = w->data;
+    const mg_met_shm_t *m = r->loop->met_shm;
+    r->wait.armed = 0;
+    if (m->reloads_ok > r->reload_ok0) {
+        answer_reload(r, 1, m->generation, NULL);
+    } else if (m->reloads_failed > r->reload_failed0) {
+        answer_reload(r, 0, 0, m->last_reload_error);
+    } else if (ev_now(ev) - r->t_start > RELOAD_WAIT) {
+        mg_req_error(r, 504, "the master did not answer");
+    } else {
+        r->wait.armed = 1;
+        ev_timer_set(w, RELOAD_POLL, 0.);
+        ev_timer_start(ev, w);
+        return;
+    }
+    mg_req_maybe_free(r);
+}
+
+static void reload(mg_req_t *r)
+{
+    char err[1024];
+    mg_loop_t *loop = r->loop;
+    if (!loop->master_pid || !loop->met_shm) {
+        int ok = mg_loop_reload(loop, err, sizeof err) == 0;
+        answer_reload(r, ok, loop->gen->id, err);
+        return;
+    }
+    r->reload_ok0 = loop->met_shm->reloads_ok;
+    r->reload_failed0 = loop->met_shm->reloads_failed;
+    if (mg_loop_request_reload(loop, err, sizeof err) != 0) {
+        answer_reload(r, 0, 0, err);
+        return;
+    }
+    /* the request waits in its timer slot; an abort stops the timer */
+    ev_init(&r->wait.timer, reload_poll);
+    r->wait.timer.data = r;
+    r->wait.armed = 1;
+    ev_timer_set(&r->wait.timer, RELOAD_POLL, 0.);
+    ev_timer_start(loop->ev, &r->wait.timer);
 }
 
 void mg_admin_handle(mg_req_t *r)

@@ -107,7 +107,8 @@ typedef struct mg_hc_transport {
 
 struct mg_hc {
     mg_upconn_ops_t ops;        /* u->ops points here while attached */
-    mg_hc_ctx_t *ctx;
+    mg_hc_ctx_t *ctx;           /* only used while running */
+    mg_loop_t *loop;
     mg_hc_origin_t *origin;
     const mg_hc_transport_t *tr;
     mg_upconn_t *u;             /* the connection, while attached */
@@ -490,13 +491,30 @@ static void live_unlink(mg_hc_t *hc)
     hc->next = hc->prev = NULL;
 }
 
+/* Runs the frees queued since `mark` (mg_loop_defer pushes at the head),
+ * which are the ones this module's shutdown queued by closing connections:
+ * the shutdown happens while the loop is being torn down, when its prepare
+ * watcher may never run again. Nothing is running on those objects. */
+static void run_deferred_since(mg_loop_t *loop, mg_defer_t *mark)
+{
+    while (loop->deferred && loop->deferred != mark) {
+        mg_defer_t *d = loop->deferred;
+        loop->deferred = d->next;
+        d->fn(d->p);
+        free(d);
+    }
+}
+
 /* Everything that needs the loop: cancel exchanges, close connections,
- * stop watchers, detach the resolver. */
+ * stop watchers, detach the resolver. Runs from the ctx's __gc (Lua closed
+ * before the loop) or from the ev_cleanup watcher (loop destroyed first),
+ * whichever comes first. */
 static void ctx_shutdown(mg_hc_ctx_t *ctx)
 {
     if (ctx->shut)
         return;
     ctx->shut = 1;
+    mg_defer_t *mark = ctx->loop->deferred;
     while (ctx->live)
         mg_hc_cancel(ctx->live);
     hub_close(ctx);
@@ -507,18 +525,16 @@ static void ctx_shutdown(mg_hc_ctx_t *ctx)
     }
     ctx->norigins = 0;
     ev_cleanup_stop(ctx->loop->ev, &ctx->cleanup);
+    run_deferred_since(ctx->loop, mark);
 }
 
-/* The libev loop is being destroyed before the Lua state (mg_loop_free's
- * order): shut down while watchers can still be stopped, then run the
- * deferred frees that closing the connections queued, since the loop's
- * prepare watcher will not run again. */
+/* The libev loop is being destroyed while the Lua state (and so the ctx)
+ * still exists: shut down while watchers can still be stopped. */
 static void cleanup_cb(struct ev_loop *ev, ev_cleanup *w, int revents)
 {
+    (void)ev;
     (void)revents;
-    mg_hc_ctx_t *ctx = w->data;
-    ctx_shutdown(ctx);
-    ev_invoke(ev, &ctx->loop->prepare, EV_PREPARE);
+    ctx_shutdown(w->data);
 }
 
 mg_hc_ctx_t *mg_hc_ctx_new(mg_loop_t *loop)
@@ -789,6 +805,7 @@ mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx)
     if (hc == NULL)
         return NULL;
     hc->ctx = ctx;
+    hc->loop = ctx->loop;
     hc->tr = &tcp_transport;
     hc->ops = (mg_upconn_ops_t){ hc_on_read, hc_on_write, hc_on_timer };
     ev_init(&hc->timer, deadline_cb);
@@ -855,7 +872,7 @@ void mg_hc_cancel(mg_hc_t *hc)
 {
     if (hc == NULL || !hc->running)
         return;
-    ev_timer_stop(hc->ctx->loop->ev, &hc->timer);
+    ev_timer_stop(hc->loop->ev, &hc->timer);
     drop_conn(hc); /* a half-read response never goes back to the pool */
     waiter_unlink(hc);
     live_unlink(hc);
@@ -877,7 +894,7 @@ void mg_hc_free(mg_hc_t *hc)
         return;
     mg_hc_cancel(hc);
     hc->freed = 1;
-    mg_loop_defer(hc->ctx->loop, hc_free_now, hc);
+    mg_loop_defer(hc->loop, hc_free_now, hc);
 }
 
 const mg_h1_head_t *mg_hc_head(const mg_hc_t *hc)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -140,7 +141,9 @@ static int bind_one(mg_loop_t *loop, const mg_addr_t *addr, int admin, char *err
         l->keep = 1;
         return 0;
     }
-    int fd = mg_srv_bind(addr, err, errlen);
+    /* a worker of a multi-worker gateway binds what a reload added itself,
+     * next to its siblings */
+    int fd = mg_srv_bind(addr, loop->inherited, err, errlen);
     if (fd < 0)
         return -1;
     if (mg_loop_adopt_listener(loop, fd, addr, admin) != 0) {
@@ -170,7 +173,8 @@ static int sync_listeners(mg_loop_t *loop, char *err, size_t errlen)
         if (bind_one(loop, &cfg->listen[i].addr, 0, err, errlen) != 0)
             return -1;
     }
-    if (cfg->has_admin && bind_one(loop, &cfg->admin, 1, err, errlen) != 0)
+    if (cfg->has_admin && loop->worker_index == 0 &&
+        bind_one(loop, &cfg->admin, 1, err, errlen) != 0)
         return -1;
     int k = 0;
     for (int i = 0; i < loop->nlisteners; i++) {
@@ -190,14 +194,29 @@ static int sync_listeners(mg_loop_t *loop, char *err, size_t errlen)
 /* --- reload --------------------------------------------------------------- */
 
 static void setup_watch(mg_loop_t *loop);
+static void add_plugin_watches(mg_loop_t *loop);
+static int open_access_log(mg_loop_t *loop);
+
+/* A reload reopens the access log, so it can be rotated (logrotate's
+ * postrotate: kill -HUP) and can move to the path the new config names. */
+static void reopen_access_log(mg_loop_t *loop)
+{
+    if (loop->access_log) {
+        fflush(loop->access_log);
+        if (loop->access_log_owned)
+            fclose(loop->access_log);
+    }
+    loop->access_log = NULL;
+    loop->access_log_owned = 0;
+    open_access_log(loop);
+}
 
 int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
 {
     mg_gen_t *old = loop->gen;
     mg_gen_ref(old);
     int rc = mg_loop_load(loop, err, errlen);
-    if (rc == 0 && !loop->inherited && loop->ev && loop->nlisteners > 0 &&
-        sync_listeners(loop, err, errlen) != 0) {
+    if (rc == 0 && loop->ev && loop->nlisteners > 0 && sync_listeners(loop, err, errlen) != 0) {
         /* the new listeners cannot be had: back to the old generation */
         mg_gen_t *bad = loop->gen;
         loop->gen = old;
@@ -225,6 +244,7 @@ int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
     }
     if (loop->met)
         loop->met->generation = loop->gen->id;
+    reopen_access_log(loop);
     setup_watch(loop);
     mg_log_info("reloaded: generation %u", loop->gen->id);
     return 0;
@@ -234,16 +254,8 @@ int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen)
 {
     if (!loop->master_pid)
         return mg_loop_reload(loop, err, errlen);
-    /* Check here first so the caller gets the verdict; the master checks
-     * again and signals every worker. */
-    mg_cfg_t *cfg = mg_cfg_load(loop->L, loop->config_file, err, errlen);
-    if (cfg == NULL) {
-        mg_log_error("reload refused: %s", err);
-        if (loop->met_shm)
-            mg_met_reload(loop->met_shm, 0, err, ev_time());
-        return -1;
-    }
-    mg_cfg_free(cfg);
+    /* The master checks the config and signals every worker; the verdict
+     * shows in the metrics region (see admin.c). */
     if (kill(loop->master_pid, SIGHUP) != 0) {
         snprintf(err, errlen, "cannot signal the master: %s", strerror(errno));
         return -1;
@@ -263,16 +275,41 @@ static void watch_fire(struct ev_loop *ev, ev_timer *w, int revents)
     mg_loop_request_reload(loop, err, sizeof err);
 }
 
-static void watch_cb(struct ev_loop *ev, ev_stat *w, int revents)
+/* A file's identity for change detection: libev's ev_stat compares whole
+ * seconds, which misses a quick same-size save, so we poll ourselves. */
+static void stat_sig(const char *path, mg_watch_t *w)
 {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        memset(&w->sig, 0, sizeof w->sig);
+        return;
+    }
+    w->sig.ino = st.st_ino;
+    w->sig.size = st.st_size;
+    w->sig.sec = st.st_mtim.tv_sec;
+    w->sig.nsec = st.st_mtim.tv_nsec;
+}
+
+static void watch_poll(struct ev_loop *ev, ev_timer *t, int revents)
+{
+    (void)t;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    if (w->attr.st_nlink == 0 && w->prev.st_nlink == 0)
-        return;
-    /* editors write in several steps: reload once things settle */
-    ev_timer_stop(ev, &loop->watch_debounce);
-    ev_timer_set(&loop->watch_debounce, 0.2, 0.);
-    ev_timer_start(ev, &loop->watch_debounce);
+    int changed = 0;
+    for (int i = 0; i < loop->nwatch; i++) {
+        mg_watch_t now = loop->watch[i];
+        stat_sig(loop->watch[i].path, &now);
+        if (memcmp(&now.sig, &loop->watch[i].sig, sizeof now.sig) != 0) {
+            loop->watch[i].sig = now.sig;
+            changed = 1;
+        }
+    }
+    if (changed) {
+        /* editors write in several steps: reload once things settle */
+        ev_timer_stop(ev, &loop->watch_debounce);
+        ev_timer_set(&loop->watch_debounce, 0.2, 0.);
+        ev_timer_start(ev, &loop->watch_debounce);
+    }
 }
 
 static void add_watch(mg_loop_t *loop, const char *path)
@@ -285,18 +322,18 @@ static void add_watch(mg_loop_t *loop, const char *path)
     char *copy = strdup(path);
     if (copy == NULL)
         return;
-    ev_stat *st = &loop->watch[loop->nwatch++];
-    ev_stat_init(st, watch_cb, copy, 0.25);
-    ev_stat_start(loop->ev, st);
+    mg_watch_t *w = &loop->watch[loop->nwatch++];
+    w->path = copy;
+    stat_sig(copy, w);
 }
 
 static void clear_watch(mg_loop_t *loop)
 {
-    for (int i = 0; i < loop->nwatch; i++) {
-        ev_stat_stop(loop->ev, &loop->watch[i]);
-        free((char *)loop->watch[i].path);
-    }
+    for (int i = 0; i < loop->nwatch; i++)
+        free(loop->watch[i].path);
     loop->nwatch = 0;
+    if (loop->ev)
+        ev_timer_stop(loop->ev, &loop->watch_timer);
 }
 
 /* Watches the config file and every plugin file the generation loaded.
@@ -305,11 +342,32 @@ static void setup_watch(mg_loop_t *loop)
 {
     if (loop->ev == NULL || loop->worker_index != 0 || loop->script)
         return;
+    /* keep the files' last known state across the reload, so an edit
+     * made while reloading is still seen */
+    mg_watch_t keep[MG_MAX_WATCH];
+    int nkeep = loop->nwatch;
+    for (int i = 0; i < nkeep; i++) {
+        keep[i] = loop->watch[i];
+        keep[i].path = strdup(loop->watch[i].path);
+    }
     clear_watch(loop);
-    if (!loop->gen->cfg->watch)
-        return;
-    ev_init(&loop->watch_debounce, watch_fire);
-    add_watch(loop, loop->config_file);
+    if (loop->gen->cfg->watch) {
+        ev_init(&loop->watch_debounce, watch_fire);
+        add_watch(loop, loop->config_file);
+        add_plugin_watches(loop);
+        for (int i = 0; i < loop->nwatch; i++)
+            for (int k = 0; k < nkeep; k++)
+                if (keep[k].path && strcmp(keep[k].path, loop->watch[i].path) == 0)
+                    loop->watch[i].sig = keep[k].sig;
+        ev_timer_init(&loop->watch_timer, watch_poll, 0.25, 0.25);
+        ev_timer_start(loop->ev, &loop->watch_timer);
+    }
+    for (int i = 0; i < nkeep; i++)
+        free(keep[i].path);
+}
+
+static void add_plugin_watches(mg_loop_t *loop)
+{
     lua_State *L = loop->L;
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_runtime");
     if (lua_istable(L, -1)) {
@@ -456,7 +514,7 @@ int mg_loop_run(mg_loop_t *loop)
 {
     if (open_access_log(loop) != 0)
         return 1;
-    if (!loop->inherited) {
+    {
         char err[512];
         if (sync_listeners(loop, err, sizeof err) != 0) {
             mg_log_error("%s", err);
@@ -517,6 +575,7 @@ void mg_loop_free(mg_loop_t *loop)
         /* Lua first: __gc handlers of bindings may stop their watchers */
         mg_lrt_close(loop->L);
         loop->L = NULL;
+        prepare_cb(loop->ev, &loop->prepare, 0); /* frees the bindings' __gc deferred */
         ev_loop_destroy(loop->ev);
     }
     if (loop->access_log) {

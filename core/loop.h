@@ -27,6 +27,15 @@ typedef struct mg_gen {
     struct mg_loop *loop;
 } mg_gen_t;
 
+/* A watched file and what it looked like last time. */
+typedef struct mg_watch {
+    char *path;
+    struct {
+        unsigned long long ino, size;
+        long long sec, nsec;
+    } sig;
+} mg_watch_t;
+
 typedef struct mg_defer {
     void (*fn)(void *);
     void *p;
@@ -56,8 +65,9 @@ typedef struct mg_loop {
     int inherited;           /* listeners come from the master (multi-worker mode) */
     struct mg_met_shm *met_shm;
     struct mg_met_worker *met;  /* this worker's slot */
-    ev_stat watch[MG_MAX_WATCH];   /* dev mode: config and plugin files */
+    mg_watch_t watch[MG_MAX_WATCH];   /* dev mode: config and plugin files */
     int nwatch;
+    ev_timer watch_timer;    /* polls them */
     ev_timer watch_debounce;
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */

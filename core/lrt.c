@@ -88,13 +88,13 @@ static void count_hook(lua_State *co, lua_Debug *ar)
     r->instr_ticks++;
     if (!r->killed && (long)r->instr_ticks * HOOK_EVERY < loop->gen->cfg->lua_max_instructions)
         return;
-    if (!r->killed) {
-        r->killed = 1;
+    if (!r->killed && co == r->co) {
         /* From now on check every instruction, so that the first one run
          * where the coroutine can yield (e.g. right after a pcall caught
          * the error below) yields. Killed threads are never reused. */
         lua_sethook(co, count_hook, LUA_MASKCOUNT, 1);
     }
+    r->killed = 1;
     if (co == r->co && lua_isyieldable(co)) {
         /* from a hook lua_yield marks the yield and returns; Lua yields
          * when the hook returns */
@@ -157,6 +157,8 @@ lua_State *mg_lrt_new(mg_loop_t *loop)
         return NULL;
     lua_atpanic(L, panic);
     *(mg_req_t **)lua_getextraspace(L) = NULL;
+    /* match functions run on the main thread: the budget applies there too */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     lua_pushcfunction(L, boot);
     lua_pushlightuserdata(L, loop);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

@@ -80,6 +80,10 @@ int main(int argc, char **argv)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         workers = n > 0 ? (int)n : 1;
     }
+    if (workers > 64) {
+        mg_log_warn("workers = %d: using 64, the most supported", workers);
+        workers = 64;
+    }
     int rc = workers > 1 ? mg_master_run(loop, workers) : mg_loop_run(loop);
     mg_loop_free(loop);
     return rc;

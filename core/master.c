@@ -73,7 +73,7 @@ static int bind_set(master_t *m, const mg_cfg_t *cfg, int *fds, mg_addr_t *addrs
             goto fail;
         }
         int old = find_fd(m, a->text, is_admin);
-        int fd = old >= 0 ? m->fds[old] : mg_srv_bind(a, err, errlen);
+        int fd = old >= 0 ? m->fds[old] : mg_srv_bind(a, 0, err, errlen);
         if (fd < 0)
             goto fail;
         fds[*n] = fd;
@@ -253,39 +253,97 @@ static int want_workers(const mg_cfg_t *cfg)
     return n > MG_MET_MAX_WORKERS ? MG_MET_MAX_WORKERS : n;
 }
 
+/* Checks that every address the new config adds can be bound (workers
+ * bind them themselves, with SO_REUSEPORT, next to each other). */
+static int can_bind_new(master_t *m, const mg_cfg_t *cfg, char *err, size_t errlen)
+{
+    int total = cfg->nlisten + (cfg->has_admin ? 1 : 0);
+    for (int i = 0; i < total; i++) {
+        int is_admin = i == cfg->nlisten;
+        const mg_addr_t *a = is_admin ? &cfg->admin : &cfg->listen[i].addr;
+        if (find_fd(m, a->text, is_admin) >= 0)
+            continue;
+        if (!is_admin && cfg->listen[i].tls_cert) {
+            snprintf(err, errlen, "%s: listen %s: TLS listeners are not supported yet", cfg->file,
+                     a->text);
+            return -1;
+        }
+        int fd = mg_srv_bind(a, 1, err, errlen);
+        if (fd < 0)
+            return -1;
+        close(fd);
+    }
+    return 0;
+}
+
+/* Closes the master's copies of sockets the new config dropped, so the
+ * kernel stops queueing connections nobody will accept. */
+static void close_dropped(master_t *m, const mg_cfg_t *cfg)
+{
+    int k = 0;
+    for (int i = 0; i < m->nfds; i++) {
+        int kept = 0;
+        if (m->admin[i])
+            kept = cfg->has_admin && strcmp(cfg->admin.text, m->addrs[i].text) == 0;
+        for (int j = 0; !m->admin[i] && j < cfg->nlisten; j++)
+            if (strcmp(cfg->listen[j].addr.text, m->addrs[i].text) == 0)
+                kept = 1;
+        if (kept) {
+            m->fds[k] = m->fds[i];
+            m->addrs[k] = m->addrs[i];
+            m->admin[k] = m->admin[i];
+            k++;
+        } else {
+            close(m->fds[i]);
+        }
+    }
+    m->nfds = k;
+}
+
 static void reload(master_t *m)
 {
     char err[1024];
-    if (mg_loop_load(m->cfg_loop, err, sizeof err) != 0) {
+    mg_gen_t *old = m->cfg_loop->gen;
+    mg_gen_ref(old);
+    if (mg_loop_load(m->cfg_loop, err, sizeof err) != 0 ||
+        can_bind_new(m, m->cfg_loop->gen->cfg, err, sizeof err) != 0) {
+        if (m->cfg_loop->gen != old) { /* back to the last good config */
+            mg_gen_t *bad = m->cfg_loop->gen;
+            m->cfg_loop->gen = old;
+            mg_gen_ref(old);
+            mg_gen_unref(bad);
+        }
+        mg_gen_unref(old);
         mg_log_error("reload failed, workers keep the previous config: %s", err);
         mg_met_reload(m->shm, 0, err, ev_time());
         return;
     }
+    mg_gen_unref(old);
     const mg_cfg_t *cfg = m->cfg_loop->gen->cfg;
-    int fds[MAX_FDS], admin[MAX_FDS], n;
-    mg_addr_t addrs[MAX_FDS];
-    if (bind_set(m, cfg, fds, addrs, admin, &n, err, sizeof err) != 0) {
-        mg_log_error("reload failed, workers keep the previous config: %s", err);
-        mg_met_reload(m->shm, 0, err, ev_time());
-        return;
-    }
     m->shm->generation = m->cfg_loop->gen->id;
-    mg_met_reload(m->shm, 1, NULL, ev_time());
-    int same = n == m->nfds;
-    for (int i = 0; same && i < n; i++)
-        same = fds[i] == m->fds[i];
     int nworkers = want_workers(cfg);
-    if (same && nworkers == m->nworkers) {
-        mg_log_info("reload: generation %u; signalling %d workers", m->shm->generation,
-                    m->nworkers);
-        for (int i = 0; i < m->nworkers; i++)
-            if (m->w[i].pid)
-                kill(m->w[i].pid, SIGHUP);
+    if (nworkers != m->nworkers) {
+        int fds[MAX_FDS], admin[MAX_FDS], n;
+        mg_addr_t addrs[MAX_FDS];
+        if (bind_set(m, cfg, fds, addrs, admin, &n, err, sizeof err) != 0) {
+            mg_log_error("reload failed, workers keep the previous config: %s", err);
+            mg_met_reload(m->shm, 0, err, ev_time());
+            return;
+        }
+        mg_met_reload(m->shm, 1, NULL, ev_time());
+        mg_log_info("reload: generation %u with %d workers; restarting workers",
+                    m->shm->generation, nworkers);
+        rolling_restart(m, fds, addrs, admin, n, nworkers);
         return;
     }
-    mg_log_info("reload: generation %u with new listeners or worker count; restarting workers",
-                m->shm->generation);
-    rolling_restart(m, fds, addrs, admin, n, nworkers);
+    /* Workers reload in place: kept sockets are untouched, added ones they
+     * bind, dropped ones they (and we) close. */
+    close_dropped(m, cfg);
+    mg_met_reload(m->shm, 1, NULL, ev_time());
+    mg_log_info("reload: generation %u; signalling %d workers", m->shm->generation, m->nworkers);
+    for (int i = 0; i < m->nworkers; i++)
+        if (m->w[i].pid)
+            kill(m->w[i].pid, SIGHUP);
 }
 
 int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
@@ -367,6 +425,10 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
             if (!m->stopping) {
                 mg_log_info("signal %d: stopping %d workers gracefully", sig, running(m));
                 m->stopping = 1;
+                /* refuse new connections now: the workers close theirs too */
+                for (int i = 0; i < m->nfds; i++)
+                    close(m->fds[i]);
+                m->nfds = 0;
                 m->stop_deadline = now_s() + cfg_loop->gen->cfg->limits.drain_timeout + 5;
                 signal_all(m, sig);
             }

@@ -158,7 +158,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
         free(r);
         return NULL;
     }
-    r->t_start = ev_now(c->loop->ev);
+    r->t_start = ev_time(); /* not the loop's cached time: latencies are sub-ms */
     c->loop->stats.active++;
     return r;
 }
@@ -415,7 +415,7 @@ static void access_log(mg_req_t *r)
     fprintf(f, "%s %s %s %.*s %d %llu %s %.3f %s\n", ts, r->remote, method,
             (int)(url.n > 2048 ? 2048 : url.n), url.p, r->aborted ? 499 : r->status,
             (unsigned long long)r->resp_bytes, r->upstream_addr[0] ? r->upstream_addr : "-",
-            now - r->t_start, route);
+            ev_time() - r->t_start, route);
 }
 
 void mg_req_finish(mg_req_t *r)
@@ -432,7 +432,7 @@ void mg_req_finish(mg_req_t *r)
         access_log(r);
         if (loop->met)
             mg_met_request(loop->met, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "",
-                           r->status, ev_now(loop->ev) - r->t_start);
+                           r->status, ev_time() - r->t_start);
     }
     mg_conn_t *c = r->conn;
     if (c) {

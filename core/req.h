@@ -106,6 +106,7 @@ struct mg_req {
     mg_edits_t res_edits;     /* response header edits */
     char *path_override;      /* req:set_path */
     struct mg_req *next_free; /* loop->free_reqs */
+    uint64_t reload_ok0, reload_failed0; /* POST /reload: counters when asked */
 };
 
 /* Creates a request for conn on the current generation. */

@@ -28,7 +28,7 @@ void mg_srv_raise_nofile(void)
     }
 }
 
-int mg_srv_bind(const mg_addr_t *addr, char *err, size_t errlen)
+int mg_srv_bind(const mg_addr_t *addr, int shared, char *err, size_t errlen)
 {
     int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -37,6 +37,8 @@ int mg_srv_bind(const mg_addr_t *addr, char *err, size_t errlen)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (shared)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (addr->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)&addr->sa, addr->len) != 0) {

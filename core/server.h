@@ -18,9 +18,10 @@ typedef struct mg_listener {
     int keep;                /* sync mark while reloading */
 } mg_listener_t;
 
-/* Opens a nonblocking listening socket (SO_REUSEADDR, SO_REUSEPORT).
- * Returns the fd, or -1 with a reason in err. */
-int mg_srv_bind(const mg_addr_t *addr, char *err, size_t errlen);
+/* Opens a nonblocking listening socket (SO_REUSEADDR; SO_REUSEPORT when
+ * `shared`, so that every worker of a gateway can bind an address a reload
+ * added). Returns the fd, or -1 with a reason in err. */
+int mg_srv_bind(const mg_addr_t *addr, int shared, char *err, size_t errlen);
 /* Starts accepting on an open fd. */
 void mg_srv_start(mg_loop_t *loop, mg_listener_t *l, int fd, const mg_addr_t *addr, int admin);
 /* Stops accepting and closes the fd. Idempotent. */

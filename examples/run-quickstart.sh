@@ -10,6 +10,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null; then
   python3 -m http.server 9000 --bind 127.0.0.1 --directory examples/www >/dev/null 2>&1 &
   UP_PID=$!
   trap 'kill $UP_PID 2>/dev/null' EXIT INT TERM
+  for _ in $(seq 50); do  # wait until it answers (5 s at most)
+    (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null && break
+    sleep 0.1
+  done
   echo "demo upstream on 127.0.0.1:9000 (pid $UP_PID)"
 fi
 echo "moongate on 127.0.0.1:8080 — try: curl -i localhost:8080/hello ; curl -i localhost:8080/app/"

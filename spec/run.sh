@@ -6,7 +6,8 @@
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
-export MOONGATE_BIN="$PWD/$BUILD/moongate"
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
+export MOONGATE_BIN="$BUILD/moongate"
 pass=0
 fail=0
 count() { # $1 passed $2 failed

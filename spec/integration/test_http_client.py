@@ -7,6 +7,8 @@ connections) is covered in spec/lua/http_spec.lua."""
 import threading
 import time
 
+import pytest
+
 from conftest import Client, Raw, config, request, wait_for
 
 HANDLER = """function(req)
@@ -112,3 +114,50 @@ def test_handler_gets_errors_as_values(gateway, upstream_factory):
     # the worker keeps serving
     r = request(g.port, "GET", "/refused")
     assert r.status == 502
+
+
+def hosts_alias():
+    """A name /etc/hosts maps to 127.0.0.1, other than localhost (or None)."""
+    try:
+        lines = open("/etc/hosts").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) > 1 and parts[0] == "127.0.0.1":
+            for name in parts[1:]:
+                if name != "localhost":
+                    return name
+    return None
+
+
+def test_concurrent_calls_share_one_name_lookup(gateway, upstream):
+    """Calls made while a name is being resolved (getaddrinfo_a) wait for that
+    lookup and then all go out."""
+    name = hosts_alias()
+    if name is None:
+        pytest.skip("no /etc/hosts alias for 127.0.0.1")
+    handler = HANDLER.replace("127.0.0.1", name)
+    g = gateway(config(routes=[{"name": "call", "match": {"prefix": "/"},
+                                "handler": Raw(handler % upstream.port)}]))
+    n = 30
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def one(i):
+        with Client(g.port, timeout=20) as c:
+            barrier.wait()
+            c.request("GET", "/n?i=%d" % i)
+            results[i] = c.read_response()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, r in enumerate(results):
+        assert r is not None and r.status == 200, (i, r)
+        e = r.json()
+        assert e["path"] == "/echo?i=%d" % i
+        assert ["Host", "%s:%d" % (name, upstream.port)] in e["headers"]
+    assert upstream.stats()["requests"] == n

@@ -6,11 +6,12 @@
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local UPSTREAM = here .. "../integration/upstream.py"
+local PYTHON = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"
 
 -- Starts `python3 FILE ARGS`; it prints "READY PORT" once it listens, so
 -- reading that line is the readiness check.
 local function spawn(file, args)
-  local f = assert(io.popen("exec sh -c 'echo $$; exec python3 -B " .. file .. " " ..
+  local f = assert(io.popen("exec sh -c 'echo $$; exec " .. PYTHON .. " -B " .. file .. " " ..
                             (args or "") .. " 2>/dev/null'", "r"))
   local pid = assert(tonumber(f:read("l")), "no pid")
   local ready = f:read("l")
