@@ -35,7 +35,7 @@ extern const char mg_hc_err_reset[];        /* "connection reset" */
 extern const char mg_hc_err_resolve[];      /* "could not resolve host" */
 extern const char mg_hc_err_nomem[];        /* "out of memory" */
 
-#define MG_HC_KEEPALIVE 16          /* idle connections kept per origin */
+#define MG_HC_KEEPALIVE 256          /* idle connections kept per origin */
 #define MG_HC_IDLE_TIMEOUT 60.0     /* seconds an idle connection is kept */
 #define MG_HC_MAX_BODY (8u << 20)   /* default response size cap */
 

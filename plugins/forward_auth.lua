@@ -8,7 +8,7 @@ local HOP = {
   ["connection"] = true, ["keep-alive"] = true, ["proxy-authenticate"] = true,
   ["proxy-authorization"] = true, ["te"] = true, ["trailer"] = true, ["trailers"] = true,
   ["transfer-encoding"] = true, ["upgrade"] = true, ["content-length"] = true,
-  ["host"] = true,
+  ["host"] = true, ["proxy-connection"] = true,
 }
 
 local FORWARDED = { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
@@ -16,8 +16,11 @@ local FORWARDED = { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host
 
 -- Traefik's regex options are Go regexps; plain header-name patterns
 -- ("^X-Auth-.*", "X-User|X-Email" is not supported) are translated to Lua
--- patterns: ^ $ . * + ? [] and backslash escapes.
+-- patterns: ^ $ . * + ? [] and backslash escapes. Header names are
+-- case-insensitive, so the pattern is lower-cased and matched against
+-- lower-cased names.
 local function regex_to_pattern(re)
+  re = re:gsub("(\\?)(%a)", function(esc, c) return esc == "" and c:lower() or esc .. c end)
   local out = {}
   local i = 1
   while i <= #re do
@@ -77,7 +80,7 @@ local function copy_auth_headers(conf, req, copied)
     req:remove_header(name)
   end
   if conf._pattern then
-    for name in pairs(req:headers()) do
+    for name in pairs(req:headers()) do -- names come lower-cased
       if name:match(conf._pattern) then req:remove_header(name) end
     end
   end
@@ -89,10 +92,7 @@ end
 local function wanted(conf, name)
   local lname = name:lower()
   if conf._response_set[lname] then return true end
-  if conf._pattern and (name:match(conf._pattern) or lname:match(conf._pattern)) then
-    return true
-  end
-  return false
+  return conf._pattern ~= nil and lname:match(conf._pattern) ~= nil
 end
 
 local function fail(conf, req, why)
@@ -149,9 +149,15 @@ return {
       if copied then return copy_auth_headers(conf, req, copied) end
     end
 
+    -- headers the client's Connection header names are hop-by-hop too
+    local listed = {}
+    for token in (req:header("connection") or ""):gmatch("[^,%s]+") do
+      listed[token:lower()] = true
+    end
     local headers = {}
     for name, value in pairs(req:headers()) do
-      if not HOP[name] and (conf._request_set == nil or conf._request_set[name]) then
+      if not HOP[name] and not listed[name] and
+         (conf._request_set == nil or conf._request_set[name]) then
         headers[name] = value
       end
     end
