@@ -15,6 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#define MG_UP_SURPLUS_IDLE 1.0 /* seconds an idle connection beyond keepalive lives */
+
 static void upconn_free(void *p);
 
 int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg)
@@ -222,6 +224,10 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
     u->ops = ops;
     sv->active++;
     ev_io_init(&u->rio, rio_cb, fd, EV_READ);
+    /* Upstream responses go first in each loop iteration: they finish
+     * requests and return connections to the pool before new client
+     * requests of the same iteration go looking for one. */
+    ev_set_priority(&u->rio, 1);
     u->rio.data = u;
     ev_io_init(&u->wio, wio_cb, fd, EV_WRITE);
     u->wio.data = u;
@@ -243,7 +249,13 @@ void mg_up_release(mg_upconn_t *u)
     mg_loop_t *loop = u->loop;
     u->req = NULL;
     mg_up_want_write(u, 0);
-    if (up->nidle >= up->cfg->keepalive || loop->stopping || u->wbuf.len || u->read_paused ||
+    /* Beyond `keepalive` idle connections, a few more are kept for a
+     * moment: under a burst (more requests in flight than `keepalive`) the
+     * next request reuses them instead of closing one connection and
+     * opening another; when the burst is over they go within a second. */
+    int keep = up->cfg->keepalive;
+    int surplus = up->nidle >= keep;
+    if (keep == 0 || up->nidle >= keep * 4 || loop->stopping || u->wbuf.len || u->read_paused ||
         !u->rio_on) {
         mg_up_conn_close(u);
         return;
@@ -253,7 +265,7 @@ void mg_up_release(mg_upconn_t *u)
     if (u->wbuf.cap > 65536)
         mg_buf_free(&u->wbuf);
     mg_buf_reset(&u->wbuf);
-    mg_up_arm_timer(u, up->cfg->idle_timeout);
+    mg_up_arm_timer(u, surplus ? MG_UP_SURPLUS_IDLE : up->cfg->idle_timeout);
     u->next = sv->idle;
     sv->idle = u;
     sv->nidle++;
