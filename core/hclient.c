@@ -793,6 +793,18 @@ static const char *attach(mg_hc_t *hc)
         drop_conn(hc);
         return mg_hc_err_nomem;
     }
+    if (!u->connecting) {
+        /* A pooled connection is usually writable: send now and skip two
+         * epoll_ctl calls. Anything but full success (a short write, an
+         * error) is left to the write watcher, which handles it as before. */
+        ssize_t n = hc->tr->send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
+        if (n > 0) {
+            mg_buf_consume(&u->wbuf, (size_t)n);
+            u->wrote_any = 1;
+        }
+        if (u->wbuf.len == 0)
+            return NULL;
+    }
     mg_up_want_write(u, 1);
     return NULL;
 }
