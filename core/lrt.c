@@ -268,6 +268,18 @@ void mg_lrt_wake(mg_req_t *r)
     ev_timer_start(r->loop->ev, &r->wait.timer);
 }
 
+/* A request finished while Lua ran: its connection goes on now that Lua
+ * has returned (conn must not parse the next request under a coroutine). */
+static void release_pending_conn(mg_req_t *r)
+{
+    if (!r->pending_done)
+        return;
+    r->pending_done = 0;
+    mg_conn_t *c = r->pending_conn;
+    r->pending_conn = NULL;
+    mg_conn_request_done(c, r->pending_keepalive);
+}
+
 static void lua_failed(mg_req_t *r, const char *what, const char *msg)
 {
     mg_loop_t *loop = r->loop;
@@ -398,12 +410,7 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
             mg_req_error(r, 500, "internal error");
         }
     }
-    if (r->pending_done) {
-        r->pending_done = 0;
-        mg_conn_t *c = r->pending_conn;
-        r->pending_conn = NULL;
-        mg_conn_request_done(c, r->pending_keepalive);
-    }
+    release_pending_conn(r);
     mg_req_maybe_free(r);
 }
 
@@ -452,10 +459,6 @@ int mg_lrt_match(mg_req_t *r, int ref)
         ok = lua_toboolean(L, -1);
     }
     lua_settop(L, top);
-    if (r->pending_done) {
-        r->pending_done = 0;
-        mg_conn_request_done(r->pending_conn, r->pending_keepalive);
-        r->pending_conn = NULL;
-    }
+    release_pending_conn(r);
     return ok;
 }
