@@ -252,6 +252,121 @@ static int l_remove_header(lua_State *L)
     return 0;
 }
 
+/* Cookie pairs (RFC 6265 "name=value; name2=value2"): calls fn for each
+ * pair with the trimmed name and value; stops when fn returns non-zero. */
+typedef int (*cookie_fn)(void *ud, mg_str_t pair, mg_str_t name, mg_str_t value);
+
+static int is_ows(char c) { return c == ' ' || c == '\t'; }
+
+static mg_str_t trim(const char *p, const char *e)
+{
+    while (p < e && is_ows(*p))
+        p++;
+    while (e > p && is_ows(e[-1]))
+        e--;
+    return (mg_str_t){ p, (size_t)(e - p) };
+}
+
+static void each_cookie(mg_str_t h, cookie_fn fn, void *ud)
+{
+    const char *p = h.p, *end = h.p + h.n;
+    while (p < end) {
+        const char *semi = memchr(p, ';', (size_t)(end - p));
+        const char *pe = semi ? semi : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        mg_str_t pair = trim(p, pe);
+        if (eq && pair.n && fn(ud, pair, trim(p, eq), trim(eq + 1, pe)))
+            return;
+        p = pe + 1;
+    }
+}
+
+typedef struct {
+    const char *name;
+    size_t nn;
+    mg_str_t value;
+    int found;
+} cookie_find_t;
+
+static int cookie_find(void *ud, mg_str_t pair, mg_str_t name, mg_str_t value)
+{
+    (void)pair;
+    cookie_find_t *f = ud;
+    if (name.n != f->nn || memcmp(name.p, f->name, f->nn) != 0)
+        return 0;
+    f->value = value;
+    f->found = 1;
+    return 1;
+}
+
+/* req:cookie(name) → the value of the first cookie called name (surrounding
+ * whitespace and one pair of double quotes removed), or nil. */
+static int l_cookie(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    cookie_find_t f = { 0 };
+    f.name = luaL_checklstring(L, 2, &f.nn);
+    mg_str_t h = mg_req_header(r, "cookie");
+    if (h.p)
+        each_cookie(h, cookie_find, &f);
+    if (!f.found) {
+        lua_pushnil(L);
+        return 1;
+    }
+    mg_str_t v = f.value;
+    if (v.n >= 2 && v.p[0] == '"' && v.p[v.n - 1] == '"') {
+        v.p++;
+        v.n -= 2;
+    }
+    lua_pushlstring(L, v.p, v.n);
+    return 1;
+}
+
+typedef struct {
+    const char *name;
+    size_t nn;
+    mg_buf_t out;
+    int removed, oom;
+} cookie_strip_t;
+
+static int cookie_strip(void *ud, mg_str_t pair, mg_str_t name, mg_str_t value)
+{
+    (void)value;
+    cookie_strip_t *s = ud;
+    if (name.n == s->nn && memcmp(name.p, s->name, s->nn) == 0) {
+        s->removed = 1;
+        return 0;
+    }
+    if ((s->out.len && mg_buf_append(&s->out, "; ", 2) != MG_OK) ||
+        mg_buf_append(&s->out, pair.p, pair.n) != MG_OK)
+        s->oom = 1;
+    return s->oom;
+}
+
+/* req:remove_cookie(name) → true if a cookie called name was removed from
+ * the Cookie header (the header goes when no cookie is left), else false. */
+static int l_remove_cookie(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    cookie_strip_t s = { 0 };
+    s.name = luaL_checklstring(L, 2, &s.nn);
+    mg_str_t h = mg_req_header(r, "cookie");
+    if (h.p == NULL) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    each_cookie(h, cookie_strip, &s);
+    int rc = s.oom ? MG_ENOMEM : MG_OK;
+    if (s.removed && rc == MG_OK)
+        rc = mg_edits_set(&r->edits, "cookie", 6, s.out.len ? mg_buf_data(&s.out) : NULL,
+                          s.out.len);
+    mg_buf_free(&s.out);
+    if (rc != MG_OK)
+        return luaL_error(L, "out of memory");
+    lua_pushboolean(L, s.removed);
+    return 1;
+}
+
 static int body_k(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
@@ -562,6 +677,8 @@ void mg_lreq_register(lua_State *L)
         { "headers", l_headers },
         { "set_header", l_set_header },
         { "remove_header", l_remove_header },
+        { "cookie", l_cookie },
+        { "remove_cookie", l_remove_cookie },
         { "body", l_body },
         { "set_path", l_set_path },
         { "set_upstream", l_set_upstream },

@@ -475,19 +475,6 @@ end
 ---------------------------------------------------------------------------
 -- the access phase
 
-local function cookie_value(req, name)
-  local h = req:header("cookie")
-  if not h then return nil end
-  for pair in h:gmatch("[^;]+") do
-    local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if k == name then
-      if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
-      return v
-    end
-  end
-  return nil
-end
-
 local function unescape(s)
   s = s:gsub("%+", " ")
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
@@ -511,7 +498,7 @@ local function find_token(conf, req)
     if t then return t end
   end
   if conf.cookie then
-    local t = cookie_value(req, conf.cookie)
+    local t = req:cookie(conf.cookie) -- surrounding quotes already stripped
     if t and t ~= "" then return t end
   end
   if conf.query then

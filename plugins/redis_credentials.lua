@@ -11,26 +11,6 @@ local function json_error(req, status, msg, extra)
   return req:respond(status, gw.json.encode({ error = msg }), headers)
 end
 
-local function cookie_value(header, name)
-  if not header then return nil end
-  for pair in header:gmatch("[^;]+") do
-    local k, v = pair:match("^%s*([^=]+)=(.*)$")
-    if k and k:match("^(.-)%s*$") == name then return (v:match("^(.-)%s*$")) end
-  end
-  return nil
-end
-
-local function without_cookie(header, name)
-  local keep = {}
-  for pair in header:gmatch("[^;]+") do
-    local k = pair:match("^%s*([^=]+)=")
-    if not (k and k:match("^(.-)%s*$") == name) then
-      keep[#keep + 1] = pair:match("^%s*(.-)%s*$")
-    end
-  end
-  return table.concat(keep, "; ")
-end
-
 -- Verifies an HS256/384/512 token with the configured secret. The
 -- algorithm must be in the allow-list: the token's header alone never
 -- decides ("none" and anything unlisted are refused).
@@ -59,14 +39,31 @@ local function verify(conf, token)
   return claims
 end
 
+-- Verified tokens, keyed by the token text, for cache_ttl seconds and
+-- never past exp + leeway; the time claims are checked again on a hit.
+local function cached(conf, token)
+  if conf.cache_ttl <= 0 then return nil end
+  local claims = gw.cache:get(conf._id .. token)
+  if not claims then return nil end
+  local now, leeway = gw.now(), conf.leeway
+  if conf.check_exp and now > claims.exp + leeway then return nil end
+  if type(claims.nbf) == "number" and now + leeway < claims.nbf then return nil end
+  return claims
+end
+
+local function remember(conf, token, claims)
+  local ttl = conf.cache_ttl
+  if type(claims.exp) == "number" then ttl = math.min(ttl, claims.exp + conf.leeway - gw.now()) end
+  if ttl > 0 then gw.cache:set(conf._id .. token, claims, ttl) end
+end
+
 local function token_of(conf, req)
   if conf.source == "header" then
     local auth = req:header("authorization")
     return auth and auth:match("^[Bb]earer%s+(%S+)%s*$")
   end
-  local raw = cookie_value(req:header("cookie"), conf.cookie)
+  local raw = req:cookie(conf.cookie) -- surrounding quotes already stripped
   if not raw then return nil end
-  raw = raw:gsub('^"(.*)"$', "%1")
   -- hyper-auth-proxy stores base64(JWT); accept a bare JWT as well
   if raw:match("^[%w_-]+%.[%w_-]+%.[%w_-]*$") then return raw end
   return gw.base64.decode(raw)
@@ -94,6 +91,7 @@ return {
     check_exp = { type = "boolean", default = true },
     source = { type = "string", one_of = { "cookie", "header" }, default = "cookie" },
     cookie = { type = "string", default = "Authorization" },
+    cache_ttl = { type = "number", default = 300 },
     strip_cookie = { type = "boolean", default = true },
     claim = { type = "string", default = "sid" },
     key_prefix = { type = "string", default = "" },
@@ -107,6 +105,9 @@ return {
   },
 
   check = function(conf)
+    if conf.cache_ttl < 0 then return nil, "cache_ttl: must not be negative" end
+    -- cache keys must not survive into a new config generation (gw.cache does)
+    conf._id = "redis_credentials\0" .. gw.crypto.random(12) .. "\0"
     conf._algs = {}
     for _, a in ipairs(conf.algorithms) do
       if not ALGS[a] then return nil, "algorithms: only HS256, HS384 and HS512 are supported" end
@@ -131,9 +132,13 @@ return {
       end
       token = token_of(conf, req)
       if not token then return json_error(req, 401, "missing token") end
-      local err
-      claims, err = verify(conf, token)
-      if not claims then return json_error(req, 401, "invalid token: " .. err) end
+      claims = cached(conf, token)
+      if not claims then
+        local err
+        claims, err = verify(conf, token)
+        if not claims then return json_error(req, 401, "invalid token: " .. err) end
+        remember(conf, token, claims)
+      end
     end
     local sid = claims[conf.claim]
     if type(sid) ~= "string" and math.type(sid) ~= "integer" then
@@ -163,9 +168,7 @@ return {
     end
     req:set_header(conf.header, "Basic " .. (conf.encode and gw.base64.encode(creds) or creds))
     if conf.source == "cookie" and conf.strip_cookie and token then
-      local cookies = req:header("cookie")
-      local rest = cookies and without_cookie(cookies, conf.cookie)
-      if rest and rest ~= "" then req:set_header("Cookie", rest) else req:remove_header("Cookie") end
+      req:remove_cookie(conf.cookie)
     end
   end,
 
