@@ -263,9 +263,11 @@ void mg_lrt_wake(mg_req_t *r)
 {
     if (!r->wait.armed || r->co == NULL)
         return;
+    /* Queue the wake-up as a pending event of the wait timer: libev runs it
+     * right after the current callback returns, in this same iteration (no
+     * extra poll), and stopping the timer (abort) drops it again. */
     ev_timer_stop(r->loop->ev, &r->wait.timer);
-    ev_timer_set(&r->wait.timer, 0., 0.);
-    ev_timer_start(r->loop->ev, &r->wait.timer);
+    ev_feed_event(r->loop->ev, &r->wait.timer, EV_TIMER);
 }
 
 /* A request finished while Lua ran: its connection goes on now that Lua

@@ -27,8 +27,9 @@ void mg_lrt_close(lua_State *L);
 void mg_lrt_start(mg_req_t *r, int chain_ref);
 /* The only caller of lua_resume. nargs values are on the coroutine's stack. */
 void mg_lrt_resume(mg_req_t *r, int nargs);
-/* Resumes r's waiting coroutine at the next loop iteration (safe from any
- * callback, including ones running inside Lua). No-op if nothing waits. */
+/* Resumes r's waiting coroutine once the current libev callback has
+ * returned, in the same loop iteration (safe from any callback, including
+ * ones running inside Lua or hiredis). No-op if nothing waits. */
 void mg_lrt_wake(mg_req_t *r);
 /* Arms r's pending-operation slot before a binding yields. `cancel` runs if
  * the request is aborted while waiting (NULL: nothing beyond the timer). */

@@ -1,4 +1,4 @@
-/* Redis pools on hiredis async + the libev adapter (see redis.h).
+/* Redis pools on hiredis async + our libev adapter, redis_ev.c (see redis.h).
  *
  * Lifetimes. A connection (mg_rds_conn_t) lives as long as its hiredis
  * context, plus until the last of its reply callbacks has run: when a
@@ -15,6 +15,7 @@
  * owns the reply and frees it with freeReplyObject. */
 #include "redis.h"
 #include "log.h"
+#include "redis_ev.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -23,7 +24,6 @@
 #include <string.h>
 
 #include <ev.h>
-#include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -376,10 +376,7 @@ void mg_rds_pool_free(mg_rds_pool_t *p, int loop_alive)
         }
         if (!loop_alive) {
             /* Detach the adapter without libev: the loop may be destroyed. */
-            free(ac->ev.data);
-            ac->ev.data = NULL;
-            ac->ev.cleanup = NULL;
-            ac->ev.addRead = ac->ev.delRead = ac->ev.addWrite = ac->ev.delWrite = NULL;
+            mg_rds_ev_detach_dead(ac);
         }
         ac->onDisconnect = NULL;
         redisAsyncFree(ac); /* callbacks free detached tickets */
@@ -436,7 +433,7 @@ static mg_rds_conn_t *conn_open(mg_rds_pool_t *p)
     c->ac = ac;
     c->state = CONN_CONNECTING;
     ac->data = c;
-    if (redisLibevAttach(p->ev, ac) != REDIS_OK) {
+    if (mg_rds_ev_attach(p->ev, ac) != 0) {
         redisAsyncFree(ac);
         free(c);
         snprintf(p->err, sizeof p->err, "cannot attach to the event loop");
