@@ -113,13 +113,20 @@ static int is_token(const char *s, size_t n)
     return 1;
 }
 
-/* The request head is collected as pieces in a Lua table (at index `t`,
- * *n pieces so far) and joined at the end: Lua owns everything while the
- * arguments are still being checked, so a raise leaks nothing. */
-static void put(lua_State *L, int t, int *n, const char *s, size_t len)
+/* Per-worker client state: the client context, and the buffer the request
+ * head is written into. The buffer belongs to this userdata, not to the
+ * call, so a raise while the arguments are checked leaks nothing; it is
+ * reused by the next call. */
+typedef struct {
+    mg_hc_ctx_t *ctx;
+    mg_buf_t head;
+    int oom;
+} http_state_t;
+
+static void put(http_state_t *st, const char *s, size_t len)
 {
-    lua_pushlstring(L, s, len);
-    lua_rawseti(L, t, ++*n);
+    if (mg_buf_append(&st->head, s, len) != MG_OK)
+        st->oom = 1;
 }
 
 static int header_value_ok(lua_State *L, int idx)
@@ -129,7 +136,7 @@ static int header_value_ok(lua_State *L, int idx)
 }
 
 /* may raise */
-static void add_header(lua_State *L, int t, int *n, const char *name, size_t nn, int vidx)
+static void add_header(lua_State *L, http_state_t *st, const char *name, size_t nn, int vidx)
 {
     lua_pushvalue(L, vidx); /* tolstring converts numbers in place: use a copy */
     size_t vn;
@@ -137,16 +144,16 @@ static void add_header(lua_State *L, int t, int *n, const char *name, size_t nn,
     for (size_t i = 0; i < vn; i++)
         if (v[i] == '\r' || v[i] == '\n' || v[i] == 0)
             luaL_error(L, "gw.http.request: header %s has a line break or NUL in its value", name);
-    put(L, t, n, name, nn);
-    put(L, t, n, ": ", 2);
-    put(L, t, n, v, vn);
-    put(L, t, n, "\r\n", 2);
+    put(st, name, nn);
+    put(st, ": ", 2);
+    put(st, v, vn);
+    put(st, "\r\n", 2);
     lua_pop(L, 1);
 }
 
 /* Adds the caller's headers (table at hidx). Framing headers are ours.
  * Returns whether a Host header was given. May raise. */
-static int add_headers(lua_State *L, int t, int *n, int hidx)
+static int add_headers(lua_State *L, http_state_t *st, int hidx)
 {
     int has_host = 0;
     lua_pushnil(L);
@@ -165,14 +172,14 @@ static int add_headers(lua_State *L, int t, int *n, int hidx)
             has_host = 1;
         int vidx = lua_gettop(L);
         if (header_value_ok(L, vidx)) {
-            add_header(L, t, n, name, nn, vidx);
+            add_header(L, st, name, nn, vidx);
         } else if (lua_type(L, vidx) == LUA_TTABLE) {
             lua_Integer len = luaL_len(L, vidx);
             for (lua_Integer i = 1; i <= len; i++) {
                 lua_geti(L, vidx, i);
                 if (!header_value_ok(L, -1))
                     luaL_error(L, "gw.http.request: header %s: values must be strings", name);
-                add_header(L, t, n, name, nn, lua_gettop(L));
+                add_header(L, st, name, nn, lua_gettop(L));
                 lua_pop(L, 1);
             }
         } else {
@@ -286,7 +293,7 @@ static int opt_type(lua_State *L, const char *field, int type, const char *tname
 /* gw.http.request(opts): may raise on misuse; yields. */
 static int l_request(lua_State *L)
 {
-    mg_hc_ctx_t **ctxp = lua_touserdata(L, lua_upvalueindex(1));
+    http_state_t *st = lua_touserdata(L, lua_upvalueindex(1));
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
 
@@ -326,7 +333,7 @@ static int l_request(lua_State *L)
     if (r == NULL || r->co != L || !lua_isyieldable(L))
         return luaL_error(L, "gw.http.request needs a request coroutine (not the main thread, "
                              "a user coroutine or a metamethod)");
-    if (*ctxp == NULL)
+    if (st->ctx == NULL)
         return luaL_error(L, "gw.http.request: the http client is shut down");
 
     url_parts_t u;
@@ -337,46 +344,48 @@ static int l_request(lua_State *L)
         return 2;
     }
 
-    /* The head, as pieces in a Lua table: raising here leaks nothing. */
-    lua_createtable(L, 16, 0); /* 8 */
-    int t = 8, np = 0;
-    put(L, t, &np, m, mlen);
-    put(L, t, &np, " ", 1);
+    /* The head goes into st->head: raising here leaks nothing. */
+    st->head.len = 0;
+    st->head.off = 0;
+    st->oom = 0;
+    put(st, m, mlen);
+    put(st, " ", 1);
     if (u.target_len == 0 || u.target[0] != '/')
-        put(L, t, &np, "/", 1);
-    put(L, t, &np, u.target, u.target_len);
-    put(L, t, &np, " HTTP/1.1\r\n", 11);
-    int has_host = has_headers ? add_headers(L, t, &np, 4) : 0;
+        put(st, "/", 1);
+    put(st, u.target, u.target_len);
+    put(st, " HTTP/1.1\r\n", 11);
+    int has_host = has_headers ? add_headers(L, st, 4) : 0;
     if (!has_host) {
-        put(L, t, &np, "Host: ", 6);
+        put(st, "Host: ", 6);
         if (u.ipv6)
-            put(L, t, &np, "[", 1);
-        put(L, t, &np, u.host, u.host_len);
+            put(st, "[", 1);
+        put(st, u.host, u.host_len);
         if (u.ipv6)
-            put(L, t, &np, "]", 1);
+            put(st, "]", 1);
         if (u.port != 80) {
-            lua_pushfstring(L, ":%d", u.port);
-            lua_rawseti(L, t, ++np);
+            put(st, ":", 1);
+            if (mg_buf_putu(&st->head, (unsigned long long)u.port) != MG_OK)
+                st->oom = 1;
         }
-        put(L, t, &np, "\r\n", 2);
+        put(st, "\r\n", 2);
     }
     if (body || wants_length(m)) {
-        lua_pushfstring(L, "Content-Length: %I\r\n", (lua_Integer)blen);
-        lua_rawseti(L, t, ++np);
+        put(st, "Content-Length: ", 16);
+        if (mg_buf_putu(&st->head, (unsigned long long)blen) != MG_OK)
+            st->oom = 1;
+        put(st, "\r\n", 2);
     }
-    put(L, t, &np, "\r\n", 2);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (int i = 1; i <= np; i++) {
-        lua_rawgeti(L, t, i);
-        luaL_addvalue(&b);
+    put(st, "\r\n", 2);
+    if (st->oom) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "out of memory");
+        return 2;
     }
-    luaL_pushresult(&b);
-    size_t hlen;
-    const char *head = lua_tolstring(L, -1, &hlen);
+    const char *head = mg_buf_data(&st->head);
+    size_t hlen = st->head.len;
 
     /* C resources from here on: nothing below raises. */
-    mg_hc_t *hc = mg_hc_new(*ctxp);
+    mg_hc_t *hc = mg_hc_new(st->ctx);
     if (hc == NULL || mg_buf_append(mg_hc_request(hc), head, hlen) != MG_OK ||
         (blen && mg_buf_append(mg_hc_request(hc), body, blen) != MG_OK)) {
         mg_hc_free(hc);
@@ -407,9 +416,10 @@ static int l_request(lua_State *L)
 
 static int ctx_gc(lua_State *L)
 {
-    mg_hc_ctx_t **ctxp = lua_touserdata(L, 1);
-    mg_hc_ctx_free(*ctxp);
-    *ctxp = NULL;
+    http_state_t *st = lua_touserdata(L, 1);
+    mg_hc_ctx_free(st->ctx);
+    st->ctx = NULL;
+    mg_buf_free(&st->head);
     return 0;
 }
 
@@ -418,14 +428,14 @@ int luaopen_moongate_http(lua_State *L)
     /* One client state per Lua state (= per worker), kept in the registry. */
     if (lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY) != LUA_TUSERDATA) {
         lua_pop(L, 1);
-        mg_hc_ctx_t **ctxp = lua_newuserdatauv(L, sizeof *ctxp, 0);
-        *ctxp = NULL;
+        http_state_t *st = lua_newuserdatauv(L, sizeof *st, 0);
+        memset(st, 0, sizeof *st);
         lua_createtable(L, 0, 1);
         lua_pushcfunction(L, ctx_gc);
         lua_setfield(L, -2, "__gc");
         lua_setmetatable(L, -2);
-        *ctxp = mg_hc_ctx_new(mg_lrt_loop(L));
-        if (*ctxp == NULL)
+        st->ctx = mg_hc_ctx_new(mg_lrt_loop(L));
+        if (st->ctx == NULL)
             return luaL_error(L, "moongate.http: out of memory");
         lua_pushvalue(L, -1);
         lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);

@@ -11,6 +11,8 @@ local HOP = {
   ["host"] = true, ["proxy-connection"] = true,
 }
 
+local NONE = {}
+
 local FORWARDED = { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
                     "x-forwarded-uri", "x-forwarded-for", "x-forwarded-port" }
 
@@ -58,12 +60,6 @@ local function absolute_location(loc, address)
   if loc:sub(1, 1) == "/" then return scheme_host .. loc end
   local base = address:match("^(%a[%w+.-]*://.*/)") or (scheme_host .. "/")
   return base .. loc
-end
-
-local function host_port(req)
-  local host = req:header("host") or ""
-  local port = host:match(":(%d+)$")
-  return host, port or "80"
 end
 
 local function cache_key(conf, req)
@@ -150,35 +146,37 @@ return {
     end
 
     -- headers the client's Connection header names are hop-by-hop too
-    local listed = {}
-    for token in (req:header("connection") or ""):gmatch("[^,%s]+") do
-      listed[token:lower()] = true
+    local listed = NONE
+    local connection = req:header("connection")
+    if connection then
+      listed = {}
+      for token in connection:gmatch("[^,%s]+") do listed[token:lower()] = true end
     end
+    local allow = conf._request_set
     local headers = {}
     for name, value in pairs(req:headers()) do
-      if not HOP[name] and not listed[name] and
-         (conf._request_set == nil or conf._request_set[name]) then
+      if not HOP[name] and not listed[name] and (allow == nil or allow[name]) then
         headers[name] = value
       end
     end
-    local host, port = host_port(req)
+    local host = req:header("host") or ""
     local uri = req.path
-    if req.query ~= "" then uri = uri .. "?" .. req.query end
-    local ours = {
-      ["x-forwarded-method"] = req.method, ["x-forwarded-proto"] = "http",
-      ["x-forwarded-host"] = host, ["x-forwarded-uri"] = uri,
-      ["x-forwarded-for"] = req.remote_addr, ["x-forwarded-port"] = port,
-    }
-    for _, name in ipairs(FORWARDED) do
-      local theirs = req:header(name)
-      if conf.trust_forward_header and theirs then
-        if name == "x-forwarded-for" then
-          headers[name] = theirs .. ", " .. req.remote_addr
-        else
-          headers[name] = theirs
+    local query = req.query
+    if query ~= "" then uri = uri .. "?" .. query end
+    local remote = req.remote_addr
+    headers["x-forwarded-method"] = req.method
+    headers["x-forwarded-proto"] = "http"
+    headers["x-forwarded-host"] = host
+    headers["x-forwarded-uri"] = uri
+    headers["x-forwarded-for"] = remote
+    headers["x-forwarded-port"] = host:match(":(%d+)$") or "80"
+    if conf.trust_forward_header then
+      for i = 1, #FORWARDED do
+        local name = FORWARDED[i]
+        local theirs = req:header(name)
+        if theirs then
+          headers[name] = name == "x-forwarded-for" and (theirs .. ", " .. remote) or theirs
         end
-      else
-        headers[name] = ours[name]
       end
     end
 
