@@ -515,7 +515,7 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", NULL };
+                                        "lua", "busy_poll", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -533,6 +533,9 @@ static int walk_root(lua_State *L)
         cfg_fail(L, w, "watch", "watch: expected true or false");
     cfg->watch = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    cfg->busy_poll = opt_number(L, w, "config", "busy_poll", MG_BUSY_POLL_DEFAULT, 0);
+    if (cfg->busy_poll > 0.01)
+        cfg_fail(L, w, "busy_poll", "busy_poll: at most 0.01 (10 ms), got %g", cfg->busy_poll);
     lua_getfield(L, 2, "admin");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "admin", "admin");

@@ -5,6 +5,9 @@
 #ifndef MG_CONFIG_H
 #define MG_CONFIG_H
 
+/* Default of the `busy_poll` setting (s); see loop.c. */
+#define MG_BUSY_POLL_DEFAULT 0.0
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -64,6 +67,7 @@ typedef struct mg_cfg {
     char *file;
     int workers;            /* 0 = "auto" */
     int watch;              /* dev mode: reload when files change */
+    double busy_poll;       /* s to keep polling after activity before sleeping; 0 = off */
     mg_cfg_listen_t *listen;
     int nlisten;
     int has_admin;

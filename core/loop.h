@@ -78,6 +78,8 @@ typedef struct mg_loop {
     size_t scratch_cap;
     mg_defer_t *deferred;
     ev_prepare prepare;
+    ev_idle spin;            /* busy polling: keeps the loop from sleeping */
+    double last_active;      /* ev_now of the last iteration with events */
     ev_signal sigterm, sigint, sighup;
     ev_timer drain_timer;
     int stopping;
