@@ -391,7 +391,7 @@ static void up_on_read(mg_upconn_t *u)
 {
     mg_loop_t *loop = u->loop;
     mg_req_t *r = u->req;
-    ssize_t n = read(u->fd, loop->scratch, loop->scratch_cap);
+    ssize_t n = recv(u->fd, loop->scratch, loop->scratch_cap, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
