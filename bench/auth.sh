@@ -13,6 +13,7 @@
 #       nginx-fa       nginx auth_request + auth_request_set/proxy_set_header
 #       caddy-fa       Caddy forward_auth (Debian caddy package)
 #     and `direct`: the upstream itself, the latency baseline.
+#       mg-jwt-bp, mg-fa-bp  mg-jwt and mg-fa with busy_poll (BENCH_MG_BUSY_POLL)
 # wrk (1 thread) at c=1, 50, 1000, alternating; the proxies on CPU 0, wrk,
 # the upstream, redis-server and the auth server on CPU 1. Every target is
 # first checked for the right behaviour (the upstream sees the Basic header
@@ -26,7 +27,7 @@
 # Environment: as bench/run.sh (see bench/lib.sh); BENCH_CONNS defaults to
 # "1 50 1000" (c=1 gives the latency numbers, the others the throughput);
 # BENCH_TARGETS [all] a subset of the targets above; BENCH_NGX_REDIS_POOL
-# [1024]; CADDY [caddy].
+# [1024]; CADDY [caddy]; BENCH_MG_BUSY_POLL [0.0002] busy_poll of the -bp targets.
 # Smoke run: BENCH_DURATION=2 BENCH_ROUNDS=1 bash bench/auth.sh
 # Exits non-zero only if it cannot run (no wrk, upstream, Redis or auth server).
 
@@ -36,7 +37,8 @@ LOAD_DESC="the upstream, redis-server and the auth server"
 DEFAULT_CONNS="1 50 1000"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ALL_TARGETS="direct mg-jwt nginx-lua-jwt mg-fa nginx-fa caddy-fa"
+ALL_TARGETS="direct mg-jwt nginx-lua-jwt mg-fa nginx-fa caddy-fa mg-jwt-bp mg-fa-bp"
+BUSY_POLL=${BENCH_MG_BUSY_POLL:-0.0002}
 WANT_TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 RPOOL=${BENCH_NGX_REDIS_POOL:-1024}
 CADDY=${CADDY:-caddy}
@@ -92,28 +94,37 @@ for t in $WANT_TARGETS; do
   mg-jwt) add_target mg-jwt moongate-jwt "" "$GOOD_COOKIE" ;;
   nginx-lua-jwt) add_target nginx-lua-jwt nginx-lua "" "$GOOD_COOKIE" ;;
   mg-fa) add_target mg-fa moongate-fa "" ;;
+  mg-jwt-bp) add_target mg-jwt-bp moongate-jwt-bp "" "$GOOD_COOKIE" ;;
+  mg-fa-bp) add_target mg-fa-bp moongate-fa-bp "" ;;
   nginx-fa) add_target nginx-fa nginx-fa "" ;;
   caddy-fa) add_target caddy-fa caddy "" ;;
   esac
 done
 
-# moongate: one process per scenario (a crash in one does not hide the other)
-if wanted mg-jwt || wanted mg-fa; then
+# moongate: one process per scenario (a crash in one does not hide the other);
+# the -bp targets are the same with busy_poll = $BUSY_POLL (doc/config.md)
+if wanted mg-jwt || wanted mg-fa || wanted mg-jwt-bp || wanted mg-fa-bp; then
   if mg_probe; then
-    wanted mg-jwt && ! mg_has redis && STATUS[mg-jwt]="not available: this moongate binary has no gw.redis"
-    wanted mg-fa && ! mg_has http && STATUS[mg-fa]="not available: this moongate binary has no gw.http"
+    for t in mg-jwt mg-jwt-bp; do
+      wanted $t && ! mg_has redis && STATUS[$t]="not available: this moongate binary has no gw.redis"
+    done
+    for t in mg-fa mg-fa-bp; do
+      wanted $t && ! mg_has http && STATUS[$t]="not available: this moongate binary has no gw.http"
+    done
   else
-    STATUS[mg-jwt]=$MG_PROBE_ERR; STATUS[mg-fa]=$MG_PROBE_ERR
+    for t in mg-jwt mg-fa mg-jwt-bp mg-fa-bp; do STATUS[$t]=$MG_PROBE_ERR; done
   fi
 fi
-for r in jwt fa; do
-  t=mg-$r p=moongate-$r
+for v in jwt fa jwt-bp fa-bp; do
+  t=mg-$v p=moongate-$v r=${v%-bp} bp=0
+  [ "$v" != "$r" ] && bp=$BUSY_POLL
   wanted "$t" || continue
-  CMD[$p]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/$p.lua   # bench/peers/moongate-auth.lua.in, ONLY=$r"
+  CMD[$p]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/$p.lua   # bench/peers/moongate-auth.lua.in, ONLY=$r BUSY_POLL=$bp"
   [ -z "${STATUS[$t]:-}" ] || continue
   free_port "$p"
   subst "$BENCH_DIR/peers/moongate-auth.lua.in" "$WORK/$p.lua" PORT="${PORT[$p]}" ONLY="$r" \
-    UPPORT="${PORT[upstream]}" RPORT="${PORT[redis]}" AUTHPORT="${PORT[authserver]}" SECRET="$SECRET"
+    UPPORT="${PORT[upstream]}" RPORT="${PORT[redis]}" AUTHPORT="${PORT[authserver]}" SECRET="$SECRET" \
+    BUSY_POLL="$bp"
   start_bg "$p" "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/$p.lua"
   TURL[$t]="http://127.0.0.1:${PORT[$p]}/$r/"
 done
@@ -176,8 +187,8 @@ check_fa() {  # base URL of a ForwardAuth route: the upstream gets the auth serv
 check_target() {
   case $1 in
   direct) check_http "${TURL[$1]}" 200 "hello world" ;;
-  *-jwt) check_jwt "${TURL[$1]}" ;;
-  *-fa) check_fa "${TURL[$1]}" ;;
+  *-jwt|*-jwt-bp) check_jwt "${TURL[$1]}" ;;
+  *-fa|*-fa-bp) check_fa "${TURL[$1]}" ;;
   esac
 }
 declare -A READY=()
@@ -207,6 +218,7 @@ report_facts
 RUN_CMD=$(run_cmd auth.sh)
 [ "$WANT_TARGETS" != "$ALL_TARGETS" ] && RUN_CMD="BENCH_TARGETS=\"$WANT_TARGETS\" $RUN_CMD"
 [ "$RPOOL" != 1024 ] && RUN_CMD="BENCH_NGX_REDIS_POOL=$RPOOL $RUN_CMD"
+[ "$BUSY_POLL" != 0.0002 ] && RUN_CMD="BENCH_MG_BUSY_POLL=$BUSY_POLL $RUN_CMD"
 TPUT_CONNS=""; for c in $CONNS; do [ "$c" -gt 1 ] && TPUT_CONNS="$TPUT_CONNS $c"; done
 HAS_C1=0; for c in $CONNS; do [ "$c" = 1 ] && HAS_C1=1; done
 
@@ -233,14 +245,18 @@ REPORT="$WORK/section.md"
   echo "(base64 of the JWT) is verified, its \`sid\` claim is looked up in Redis, the stored"
   echo "\`{\"credentials\":\"user:pass\"}\` becomes \`Authorization: Basic ...\` on the proxied request"
   echo "(token cookie removed). \`mg-jwt\`: moongate with the bundled \`redis_credentials\` plugin"
-  echo "(redis pool 16); \`nginx-lua-jwt\`: nginx + lua-nginx-module doing the same in LuaJIT"
-  echo "(HMAC-SHA512 through the FFI from libcrypto, a cosocket RESP GET with \`setkeepalive(60000, $RPOOL)\`)."
+  echo "(redis pool 16, default options: verified tokens are cached for \`cache_ttl\` = 300 s, so"
+  echo "with wrk's one token the HMAC runs once per worker; the Redis GET runs on every request);"
+  echo "\`nginx-lua-jwt\`: nginx + lua-nginx-module doing the same in LuaJIT"
+  echo "(HMAC-SHA512 through the FFI from libcrypto on every request, a cosocket RESP GET with \`setkeepalive(60000, $RPOOL)\`)."
   echo
   echo "**ForwardAuth**: each request first goes to an auth server (a second nginx answering"
   echo "200 with \`X-User: alice\`), whose X-User is copied into the proxied request. \`mg-fa\`:"
   echo "moongate's bundled \`forward_auth\` plugin; \`nginx-fa\`: stock nginx \`auth_request\` +"
   echo "\`auth_request_set\`/\`proxy_set_header\`; \`caddy-fa\`: Caddy \`forward_auth\` with \`copy_headers\`"
   echo "(GOMAXPROCS=1). \`direct\`: the upstream without a proxy, the latency baseline."
+  echo "\`mg-jwt-bp\`, \`mg-fa-bp\`: the same moongate configs with \`busy_poll = $BUSY_POLL\` (a worker"
+  echo "keeps polling that long after its last event instead of halting its CPU; doc/config.md)."
   echo
   echo "Before measuring, every target is checked: the upstream sees the Basic header (and"
   echo "the other cookies, not the token), a missing, forged or unknown-session token gets 401;"
@@ -266,14 +282,18 @@ REPORT="$WORK/section.md"
   echo
   echo "| target | p50 µs | direct p50 µs | added µs | target ≤ 60 µs (moongate) |"
   echo "|---|---:|---:|---:|---|"
-  res_lat=()
+  res_lat=() res_lat_bp=()
   if [ "$HAS_C1" = 1 ]; then
     for t in $TARGETS; do
       [ "$t" = direct ] && continue
-      case $t in mg-*) added_row "$t" 60; res_lat+=("$CMP_RESULT") ;; *) added_row "$t" "" ;; esac
+      case $t in
+      mg-*-bp) added_row "$t" 60; res_lat_bp+=("$CMP_RESULT") ;;
+      mg-*) added_row "$t" 60; res_lat+=("$CMP_RESULT") ;;
+      *) added_row "$t" "" ;;
+      esac
     done
   else
-    echo "| – | – | – | – | n/a (BENCH_CONNS has no 1) |"; res_lat=(n/a)
+    echo "| – | – | – | – | n/a (BENCH_CONNS has no 1) |"; res_lat=(n/a) res_lat_bp=(n/a)
   fi
   echo
   echo "### Targets"
@@ -281,7 +301,8 @@ REPORT="$WORK/section.md"
   echo "- auth proxy: moongate ≥ 1.3× nginx + Lua at c ∈ {${TPUT_CONNS# }}: **$(all_of "${res_jwt[@]:-n/a}")**"
   echo "- ForwardAuth: moongate ≥ 1.2× nginx auth_request at c ∈ {${TPUT_CONNS# }}: **$(all_of "${res_fa_ngx[@]:-n/a}")**"
   echo "- ForwardAuth: moongate ≥ 3× Caddy forward_auth at c ∈ {${TPUT_CONNS# }}: **$(all_of "${res_fa_caddy[@]:-n/a}")**"
-  echo "- added p50 at c=1 ≤ 60 µs over direct (mg-jwt, mg-fa): **$(all_of "${res_lat[@]:-n/a}")**"
+  echo "- added p50 at c=1 ≤ 60 µs over direct, default settings (mg-jwt, mg-fa): **$(all_of "${res_lat[@]:-n/a}")**"
+  echo "- added p50 at c=1 ≤ 60 µs over direct, busy_poll = $BUSY_POLL (mg-jwt-bp, mg-fa-bp): **$(all_of "${res_lat_bp[@]:-n/a}")**"
   for t in $TARGETS; do
     [ "${STATUS[$t]:-}" != ok ] && echo "- $t: ${STATUS[$t]:-not run}"
   done
