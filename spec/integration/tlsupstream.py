@@ -140,7 +140,8 @@ def _leaf(d, name, ca, sans):
 
 class Pki:
     """Paths: ca (the test CA), cert/key (localhost, 127.0.0.1, ::1; signed by
-    ca), other_ca, other_cert/other_key (same names, signed by other_ca)."""
+    ca), other_ca, other_cert/other_key (same names, signed by other_ca),
+    name_cert/name_key (localhost only, no IP address; signed by ca)."""
 
     def __init__(self, d):
         d = Path(d)
@@ -149,6 +150,7 @@ class Pki:
         self.cert, self.key = d / "server.pem", d / "server.key"
         self.other_ca = d / "otherca.pem"
         self.other_cert, self.other_key = d / "other.pem", d / "other.key"
+        self.name_cert, self.name_key = d / "nameonly.pem", d / "nameonly.key"
 
 
 def make_pki(d):
@@ -157,6 +159,7 @@ def make_pki(d):
     sans = "DNS:localhost,IP:127.0.0.1,IP:::1"
     _ca(d, "ca")
     _leaf(d, "server", "ca", sans)
+    _leaf(d, "nameonly", "ca", "DNS:localhost")
     _ca(d, "otherca")
     _leaf(d, "other", "otherca", sans)
     return Pki(d)
