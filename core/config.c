@@ -242,6 +242,52 @@ static void walk_limits(lua_State *L, walk_t *w)
     lua_pop(L, 1);
 }
 
+static int opt_bool(lua_State *L, walk_t *w, const char *where, const char *key, int def)
+{
+    lua_getfield(L, -1, key);
+    int r = def;
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isboolean(L, -1))
+            cfg_fail(L, w, key, "%s.%s: expected true or false, got %s", where, key,
+                     luaL_typename(L, -1));
+        r = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return r;
+}
+
+/* The upstream's TLS options (its table is at the top of the stack). The CA
+ * file is only checked for being a readable PEM file here: it is loaded
+ * when the generation's pools are built, and `-t` should catch a wrong
+ * path without needing OpenSSL in this leaf module. */
+static void walk_upstream_tls(lua_State *L, walk_t *w, const char *where, mg_cfg_upstream_t *u)
+{
+    u->tls = opt_bool(L, w, where, "tls", 0);
+    u->tls_verify = opt_bool(L, w, where, "tls_verify", 0);
+    u->tls_server_name = opt_string(L, w, where, "tls_server_name", NULL);
+    u->tls_ca = opt_string(L, w, where, "tls_ca", NULL);
+    static const char *const opts[] = { "tls_verify", "tls_server_name", "tls_ca", NULL };
+    for (const char *const *o = opts; *o && !u->tls; o++)
+        if (field_type(L, *o) != LUA_TNIL)
+            cfg_fail(L, w, *o, "%s.%s: needs tls = true", where, *o);
+    if (u->tls_server_name && (u->tls_server_name[0] == '\0' || strlen(u->tls_server_name) > 253))
+        cfg_fail(L, w, "tls_server_name", "%s.tls_server_name: expected a host name", where);
+    if (u->tls_ca) {
+        FILE *f = fopen(u->tls_ca, "r");
+        if (f == NULL)
+            cfg_fail(L, w, "tls_ca", "%s.tls_ca: cannot read '%s': %s", where, u->tls_ca,
+                     strerror(errno));
+        char line[256];
+        int pem = 0;
+        while (!pem && fgets(line, sizeof line, f))
+            pem = strstr(line, "-----BEGIN CERTIFICATE-----") != NULL;
+        fclose(f);
+        if (!pem)
+            cfg_fail(L, w, "tls_ca", "%s.tls_ca: '%s' holds no PEM certificate", where,
+                     u->tls_ca);
+    }
+}
+
 static void walk_upstreams(lua_State *L, walk_t *w)
 {
     mg_cfg_t *cfg = w->cfg;
@@ -270,7 +316,8 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         expect_table(L, w, where, name);
         static const char *const keys[] = { "servers", "balance", "hash_key", "keepalive",
                                             "connect_timeout", "read_timeout", "idle_timeout",
-                                            "retries", "tls", NULL };
+                                            "retries", "tls", "tls_verify", "tls_server_name",
+                                            "tls_ca", NULL };
         check_keys(L, w, where, keys);
         mg_cfg_upstream_t *u = &cfg->upstreams[cfg->nupstreams++];
         u->name = xstrdup(name);
@@ -312,11 +359,7 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         u->read_timeout = opt_number(L, w, where, "read_timeout", 60, 0.001);
         u->idle_timeout = opt_number(L, w, where, "idle_timeout", 60, 0.001);
         u->retries = (int)opt_number(L, w, where, "retries", 1, 0);
-        lua_getfield(L, -1, "tls");
-        int tls_on = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        if (tls_on)
-            cfg_fail(L, w, "tls", "%s.tls: TLS to upstreams is not supported yet", where);
+        walk_upstream_tls(L, w, where, u);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -734,6 +777,8 @@ void mg_cfg_free(mg_cfg_t *cfg)
         free(cfg->upstreams[i].name);
         free(cfg->upstreams[i].servers);
         free(cfg->upstreams[i].hash_key);
+        free(cfg->upstreams[i].tls_server_name);
+        free(cfg->upstreams[i].tls_ca);
     }
     free(cfg->upstreams);
     for (int i = 0; i < cfg->nroutes; i++) {

@@ -41,6 +41,10 @@ typedef struct mg_cfg_upstream {
     int keepalive;          /* idle connections kept per upstream */
     double connect_timeout, read_timeout, idle_timeout;
     int retries;            /* further servers tried after a failed connect */
+    int tls;                /* speak TLS to the servers */
+    int tls_verify;         /* check their certificates (chain and name) */
+    char *tls_server_name;  /* SNI and the name checked; NULL: each server's host */
+    char *tls_ca;           /* PEM file of trusted CAs; NULL: the system store */
 } mg_cfg_upstream_t;
 
 typedef struct mg_cfg_header_match {

@@ -16,6 +16,7 @@
 #include "hclient.h"
 #include "log.h"
 #include "loop.h"
+#include "tls_client.h"
 #include "upstream.h"
 
 #include <arpa/inet.h>
@@ -77,6 +78,7 @@ struct mg_hc_origin {
     mg_hc_origin_t *next;
     char *host;                 /* lower-case */
     int port;
+    int tls, tls_verify;        /* part of the key, like host and port */
     int numeric;                /* address known without a lookup */
     double resolved_at;         /* ev_now of the last good lookup; 0 never */
     mg_hc_lookup_t *lookup;     /* in flight, or NULL */
@@ -92,14 +94,15 @@ struct mg_hc_ctx {
     int norigins;
     mg_hc_t *live;              /* running exchanges */
     mg_hc_hub_t *hub;           /* created with the first lookup */
+    mg_tlsc_t *tls[2];          /* https contexts, [tls_verify]; made on first use */
     ev_async async;
     ev_cleanup cleanup;
     unsigned shut : 1;
 };
 
-/* Reads and writes go through a transport so a TLS one can slot in later
- * (it would keep its SSL state beside the connection and answer
- * WANT_READ/WANT_WRITE by arming the watchers). */
+/* Reads and writes go through a transport: plain TCP, or TLS (whose SSL
+ * state lives on the pooled connection; upstream.c arms the watchers
+ * OpenSSL asks for). */
 typedef struct mg_hc_transport {
     ssize_t (*recv)(mg_upconn_t *u, void *p, size_t n);
     ssize_t (*send)(mg_upconn_t *u, const void *p, size_t n);
@@ -124,6 +127,7 @@ struct mg_hc {
     mg_hc_lookup_t *lookup;     /* the lookup waited for */
     size_t max_body;
     const char *err;            /* set by the parser callbacks */
+    char errbuf[256];           /* a TLS failure's text (err points here) */
     unsigned head_req : 1, idempotent : 1;
     unsigned running : 1;       /* started and not ended */
     unsigned final : 1;         /* the head being parsed is not a 1xx */
@@ -150,6 +154,25 @@ static ssize_t tcp_send(mg_upconn_t *u, const void *p, size_t n)
 }
 
 static const mg_hc_transport_t tcp_transport = { tcp_recv, tcp_send };
+
+/* --- transport: TLS --------------------------------------------------------- */
+
+static const mg_hc_transport_t tls_transport = { mg_up_tls_recv, mg_up_tls_send };
+
+/* The shared https context for one verification mode, made on first use
+ * (with verification that reads the system CA store once per worker). */
+static mg_tlsc_t *tls_context(mg_hc_ctx_t *ctx, int verify, char *err, size_t errlen)
+{
+    if (ctx->tls[verify] == NULL) {
+        char why[400];
+        ctx->tls[verify] = mg_tlsc_new(verify, NULL, why, sizeof why);
+        if (ctx->tls[verify] == NULL) {
+            mg_log_error("http client: %s", why);
+            snprintf(err, errlen, "tls setup failed: %.200s", why);
+        }
+    }
+    return ctx->tls[verify];
+}
 
 static mg_hc_t *hc_of(mg_upconn_t *u)
 {
@@ -434,10 +457,15 @@ static void origins_trim(mg_hc_ctx_t *ctx)
     }
 }
 
-static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn, int port)
+/* The origin for (tls, verify, host, port), made if needed. With tls, t is
+ * the context its connections use. NULL on OOM. */
+static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn, int port,
+                                  mg_tlsc_t *t)
 {
+    int tls = t != NULL, verify = t ? mg_tlsc_verifies(t) : 0;
     for (mg_hc_origin_t *o = ctx->origins; o; o = o->next)
-        if (o->port == port && strlen(o->host) == hn && strncasecmp(o->host, host, hn) == 0)
+        if (o->port == port && o->tls == tls && o->tls_verify == verify &&
+            strlen(o->host) == hn && strncasecmp(o->host, host, hn) == 0)
             return o;
     if (ctx->norigins >= MAX_ORIGINS)
         origins_trim(ctx);
@@ -451,6 +479,8 @@ static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn,
         o->host[i] = (char)tolower((unsigned char)host[i]);
     o->host[hn] = 0;
     o->port = port;
+    o->tls = tls;
+    o->tls_verify = verify;
     snprintf(o->addr.text, sizeof o->addr.text, "%s:%d", o->host, port);
     origin_numeric(o);
     o->cfg.name = o->addr.text;
@@ -461,6 +491,10 @@ static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn,
     o->cfg.idle_timeout = MG_HC_IDLE_TIMEOUT;
     if (mg_up_init(&o->up, ctx->loop, &o->cfg) != MG_OK)
         goto fail;
+    if (t && mg_up_use_tls(&o->up, t, o->host) != MG_OK) {
+        mg_up_close(&o->up);
+        goto fail;
+    }
     o->next = ctx->origins;
     ctx->origins = o;
     ctx->norigins++;
@@ -524,6 +558,10 @@ static void ctx_shutdown(mg_hc_ctx_t *ctx)
         origin_free(o);
     }
     ctx->norigins = 0;
+    for (int i = 0; i < 2; i++) {
+        mg_tlsc_free(ctx->tls[i]); /* after the origins: they borrow these */
+        ctx->tls[i] = NULL;
+    }
     ev_cleanup_stop(ctx->loop->ev, &ctx->cleanup);
     run_deferred_since(ctx->loop, mark);
 }
@@ -696,18 +734,17 @@ static void hc_on_write(mg_upconn_t *u)
 {
     mg_hc_t *hc = hc_of(u);
     if (u->connecting) {
-        int err = 0;
-        socklen_t el = sizeof err;
-        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
-            err = errno;
-        if (err == EINPROGRESS)
+        /* the TCP connect, then for https the handshake (its read events
+         * come here too) */
+        int sys_errno;
+        int rc = mg_up_connect_step(u, hc->errbuf, sizeof hc->errbuf, &sys_errno);
+        if (rc == MG_EAGAIN)
             return;
-        if (err != 0) {
+        if (rc != MG_OK) {
             drop_conn(hc);
-            finish(hc, errno_text(err));
+            finish(hc, sys_errno ? errno_text(sys_errno) : hc->errbuf);
             return;
         }
-        u->connecting = 0;
         if (!u->rio_on)
             mg_up_pause_read(u, 0);
     }
@@ -843,9 +880,16 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     mg_hc_ctx_t *ctx = hc->ctx;
     if (ctx->shut)
         return mg_hc_err_closed;
-    mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port);
+    mg_tlsc_t *t = NULL;
+    if (o->tls) {
+        t = tls_context(ctx, o->tls_verify ? 1 : 0, hc->errbuf, sizeof hc->errbuf);
+        if (t == NULL)
+            return hc->errbuf;
+    }
+    mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port, t);
     if (origin == NULL)
         return mg_hc_err_nomem;
+    hc->tr = t ? &tls_transport : &tcp_transport;
     hc->origin = origin;
     hc->owner = owner;
     hc->done = done;

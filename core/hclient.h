@@ -1,8 +1,9 @@
 /* Outgoing HTTP/1.1 exchanges (gw.http.request) on pooled connections.
  *
  * Connections come from the upstream pools (upstream.h): one mg_up_t per
- * origin host:port, created lazily with a synthesized config this module
- * owns. Responses are parsed by http1 in response mode. Names resolve
+ * origin (scheme, verification, host, port), created lazily with a
+ * synthesized config this module owns, so an https pool never hands out a
+ * plain connection, nor a verified-https pool an unverified one. Responses are parsed by http1 in response mode. Names resolve
  * without blocking the loop: numeric addresses and "localhost" at once,
  * anything else with glibc's getaddrinfo_a, whose completion wakes the loop
  * through an ev_async.
@@ -34,6 +35,8 @@ extern const char mg_hc_err_closed[];       /* "connection closed" (EOF mid-resp
 extern const char mg_hc_err_reset[];        /* "connection reset" */
 extern const char mg_hc_err_resolve[];      /* "could not resolve host" */
 extern const char mg_hc_err_nomem[];        /* "out of memory" */
+/* TLS failures come as "tls handshake failed: <why>", e.g. "tls handshake
+ * failed: certificate verify failed (self-signed certificate)". */
 
 #define MG_HC_KEEPALIVE 256          /* idle connections kept per origin */
 #define MG_HC_IDLE_TIMEOUT 60.0     /* seconds an idle connection is kept */
@@ -60,6 +63,8 @@ typedef struct mg_hc_opts {
     int idempotent;          /* may be replayed on a fresh connection */
     double timeout;          /* seconds for resolve + connect + send + receive */
     size_t max_body;         /* response body cap */
+    int tls;                 /* https: TLS to the origin */
+    int tls_verify;          /* check its certificate chain (system store) and name */
 } mg_hc_opts_t;
 
 /* A new exchange, not started; NULL on OOM. */

@@ -1,5 +1,7 @@
 /* moongate.http (gw.http): request{ method, url, headers, body, timeout,
- * max_body } -> { status, headers, headers_list, body } or nil, err.
+ * max_body, tls_verify } -> { status, headers, headers_list, body } or
+ * nil, err. http:// and https:// (verified against the system CA store
+ * unless tls_verify = false).
  *
  * Every Lua-side step (argument checks, building the request head) happens
  * before any C resource exists, so a raise leaks nothing. The exchange then
@@ -22,6 +24,7 @@
 #define DEFAULT_TIMEOUT 10.0
 
 typedef struct url_parts {
+    int tls;          /* https */
     const char *host;
     size_t host_len;
     int ipv6;         /* host was in brackets */
@@ -30,20 +33,21 @@ typedef struct url_parts {
     size_t target_len;
 } url_parts_t;
 
-/* Splits an http:// URL. Returns NULL, or the error to return to Lua. */
+/* Splits an http:// or https:// URL. Returns NULL, or the error to return
+ * to Lua. */
 static const char *parse_url(const char *s, size_t n, url_parts_t *u)
 {
     const char *end = s + n;
-    if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
-        return "https is not supported yet";
-    if (n < 7 || strncasecmp(s, "http://", 7) != 0)
-        return "invalid url (expected http://host[:port]/path)";
-    const char *p = s + 7;
+    int tls = n >= 8 && strncasecmp(s, "https://", 8) == 0;
+    if (!tls && (n < 7 || strncasecmp(s, "http://", 7) != 0))
+        return "invalid url (expected http[s]://host[:port]/path)";
+    const char *p = s + (tls ? 8 : 7);
     const char *a_end = p;
     while (a_end < end && *a_end != '/' && *a_end != '?' && *a_end != '#')
         a_end++;
     memset(u, 0, sizeof *u);
-    u->port = 80;
+    u->tls = tls;
+    u->port = tls ? 443 : 80;
     const char *port_at = NULL;
     if (p < a_end && *p == '[') {
         const char *rb = memchr(p, ']', (size_t)(a_end - p));
@@ -327,7 +331,10 @@ static int l_request(lua_State *L)
             return luaL_error(L, "gw.http.request: max_body must be a non-negative integer");
         max_body = lua_tointeger(L, 7);
     }
-    lua_settop(L, 7);
+    int tls_verify = 1;
+    if (opt_type(L, "tls_verify", LUA_TBOOLEAN, "boolean")) /* 8 */
+        tls_verify = lua_toboolean(L, 8);
+    lua_settop(L, 8);
 
     mg_req_t *r = mg_lrt_current(L);
     if (r == NULL || r->co != L || !lua_isyieldable(L))
@@ -362,7 +369,7 @@ static int l_request(lua_State *L)
         put(st, u.host, u.host_len);
         if (u.ipv6)
             put(st, "]", 1);
-        if (u.port != 80) {
+        if (u.port != (u.tls ? 443 : 80)) {
             put(st, ":", 1);
             if (mg_buf_putu(&st->head, (unsigned long long)u.port) != MG_OK)
                 st->oom = 1;
@@ -401,6 +408,8 @@ static int l_request(lua_State *L)
         .idempotent = is_idempotent(m),
         .timeout = timeout,
         .max_body = (size_t)max_body,
+        .tls = u.tls,
+        .tls_verify = tls_verify,
     };
     const char *err = mg_hc_start(hc, r, &o, request_done, r);
     if (err) {

@@ -391,7 +391,7 @@ static void up_on_read(mg_upconn_t *u)
 {
     mg_loop_t *loop = u->loop;
     mg_req_t *r = u->req;
-    ssize_t n = recv(u->fd, loop->scratch, loop->scratch_cap, 0);
+    ssize_t n = mg_up_recv(u, loop->scratch, loop->scratch_cap);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
@@ -429,7 +429,7 @@ static void up_on_read(mg_upconn_t *u)
 static void up_flush(mg_upconn_t *u)
 {
     while (u->wbuf.len > 0) {
-        ssize_t n = send(u->fd, mg_buf_data(&u->wbuf), u->wbuf.len, MSG_NOSIGNAL);
+        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
         if (n > 0) {
             mg_buf_consume(&u->wbuf, (size_t)n);
             u->wrote_any = 1;
@@ -462,11 +462,14 @@ static void connected(mg_upconn_t *u)
 static void up_on_write(mg_upconn_t *u)
 {
     if (u->connecting) {
-        int err = 0;
-        socklen_t el = sizeof err;
-        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-        if (err != 0) {
-            up_fail(u, FAIL_CONNECT, strerror(err));
+        /* the TCP connect, then (TLS) the handshake: both are "connect" */
+        char err[256];
+        int sys_errno;
+        int rc = mg_up_connect_step(u, err, sizeof err, &sys_errno);
+        if (rc == MG_EAGAIN)
+            return;
+        if (rc != MG_OK) {
+            up_fail(u, FAIL_CONNECT, err);
             return;
         }
         connected(u);
@@ -479,7 +482,8 @@ static void up_on_timer(mg_upconn_t *u)
 {
     struct ev_loop *ev = u->loop->ev;
     if (u->connecting) {
-        up_fail(u, FAIL_CONNECT_TIMEOUT, "connect timed out");
+        up_fail(u, FAIL_CONNECT_TIMEOUT,
+                u->handshaking ? "tls handshake timed out" : "connect timed out");
         return;
     }
     mg_req_t *r = u->req;

@@ -1,15 +1,26 @@
 /* Upstream pools and connects. An idle connection keeps its read watcher
  * on, so a server closing it is noticed and the connection dropped before
- * anyone tries to reuse it. */
+ * anyone tries to reuse it.
+ *
+ * TLS pools: a connection counts as connecting until its handshake is
+ * done, so the exchange code sees one "connect" (and one connect timeout)
+ * either way; read events during the handshake go to ops->on_write, which
+ * calls mg_up_connect_step. Afterwards the exchange reads and writes
+ * through mg_up_recv/mg_up_send; the watcher callbacks here cover what
+ * OpenSSL adds: decrypted data buffered where epoll cannot see it
+ * (tls_more: read again at once), and a read needing a write or the other
+ * way round (tls_rd_ww/tls_wr_wr). */
 #include "upstream.h"
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
 #include "req.h"
+#include "tls_client.h"
 
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -32,6 +43,53 @@ int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg)
         up->servers[i].up = up;
         up->servers[i].addr = &cfg->servers[i];
     }
+    if (cfg->tls) {
+        char err[512];
+        mg_tlsc_t *t = mg_tlsc_new(cfg->tls_verify, cfg->tls_ca, err, sizeof err);
+        if (t == NULL) {
+            mg_log_error("upstream %s: %s", cfg->name, err);
+            mg_up_close(up);
+            return MG_EINVAL;
+        }
+        up->tls_owned = 1;
+        if (mg_up_use_tls(up, t, cfg->tls_server_name) != MG_OK) {
+            mg_up_close(up);
+            return MG_ENOMEM;
+        }
+    }
+    return MG_OK;
+}
+
+/* The host part of "host:port" / "[v6]:port", as written in the config. */
+static char *host_of(const char *text)
+{
+    const char *b = text, *e;
+    if (*b == '[') {
+        b++;
+        e = strchr(b, ']');
+    } else {
+        e = strrchr(b, ':');
+    }
+    if (e == NULL)
+        e = b + strlen(b);
+    char *h = malloc((size_t)(e - b) + 1);
+    if (h) {
+        memcpy(h, b, (size_t)(e - b));
+        h[e - b] = '\0';
+    }
+    return h;
+}
+
+int mg_up_use_tls(mg_up_t *up, mg_tlsc_t *t, const char *name)
+{
+    up->tls = t;
+    for (int i = 0; i < up->nservers; i++) {
+        mg_up_server_t *sv = &up->servers[i];
+        free(sv->tls_name);
+        sv->tls_name = name ? strdup(name) : host_of(sv->addr->text);
+        if (sv->tls_name == NULL)
+            return MG_ENOMEM;
+    }
     return MG_OK;
 }
 
@@ -39,11 +97,19 @@ void mg_up_close(mg_up_t *up)
 {
     if (up->servers == NULL)
         return;
-    for (int i = 0; i < up->nservers; i++)
-        while (up->servers[i].idle)
-            mg_up_conn_close(up->servers[i].idle);
+    for (int i = 0; i < up->nservers; i++) {
+        mg_up_server_t *sv = &up->servers[i];
+        while (sv->idle)
+            mg_up_conn_close(sv->idle);
+        free(sv->tls_name);
+        mg_tlsc_session_free(sv->tls_sess);
+    }
     free(up->servers);
     up->servers = NULL;
+    if (up->tls_owned)
+        mg_tlsc_free(up->tls);
+    up->tls = NULL;
+    up->tls_owned = 0;
 }
 
 static uint32_t fnv1a(const char *p, size_t n)
@@ -110,16 +176,31 @@ int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried)
 
 static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
-    (void)ev;
     (void)revents;
     mg_upconn_t *u = w->data;
     if (u->req == NULL) {
         /* An idle connection has nothing to say: EOF, reset or stray bytes
-         * all make it unusable. */
+         * all make it unusable. Over TLS it may have been a session ticket
+         * the library consumes by itself. */
+        if (u->ssl && !u->tls_more &&
+            mg_tlsc_idle_ok(u->ssl, u->loop->scratch, u->loop->scratch_cap))
+            return;
         mg_up_conn_close(u);
         return;
     }
+    if (u->connecting) {
+        u->ops->on_write(u); /* the TLS handshake goes on */
+        return;
+    }
+    if (u->tls_wr_wr) {
+        u->tls_wr_wr = 0;
+        u->ops->on_write(u);
+        if (u->closed || u->req == NULL)
+            return;
+    }
     u->ops->on_read(u);
+    if (u->tls_more && u->rio_on && !u->closed)
+        ev_feed_event(ev, &u->rio, EV_READ);
 }
 
 static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
@@ -128,8 +209,15 @@ static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)revents;
     mg_upconn_t *u = w->data;
     if (u->req == NULL) {
+        u->tls_rd_ww = 0;
         mg_up_want_write(u, 0);
         return;
+    }
+    if (u->tls_rd_ww && !u->connecting) {
+        u->tls_rd_ww = 0;
+        u->ops->on_read(u);
+        if (u->closed || u->req == NULL)
+            return;
     }
     u->ops->on_write(u);
 }
@@ -148,6 +236,10 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 
 void mg_up_want_write(mg_upconn_t *u, int on)
 {
+    if (u->tls_rd_ww)
+        on = 1; /* a read waits for writability */
+    else if (u->tls_wr_wr)
+        on = 0; /* the write waits for readability, not writability */
     if (on && !u->wio_on && !u->closed) {
         ev_io_start(u->loop->ev, &u->wio);
         u->wio_on = 1;
@@ -166,6 +258,8 @@ void mg_up_pause_read(mg_upconn_t *u, int pause)
     } else if (!pause && !u->rio_on && !u->closed) {
         ev_io_start(u->loop->ev, &u->rio);
         u->rio_on = 1;
+        if (u->tls_more) /* already received: the socket will not tell */
+            ev_feed_event(u->loop->ev, &u->rio, EV_READ);
     }
 }
 
@@ -218,7 +312,9 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
         free(u);
         return NULL;
     }
-    u->connecting = rc != 0;
+    /* TLS: the handshake starts from the write watcher even when the
+     * connect completed at once. */
+    u->connecting = rc != 0 || up->tls != NULL;
     u->in_use = 1;
     u->req = req;
     u->ops = ops;
@@ -240,6 +336,77 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
         u->rio_on = 1;
     }
     return u;
+}
+
+int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno)
+{
+    mg_up_server_t *sv = u->server;
+    *sys_errno = 0;
+    if (!u->handshaking) {
+        int e = 0;
+        socklen_t el = sizeof e;
+        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
+            e = errno;
+        if (e == EINPROGRESS)
+            return MG_EAGAIN;
+        if (e != 0) {
+            *sys_errno = e;
+            snprintf(err, errlen, "%s", strerror(e));
+            return MG_ECLOSED;
+        }
+        if (sv->up->tls == NULL) {
+            u->connecting = 0;
+            return MG_OK;
+        }
+        u->ssl = mg_tlsc_open(sv->up->tls, u->fd, sv->tls_name ? sv->tls_name : "",
+                              &sv->tls_sess);
+        if (u->ssl == NULL) {
+            snprintf(err, errlen, "tls setup failed: out of memory");
+            return MG_ECLOSED;
+        }
+        u->handshaking = 1;
+    }
+    switch (mg_tlsc_handshake(u->ssl, err, errlen)) {
+    case MG_TLSC_WANT_READ:
+        mg_up_want_write(u, 0);
+        if (!u->rio_on) {
+            ev_io_start(u->loop->ev, &u->rio);
+            u->rio_on = 1;
+        }
+        return MG_EAGAIN;
+    case MG_TLSC_WANT_WRITE:
+        mg_up_want_write(u, 1);
+        return MG_EAGAIN;
+    case MG_TLSC_DONE:
+        u->handshaking = 0;
+        u->connecting = 0;
+        return MG_OK;
+    default:
+        return MG_ECLOSED;
+    }
+}
+
+ssize_t mg_up_tls_recv(mg_upconn_t *u, void *p, size_t n)
+{
+    unsigned fl;
+    ssize_t r = mg_tlsc_recv(u->ssl, p, n, &fl);
+    int e = errno;
+    u->tls_more = (fl & MG_TLSC_MORE) != 0;
+    if (fl & MG_TLSC_RD_WANTS_WRITE) {
+        u->tls_rd_ww = 1;
+        mg_up_want_write(u, 1);
+    }
+    errno = e;
+    return r;
+}
+
+ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n)
+{
+    unsigned fl;
+    ssize_t r = mg_tlsc_send(u->ssl, p, n, &fl);
+    if (fl & MG_TLSC_WR_WANTS_READ)
+        u->tls_wr_wr = 1; /* the caller's want_write(1) then waits for rio */
+    return r;
 }
 
 void mg_up_release(mg_upconn_t *u)
@@ -301,6 +468,10 @@ void mg_up_conn_close(mg_upconn_t *u)
     ev_io_stop(loop->ev, &u->rio);
     ev_io_stop(loop->ev, &u->wio);
     ev_timer_stop(loop->ev, &u->timer);
+    /* Freed now, not deferred: no OpenSSL callback (a session arriving)
+     * can run once the pool may be gone. */
+    mg_tlsc_close(u->ssl, u->closed_by_peer);
+    u->ssl = NULL;
     if (u->fd >= 0)
         close(u->fd);
     u->fd = -1;

@@ -6,6 +6,9 @@
 
 #include <ev.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "config.h"
@@ -15,6 +18,9 @@ typedef struct mg_loop mg_loop_t;
 typedef struct mg_req mg_req_t;
 typedef struct mg_up mg_up_t;
 typedef struct mg_upconn mg_upconn_t;
+typedef struct mg_tlsc mg_tlsc_t;
+struct ssl_st;
+struct ssl_session_st;
 
 typedef struct mg_up_server {
     mg_up_t *up;
@@ -22,6 +28,8 @@ typedef struct mg_up_server {
     int active;                /* connections in use */
     mg_upconn_t *idle;         /* idle keep-alive connections (LIFO) */
     int nidle;
+    char *tls_name;            /* SNI / verified name (TLS pools only) */
+    struct ssl_session_st *tls_sess; /* the newest session, resumed by new connections */
 } mg_up_server_t;
 
 struct mg_up {
@@ -31,6 +39,8 @@ struct mg_up {
     int nservers;
     unsigned rr;
     int nidle;                 /* over all servers, capped by cfg->keepalive */
+    mg_tlsc_t *tls;            /* NULL: plain TCP */
+    int tls_owned;             /* tls is freed with the pool */
 };
 
 /* What the exchange running on a connection does with its events. While a
@@ -57,7 +67,9 @@ struct mg_upconn {
     mg_req_t *req;             /* the exchange it serves; NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
-    unsigned connecting : 1;
+    struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
+    unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
+    unsigned handshaking : 1;  /* connected; the TLS handshake runs */
     unsigned reused : 1;       /* came from the idle pool */
     unsigned wrote_any : 1;    /* some request bytes reached the socket */
     unsigned got_any : 1;      /* some response bytes arrived */
@@ -67,9 +79,18 @@ struct mg_upconn {
     unsigned read_paused : 1;
     unsigned resp_done : 1;    /* the response was parsed to its end */
     unsigned closed_by_peer : 1;
+    unsigned tls_more : 1;     /* decrypted bytes wait inside OpenSSL */
+    unsigned tls_rd_ww : 1;    /* a TLS read waits for the socket to be writable */
+    unsigned tls_wr_wr : 1;    /* a TLS write waits for it to be readable */
 };
 
+/* Sets up the pool; with cfg->tls, also its TLS context (CA file read
+ * here, so at config time). MG_OK, or an error (logged). */
 int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg);
+/* Makes the pool's new connections speak TLS with t (borrowed: it must
+ * outlive the pool), verifying `name` (NULL: each server's host part). For
+ * pools whose config is not a configured upstream (gw.http). */
+int mg_up_use_tls(mg_up_t *up, mg_tlsc_t *t, const char *name);
 /* Closes every idle connection; active ones must be gone already. */
 void mg_up_close(mg_up_t *up);
 
@@ -81,6 +102,32 @@ int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried);
  * could not even be created (err says why). */
 mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t *ops,
                        const char **err);
+/* Drives a connecting connection (u->connecting) on: call it when its
+ * socket is writable, and when readable while the TLS handshake runs
+ * (read events of a connecting connection arrive at ops->on_write). Checks
+ * the TCP connect, then runs the TLS handshake, arming the watchers it
+ * needs. MG_OK: connected, u->connecting is 0. MG_EAGAIN: not yet.
+ * MG_ECLOSED: failed, with the reason in err and *sys_errno the connect's
+ * errno (0 for a TLS failure). */
+int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno);
+
+/* The transport: read(2)/send(2) on plain TCP (exactly those syscalls),
+ * through OpenSSL on TLS connections. Same results as read/send. */
+ssize_t mg_up_tls_recv(mg_upconn_t *u, void *p, size_t n);
+ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n);
+static inline ssize_t mg_up_recv(mg_upconn_t *u, void *p, size_t n)
+{
+    if (u->ssl == NULL)
+        return read(u->fd, p, n);
+    return mg_up_tls_recv(u, p, n);
+}
+static inline ssize_t mg_up_send(mg_upconn_t *u, const void *p, size_t n)
+{
+    if (u->ssl == NULL)
+        return send(u->fd, p, n, MSG_NOSIGNAL);
+    return mg_up_tls_send(u, p, n);
+}
+
 /* Starts/stops the write watcher; pauses/resumes reading. */
 void mg_up_want_write(mg_upconn_t *u, int on);
 void mg_up_pause_read(mg_upconn_t *u, int pause);
