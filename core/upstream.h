@@ -118,7 +118,7 @@ ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n);
 static inline ssize_t mg_up_recv(mg_upconn_t *u, void *p, size_t n)
 {
     if (u->ssl == NULL)
-        return read(u->fd, p, n);
+        return recv(u->fd, p, n, 0); /* recv: skips the VFS layer of read() */
     return mg_up_tls_recv(u, p, n);
 }
 static inline ssize_t mg_up_send(mg_upconn_t *u, const void *p, size_t n)
