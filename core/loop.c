@@ -506,14 +506,19 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     if (g->ups == NULL)
         goto fail;
     for (int i = 0; i < cfg->nupstreams; i++)
-        if (mg_up_init(&g->ups[i], loop, &cfg->upstreams[i]) != MG_OK)
-            goto fail;
+        if (mg_up_init(&g->ups[i], loop, &cfg->upstreams[i]) != MG_OK) {
+            /* mg_up_init logged why (e.g. an unusable tls_ca) */
+            snprintf(err, errlen, "%s: upstream %s could not be set up (see the log above)",
+                     loop->config_file, cfg->upstreams[i].name);
+            goto fail_msg;
+        }
     if (loop->gen)
         mg_gen_unref(loop->gen);
     loop->gen = g;
     return 0;
 fail:
     snprintf(err, errlen, "%s:0: out of memory", loop->config_file);
+fail_msg:
     if (g) {
         g->refs = 1;
         mg_gen_unref(g);
