@@ -24,6 +24,8 @@ typedef struct mg_gen {
     unsigned id;
     mg_cfg_t *cfg;
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
+    struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
+    int ntls;                /* TLS listeners in cfg */
     struct mg_loop *loop;
 } mg_gen_t;
 
@@ -120,6 +122,9 @@ int mg_loop_adopt_listener(mg_loop_t *loop, int fd, const mg_addr_t *addr, int a
 int mg_loop_run(mg_loop_t *loop);
 void mg_loop_free(mg_loop_t *loop);
 
+/* The TLS context for new connections on the listener `addr` (its text as
+ * configured) in generation g, or NULL for a plain listener. Borrowed. */
+struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 

@@ -165,7 +165,7 @@ return {
     local uri = req.path
     if req.query ~= "" then uri = uri .. "?" .. req.query end
     local ours = {
-      ["x-forwarded-method"] = req.method, ["x-forwarded-proto"] = "http",
+      ["x-forwarded-method"] = req.method, ["x-forwarded-proto"] = req.scheme,
       ["x-forwarded-host"] = host, ["x-forwarded-uri"] = uri,
       ["x-forwarded-for"] = req.remote_addr, ["x-forwarded-port"] = port,
     }
