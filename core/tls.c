@@ -12,6 +12,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 struct mg_tls {
     SSL *ssl;
@@ -95,6 +96,12 @@ struct ssl_ctx_st *mg_tls_ctx_new(const char *cert, const char *key, int *key_at
     }
     *key_at_fault = 1;
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            snprintf(err, errlen, "private key %s does not match certificate %s", key, cert);
+            goto fail;
+        }
         snprintf(err, errlen, "cannot load private key %s: %s", key,
                  ssl_reason(why, sizeof why, "not a PEM private key"));
         goto fail;

@@ -63,7 +63,7 @@ end
 local function host_port(req)
   local host = req:header("host") or ""
   local port = host:match(":(%d+)$")
-  return host, port or "80"
+  return host, port or (req.scheme == "https" and "443" or "80")
 end
 
 local function cache_key(conf, req)
