@@ -16,9 +16,11 @@
 typedef struct mg_up mg_up_t;
 typedef struct mg_conn mg_conn_t;
 typedef struct mg_listener mg_listener_t;
+struct ssl_ctx_st;
 
-/* One loaded config and the runtime state tied to it (upstream pools).
- * Requests hold a reference to the generation they started on. */
+/* One loaded config and the runtime state tied to it (upstream pools, TLS
+ * listeners' contexts). Requests hold a reference to the generation they
+ * started on; TLS sessions hold their own reference to their context. */
 typedef struct mg_gen {
     int refs;
     unsigned id;
