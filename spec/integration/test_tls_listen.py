@@ -180,6 +180,14 @@ def test_request_body_arrives_intact(gateway, upstream, ca, tmp_path):
     doc = json.loads(p.stdout)
     assert doc["length"] == len(body)
     assert doc["sha256"] == hashlib.sha256(body).hexdigest()
+    # 4 MB: more than the socket buffers hold, so reading the client pauses
+    # and resumes while OpenSSL may hold bytes the kernel no longer reports
+    big = os.urandom(4 * 1024 * 1024)
+    f.write_bytes(big)
+    p = curl_tls(ca, "--data-binary", "@%s" % f, "https://127.0.0.1:%d/upload" % g.tls_port)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["length"] == len(big) and doc["sha256"] == hashlib.sha256(big).hexdigest()
     # chunked, in one send with the head, on a kept-alive connection
     with TlsClient(g.tls_port, ca, timeout=30) as c:
         for _ in range(2):
