@@ -169,6 +169,24 @@ def test_large_response_streams_intact(gateway, upstream, ca):
         assert h.hexdigest() == pattern_sha256(3 * 1024 * 1024)
 
 
+def test_client_gone_mid_download_and_mid_upload(gateway, upstream, ca):
+    g = start(gateway, ca, upstream)
+    with TlsClient(g.tls_port, ca) as c:
+        c.request("GET", "/bytes/%d" % (50 * 1024 * 1024))
+        r = c.read_head()
+        assert r.status == 200
+        got = len(c.buf)
+        while got < 1024 * 1024:
+            got += len(c.sock.recv(65536))
+    with TlsClient(g.tls_port, ca) as c:
+        c.send(Client.build("POST", "/upload", headers=[("Content-Length", "3000000")]))
+        c.send(b"x" * 500000)
+    # neither left anything behind: the gateway serves on, on both listeners
+    wait_for(lambda: upstream.stats()["inflight"] == 0, what="the upstream exchanges to end")
+    assert tls_request(g.tls_port, ca, "GET", "/hello").body == b"hello https"
+    assert request(g.plain_port, "GET", "/hello").body == b"hello http"
+
+
 def test_request_body_arrives_intact(gateway, upstream, ca, tmp_path):
     g = start(gateway, ca, upstream)
     body = os.urandom(1024 * 1024)
