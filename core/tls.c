@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -40,12 +41,24 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* An encrypted key fails to load instead of OpenSSL asking for its
+ * passphrase on the terminal, which would block a reload. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return -1;
+}
+
 /* "why" from the OpenSSL error queue (emptied), or dflt. */
 static const char *ssl_reason(char *buf, size_t n, const char *dflt)
 {
     unsigned long e, last = 0;
     while ((e = ERR_get_error()) != 0)
-        last = e;
+        if (last == 0)
+            last = e; /* the first is the cause ("no start line"), the rest context */
     if (last == 0)
         return dflt;
     const char *r = ERR_reason_error_string(last);
@@ -57,8 +70,8 @@ static const char *ssl_reason(char *buf, size_t n, const char *dflt)
     return buf;
 }
 
-/* Reads a file's first byte to report a missing or unreadable file with
- * errno's words rather than OpenSSL's. 0, or -1 with err filled. */
+/* Opens the file to report a missing or unreadable one with errno's words
+ * rather than OpenSSL's. 0, or -1 with err filled. */
 static int readable(const char *what, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
@@ -89,6 +102,7 @@ struct ssl_ctx_st *mg_tls_ctx_new(const char *cert, const char *key, int *key_at
                  ssl_reason(why, sizeof why, "out of memory"));
         return NULL;
     }
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errlen, "cannot load certificate %s: %s", cert,
                  ssl_reason(why, sizeof why, "not a PEM certificate"));
@@ -102,8 +116,23 @@ struct ssl_ctx_st *mg_tls_ctx_new(const char *cert, const char *key, int *key_at
             snprintf(err, errlen, "private key %s does not match certificate %s", key, cert);
             goto fail;
         }
-        snprintf(err, errlen, "cannot load private key %s: %s", key,
-                 ssl_reason(why, sizeof why, "not a PEM private key"));
+        int encrypted = 0;
+        unsigned long last = 0;
+        while ((e = ERR_get_error()) != 0) {
+            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ)
+                encrypted = 1;
+            if (last == 0)
+                last = e;
+        }
+        if (encrypted) {
+            snprintf(err, errlen,
+                     "cannot load private key %s: it is encrypted (a passphrase-less key is "
+                     "needed)", key);
+            goto fail;
+        }
+        const char *r = last ? ERR_reason_error_string(last) : NULL;
+        snprintf(err, errlen, "cannot load private key %s (want a PEM private key): %s", key,
+                 r ? r : "unreadable");
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {

@@ -17,7 +17,7 @@ import pytest
 from authserver import AuthServer
 from conftest import Client, curl, free_port, pattern_sha256, request, wait_for
 from opshelp import reloads
-from tlshelp import (CA, TlsClient, client_hello, eof_within, peer_serial,
+from tlshelp import (CA, TlsClient, client_hello, eof_within, openssl, peer_serial,
                      tls_request)
 
 
@@ -347,6 +347,11 @@ def test_check_reports_mismatched_or_bad_key_on_its_line(run_moongate, tmp_path,
     text = tls_config(key="pki/ca.pem")
     p = run_moongate("-t", "-c", "$CFG", config=ported(text))
     assert p.returncode == 1 and "ca.pem" in p.stderr_text, p.stderr_text
+    # an encrypted key is refused, not prompted for
+    openssl("pkey", "-in", "server.key", "-aes256", "-passout", "pass:secret", "-out", "enc.key",
+            cwd=ca.dir)
+    p = run_moongate("-t", "-c", "$CFG", config=ported(tls_config(key="pki/enc.key")))
+    assert p.returncode == 1 and "encrypted" in p.stderr_text, p.stderr_text
     # the good pair checks OK
     p = run_moongate("-t", "-c", "$CFG", config=ported(tls_config()))
     assert p.returncode == 0 and "OK" in p.stdout_text, p.stderr_text
