@@ -171,6 +171,32 @@ static void parse_addr_field(lua_State *L, walk_t *w, const char *where, const c
         cfg_fail(L, w, text, "%s: %s", where, err);
 }
 
+static int locate_line(const char *file, const char *needle);
+
+/* A listener's cert or key file: finds the config line naming it (for
+ * errors found later, when the TLS context is built), then makes a relative
+ * path relative to the config file's directory, as plugin_path does. */
+static int tls_file(lua_State *L, walk_t *w, const char *key, char **path)
+{
+    char needle[160];
+    snprintf(needle, sizeof needle, "%s\x01%s", key, *path);
+    int line = locate_line(w->cfg->file, needle);
+    const char *file = w->cfg->file;
+    const char *slash = strrchr(file, '/');
+    if ((*path)[0] != '/' && slash != NULL) {
+        size_t dn = (size_t)(slash - file), pn = strlen(*path);
+        char *full = malloc(dn + 1 + pn + 1);
+        if (full == NULL)
+            luaL_error(L, "out of memory");
+        memcpy(full, file, dn);
+        full[dn] = '/';
+        memcpy(full + dn + 1, *path, pn + 1);
+        free(*path);
+        *path = full;
+    }
+    return line;
+}
+
 static void walk_listen(lua_State *L, walk_t *w)
 {
     mg_cfg_t *cfg = w->cfg;
@@ -204,10 +230,16 @@ static void walk_listen(lua_State *L, walk_t *w)
             lua_getfield(L, -1, "tls");
             if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
                 expect_table(L, w, where, "tls");
+                static const char *const tkeys[] = { "cert", "key", NULL };
+                char twhere[80];
+                snprintf(twhere, sizeof twhere, "%s.tls", where);
+                check_keys(L, w, twhere, tkeys);
                 l->tls_cert = opt_string(L, w, where, "cert", NULL);
                 l->tls_key = opt_string(L, w, where, "key", NULL);
-                if (!l->tls_cert || !l->tls_key)
+                if (!l->tls_cert || !l->tls_key || !l->tls_cert[0] || !l->tls_key[0])
                     cfg_fail(L, w, "tls", "%s.tls: cert and key are required", where);
+                l->tls_cert_line = tls_file(L, w, "cert", &l->tls_cert);
+                l->tls_key_line = tls_file(L, w, "key", &l->tls_key);
             }
             lua_pop(L, 1);
         }

@@ -22,7 +22,8 @@ typedef struct mg_addr {
 
 typedef struct mg_cfg_listen {
     mg_addr_t addr;
-    char *tls_cert, *tls_key;  /* TLS listener (not yet served) */
+    char *tls_cert, *tls_key;  /* TLS listener: PEM files, resolved against the config's directory */
+    int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
 } mg_cfg_listen_t;
 
 typedef struct mg_limits {

@@ -1,12 +1,22 @@
 /* Client connections. Reads go into the loop's shared scratch buffer and are
  * parsed at once; only bytes that cannot be parsed yet (a pipelined request
  * behind one in flight) are kept in the connection's own rbuf, so an idle
- * keep-alive connection costs no buffer. */
+ * keep-alive connection costs no buffer.
+ *
+ * On a TLS listener reads and writes go through c->tls (tls.c); plain TCP
+ * stays on read()/send() behind one pointer test. TLS differs in three
+ * ways: a read may need the socket writable (and a write readable), which
+ * the tls_*_wants_* flags route through the other watcher; OpenSSL may
+ * hold bytes it already took off the socket, which the kernel will not
+ * report, so the read watcher is fed by hand while it does; and a clean
+ * close sends close_notify first (never on an abort, where it would make a
+ * truncated response look complete). */
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
 #include "proxy.h"
 #include "req.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +33,24 @@ enum { T_NONE, T_IDLE, T_HEADER, T_BUSY, T_LINGER };
 
 static void conn_process(mg_conn_t *c);
 static void conn_free(void *p);
+
+/* Closes a connection with nothing in flight, saying goodbye first on TLS. */
+static void close_clean(mg_conn_t *c)
+{
+    if (c->tls)
+        mg_tls_shutdown(c->tls);
+    mg_conn_close(c);
+}
+
+/* Starts the read watcher. Bytes OpenSSL holds would never wake it, so
+ * then it is fed at once. */
+static inline void rio_start(mg_conn_t *c)
+{
+    ev_io_start(c->loop->ev, &c->rio);
+    c->rio_on = 1;
+    if (c->tls && mg_tls_pending(c->tls))
+        ev_feed_event(c->loop->ev, &c->rio, EV_READ);
+}
 
 /* --- timers ---------------------------------------------------------------- */
 
@@ -81,9 +109,14 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
     double now = ev_now(ev);
     switch (c->timeout_kind) {
     case T_IDLE:
-        mg_conn_close(c);
+        close_clean(c);
         return;
     case T_HEADER:
+        if (c->tls && !mg_tls_ready(c->tls)) {
+            mg_log_info("closing %s: TLS handshake timeout", c->remote);
+            mg_conn_close(c); /* no session to answer on */
+            return;
+        }
         conn_fail(c, 408, "request header timeout");
         return;
     case T_LINGER:
@@ -100,7 +133,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
         }
         mg_req_t *r = c->req;
         if (r == NULL && c->wbuf.len == 0) {
-            mg_conn_close(c); /* idle keep-alive connection */
+            close_clean(c); /* idle keep-alive connection */
             return;
         }
         if (c->wbuf.len > 0 || (r && !r->body_done && !c->read_paused)) {
@@ -211,10 +244,8 @@ static void conn_process(mg_conn_t *c)
         mg_buf_free(&c->rbuf); /* give big buffers back between requests */
     c->in_process = 0;
     if (!c->closed && !c->rio_on && !c->read_paused && !c->closing &&
-        c->rbuf.len < MG_CONN_RBUF_MAX && !c->eof) {
-        ev_io_start(c->loop->ev, &c->rio);
-        c->rio_on = 1;
-    }
+        c->rbuf.len < MG_CONN_RBUF_MAX && !c->eof)
+        rio_start(c);
 }
 
 static void linger_read(mg_conn_t *c)
@@ -233,15 +264,26 @@ static void linger_read(mg_conn_t *c)
     }
 }
 
-static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
+/* A TLS read: MG_EAGAIN after arming what it waits for. */
+static ssize_t tls_read(mg_conn_t *c, char *dst, size_t room)
 {
-    (void)ev;
-    (void)revents;
-    mg_conn_t *c = w->data;
-    if (c->timeout_kind == T_LINGER) {
-        linger_read(c);
-        return;
+    ssize_t n = mg_tls_read(c->tls, dst, room);
+    if (n == MG_EAGAIN && mg_tls_want(c->tls) == MG_TLS_WANT_WRITE) {
+        c->tls_read_wants_write = 1;
+        if (!c->wio_on) {
+            ev_io_start(c->loop->ev, &c->wio);
+            c->wio_on = 1;
+        }
+    } else if (n == MG_ECLOSED && !mg_tls_ready(c->tls)) {
+        /* a reset after the handshake is as unremarkable as on plain TCP */
+        mg_log_info("closing %s: TLS handshake failed", c->remote);
     }
+    return n;
+}
+
+/* Reads what the socket has and parses it. */
+static inline void read_some(mg_conn_t *c)
+{
     int direct = c->rbuf.len == 0 && !mg_h1_is_paused(&c->h1) && !c->in_process;
     char *dst;
     size_t room;
@@ -261,12 +303,22 @@ static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
         dst = c->rbuf.base + c->rbuf.off + c->rbuf.len;
         room = mg_buf_room(&c->rbuf);
     }
-    ssize_t n = recv(c->fd, dst, room, 0); /* recv: skips the VFS layer of read() */
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
+    ssize_t n;
+    if (c->tls == NULL) {
+        n = recv(c->fd, dst, room, 0); /* recv: skips the VFS layer of read() */
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            mg_conn_close(c);
             return;
-        mg_conn_close(c);
-        return;
+        }
+    } else {
+        n = tls_read(c, dst, room);
+        if (n < 0) {
+            if (n != MG_EAGAIN)
+                mg_conn_close(c);
+            return;
+        }
     }
     if (n == 0) {
         /* EOF. Nothing in flight: done. A request in flight with no
@@ -298,6 +350,38 @@ static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
     conn_process(c);
 }
 
+/* A TLS connection is readable, or OpenSSL holds bytes: first the write
+ * that waited for this, then the read; then come back at once if OpenSSL
+ * still holds bytes and reading goes on. */
+static void tls_read_event(mg_conn_t *c)
+{
+    if (c->tls_write_wants_read) {
+        c->tls_write_wants_read = 0;
+        mg_conn_flush(c);
+        if (c->closed || c->timeout_kind == T_LINGER)
+            return;
+    }
+    read_some(c);
+    if (!c->closed && c->rio_on && c->timeout_kind != T_LINGER && mg_tls_pending(c->tls))
+        ev_feed_event(c->loop->ev, &c->rio, EV_READ);
+}
+
+static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    (void)ev;
+    (void)revents;
+    mg_conn_t *c = w->data;
+    if (c->timeout_kind == T_LINGER) {
+        linger_read(c); /* raw bytes: nothing after close_notify matters */
+        return;
+    }
+    if (c->tls) {
+        tls_read_event(c);
+        return;
+    }
+    read_some(c);
+}
+
 /* --- writing -------------------------------------------------------------- */
 
 int mg_conn_write(mg_conn_t *c, const void *p, size_t n)
@@ -311,12 +395,16 @@ static void start_linger(mg_conn_t *c)
 {
     /* Half-close and drain what the client still sends, so the kernel does
      * not reset the connection and destroy the response we just sent. */
+    if (c->tls)
+        mg_tls_shutdown(c->tls);
     shutdown(c->fd, SHUT_WR);
     set_timeout(c, T_LINGER, MG_LINGER_SECONDS);
-    if (!c->rio_on && !c->eof) {
-        ev_io_start(c->loop->ev, &c->rio);
-        c->rio_on = 1;
+    if (c->wio_on) {
+        ev_io_stop(c->loop->ev, &c->wio);
+        c->wio_on = 0;
     }
+    if (!c->rio_on && !c->eof)
+        rio_start(c);
     if (c->eof)
         mg_conn_close(c);
 }
@@ -325,9 +413,22 @@ void mg_conn_flush(mg_conn_t *c)
 {
     if (c->closed || c->timeout_kind == T_LINGER)
         return;
-    int wrote = 0;
+    int wrote = 0, wait_read = 0;
     while (c->wbuf.len > 0) {
-        ssize_t n = send(c->fd, mg_buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
+        ssize_t n;
+        if (c->tls == NULL) {
+            n = send(c->fd, mg_buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
+        } else {
+            n = mg_tls_write(c->tls, mg_buf_data(&c->wbuf), c->wbuf.len);
+            if (n == MG_EAGAIN) {
+                wait_read = mg_tls_want(c->tls) == MG_TLS_WANT_READ;
+                break;
+            }
+            if (n < 0) {
+                mg_conn_close(c);
+                return;
+            }
+        }
         if (n > 0) {
             mg_buf_consume(&c->wbuf, (size_t)n);
             wrote = 1;
@@ -342,13 +443,23 @@ void mg_conn_flush(mg_conn_t *c)
     }
     if (wrote)
         progress(c);
-    if (c->wbuf.len > 0) {
+    if (c->wbuf.len > 0 && wait_read) {
+        /* the session must hear from the client first: the read watcher
+         * retries this write (tls_read_event) */
+        c->tls_write_wants_read = 1;
+        if (c->wio_on && !c->tls_read_wants_write) {
+            ev_io_stop(c->loop->ev, &c->wio);
+            c->wio_on = 0;
+        }
+        if (!c->rio_on)
+            rio_start(c);
+    } else if (c->wbuf.len > 0) {
         if (!c->wio_on) {
             ev_io_start(c->loop->ev, &c->wio);
             c->wio_on = 1;
         }
     } else {
-        if (c->wio_on) {
+        if (c->wio_on && !c->tls_read_wants_write) {
             ev_io_stop(c->loop->ev, &c->wio);
             c->wio_on = 0;
         }
@@ -367,17 +478,39 @@ static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     (void)ev;
     (void)revents;
-    mg_conn_flush(w->data);
+    mg_conn_t *c = w->data;
+    if (c->tls_read_wants_write) {
+        c->tls_read_wants_write = 0;
+        if (c->wbuf.len == 0 && c->wio_on) {
+            ev_io_stop(ev, &c->wio);
+            c->wio_on = 0;
+        }
+        tls_read_event(c);
+        if (c->closed)
+            return;
+    }
+    mg_conn_flush(c);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
 
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin)
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin,
+                    struct ssl_ctx_st *tls)
 {
     mg_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         close(fd);
         return;
+    }
+    if (tls) {
+        c->tls = mg_tls_new(tls, fd);
+        if (c->tls == NULL) {
+            mg_log_error("out of memory starting a TLS session");
+            free(c);
+            close(fd);
+            return;
+        }
+        c->https = 1;
     }
     c->admin = admin ? 1 : 0;
     c->loop = loop;
@@ -447,15 +580,14 @@ void mg_conn_pause_read(mg_conn_t *c, int pause)
         ev_io_stop(c->loop->ev, &c->rio);
         c->rio_on = 0;
     } else if (!pause && !c->rio_on && !c->eof) {
-        ev_io_start(c->loop->ev, &c->rio);
-        c->rio_on = 1;
+        rio_start(c);
     }
 }
 
 void mg_conn_close_idle(mg_conn_t *c)
 {
     if (c->req == NULL && c->wbuf.len == 0)
-        mg_conn_close(c);
+        close_clean(c);
 }
 
 void mg_conn_close(mg_conn_t *c)
@@ -475,6 +607,8 @@ void mg_conn_close(mg_conn_t *c)
     ev_timer_stop(loop->ev, &c->timer);
     close(c->fd);
     c->fd = -1;
+    mg_tls_free(c->tls); /* after close(): SSL_free sends nothing */
+    c->tls = NULL;
     if (c->prev)
         c->prev->next = c->next;
     else

@@ -13,6 +13,7 @@ struct sockaddr;
 typedef struct mg_loop mg_loop_t;
 typedef struct mg_req mg_req_t;
 typedef struct mg_listener mg_listener_t;
+struct ssl_ctx_st;
 
 /* Above this many queued output bytes the producer (upstream) pauses. */
 #define MG_CONN_WBUF_HIGH (256 * 1024)
@@ -33,6 +34,7 @@ typedef struct mg_conn {
     mg_req_t *req;           /* the request being parsed or served */
     char remote[64];         /* client IP as text */
     int remote_port;
+    struct mg_tls *tls;      /* TLS session on a TLS listener; NULL for plain TCP */
     struct mg_conn *prev, *next;   /* loop->conns */
     unsigned closing : 1;    /* close once wbuf is flushed */
     unsigned closed : 1;     /* fd closed, memory freed later */
@@ -42,12 +44,18 @@ typedef struct mg_conn {
     unsigned wio_on : 1;
     unsigned rio_on : 1;
     unsigned admin : 1;      /* accepted on the admin listener */
+    unsigned https : 1;      /* accepted on a TLS listener (X-Forwarded-Proto, req.scheme) */
+    unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
+    unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
 
-/* Takes ownership of fd (already nonblocking). */
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin);
+/* Takes ownership of fd (already nonblocking). With tls (borrowed; the
+ * session takes its own reference) the connection speaks TLS; the
+ * handshake counts against header_timeout. */
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin,
+                    struct ssl_ctx_st *tls);
 /* Queues bytes for the client. Returns 0 or MG_ENOMEM. */
 int mg_conn_write(mg_conn_t *c, const void *p, size_t n);
 /* Writes what the socket takes now; arms the write watcher for the rest.

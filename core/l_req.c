@@ -558,6 +558,8 @@ static int req_index(lua_State *L)
         lua_pushlstring(L, r->query.p, r->query.n);
     else if (strcmp(k, "remote_addr") == 0)
         lua_pushstring(L, r->remote);
+    else if (strcmp(k, "scheme") == 0)
+        lua_pushstring(L, ((void **)lua_touserdata(L, 1))[1] ? "https" : "http");
     else if (strcmp(k, "ctx") == 0) {
         if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
             lua_pop(L, 1);
@@ -718,8 +720,12 @@ void mg_lreq_register(lua_State *L)
 
 void mg_lreq_push(lua_State *co, mg_req_t *r)
 {
-    void **ud = lua_newuserdatauv(co, sizeof(void *), 2);
-    *ud = r;
+    /* ud[0] is the request (NULLed when it ends); ud[1] marks a request that
+     * came over TLS, fixed here while the connection is known, so req.scheme
+     * still answers in the log phase after the connection moved on */
+    void **ud = lua_newuserdatauv(co, 2 * sizeof(void *), 2);
+    ud[0] = r;
+    ud[1] = r->conn && r->conn->https ? (void *)r : NULL;
     luaL_setmetatable(co, REQ_MT);
     r->lua_handle = ud;
 }

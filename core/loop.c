@@ -5,6 +5,7 @@
 #include "metrics.h"
 #include "req.h"
 #include "server.h"
+#include "tls.h"
 #include "upstream.h"
 
 #include <errno.h>
@@ -84,8 +85,52 @@ void mg_gen_unref(mg_gen_t *g)
             mg_up_close(&g->ups[i]);
         free(g->ups);
     }
+    if (g->tls) {
+        for (int i = 0; i < g->cfg->nlisten; i++)
+            mg_tls_ctx_free(g->tls[i]);
+        free(g->tls);
+    }
     mg_cfg_free(g->cfg);
     free(g);
+}
+
+struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr)
+{
+    if (g->ntls == 0)
+        return NULL;
+    for (int i = 0; i < g->cfg->nlisten; i++)
+        if (g->tls[i] && strcmp(g->cfg->listen[i].addr.text, addr) == 0)
+            return g->tls[i];
+    return NULL;
+}
+
+/* Builds the generation's TLS contexts: reads the certificates and keys
+ * now, so a reload picks up renewed files and a bad one fails the load
+ * (with the config line naming it) while the old generation serves on.
+ * 0, or -1 with "file:line: why" in err. */
+static int build_tls(mg_gen_t *g, char *err, size_t errlen)
+{
+    const mg_cfg_t *cfg = g->cfg;
+    g->tls = calloc((size_t)cfg->nlisten + 1, sizeof *g->tls);
+    if (g->tls == NULL) {
+        snprintf(err, errlen, "%s:0: out of memory", cfg->file);
+        return -1;
+    }
+    for (int i = 0; i < cfg->nlisten; i++) {
+        const mg_cfg_listen_t *l = &cfg->listen[i];
+        if (l->tls_cert == NULL)
+            continue;
+        char why[512];
+        int key_at_fault = 0;
+        g->tls[i] = mg_tls_ctx_new(l->tls_cert, l->tls_key, &key_at_fault, why, sizeof why);
+        if (g->tls[i] == NULL) {
+            snprintf(err, errlen, "%s:%d: listen[%d].tls: %s", cfg->file,
+                     key_at_fault ? l->tls_key_line : l->tls_cert_line, i + 1, why);
+            return -1;
+        }
+        g->ntls++;
+    }
+    return 0;
 }
 
 static void on_stop_signal(struct ev_loop *ev, ev_signal *w, int revents)
@@ -152,7 +197,8 @@ static int bind_one(mg_loop_t *loop, const mg_addr_t *addr, int admin, char *err
         return -1;
     }
     loop->listeners[loop->nlisteners - 1]->keep = 1;
-    mg_log_info("listening on %s%s", addr->text, admin ? " (admin)" : "");
+    mg_log_info("listening on %s%s", addr->text,
+                admin ? " (admin)" : mg_gen_tls(loop->gen, addr->text) ? " (TLS)" : "");
     return 0;
 }
 
@@ -165,11 +211,6 @@ static int sync_listeners(mg_loop_t *loop, char *err, size_t errlen)
     for (int i = 0; i < loop->nlisteners; i++)
         loop->listeners[i]->keep = 0;
     for (int i = 0; i < cfg->nlisten; i++) {
-        if (cfg->listen[i].tls_cert) {
-            snprintf(err, errlen, "%s: listen[%d] %s: TLS listeners are not supported yet",
-                     cfg->file, i + 1, cfg->listen[i].addr.text);
-            return -1;
-        }
         if (bind_one(loop, &cfg->listen[i].addr, 0, err, errlen) != 0)
             return -1;
     }
@@ -512,6 +553,10 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
                      loop->config_file, cfg->upstreams[i].name);
             goto fail_msg;
         }
+    if (build_tls(g, err, errlen) != 0) {
+        mg_gen_unref(g);
+        return -1;
+    }
     if (loop->gen)
         mg_gen_unref(loop->gen);
     loop->gen = g;

@@ -16,14 +16,18 @@
 typedef struct mg_up mg_up_t;
 typedef struct mg_conn mg_conn_t;
 typedef struct mg_listener mg_listener_t;
+struct ssl_ctx_st;
 
-/* One loaded config and the runtime state tied to it (upstream pools).
- * Requests hold a reference to the generation they started on. */
+/* One loaded config and the runtime state tied to it (upstream pools, TLS
+ * listeners' contexts). Requests hold a reference to the generation they
+ * started on; TLS sessions hold their own reference to their context. */
 typedef struct mg_gen {
     int refs;
     unsigned id;
     mg_cfg_t *cfg;
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
+    struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
+    int ntls;                /* TLS listeners in cfg */
     struct mg_loop *loop;
 } mg_gen_t;
 
@@ -122,6 +126,9 @@ int mg_loop_adopt_listener(mg_loop_t *loop, int fd, const mg_addr_t *addr, int a
 int mg_loop_run(mg_loop_t *loop);
 void mg_loop_free(mg_loop_t *loop);
 
+/* The TLS context for new connections on the listener `addr` (its text as
+ * configured) in generation g, or NULL for a plain listener. Borrowed. */
+struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 

@@ -67,11 +67,6 @@ static int bind_set(master_t *m, const mg_cfg_t *cfg, int *fds, mg_addr_t *addrs
     for (int i = 0; i < total && *n < MAX_FDS; i++) {
         int is_admin = i == cfg->nlisten;
         const mg_addr_t *a = is_admin ? &cfg->admin : &cfg->listen[i].addr;
-        if (!is_admin && cfg->listen[i].tls_cert) {
-            snprintf(err, errlen, "%s: listen %s: TLS listeners are not supported yet", cfg->file,
-                     a->text);
-            goto fail;
-        }
         int old = find_fd(m, a->text, is_admin);
         int fd = old >= 0 ? m->fds[old] : mg_srv_bind(a, 0, err, errlen);
         if (fd < 0)
@@ -263,11 +258,6 @@ static int can_bind_new(master_t *m, const mg_cfg_t *cfg, char *err, size_t errl
         const mg_addr_t *a = is_admin ? &cfg->admin : &cfg->listen[i].addr;
         if (find_fd(m, a->text, is_admin) >= 0)
             continue;
-        if (!is_admin && cfg->listen[i].tls_cert) {
-            snprintf(err, errlen, "%s: listen %s: TLS listeners are not supported yet", cfg->file,
-                     a->text);
-            return -1;
-        }
         int fd = mg_srv_bind(a, 1, err, errlen);
         if (fd < 0)
             return -1;
@@ -360,7 +350,10 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
         return 1;
     }
     for (int i = 0; i < m->nfds; i++)
-        mg_log_info("listening on %s%s", m->addrs[i].text, m->admin[i] ? " (admin)" : "");
+        mg_log_info("listening on %s%s", m->addrs[i].text,
+                    m->admin[i]                                   ? " (admin)"
+                    : mg_gen_tls(cfg_loop->gen, m->addrs[i].text) ? " (TLS)"
+                                                                  : "");
     m->shm = mg_met_create(nworkers);
     if (m->shm == NULL) {
         mg_log_error("cannot map the metrics region");

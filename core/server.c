@@ -69,6 +69,9 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     (void)revents;
     mg_listener_t *l = w->data;
+    /* the current generation's context: a reload's new certificate serves
+     * new connections, old ones keep theirs */
+    struct ssl_ctx_st *tls = l->admin ? NULL : mg_gen_tls(l->loop->gen, l->addr.text);
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -88,7 +91,7 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss, l->admin);
+        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss, l->admin, tls);
     }
 }
 

@@ -165,11 +165,12 @@ return {
     if query ~= "" then uri = uri .. "?" .. query end
     local remote = req.remote_addr
     headers["x-forwarded-method"] = req.method
-    headers["x-forwarded-proto"] = "http"
+    local scheme = req.scheme
+    headers["x-forwarded-proto"] = scheme
     headers["x-forwarded-host"] = host
     headers["x-forwarded-uri"] = uri
     headers["x-forwarded-for"] = remote
-    headers["x-forwarded-port"] = host:match(":(%d+)$") or "80"
+    headers["x-forwarded-port"] = host:match(":(%d+)$") or (scheme == "https" and "443" or "80")
     if conf.trust_forward_header then
       for i = 1, #FORWARDED do
         local name = FORWARDED[i]
