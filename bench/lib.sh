@@ -291,15 +291,22 @@ rss_sample() {  # process name -> "serving_kb total_kb"; serving = workers if it
   echo "$w $(( w + own ))"
 }
 
+# shellcheck source=bench/cpustat.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cpustat.sh"
+
 run_wrk() {  # target conc seconds outfile; 0 if wrk produced its report line
-  local t=$1 hdr=() rc
+  # also sets CPU_PROXY and CPU_LOAD: busy % of the two CPUs during the run
+  local t=$1 hdr=() rc s0 s1
   [ -n "${THDR[$t]}" ] && hdr=(-H "${THDR[$t]}")
   timeout -k 5 $(( $3 + WRK_TIMEOUT + 30 )) taskset -c "$LOAD_CPU" "$WRK" \
     -t"$THREADS" -c"$2" -d"$3"s --latency --timeout "${WRK_TIMEOUT}"s "${hdr[@]}" \
     -s "$BENCH_DIR/wrk-report.lua" "${TURL[$t]}" >"$4" 2>&1 &
   WRK_PID=$!
+  s0=$(cpu_snap)
   wait "$WRK_PID"; rc=$?
+  s1=$(cpu_snap)
   WRK_PID=
+  cpu_busy_between "$s0" "$s1"
   grep -q '^MGBENCH ' "$4" || { log "wrk failed (rc $rc):"; tail_log "$4"; return 1; }
 }
 
@@ -352,10 +359,10 @@ bench_run() {  # warm-up, then ROUNDS rounds over CONNS x active targets, order 
         elif [ "$ok" -eq 0 ]; then
           read -r rw rt <<<"$(rss_sample "${TPROC[$t]}")"
           sed -n 's/^MGBENCH //p' "$out" | tr ' ' '\n' | awk -F= -v t="$t" -v c="$conc" -v r="$round" \
-            -v rw="$rw" -v rt="$rt" '{v[$1]=$2} END {
-              printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
+            -v rw="$rw" -v rt="$rt" -v cp="$CPU_PROXY" -v cl="$CPU_LOAD" '{v[$1]=$2} END {
+              printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
                 v["rps"], v["p50_us"], v["p99_us"], v["connect"], v["read"], v["write"],
-                v["timeout"], v["status"], v["requests"], rw, rt }' >>"$RAW"
+                v["timeout"], v["status"], v["requests"], rw, rt, cp, cl }' >>"$RAW"
           grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
         fi
         sleep "$PAUSE"
@@ -387,41 +394,45 @@ aggregate() {
     }
     { k = $1 " " $2; if (!(k in n)) { n[k] = 0; mn[k] = $4; mx[k] = $4; rw[k] = $13; rt[k] = $14 }
       n[k]++; rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
+      cp[k] = cp[k] " " $15; cl[k] = cl[k] " " $16
       if ($4 + 0 < mn[k] + 0) mn[k] = $4; if ($4 + 0 > mx[k] + 0) mx[k] = $4
       ec[k] += $7; er[k] += $8; ew[k] += $9; et[k] += $10; es[k] += $11
       if ($13 != "-" && $13 + 0 > rw[k] + 0) rw[k] = $13; if ($14 != "-" && $14 + 0 > rt[k] + 0) rt[k] = $14 }
     END { for (k in n) print k, n[k], med(rps[k]), mn[k], mx[k], med(p50[k]), med(p99[k]),
-                        ec[k], er[k], ew[k], et[k], es[k], rw[k], rt[k] }' "$RAW")
+                        ec[k], er[k], ew[k], et[k], es[k], rw[k], rt[k], med(cp[k]), med(cl[k]) }' "$RAW")
 }
 
 # summary_row target conc: one row of the summary table; fills RPS, P50 (µs), ...
 summary_row() {
-  local t=$1 c=$2 n med min max p50 p99 ec er ew et es rw rt rss note
+  local t=$1 c=$2 n med min max p50 p99 ec er ew et es rw rt cp cl rss note
   if [ -z "${STATS[$t,$c]:-}" ]; then
-    printf '| %s | %s | – | – | – | – | – | – | – | %s |\n' "$t" "$c" "${STATUS[$t]:-not run}"
+    printf '| %s | %s | – | – | – | – | – | – | – | – | %s |\n' "$t" "$c" "${STATUS[$t]:-not run}"
     return
   fi
-  read -r n med min max p50 p99 ec er ew et es rw rt <<<"${STATS[$t,$c]}"
+  read -r n med min max p50 p99 ec er ew et es rw rt cp cl <<<"${STATS[$t,$c]}"
   RPS[$t,$c]=$med; P50[$t,$c]=$p50; P99[$t,$c]=$p99
   SERR[$t,$c]=$(( ec + er + ew + et )); NON2XX[$t,$c]=$es
   rss="–"; [ "$rw" != - ] && rss="$rw"; [ "$rt" != - ] && [ "$rt" != "$rw" ] && rss="$rw ($rt)"
   note="${STATUS[$t]}"; [ "$note" = ok ] && note=""; note=${note//|/\\|}
   [ "$n" -lt "$ROUNDS" ] && note="${note:+$note; }$n/$ROUNDS rounds"
-  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s | %s/%s/%s/%s | %s | %s | %s |\n' \
-    "$t" "$c" "$med" "$min" "$max" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" "$note"
+  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s | %s/%s/%s/%s | %s | %s | %.0f / %.0f | %s |\n' \
+    "$t" "$c" "$med" "$min" "$max" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" \
+    "$cp" "$cl" "$note"
 }
 
 summary_table() {  # the per-target table for every concurrency
   local c t
   aggregate
-  echo "| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | note |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | CPU busy % proxy / load | note |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for c in $CONNS; do for t in $TARGETS; do summary_row "$t" "$c"; done; done
   echo
   echo "Latencies are medians over rounds; errors are totals over rounds. Peak RSS"
   echo "is VmHWM of the serving process (nginx: its worker, the total with the"
   echo "master in brackets) after the last run of that concurrency; targets served"
-  echo "by one process share its figure."
+  echo "by one process share its figure. CPU busy %: medians over rounds of how busy"
+  echo "the proxy's CPU and the load CPU (wrk and the servers behind) were during the"
+  echo "runs; a load CPU near 100 % means the load side, not the proxy, set the pace."
 }
 
 # paired_ratio a b conc: the median over rounds of a's req/s / b's req/s in
@@ -486,7 +497,7 @@ per_round_table() {
   echo
   echo "| round | target | conns | req/s | p50 ms | p99 ms | errors c/r/w/t | non-2xx/3xx | VmHWM KiB |"
   echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-  sort -t$'\t' -k3,3n -k2,2n -k1,1 "$RAW" | while IFS=$'\t' read -r t c r rps p50 p99 ec er ew et es req rw rt; do
+  sort -t$'\t' -k3,3n -k2,2n -k1,1 "$RAW" | while IFS=$'\t' read -r t c r rps p50 p99 ec er ew et es req rw rt cp cl; do
     printf '| %s | %s | %s | %.0f | %s | %s | %s/%s/%s/%s | %s | %s |\n' "$r" "$t" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rw"
   done
   echo

@@ -273,12 +273,19 @@ rss_sample() {  # target -> "serving_kb total_kb"; serving = workers if it forke
   echo "$w $(( w + own ))"
 }
 
-run_wrk() {  # url conc seconds outfile; 0 if wrk produced its report line
+# shellcheck source=bench/cpustat.sh
+. "$BENCH_DIR/cpustat.sh"
+
+run_wrk() {  # url conc seconds outfile; 0 if wrk produced its report line; sets CPU_PROXY/LOAD
+  local s0 s1
   timeout -k 5 $(( $3 + WRK_TIMEOUT + 30 )) taskset -c "$LOAD_CPU" "$WRK" \
     -t"$THREADS" -c"$2" -d"$3"s --latency --timeout "${WRK_TIMEOUT}"s \
     -s "$BENCH_DIR/wrk-report.lua" "$1" >"$4" 2>&1 &
   WRK_PID=$!
+  s0=$(cpu_snap)
   wait "$WRK_PID"; local rc=$?
+  s1=$(cpu_snap)
+  cpu_busy_between "$s0" "$s1"
   WRK_PID=
   grep -q '^MGBENCH ' "$4" || { log "wrk failed (rc $rc):"; tail_log "$4"; return 1; }
 }
@@ -306,10 +313,10 @@ for round in $(seq "$ROUNDS"); do
         read -r rw rt <<<"$(rss_sample "$t")"
         [ "$t" = direct ] && { rw=-; rt=-; }
         sed -n 's/^MGBENCH //p' "$out" | tr ' ' '\n' | awk -F= -v t="$t" -v c="$conc" -v r="$round" \
-          -v rw="$rw" -v rt="$rt" '{v[$1]=$2} END {
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
+          -v rw="$rw" -v rt="$rt" -v cp="$CPU_PROXY" -v cl="$CPU_LOAD" '{v[$1]=$2} END {
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
               v["rps"], v["p50_us"], v["p99_us"], v["connect"], v["read"], v["write"],
-              v["timeout"], v["status"], v["requests"], rw, rt }' >>"$RAW"
+              v["timeout"], v["status"], v["requests"], rw, rt, cp, cl }' >>"$RAW"
         grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
       fi
       if ! alive "$t"; then
@@ -336,9 +343,11 @@ summary_row() {
   local t=$1 c=$2 n med min max p50 p99 ec er ew et es rw rt
   n=$(nrows "$t" "$c")
   if [ "$n" -eq 0 ]; then
-    printf '| %s | %s | – | – | – | – | – | – | – | %s |\n' "$t" "$c" "${STATUS[$t]:-not run}"
+    printf '| %s | %s | – | – | – | – | – | – | – | – | %s |\n' "$t" "$c" "${STATUS[$t]:-not run}"
     return
   fi
+  local cp cl
+  cp=$(col "$t" "$c" 15 | median); cl=$(col "$t" "$c" 16 | median)
   med=$(col "$t" "$c" 4 | median); RPS[$t,$c]=$med
   min=$(col "$t" "$c" 4 | sort -g | head -1); max=$(col "$t" "$c" 4 | sort -g | tail -1)
   p50=$(col "$t" "$c" 5 | median); p99=$(col "$t" "$c" 6 | median)
@@ -356,8 +365,9 @@ summary_row() {
   local rss="–"; [ "$rw" != - ] && rss="$rw"; [ "$rt" != - ] && [ "$rt" != "$rw" ] && rss="$rw ($rt)"
   local note="${STATUS[$t]}"; [ "$note" = ok ] && note=""
   [ "$n" -lt "$ROUNDS" ] && note="${note:+$note; }$n/$ROUNDS rounds"
-  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s | %s/%s/%s/%s | %s | %s | %s |\n' \
-    "$t" "$c" "$med" "$min" "$max" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" "$note"
+  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s | %s/%s/%s/%s | %s | %s | %.0f / %.0f | %s |\n' \
+    "$t" "$c" "$med" "$min" "$max" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" \
+    "$cp" "$cl" "$note"
 }
 
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
@@ -380,8 +390,8 @@ REPORT="$WORK/proxy-section.md"
   [ -n "$CPU_NOTE" ] && echo "**Warning:** $CPU_NOTE."
   echo "1-minute load average before the run: $LOAD_START, after: $LOAD_END (anything well above 0 before the run means other work shared the CPUs)."
   echo
-  echo "| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | note |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | CPU busy % proxy / load | note |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for c in $CONNS; do for t in $TARGETS; do summary_row "$t" "$c"; done; done
   echo
   echo "Latencies are medians over rounds; errors are totals over rounds. Peak RSS is"
@@ -389,6 +399,11 @@ REPORT="$WORK/proxy-section.md"
   echo "total shown in brackets), the haproxy process, the moongate process (its"
   echo "workers if it forks). At c=$MAX_CONN it is read after the last c=$MAX_CONN run,"
   echo "at lower concurrency after round 1's run. \`direct\` has no proxy."
+  echo "CPU busy %: medians over rounds of how busy CPU $PROXY_CPU (the proxy) and CPU $LOAD_CPU"
+  echo "(wrk and the upstream) were during the runs. When the load CPU is near 100 % it"
+  echo "sets the pace, and the proxies' ratios say more about how much load-side work"
+  echo "each proxy causes than about the proxy's own cost; the proxy CPU column is"
+  echo "the proxy's headroom."
   echo
   echo "### moongate against the better of nginx and HAProxy"
   echo
@@ -457,7 +472,7 @@ REPORT="$WORK/proxy-section.md"
   echo
   echo "| round | target | conns | req/s | p50 ms | p99 ms | errors c/r/w/t | non-2xx/3xx | VmHWM KiB |"
   echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-  sort -t$'\t' -k3,3n -k2,2n "$RAW" | while IFS=$'\t' read -r t c r rps p50 p99 ec er ew et es req rw rt; do
+  sort -t$'\t' -k3,3n -k2,2n "$RAW" | while IFS=$'\t' read -r t c r rps p50 p99 ec er ew et es req rw rt cp cl; do
     printf '| %s | %s | %s | %.0f | %s | %s | %s/%s/%s/%s | %s | %s |\n' "$r" "$t" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rw"
   done
   echo
