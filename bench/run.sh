@@ -6,6 +6,8 @@
 #   nginx     nginx proxy_pass with upstream keepalive, 1 worker, no access log
 #   haproxy   HAProxy, nbthread 1, http mode, keep-alive + http-reuse, no log
 #   moongate  $MOONGATE_BIN (default build/moongate), workers = 1, no access log
+#   haproxy-bp, moongate-bp  the same two with busy polling on (HAProxy's
+#             `busy-polling`, moongate's `busy_poll`): compared with each other
 # Proxies run on CPU 0, the upstream and wrk on CPU 1, everything on 127.0.0.1
 # on free ports, each process from its own mktemp -d directory, all stopped by
 # PID on exit. Prints a markdown report and rewrites the section between
@@ -19,7 +21,8 @@
 #   BENCH_THREADS [1]          wrk -t
 #   BENCH_WARMUP [2]           seconds of unrecorded c=50 load per target first
 #   BENCH_PAUSE [1]            seconds between runs
-#   BENCH_TARGETS ["direct nginx haproxy moongate"]
+#   BENCH_TARGETS ["direct nginx haproxy moongate haproxy-bp moongate-bp"]
+#   BENCH_MG_BUSY_POLL [0.0002] busy_poll of moongate-bp (haproxy-bp: busy-polling)
 #   BENCH_WRK_TIMEOUT [2]      wrk --timeout, seconds
 #   BENCH_READY_TIMEOUT [15]   seconds to wait for a peer to answer
 #   BENCH_PROXY_CPU [0]  BENCH_LOAD_CPU [1]
@@ -43,7 +46,8 @@ CONNS=${BENCH_CONNS:-50 1000}
 THREADS=${BENCH_THREADS:-1}
 WARMUP=${BENCH_WARMUP:-2}
 PAUSE=${BENCH_PAUSE:-1}
-TARGETS=${BENCH_TARGETS:-direct nginx haproxy moongate}
+TARGETS=${BENCH_TARGETS:-direct nginx haproxy moongate haproxy-bp moongate-bp}
+MG_BUSY_POLL=${BENCH_MG_BUSY_POLL:-0.0002}
 WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-2}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-15}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -218,23 +222,25 @@ for t in $TARGETS; do
       PREFIX="$WORK" PORT="${PORT[nginx]}" UPPORT="${PORT[upstream]}" NOFILE="$NOFILE"
     start_bg nginx "$PROXY_CPU" "$NGINX" -p "$WORK/" -c "$WORK/nginx-proxy.conf" -e "$WORK/nginx-error.log"
     CMD[nginx]="taskset -c $PROXY_CPU nginx -p \$TMP/ -c \$TMP/nginx-proxy.conf -e \$TMP/nginx-error.log   # bench/peers/nginx-proxy.conf.in" ;;
-  haproxy)
-    if ! command -v "$HAPROXY" >/dev/null; then STATUS[haproxy]="haproxy not installed"; continue; fi
-    free_port haproxy
-    subst "$BENCH_DIR/peers/haproxy.cfg.in" "$WORK/haproxy.cfg" \
-      PORT="${PORT[haproxy]}" UPPORT="${PORT[upstream]}" MAXCONN="$HAPROXY_MAXCONN"
-    if ! "$HAPROXY" -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.out" 2>&1; then
-      STATUS[haproxy]="config rejected by $HAPROXY -c"; tail_log "$WORK/haproxy-check.out"; continue
+  haproxy|haproxy-bp)
+    if ! command -v "$HAPROXY" >/dev/null; then STATUS[$t]="haproxy not installed"; continue; fi
+    free_port "$t"
+    bp=""; [ "$t" = haproxy-bp ] && bp=busy-polling
+    subst "$BENCH_DIR/peers/haproxy.cfg.in" "$WORK/$t.cfg" \
+      PORT="${PORT[$t]}" UPPORT="${PORT[upstream]}" MAXCONN="$HAPROXY_MAXCONN" BUSY_POLLING="$bp"
+    if ! "$HAPROXY" -c -q -f "$WORK/$t.cfg" >"$WORK/$t-check.out" 2>&1; then
+      STATUS[$t]="config rejected by $HAPROXY -c"; tail_log "$WORK/$t-check.out"; continue
     fi
-    start_bg haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
-    CMD[haproxy]="taskset -c $PROXY_CPU haproxy -db -f \$TMP/haproxy.cfg   # bench/peers/haproxy.cfg.in" ;;
-  moongate)
-    CMD[moongate]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/moongate.lua   # bench/peers/moongate.lua.in"
-    if [ ! -x "$MOONGATE_BIN" ]; then STATUS[moongate]="not built ($MOONGATE_BIN missing)"; continue; fi
-    free_port moongate
-    subst "$BENCH_DIR/peers/moongate.lua.in" "$WORK/moongate.lua" \
-      PORT="${PORT[moongate]}" UPPORT="${PORT[upstream]}"
-    start_bg moongate "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/moongate.lua" ;;
+    start_bg "$t" "$PROXY_CPU" "$HAPROXY" -db -f "$WORK/$t.cfg"
+    CMD[$t]="taskset -c $PROXY_CPU haproxy -db -f \$TMP/$t.cfg   # bench/peers/haproxy.cfg.in${bp:+, BUSY_POLLING=$bp}" ;;
+  moongate|moongate-bp)
+    bp=0; [ "$t" = moongate-bp ] && bp=$MG_BUSY_POLL
+    CMD[$t]="taskset -c $PROXY_CPU \$MOONGATE_BIN -c \$TMP/$t.lua   # bench/peers/moongate.lua.in, BUSY_POLL=$bp"
+    if [ ! -x "$MOONGATE_BIN" ]; then STATUS[$t]="not built ($MOONGATE_BIN missing)"; continue; fi
+    free_port "$t"
+    subst "$BENCH_DIR/peers/moongate.lua.in" "$WORK/$t.lua" \
+      PORT="${PORT[$t]}" UPPORT="${PORT[upstream]}" BUSY_POLL="$bp"
+    start_bg "$t" "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/$t.lua" ;;
   *) log "warning: unknown target '$t' ignored"; continue ;;
   esac
 done
@@ -379,7 +385,8 @@ GITREV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 MG_VER="not built"; [ -x "$MOONGATE_BIN" ] && MG_VER=$(ver timeout -k 1 5 "$MOONGATE_BIN" --version)
 
 RUN_CMD="BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_CONNS=\"$CONNS\""
-[ "$TARGETS" != "direct nginx haproxy moongate" ] && RUN_CMD="$RUN_CMD BENCH_TARGETS=\"$TARGETS\""
+[ "$TARGETS" != "direct nginx haproxy moongate haproxy-bp moongate-bp" ] && RUN_CMD="$RUN_CMD BENCH_TARGETS=\"$TARGETS\""
+[ "$MG_BUSY_POLL" != 0.0002 ] && RUN_CMD="BENCH_MG_BUSY_POLL=$MG_BUSY_POLL $RUN_CMD"
 RUN_CMD="$RUN_CMD bash bench/run.sh"
 REPORT="$WORK/proxy-section.md"
 {
@@ -426,6 +433,26 @@ REPORT="$WORK/proxy-section.md"
       printf '| %s | %.0f | %s | %.0f | %s× | %s |\n' "$c" "$mg" "$best" "$bestv" "$r" "$ok"
     fi
   done
+  if [[ " $TARGETS " == *" moongate-bp "* ]]; then
+    echo
+    echo "### With busy polling on both sides"
+    echo
+    echo "HAProxy's \`busy-polling\` and moongate's \`busy_poll = $MG_BUSY_POLL\` keep the proxy's CPU"
+    echo "from halting between events (off by default in both). On a virtual machine a halted"
+    echo "CPU must be woken by an inter-processor interrupt that the sending CPU pays for, so"
+    echo "this moves work off the load CPU. Same-settings comparison: moongate-bp / haproxy-bp."
+    echo
+    echo "| conns | moongate-bp req/s | haproxy-bp req/s | ratio |"
+    echo "|---:|---:|---:|---:|"
+    for c in $CONNS; do
+      a=${RPS[moongate-bp,$c]:-}; b=${RPS[haproxy-bp,$c]:-}
+      if [ -n "$a" ] && [ -n "$b" ]; then
+        printf '| %s | %.0f | %.0f | %s× |\n' "$c" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", a/b}')"
+      else
+        printf '| %s | %s | %s | n/a |\n' "$c" "$(fmt0 "$a")" "$(fmt0 "$b")"
+      fi
+    done
+  fi
   echo
   echo "### Targets"
   echo
