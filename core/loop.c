@@ -479,12 +479,17 @@ void mg_loop_stop(mg_loop_t *loop)
  * polls with a zero timeout), and sleeps only once that long passed with
  * nothing to do. Under load there is always something to do, so this costs
  * nothing there; an idle worker spins at most busy_poll after its last
- * event. */
+ * event. It only spins while few requests are in flight
+ * (MG_BUSY_POLL_MAX_ACTIVE): with more, events arrive often enough, and
+ * polling without sleeping would only make each poll return fewer of them. */
+#define MG_BUSY_POLL_MAX_ACTIVE 4
+
 static void spin_cb(struct ev_loop *ev, ev_idle *w, int revents)
 {
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    if (ev_now(ev) - loop->last_active >= loop->gen->cfg->busy_poll)
+    if (ev_now(ev) - loop->last_active >= loop->gen->cfg->busy_poll ||
+        loop->stats.active > MG_BUSY_POLL_MAX_ACTIVE)
         ev_idle_stop(ev, w);
 }
 
@@ -496,7 +501,8 @@ static void invoke_cb(struct ev_loop *ev)
     if (!ev_is_pending(&loop->prepare) &&
         ev_pending_count(ev) > (ev_is_pending(&loop->spin) ? 1u : 0u)) {
         loop->last_active = ev_now(ev);
-        if (!ev_is_active(&loop->spin) && loop->gen && loop->gen->cfg->busy_poll > 0)
+        if (!ev_is_active(&loop->spin) && loop->gen && loop->gen->cfg->busy_poll > 0 &&
+            loop->stats.active <= MG_BUSY_POLL_MAX_ACTIVE)
             ev_idle_start(ev, &loop->spin);
     }
     ev_invoke_pending(ev);
