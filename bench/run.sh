@@ -105,7 +105,7 @@ cleanup() {
   local t
   trap - EXIT INT TERM HUP
   [ -n "$WRK_PID" ] && stop_pid "$WRK_PID"
-  for t in moongate haproxy nginx upstream; do
+  for t in "${!PID[@]}"; do  # every process this script started
     [ -n "${PID[$t]:-}" ] && stop_pid "${PID[$t]}"
   done
   if [ "$KEEP" = 1 ]; then log "kept work dir: $WORK"; else rm -rf "$WORK"; fi

@@ -279,3 +279,30 @@ def test_tokens_and_credentials_never_logged(rc, redis):
     for secret in (tok, b64(tok), bad, b64(bad), tok.split(".")[2], CREDS, b64(CREDS),
                    "pw-Secret-42", SECRET):
         assert secret not in text, secret
+
+
+def test_verified_tokens_are_cached_but_never_past_exp_nor_the_session(rc, redis, upstream):
+    # exp 2 s ahead: served from the cache meanwhile, refused once exp passed
+    tok = make_token(claims(ttl=2))
+    hdr = [("Cookie", "%s=%s" % cookie(tok))]
+    for _ in range(3):
+        assert values(upstream_got(request(rc.port, "GET", "/echo", headers=hdr)),
+                      "Authorization") == [basic(CREDS)]
+    wait_for(lambda: request(rc.port, "GET", "/echo", headers=hdr).status == 401,
+             timeout=6, interval=0.2, what="the cached token to expire")
+    # a cached token whose session is deleted is refused at once: Redis is asked every time
+    tok = make_token(claims(sid="sess-gone"))
+    redis.command("SET", "sess-gone", record(CREDS))
+    hdr = [("Cookie", "%s=%s" % cookie(tok))]
+    assert request(rc.port, "GET", "/echo", headers=hdr).status == 200
+    redis.command("DEL", "sess-gone")
+    assert_json_error(request(rc.port, "GET", "/echo", headers=hdr), 401)
+
+
+def test_cache_ttl_checked(run_moongate):
+    text = ('return {\n  listen = { { addr = "127.0.0.1:$PORT" } },\n'
+            '  routes = { { match = { prefix = "/" }, handler = function() return 200 end,\n'
+            '    plugins = { { "redis_credentials", secret = "s", cache_ttl = -1 } } } },\n}\n')
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1
+    assert "cache_ttl" in p.stderr_text, p.stderr_text
