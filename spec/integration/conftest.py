@@ -141,6 +141,17 @@ def wait_listening(port, proc, timeout, what, stderr_path=None, probe=None):
         time.sleep(0.01)
 
 
+def stop_proc(proc):
+    """SIGTERM, then SIGKILL after 5 s; waits for the process."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def proc_status_kb(pid, field):
     """VmRSS, VmHWM, ... of /proc/PID/status, in KiB."""
     with open("/proc/%d/status" % pid) as f:
@@ -178,13 +189,7 @@ class Upstream:
         return r.json()
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_proc(self.proc)
         self._log.close()
 
 

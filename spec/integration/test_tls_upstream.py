@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (Client, Raw, assert_json_error, config, free_port, lua,
+from conftest import (stop_proc, Client, Raw, assert_json_error, config, free_port, lua,
                       pattern_sha256, proxy_config, request, wait_for, wait_listening)
 from tlsupstream import TlsUpstream, make_pki
 
@@ -80,13 +80,7 @@ http {
         return "127.0.0.1:%d" % self.port
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_proc(self.proc)
 
 
 @pytest.fixture
