@@ -77,6 +77,7 @@ struct mg_hc_lookup {
 struct mg_hc_origin {
     mg_hc_origin_t *next;
     char *host;                 /* lower-case */
+    size_t host_len;
     int port;
     int tls, tls_verify;        /* part of the key, like host and port */
     int numeric;                /* address known without a lookup */
@@ -100,20 +101,11 @@ struct mg_hc_ctx {
     unsigned shut : 1;
 };
 
-/* Reads and writes go through a transport: plain TCP, or TLS (whose SSL
- * state lives on the pooled connection; upstream.c arms the watchers
- * OpenSSL asks for). */
-typedef struct mg_hc_transport {
-    ssize_t (*recv)(mg_upconn_t *u, void *p, size_t n);
-    ssize_t (*send)(mg_upconn_t *u, const void *p, size_t n);
-} mg_hc_transport_t;
-
 struct mg_hc {
     mg_upconn_ops_t ops;        /* u->ops points here while attached */
     mg_hc_ctx_t *ctx;           /* only used while running */
     mg_loop_t *loop;
     mg_hc_origin_t *origin;
-    const mg_hc_transport_t *tr;
     mg_upconn_t *u;             /* the connection, while attached */
     mg_req_t *owner;            /* the pool's busy marker, never dereferenced */
     mg_hc_done_fn done;
@@ -140,24 +132,6 @@ static void hc_on_read(mg_upconn_t *u);
 static void hc_on_write(mg_upconn_t *u);
 static void hc_on_timer(mg_upconn_t *u);
 static void finish(mg_hc_t *hc, const char *err);
-
-/* --- transport: plain TCP --------------------------------------------------- */
-
-static ssize_t tcp_recv(mg_upconn_t *u, void *p, size_t n)
-{
-    return read(u->fd, p, n);
-}
-
-static ssize_t tcp_send(mg_upconn_t *u, const void *p, size_t n)
-{
-    return send(u->fd, p, n, MSG_NOSIGNAL);
-}
-
-static const mg_hc_transport_t tcp_transport = { tcp_recv, tcp_send };
-
-/* --- transport: TLS --------------------------------------------------------- */
-
-static const mg_hc_transport_t tls_transport = { mg_up_tls_recv, mg_up_tls_send };
 
 /* The shared https context for one verification mode, made on first use
  * (with verification that reads the system CA store once per worker). */
@@ -365,7 +339,7 @@ static const char *lookup_start(mg_hc_ctx_t *ctx, mg_hc_origin_t *o)
 {
     if (hub_open(ctx) != MG_OK)
         return mg_hc_err_nomem;
-    size_t n = strlen(o->host);
+    size_t n = o->host_len;
     mg_hc_lookup_t *l = calloc(1, sizeof *l + n + 1);
     if (l == NULL)
         return mg_hc_err_nomem;
@@ -465,7 +439,7 @@ static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn,
     int tls = t != NULL, verify = t ? mg_tlsc_verifies(t) : 0;
     for (mg_hc_origin_t *o = ctx->origins; o; o = o->next)
         if (o->port == port && o->tls == tls && o->tls_verify == verify &&
-            strlen(o->host) == hn && strncasecmp(o->host, host, hn) == 0)
+            o->host_len == hn && strncasecmp(o->host, host, hn) == 0)
             return o;
     if (ctx->norigins >= MAX_ORIGINS)
         origins_trim(ctx);
@@ -478,6 +452,7 @@ static mg_hc_origin_t *origin_get(mg_hc_ctx_t *ctx, const char *host, size_t hn,
     for (size_t i = 0; i < hn; i++)
         o->host[i] = (char)tolower((unsigned char)host[i]);
     o->host[hn] = 0;
+    o->host_len = hn;
     o->port = port;
     o->tls = tls;
     o->tls_verify = verify;
@@ -714,7 +689,7 @@ static void hc_flush(mg_hc_t *hc)
 {
     mg_upconn_t *u = hc->u;
     while (u->wbuf.len > 0) {
-        ssize_t n = hc->tr->send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
+        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
         if (n > 0) {
             mg_buf_consume(&u->wbuf, (size_t)n);
             u->wrote_any = 1;
@@ -755,7 +730,7 @@ static void hc_on_read(mg_upconn_t *u)
 {
     mg_hc_t *hc = hc_of(u);
     mg_loop_t *loop = u->loop;
-    ssize_t n = hc->tr->recv(u, loop->scratch, loop->scratch_cap);
+    ssize_t n = mg_up_recv(u, loop->scratch, loop->scratch_cap);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
@@ -834,7 +809,7 @@ static const char *attach(mg_hc_t *hc)
         /* A pooled connection is usually writable: send now and skip two
          * epoll_ctl calls. Anything but full success (a short write, an
          * error) is left to the write watcher, which handles it as before. */
-        ssize_t n = hc->tr->send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
+        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
         if (n > 0) {
             mg_buf_consume(&u->wbuf, (size_t)n);
             u->wrote_any = 1;
@@ -855,7 +830,6 @@ mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx)
         return NULL;
     hc->ctx = ctx;
     hc->loop = ctx->loop;
-    hc->tr = &tcp_transport;
     hc->ops = (mg_upconn_ops_t){ hc_on_read, hc_on_write, hc_on_timer };
     ev_init(&hc->timer, deadline_cb);
     hc->timer.data = hc;
@@ -889,7 +863,6 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port, t);
     if (origin == NULL)
         return mg_hc_err_nomem;
-    hc->tr = t ? &tls_transport : &tcp_transport;
     hc->origin = origin;
     hc->owner = owner;
     hc->done = done;

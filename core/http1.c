@@ -166,6 +166,16 @@ static int is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
+int mg_h1_is_token(const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)p[i]))
+            return 0;
+    return 1;
+}
+
 /* llhttp 8 lets a space inside a header name through; a name is a token
  * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. */
 static int on_field_complete(llhttp_t *p)

@@ -101,22 +101,6 @@ static const char *parse_url(const char *s, size_t n, url_parts_t *u)
     return NULL;
 }
 
-static int is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
-static int is_token(const char *s, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!is_tchar((unsigned char)s[i]))
-            return 0;
-    return 1;
-}
-
 /* Per-worker client state: the client context, and the buffer the request
  * head is written into. The buffer belongs to this userdata, not to the
  * call, so a raise while the arguments are checked leaks nothing; it is
@@ -166,7 +150,7 @@ static int add_headers(lua_State *L, http_state_t *st, int hidx)
             luaL_error(L, "gw.http.request: header names must be strings");
         size_t nn;
         const char *name = lua_tolstring(L, -2, &nn);
-        if (!is_token(name, nn))
+        if (!mg_h1_is_token(name, nn))
             luaL_error(L, "gw.http.request: invalid header name '%s'", name);
         if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0) {
             lua_pop(L, 1);
@@ -305,7 +289,7 @@ static int l_request(lua_State *L)
     if (opt_type(L, "method", LUA_TSTRING, "string")) /* 2 */
         method = lua_tostring(L, 2);
     size_t mlen = strlen(method);
-    if (!is_token(method, mlen) || mlen > 32)
+    if (!mg_h1_is_token(method, mlen) || mlen > 32)
         return luaL_error(L, "gw.http.request: invalid method");
     char m[33];
     for (size_t i = 0; i <= mlen; i++)
@@ -352,8 +336,7 @@ static int l_request(lua_State *L)
     }
 
     /* The head goes into st->head: raising here leaks nothing. */
-    st->head.len = 0;
-    st->head.off = 0;
+    mg_buf_reset(&st->head);
     st->oom = 0;
     put(st, m, mlen);
     put(st, " ", 1);

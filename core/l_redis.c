@@ -405,8 +405,8 @@ static void arm(mg_req_t *r, mg_rds_ticket_t *t, mg_rds_pool_t *p)
     mg_lrt_wait(r, MG_WAIT_EXT, on_cancel);
     r->wait.ticket = t;
     ev_timer_stop(r->loop->ev, &r->wait.timer);
-    /* from the real time: ev_now is stale after a long callback */
-    ev_timer_set(&r->wait.timer, mg_rds_pool_timeout(p) + (ev_time() - ev_now(r->loop->ev)), 0.);
+    ev_now_update(r->loop->ev); /* ev_now is stale after a long callback (as gw.sleep) */
+    ev_timer_set(&r->wait.timer, mg_rds_pool_timeout(p), 0.);
     ev_timer_start(r->loop->ev, &r->wait.timer);
 }
 

@@ -37,20 +37,6 @@ static mg_req_t *check_res(lua_State *L)
     return *ud;
 }
 
-static int valid_name(const char *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c <= ' ' || c >= 127 || c == ':' || c == '(' || c == ')' || c == ',' || c == ';' ||
-            c == '"' || c == '/' || c == '[' || c == ']' || c == '?' || c == '=' || c == '{' ||
-            c == '}' || c == '\\' || c == '<' || c == '>' || c == '@')
-            return 0;
-    }
-    return 1;
-}
-
 static int valid_value(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -62,7 +48,7 @@ static int valid_value(const char *p, size_t n)
 static const char *check_name(lua_State *L, int idx, size_t *n)
 {
     const char *s = luaL_checklstring(L, idx, n);
-    luaL_argcheck(L, valid_name(s, *n), idx, "invalid header name");
+    luaL_argcheck(L, mg_h1_is_token(s, *n), idx, "invalid header name");
     return s;
 }
 
@@ -151,7 +137,7 @@ static int append_header_line(lua_State *L, mg_buf_t *out, const char *k, size_t
     const char *v = lua_tolstring(L, vi, &vn);
     if (v == NULL)
         return luaL_error(L, "header '%s' must be a string", k);
-    if (!valid_name(k, kn) || !valid_value(v, vn))
+    if (!mg_h1_is_token(k, kn) || !valid_value(v, vn))
         return luaL_error(L, "invalid header '%s'", k);
     if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "transfer-encoding") == 0 ||
         strcasecmp(k, "connection") == 0)
@@ -559,7 +545,7 @@ static int req_index(lua_State *L)
     else if (strcmp(k, "remote_addr") == 0)
         lua_pushstring(L, r->remote);
     else if (strcmp(k, "scheme") == 0)
-        lua_pushstring(L, ((void **)lua_touserdata(L, 1))[1] ? "https" : "http");
+        lua_pushstring(L, r->https ? "https" : "http");
     else if (strcmp(k, "ctx") == 0) {
         if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
             lua_pop(L, 1);
@@ -720,12 +706,8 @@ void mg_lreq_register(lua_State *L)
 
 void mg_lreq_push(lua_State *co, mg_req_t *r)
 {
-    /* ud[0] is the request (NULLed when it ends); ud[1] marks a request that
-     * came over TLS, fixed here while the connection is known, so req.scheme
-     * still answers in the log phase after the connection moved on */
-    void **ud = lua_newuserdatauv(co, 2 * sizeof(void *), 2);
-    ud[0] = r;
-    ud[1] = r->conn && r->conn->https ? (void *)r : NULL;
+    void **ud = lua_newuserdatauv(co, sizeof(void *), 2);
+    *ud = r;
     luaL_setmetatable(co, REQ_MT);
     r->lua_handle = ud;
 }

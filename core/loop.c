@@ -501,8 +501,7 @@ static void invoke_cb(struct ev_loop *ev)
     if (!ev_is_pending(&loop->prepare) &&
         ev_pending_count(ev) > (ev_is_pending(&loop->spin) ? 1u : 0u)) {
         loop->last_active = ev_now(ev);
-        if (!ev_is_active(&loop->spin) && loop->gen && loop->gen->cfg->busy_poll > 0 &&
-            loop->stats.active <= MG_BUSY_POLL_MAX_ACTIVE)
+        if (!ev_is_active(&loop->spin) && loop->stats.active <= MG_BUSY_POLL_MAX_ACTIVE)
             ev_idle_start(ev, &loop->spin);
     }
     ev_invoke_pending(ev);
@@ -529,7 +528,6 @@ mg_loop_t *mg_loop_new(const char *config_file)
     ev_prepare_start(loop->ev, &loop->prepare);
     ev_idle_init(&loop->spin, spin_cb);
     ev_set_priority(&loop->spin, EV_MINPRI);
-    ev_set_invoke_pending_cb(loop->ev, invoke_cb);
     loop->started = ev_time();
     return loop;
 fail:
@@ -566,6 +564,9 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     if (loop->gen)
         mg_gen_unref(loop->gen);
     loop->gen = g;
+    /* the busy-poll bookkeeping runs only when it is on (spin_cb stops a
+     * spin left over from a config that had it) */
+    ev_set_invoke_pending_cb(loop->ev, cfg->busy_poll > 0 ? invoke_cb : ev_invoke_pending);
     return 0;
 fail:
     snprintf(err, errlen, "%s:0: out of memory", loop->config_file);

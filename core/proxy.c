@@ -129,8 +129,8 @@ static void build_request_head(mg_req_t *r)
         mg_buf_append(o, "\r\n", 2);
     }
     if (!(e->n && mg_edits_find(e, "x-forwarded-proto", 17)))
-        mg_buf_puts(o, r->conn && r->conn->https ? "X-Forwarded-Proto: https\r\n"
-                                                 : "X-Forwarded-Proto: http\r\n");
+        mg_buf_puts(o, r->https ? "X-Forwarded-Proto: https\r\n"
+                                   : "X-Forwarded-Proto: http\r\n");
     if (!(e->n && mg_edits_find(e, "x-forwarded-host", 16))) {
         int hi = mg_h1_find(h, "host", 4, 0);
         if (hi >= 0) {

@@ -443,8 +443,8 @@ static mg_rds_conn_t *conn_open(mg_rds_pool_t *p)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* ev_now may be stale after a long callback (a script's startup): count
      * from the real time, or the timer fires at once. */
-    ev_timer_init(&c->timer, conn_timer_cb, p->connect_timeout + (ev_time() - ev_now(p->ev)),
-                  0.);
+    ev_now_update(p->ev);
+    ev_timer_init(&c->timer, conn_timer_cb, p->connect_timeout, 0.);
     c->timer.data = c;
     ev_timer_start(p->ev, &c->timer);
     c->next = p->conns;

@@ -150,6 +150,7 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     r->upstream = -1;
     r->co_ref = -2; /* LUA_NOREF */
     memcpy(r->remote, c->remote, sizeof r->remote);
+    r->https = c->https;
     if (c->spare) {
         r->head = c->spare;
         c->spare = NULL;

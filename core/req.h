@@ -56,6 +56,7 @@ struct mg_req {
     unsigned has_body : 1;    /* Content-Length > 0 or chunked */
     unsigned body_done : 1;   /* message complete seen */
     unsigned http10 : 1;      /* client spoke HTTP/1.0 */
+    unsigned https : 1;       /* came over a TLS listener (req.scheme, X-Forwarded-Proto) */
     unsigned keepalive : 1;   /* client wants to keep the connection */
     unsigned want_body : 1;   /* req:body() waits for the rest */
 

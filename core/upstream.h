@@ -38,7 +38,7 @@ struct mg_up {
     mg_up_server_t *servers;
     int nservers;
     unsigned rr;
-    int nidle;                 /* over all servers, capped by cfg->keepalive */
+    int nidle;                 /* over all servers: up to cfg->keepalive, and up to 4x that for a second after a burst */
     mg_tlsc_t *tls;            /* NULL: plain TCP */
     int tls_owned;             /* tls is freed with the pool */
 };

@@ -190,7 +190,6 @@ return {
       end
     end
 
-    if not gw.http then return fail(conf, req, "gw.http is not available") end
     local res, err = gw.http.request {
       method = conf.preserve_request_method and req.method or "GET",
       url = conf.address, headers = headers, body = body, timeout = conf.timeout,

@@ -167,7 +167,6 @@ local function parse_jwks(body)
 end
 
 local function fetch_jwks(conf, st)
-  if not gw.http then return nil, "gw.http unavailable" end
   local res, err = gw.http.request { method = "GET", url = conf.jwks_url,
                                      headers = { accept = "application/json" },
                                      timeout = conf.jwks_timeout, max_body = 1048576 }

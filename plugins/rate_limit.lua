@@ -68,6 +68,9 @@ function M.check(conf)
         and not k:match("^claim:.+$") then
       return nil, 'key: expected "remote_addr", "header:NAME", "claim:NAME" or a function'
     end
+    -- split once here, not per request
+    if k:sub(1, 7) == "header:" then conf._header = k:sub(8)
+    elseif k ~= "remote_addr" then conf._claim = k:sub(7) end
   end
   if conf.status < 400 or conf.status > 599 then return nil, "status: expected 4xx or 5xx" end
   if conf.max_keys < 1 then return nil, "max_keys: must be positive" end
@@ -78,8 +81,7 @@ function M.check(conf)
   -- afresh, so a reload starts them over; a namespace shares them
   if not buckets or conf.max_keys > buckets_max then
     -- (config load: no bucket exists yet, nothing is lost)
-    local ok, Cache = pcall(require, "moongate.cache")
-    buckets = ok and Cache.new(conf.max_keys) or gw.cache
+    buckets = require("moongate.cache").new(conf.max_keys)
     buckets_max = conf.max_keys
   end
   conf._prefix = conf.namespace and ("ns\0" .. conf.namespace)
@@ -96,11 +98,11 @@ local function caller(conf, req)
     if v ~= nil then v = tostring(v) end
   elseif k == "remote_addr" then
     v = req.remote_addr
-  elseif k:sub(1, 7) == "header:" then
-    v = req:header(k:sub(8))
+  elseif conf._header then
+    v = req:header(conf._header)
   else
     local claims = req.ctx.jwt
-    local c = type(claims) == "table" and claims[k:sub(7)] or nil
+    local c = type(claims) == "table" and claims[conf._claim] or nil
     if type(c) == "string" or type(c) == "number" then v = tostring(c) end
   end
   if v == nil or v == "" then v = req.remote_addr end
@@ -128,7 +130,6 @@ local function take_local(conf, key)
 end
 
 local function take_redis(conf, key)
-  if not gw.redis then return nil, "gw.redis unavailable" end
   local rkey = conf.redis_prefix .. key
   local rds = gw.redis(conf.redis)
   local res, err = rds:call("EVALSHA", script_sha, 1, rkey, conf.rate, conf.burst)

@@ -144,7 +144,6 @@ return {
     if type(sid) ~= "string" and math.type(sid) ~= "integer" then
       return json_error(req, 401, "token has no " .. conf.claim .. " claim")
     end
-    if not gw.redis then return json_error(req, 503, "session store unavailable") end
     local value, err = gw.redis(conf.redis):call("GET", conf.key_prefix .. tostring(sid))
     if err then
       gw.log("error", "redis_credentials: session store: ", err)
