@@ -189,6 +189,40 @@ static int wants_length(const char *m)
     return strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
 }
 
+/* headers_list is built on first use: most callers read `headers` only, and
+ * a list of { name, value } pairs is two allocations per header. Until then
+ * the response's metatable holds the head as one string of
+ * "name\0value\0" pairs (names and values never contain NUL: llhttp
+ * refuses them), and __index turns it into the list and stores it in the
+ * response, so later reads are plain fields. */
+static int response_index(lua_State *L)
+{
+    size_t kn;
+    const char *k = lua_tolstring(L, 2, &kn);
+    if (k == NULL || kn != 12 || memcmp(k, "headers_list", 12) != 0 || !lua_getmetatable(L, 1))
+        return 0;
+    size_t rn;
+    lua_rawgeti(L, -1, 1);
+    const char *raw = lua_tolstring(L, -1, &rn);
+    if (raw == NULL)
+        return 0;
+    const char *p = raw, *end = raw + rn;
+    lua_newtable(L);
+    for (lua_Integer i = 1; p < end; i++) {
+        lua_createtable(L, 2, 0);
+        for (int part = 1; part <= 2; part++) {
+            size_t len = strlen(p);
+            lua_pushlstring(L, p, len);
+            lua_rawseti(L, -2, part);
+            p += len + 1;
+        }
+        lua_rawseti(L, -2, i);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "headers_list");
+    return 1;
+}
+
 /* Pushes the response table for a finished exchange. May raise (OOM). */
 static void push_response(lua_State *L, const mg_hc_t *hc)
 {
@@ -198,24 +232,35 @@ static void push_response(lua_State *L, const mg_hc_t *hc)
     lua_pushinteger(L, h->status);
     lua_setfield(L, -2, "status");
     lua_createtable(L, 0, h->nhdrs);
-    lua_createtable(L, h->nhdrs, 0);
+    luaL_Buffer raw;
+    luaL_buffinit(L, &raw); /* takes a stack slot above the headers table */
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        /* headers_list[i+1] = { name, value } as received */
-        lua_createtable(L, 2, 0);
-        lua_pushlstring(L, n.p, n.n);
-        lua_rawseti(L, -2, 1);
-        lua_pushlstring(L, v.p, v.n);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, i + 1);
-        /* headers[lower(name)], repeated ones joined with ", " */
-        luaL_Buffer b;
-        char *lp = luaL_buffinitsize(L, &b, n.n);
-        for (size_t k = 0; k < n.n; k++) {
-            unsigned char c = (unsigned char)n.p[k];
-            lp[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+        luaL_addlstring(&raw, n.p, n.n);
+        luaL_addchar(&raw, '\0');
+        luaL_addlstring(&raw, v.p, v.n);
+        luaL_addchar(&raw, '\0');
+    }
+    luaL_pushresult(&raw);
+    /* headers[lower(name)], repeated ones joined with ", " */
+    for (int i = 0; i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        char lower[128];
+        if (n.n <= sizeof lower) {
+            for (size_t k = 0; k < n.n; k++) {
+                unsigned char c = (unsigned char)n.p[k];
+                lower[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+            }
+            lua_pushlstring(L, lower, n.n);
+        } else { /* long names are rare */
+            luaL_Buffer b;
+            char *lp = luaL_buffinitsize(L, &b, n.n);
+            for (size_t k = 0; k < n.n; k++) {
+                unsigned char c = (unsigned char)n.p[k];
+                lp[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+            }
+            luaL_pushresultsize(&b, n.n);
         }
-        luaL_pushresultsize(&b, n.n);
         lua_pushvalue(L, -1);
         if (lua_rawget(L, -4) == LUA_TSTRING) {
             lua_pushliteral(L, ", ");
@@ -227,7 +272,13 @@ static void push_response(lua_State *L, const mg_hc_t *hc)
         }
         lua_rawset(L, -4);
     }
-    lua_setfield(L, -3, "headers_list");
+    /* stack: res, headers, raw */
+    lua_createtable(L, 1, 1); /* this response's metatable */
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+    lua_pushcfunction(L, response_index);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -3);
     lua_setfield(L, -2, "headers");
     lua_pushlstring(L, body->len ? mg_buf_data(body) : "", body->len);
     lua_setfield(L, -2, "body");

@@ -67,7 +67,7 @@ local function cache_key(conf, req)
   for _, name in ipairs(conf.cache_key) do
     parts[#parts + 1] = name:lower() .. "=" .. (req:header(name) or "")
   end
-  return "forward_auth\0" .. table.concat(parts, "\0")
+  return "forward_auth:2\0" .. table.concat(parts, "\0")
 end
 
 -- Deletes (no client spoofing) then copies the auth response's headers.
@@ -80,15 +80,9 @@ local function copy_auth_headers(conf, req, copied)
       if name:match(conf._pattern) then req:remove_header(name) end
     end
   end
-  for _, h in ipairs(copied) do
-    req:set_header(h[1], h[2])
+  for i = 1, #copied, 2 do
+    req:set_header(copied[i], copied[i + 1])
   end
-end
-
-local function wanted(conf, name)
-  local lname = name:lower()
-  if conf._response_set[lname] then return true end
-  return conf._pattern ~= nil and lname:match(conf._pattern) ~= nil
 end
 
 local function fail(conf, req, why)
@@ -127,6 +121,8 @@ return {
       conf._pattern = p
     end
     conf._response_set = lower_set(conf.auth_response_headers)
+    conf._response_lower = {}
+    for i, name in ipairs(conf.auth_response_headers or {}) do conf._response_lower[i] = name:lower() end
     conf._request_set = conf.auth_request_headers and lower_set(conf.auth_request_headers)
     if conf.cache_ttl and not conf.cache_key then
       return nil, "cache_ttl needs cache_key (the headers that identify the caller)"
@@ -153,10 +149,10 @@ return {
       for token in connection:gmatch("[^,%s]+") do listed[token:lower()] = true end
     end
     local allow = conf._request_set
-    local headers = {}
-    for name, value in pairs(req:headers()) do
-      if not HOP[name] and not listed[name] and (allow == nil or allow[name]) then
-        headers[name] = value
+    local headers = req:headers() -- a fresh table, ours to edit
+    for name in pairs(headers) do
+      if HOP[name] or listed[name] or (allow ~= nil and not allow[name]) then
+        headers[name] = nil -- allowed while traversing
       end
     end
     local host = req:header("host") or ""
@@ -198,13 +194,25 @@ return {
     if not res then return fail(conf, req, err) end
 
     if res.status >= 200 and res.status < 300 then
-      local copied = {}
-      for _, h in ipairs(res.headers_list or {}) do
-        if wanted(conf, h[1]) then copied[#copied + 1] = { h[1], h[2] } end
+      -- copied = { name1, value1, name2, value2, ... }; repeated headers
+      -- arrive joined with ", " (res.headers)
+      local copied, rh = {}, res.headers
+      local listed = conf.auth_response_headers
+      if listed then
+        for i = 1, #listed do
+          local value = rh[conf._response_lower[i]]
+          if value then
+            copied[#copied + 1] = listed[i]
+            copied[#copied + 1] = value
+          end
+        end
       end
-      if not res.headers_list then
-        for name, value in pairs(res.headers) do
-          if wanted(conf, name) then copied[#copied + 1] = { name, value } end
+      if conf._pattern then
+        for name, value in pairs(rh) do
+          if not conf._response_set[name] and name:match(conf._pattern) then
+            copied[#copied + 1] = name
+            copied[#copied + 1] = value
+          end
         end
       end
       if key then gw.cache:set(key, copied, conf.cache_ttl) end
