@@ -32,7 +32,7 @@ int mg_buf_reserve(mg_buf_t *b, size_t extra)
     return MG_OK;
 }
 
-int mg_buf_append(mg_buf_t *b, const void *p, size_t n)
+int mg_buf_append_grow(mg_buf_t *b, const void *p, size_t n)
 {
     if (n == 0)
         return MG_OK;

@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 
 typedef struct mg_buf {
     char *base;   /* owned allocation, NULL until first use */
@@ -20,7 +21,19 @@ static inline size_t mg_buf_room(const mg_buf_t *b) { return b->cap - b->off - b
 /* Ensures at least `extra` free bytes after the live data (compacting first).
  * Returns 0 or MG_ENOMEM. */
 int mg_buf_reserve(mg_buf_t *b, size_t extra);
-int mg_buf_append(mg_buf_t *b, const void *p, size_t n);
+/* Appends n bytes; returns 0 or MG_ENOMEM. The common case (room left)
+ * is inline: head writers call this once per piece. */
+int mg_buf_append_grow(mg_buf_t *b, const void *p, size_t n);
+static inline int mg_buf_append(mg_buf_t *b, const void *p, size_t n)
+{
+    if (n > mg_buf_room(b))
+        return mg_buf_append_grow(b, p, n);
+    if (n) {
+        memcpy(b->base + b->off + b->len, p, n);
+        b->len += n;
+    }
+    return 0;
+}
 int mg_buf_printf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends a NUL-terminated string / an unsigned number in decimal or hex
  * (hot paths: cheaper than printf). */
