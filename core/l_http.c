@@ -152,11 +152,12 @@ static int add_headers(lua_State *L, http_state_t *st, int hidx)
         const char *name = lua_tolstring(L, -2, &nn);
         if (!mg_h1_is_token(name, nn))
             luaL_error(L, "gw.http.request: invalid header name '%s'", name);
-        if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0) {
+        if ((nn == 14 && strcasecmp(name, "content-length") == 0) ||
+            (nn == 17 && strcasecmp(name, "transfer-encoding") == 0)) {
             lua_pop(L, 1);
             continue;
         }
-        if (strcasecmp(name, "host") == 0)
+        if (nn == 4 && strcasecmp(name, "host") == 0)
             has_host = 1;
         int vidx = lua_gettop(L);
         if (header_value_ok(L, vidx)) {

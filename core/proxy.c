@@ -47,11 +47,12 @@ static int is_hop_by_hop(mg_str_t n)
            MG_STR_EQ_CI(n, "upgrade");
 }
 
-/* True if `name` is one of the comma-separated tokens of a Connection header. */
-static int connection_lists(const mg_h1_head_t *h, mg_str_t name)
+/* True if `name` is one of the comma-separated tokens of a Connection
+ * header; `first` is the index of the head's first Connection header (-1:
+ * none), looked up once per head rather than once per header. */
+static int connection_lists(const mg_h1_head_t *h, int first, mg_str_t name)
 {
-    for (int i = mg_h1_find(h, "connection", 10, 0); i >= 0;
-         i = mg_h1_find(h, "connection", 10, i + 1)) {
+    for (int i = first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1)) {
         mg_str_t v = mg_h1_value(h, i);
         size_t a = 0;
         while (a < v.n) {
@@ -72,9 +73,9 @@ static int connection_lists(const mg_h1_head_t *h, mg_str_t name)
 }
 
 /* Whether a header from either side is forwarded to the other. */
-static int forwardable(const mg_h1_head_t *h, mg_str_t n)
+static int forwardable(const mg_h1_head_t *h, int first_connection, mg_str_t n)
 {
-    return !is_hop_by_hop(n) && !connection_lists(h, n);
+    return !is_hop_by_hop(n) && !connection_lists(h, first_connection, n);
 }
 
 static int is_framing(mg_str_t n);
@@ -102,9 +103,10 @@ static void build_request_head(mg_req_t *r)
         mg_buf_append(o, r->path.p, (size_t)(url.p + url.n - r->path.p));
     }
     mg_buf_append(o, " HTTP/1.1\r\n", 11);
+    int conn = mg_h1_find(h, "connection", 10, 0);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
+        if (!forwardable(h, conn, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
             MG_STR_EQ_CI(n, "x-forwarded-proto") || MG_STR_EQ_CI(n, "x-forwarded-host") ||
             MG_STR_EQ_CI(n, "x-forwarded-for"))
             continue;
@@ -213,9 +215,10 @@ static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, 
     else
         mg_buf_puts(o, mg_status_reason(r->status));
     mg_buf_append(o, "\r\n", 2);
+    int conn = mg_h1_find(h, "connection", 10, 0);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, n))
+        if (!forwardable(h, conn, n))
             continue;
         if (e && e->n && !is_framing(n) && mg_edits_find(e, n.p, n.n))
             continue;
