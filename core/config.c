@@ -580,6 +580,20 @@ static void build_order(mg_cfg_t *cfg)
     }
 }
 
+/* Opens a file access_log for appending and closes it again (creating it,
+ * as nginx -t does), so that -t, a start and a reload all refuse a path that
+ * cannot be written with the config line, instead of a worker failing (and
+ * being restarted in a loop) or a reload silently turning the log off. */
+static void check_access_log(lua_State *L, walk_t *w, const char *where)
+{
+    if (where == NULL || strcmp(where, "stdout") == 0 || strcmp(where, "stderr") == 0)
+        return;
+    FILE *f = fopen(where, "a");
+    if (f == NULL)
+        cfg_fail(L, w, "access_log", "access_log: cannot open %s: %s", where, strerror(errno));
+    fclose(f);
+}
+
 static int walk_root(lua_State *L)
 {
     walk_t *w = lua_touserdata(L, 1);
@@ -635,6 +649,7 @@ static int walk_root(lua_State *L)
     else
         cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
     lua_pop(L, 1);
+    check_access_log(L, w, cfg->access_log);
     cfg->lua_memory_limit = 128u << 20;
     cfg->lua_max_instructions = 50000000;
     lua_getfield(L, 2, "lua");
