@@ -1,0 +1,108 @@
+"""The core against PRODUCT.md, black-box: places where it differed from the
+contract (or from what an OpenResty/Traefik user expects), each with the
+check that shows it fixed."""
+import re
+import time
+
+from conftest import (Raw, assert_json_error, config, request, wait_for)
+from luahelp import handler, hook, lua_config, plugin
+
+
+# --------------------------------------------------------------------------
+# access_log: a path that cannot be opened is a config error (file:line)
+
+def test_access_log_unwritable_path_is_a_config_error(run_moongate, tmp_path):
+    text = config(access_log=str(tmp_path / "no-such-dir" / "access.log"),
+                  routes=[{"match": {"path": "/h"},
+                           "handler": Raw('function() return 200, "h" end')}])
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1, (p.stdout_text, p.stderr_text)
+    assert re.search(r"moongate\.lua:\d+: access_log: cannot open .*no-such-dir",
+                     p.stderr_text), p.stderr_text
+    # at start too, with file:line, and at once (no worker restarted in a loop)
+    for workers in (1, 2):
+        t = text.replace("return {", "return {\n  workers = %d," % workers, 1)
+        p = run_moongate("-c", "$CFG", config=t, timeout=10)
+        assert p.returncode != 0, p.stderr_text
+        assert re.search(r"moongate\.lua:\d+: access_log: cannot open", p.stderr_text), \
+            p.stderr_text
+
+
+def test_access_log_path_is_created_by_check(run_moongate, tmp_path):
+    log = tmp_path / "access.log"
+    text = config(access_log=str(log), routes=[])
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 0 and p.stdout_text.strip() == "OK", p.stderr_text
+
+
+# --------------------------------------------------------------------------
+# the log phase still runs after a Lua error answered 500
+
+LOG_MARK = 'gw.log("warn", "logphase-ran ", req.path, " status=", res.status)'
+
+
+def test_log_phase_runs_after_a_lua_error(gateway, upstream):
+    routes = [
+        {"match": {"path": "/access-error"}, "upstream": "app",
+         "plugins": [hook(log=LOG_MARK), plugin("t_error", phase="access")]},
+        {"match": {"path": "/response-error"}, "upstream": "app",
+         "plugins": [hook(log=LOG_MARK), plugin("t_error", phase="response")]},
+        {"match": {"path": "/handler-error"}, "plugins": [hook(log=LOG_MARK)],
+         "handler": handler('gw.sleep(0.01); error("handler broke")')},
+        {"match": {"path": "/runaway"}, "plugins": [hook(log=LOG_MARK)],
+         "handler": handler("while true do end")},
+        {"match": {"path": "/log-waits"},
+         "plugins": [hook(log="gw.sleep(0.05); " + LOG_MARK)],
+         "handler": handler('error("x")')},
+        {"match": {"path": "/fine"}, "plugins": [hook(log=LOG_MARK)],
+         "handler": handler('return 200, "fine"')},
+    ]
+    g = gateway(lua_config(routes, upstream, lua={"max_instructions": 1e6}))
+    paths = ["/access-error", "/response-error", "/handler-error", "/runaway", "/log-waits"]
+    for path in paths:
+        r = request(g.port, "GET", path)
+        assert assert_json_error(r, 500) == {"error": "internal error"}, path
+        assert b"traceback" not in r.body
+        assert request(g.port, "GET", "/fine").body == b"fine"
+    for path in paths:
+        wait_for(lambda: "logphase-ran %s status=500" % path in g.stderr_text(), timeout=5,
+                 what="the log phase of " + path)
+    err = g.stderr_text()
+    # the error itself is still logged once, with its traceback
+    assert err.count("handler broke") == 1, err[-3000:]
+    assert "stack traceback" in err
+    # once per request: the log phase is not run twice
+    assert err.count("logphase-ran /access-error") == 1
+
+
+def test_log_phase_after_a_lua_error_sees_req_ctx(gateway):
+    g = gateway(lua_config([
+        {"match": {"path": "/ctx"},
+         "plugins": [hook(access='req.ctx.user = "alice"; error("access broke")',
+                          log='gw.log("warn", "ctx-user=", tostring(req.ctx.user), '
+                              '" status=", res.status)')],
+         "handler": handler('return 200, "unreachable"')},
+        {"match": {"path": "/no-ctx"},
+         "plugins": [hook(log='gw.log("warn", "ctx-empty=", tostring(next(req.ctx)))')],
+         "handler": handler('while true do end')},
+    ], lua={"max_instructions": 1e6}))
+    assert_json_error(request(g.port, "GET", "/ctx"), 500)
+    wait_for(lambda: "ctx-user=alice status=500" in g.stderr_text(), timeout=5,
+             what="the log phase with req.ctx")
+    assert_json_error(request(g.port, "GET", "/no-ctx"), 500)
+    wait_for(lambda: "ctx-empty=nil" in g.stderr_text(), timeout=5,
+             what="the log phase with an empty req.ctx")
+
+
+def test_log_phase_error_after_a_lua_error_is_only_logged(gateway):
+    g = gateway(lua_config([
+        {"match": {"path": "/x"},
+         "plugins": [hook(log='error("log broke too")'), hook(log=LOG_MARK)],
+         "handler": handler('error("handler broke")')},
+        {"match": {"path": "/fine"}, "handler": handler('return 200, "fine"')},
+    ]))
+    assert_json_error(request(g.port, "GET", "/x"), 500)
+    wait_for(lambda: "logphase-ran /x status=500" in g.stderr_text(), timeout=5,
+             what="the second log plugin")
+    assert "log broke too" in g.stderr_text()
+    assert request(g.port, "GET", "/fine").body == b"fine"
