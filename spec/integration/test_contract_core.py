@@ -4,7 +4,8 @@ check that shows it fixed."""
 import re
 import time
 
-from conftest import (Raw, assert_json_error, config, request, wait_for)
+from conftest import (Raw, assert_json_error, config, free_port, proxy_config, request,
+                      wait_for)
 from luahelp import handler, hook, lua_config, plugin
 
 
@@ -106,3 +107,75 @@ def test_log_phase_error_after_a_lua_error_is_only_logged(gateway):
              what="the second log plugin")
     assert "log broke too" in g.stderr_text()
     assert request(g.port, "GET", "/fine").body == b"fine"
+
+
+# --------------------------------------------------------------------------
+# passive health: a server that failed to connect is skipped for a while;
+# when every server is down, 503 without trying
+
+def refused_addr():
+    return "127.0.0.1:%d" % free_port()
+
+
+def refusals(g):
+    """Connects refused so far, from the error log (one line each)."""
+    return len(re.findall(r"upstream 127\.0\.0\.1:\d+(?: for \S+)?: Connection refused",
+                          g.stderr_text()))
+
+
+def test_failed_server_is_skipped_then_tried_again(gateway, upstream):
+    dead = refused_addr()
+    g = gateway(proxy_config([dead, upstream.addr], retries=1, fail_timeout=0.6))
+    for _ in range(6):
+        assert request(g.port, "GET", "/echo").status == 200
+    err = g.stderr_text()
+    assert "server %s marked down for 0.6s" % dead in err, err
+    assert refusals(g) == 1, err    # tried once, then skipped
+    time.sleep(0.7)                 # the window passed: tried again (and retried)
+    for _ in range(4):
+        assert request(g.port, "GET", "/echo").status == 200
+    assert refusals(g) == 2, g.stderr_text()
+
+
+def test_every_server_down_is_503_without_trying(gateway):
+    dead = [refused_addr(), refused_addr()]
+    g = gateway(proxy_config(dead, retries=1, fail_timeout=0.5))
+    r = request(g.port, "GET", "/x")
+    assert_json_error(r, 502)       # both tried and refused
+    n = refusals(g)
+    assert n == 2, g.stderr_text()
+    for _ in range(3):
+        r = request(g.port, "GET", "/x")
+        assert assert_json_error(r, 503) == {"error": "no healthy upstream"}
+    assert refusals(g) == n         # not tried
+    time.sleep(0.6)
+    assert_json_error(request(g.port, "GET", "/x"), 502)     # tried again
+    assert refusals(g) > n
+
+
+def test_single_server_is_never_marked_down(gateway):
+    g = gateway(proxy_config([refused_addr()], retries=0))
+    for _ in range(3):
+        assert_json_error(request(g.port, "GET", "/x"), 502)
+    assert "marked down" not in g.stderr_text()
+
+
+def test_max_fails_zero_disables_passive_health(gateway, upstream):
+    dead = refused_addr()
+    g = gateway(proxy_config([dead, upstream.addr], retries=1, max_fails=0))
+    for _ in range(4):
+        assert request(g.port, "GET", "/echo").status == 200
+    assert "marked down" not in g.stderr_text()
+    assert refusals(g) >= 2         # the dead server keeps being tried
+
+
+def test_health_options_are_checked(run_moongate):
+    for opts, why in (({"max_fails": -1}, r"max_fails"), ({"max_fails": 1.5}, r"max_fails"),
+                      ({"fail_timeout": "10s"}, r"fail_timeout"),
+                      ({"retries": 0.5}, r"retries")):
+        p = run_moongate("-t", "-c", "$CFG", config=proxy_config(["127.0.0.1:9"], **opts))
+        assert p.returncode == 1, (opts, p.stdout_text)
+        assert re.search(r"moongate\.lua:\d+: .*" + why, p.stderr_text), p.stderr_text
+    p = run_moongate("-t", "-c", "$CFG",
+                     config=proxy_config(["127.0.0.1:9"], max_fails=3, fail_timeout=2.5))
+    assert p.returncode == 0, p.stderr_text
