@@ -4,8 +4,8 @@ check that shows it fixed."""
 import re
 import time
 
-from conftest import (Raw, assert_json_error, config, free_port, proxy_config, request,
-                      wait_for)
+from conftest import (Client, Raw, assert_json_error, config, free_port, proxy_config,
+                      raw_exchange, request, wait_for)
 from luahelp import handler, hook, lua_config, plugin
 
 
@@ -179,3 +179,31 @@ def test_health_options_are_checked(run_moongate):
     p = run_moongate("-t", "-c", "$CFG",
                      config=proxy_config(["127.0.0.1:9"], max_fails=3, fail_timeout=2.5))
     assert p.returncode == 0, p.stderr_text
+
+
+# --------------------------------------------------------------------------
+# routes match the normalized path (as nginx locations do): "..", ".",
+# "//" and %XX cannot be used to walk around a route's plugins
+
+def test_routes_match_the_normalized_path(gateway, upstream):
+    g = gateway(proxy_config([upstream.addr], routes=[
+        {"match": {"prefix": "/admin/"}, "handler": Raw('function() return 403, "denied" end')},
+        {"match": {"path": "/secret"}, "handler": Raw('function() return 403, "denied" end')},
+        {"match": {"prefix": "/"}, "upstream": "app"},
+    ]))
+    for path in ("/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin/x", "/./admin/x",
+                 "/admin%2Fx", "/x/%2e%2e/admin/x", "/secret", "/%73ecret", "/a/b/../../secret",
+                 "/admin/x?q=/../y"):
+        r = request(g.port, "GET", path)
+        assert (r.status, r.body) == (403, b"denied"), (path, r)
+    assert upstream.stats()["requests"] == 0
+    # the upstream still gets the request-target exactly as sent
+    for path in ("/echo/a%20b", "/echo/./x", "/echo//y", "/echo/z/..?q=1"):
+        r = request(g.port, "GET", path)
+        assert r.status == 200 and r.json()["path"] == path, (path, r)
+    # a ".." above the root, a bad %XX or a %00: 400
+    for path in ("/..", "/%2e%2e/admin/x", "/a/../../b", "/a%zz", "/a%4", "/a%00b"):
+        r, closed = raw_exchange(g.port, Client.build("GET", path) + Client.build("GET", "/echo"))
+        assert_json_error(r, 400)
+        assert closed, "a 400 closes the connection; the pipelined request is not served"
+    assert request(g.port, "GET", "/echo").status == 200
