@@ -207,3 +207,67 @@ def test_routes_match_the_normalized_path(gateway, upstream):
         assert_json_error(r, 400)
         assert closed, "a 400 closes the connection; the pipelined request is not served"
     assert request(g.port, "GET", "/echo").status == 200
+
+
+# --------------------------------------------------------------------------
+# PRODUCT.md's example config, as written there (ports and paths changed)
+
+PRODUCT_EXAMPLE = """return {
+  workers = "auto",                           -- or "auto": one per core
+  listen  = {
+    { addr = "127.0.0.1:$PORT0" },
+    { addr = "127.0.0.1:$PORT1", tls = { cert = "cert.pem", key = "key.pem" } },
+  },
+  admin   = { addr = "127.0.0.1:$PORT2" },      -- GET /metrics, GET /status, POST /reload
+  limits  = { max_uri_bytes = 8192, max_header_bytes = 16384,
+              max_body_bytes = 1048576, header_timeout = 10,
+              idle_timeout = 60, drain_timeout = 30 },
+  access_log = "stdout",                      -- or a path, or false
+  redis   = { default = { addr = "127.0.0.1:6379", pool = 16, timeout = 0.5 } },
+  upstreams = {
+    app = { servers = { "$UP", "$DEAD" },
+            balance = "round_robin",          -- or "least_conn", "hash" (with hash_key)
+            keepalive = 64, connect_timeout = 1, read_timeout = 30,
+            retries = 1, tls = false },
+  },
+  plugin_path = { "plugins" },                -- searched in order; bundled plugins last
+  routes = {
+    { name = "api", match = { prefix = "/api/", methods = { "GET", "POST" } },
+      plugins = { { "jwt", secret = "s3cret" },
+                  { "forward_auth", address = "http://127.0.0.1:9100/auth" } },
+      upstream = "app" },
+    { match = { path = "/hello" },
+      handler = function(req) return 200, "Hello, World" end },
+    { match = function(req) return req:header("x-canary") == "1" end,
+      upstream = "app" },
+  },
+}
+"""
+
+
+def test_product_example_config_checks_and_serves(gateway, run_moongate, upstream, tmp_path):
+    from tlshelp import CA, tls_request
+    ca = CA(tmp_path / "ca")
+    crt, key = ca.issue("server")
+    (tmp_path / "cert.pem").write_bytes(crt.read_bytes())
+    (tmp_path / "key.pem").write_bytes(key.read_bytes())
+    (tmp_path / "plugins").mkdir()
+    text = PRODUCT_EXAMPLE.replace("$UP", upstream.addr).replace("$DEAD", refused_addr())
+    for variant in (text, text.replace('workers = "auto",', "workers = 1,"),
+                    text.replace('balance = "round_robin",',
+                                 'balance = "hash", hash_key = "header:X-User",'),
+                    text.replace('access_log = "stdout",', 'access_log = "access.log",'),
+                    text.replace('access_log = "stdout",', "access_log = false,")):
+        p = run_moongate("-t", "-c", "$CFG", config=variant.replace("$PORT", "1"))
+        assert p.returncode == 0 and p.stdout_text.strip() == "OK", p.stderr_text
+    g = gateway(text, nports=3)
+    r = request(g.ports[0], "GET", "/hello")
+    assert (r.status, r.body) == (200, b"Hello, World")
+    r = tls_request(g.ports[1], ca, "GET", "/hello")
+    assert (r.status, r.body) == (200, b"Hello, World")
+    assert request(g.ports[0], "GET", "/echo", headers=[("X-Canary", "1")]).status == 200
+    assert_json_error(request(g.ports[0], "GET", "/nope"), 404)
+    # the api route's plugins answer (forward_auth's address is unreachable)
+    assert request(g.ports[0], "GET", "/api/x").status in (401, 500)
+    assert request(g.ports[2], "GET", "/status").json()["workers"] >= 1
+    assert "moongate_requests_total" in request(g.ports[2], "GET", "/metrics").text()
