@@ -396,6 +396,11 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         }
         free(bal);
         u->hash_key = opt_string(L, w, where, "hash_key", "remote_addr");
+        if (strcmp(u->hash_key, "remote_addr") != 0 && strcmp(u->hash_key, "uri") != 0 &&
+            !(strncmp(u->hash_key, "header:", 7) == 0 && u->hash_key[7] != '\0'))
+            cfg_fail(L, w, "hash_key",
+                     "%s.hash_key: expected \"remote_addr\", \"uri\" or \"header:NAME\", got '%s'",
+                     where, u->hash_key);
         u->keepalive = opt_count(L, w, where, "keepalive", 64, 0);
         u->connect_timeout = opt_number(L, w, where, "connect_timeout", 5, 0.001);
         u->read_timeout = opt_number(L, w, where, "read_timeout", 60, 0.001);

@@ -271,3 +271,16 @@ def test_product_example_config_checks_and_serves(gateway, run_moongate, upstrea
     assert request(g.ports[0], "GET", "/api/x").status in (401, 500)
     assert request(g.ports[2], "GET", "/status").json()["workers"] >= 1
     assert "moongate_requests_total" in request(g.ports[2], "GET", "/metrics").text()
+
+
+def test_unknown_hash_key_is_a_config_error(run_moongate):
+    for key in ("cookie:session", "header:", "remote-addr"):
+        p = run_moongate("-t", "-c", "$CFG", config=proxy_config(
+            ["127.0.0.1:9", "127.0.0.1:10"], balance="hash", hash_key=key))
+        assert p.returncode == 1, key
+        assert re.search(r"moongate\.lua:\d+: upstreams\.app\.hash_key: expected", p.stderr_text), \
+            p.stderr_text
+    for key in ("remote_addr", "uri", "header:X-User"):
+        p = run_moongate("-t", "-c", "$CFG", config=proxy_config(
+            ["127.0.0.1:9", "127.0.0.1:10"], balance="hash", hash_key=key))
+        assert p.returncode == 0, p.stderr_text
