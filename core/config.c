@@ -155,6 +155,16 @@ static double opt_number(lua_State *L, walk_t *w, const char *where, const char 
     return r;
 }
 
+/* opt_number for counts: an integral value (1e3 is fine, 1.5 is not). */
+static int opt_count(lua_State *L, walk_t *w, const char *where, const char *key, int def,
+                     int min)
+{
+    double r = opt_number(L, w, where, key, def, min);
+    if (r != (double)(long)r || r > 1e9)
+        cfg_fail(L, w, key, "%s.%s: expected a whole number, got %f", where, key, r);
+    return (int)r;
+}
+
 static void expect_table(lua_State *L, walk_t *w, const char *where, const char *key)
 {
     if (!lua_istable(L, -1))
@@ -348,8 +358,8 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         expect_table(L, w, where, name);
         static const char *const keys[] = { "servers", "balance", "hash_key", "keepalive",
                                             "connect_timeout", "read_timeout", "idle_timeout",
-                                            "retries", "tls", "tls_verify", "tls_server_name",
-                                            "tls_ca", NULL };
+                                            "retries", "max_fails", "fail_timeout", "tls",
+                                            "tls_verify", "tls_server_name", "tls_ca", NULL };
         check_keys(L, w, where, keys);
         mg_cfg_upstream_t *u = &cfg->upstreams[cfg->nupstreams++];
         u->name = xstrdup(name);
@@ -386,11 +396,18 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         }
         free(bal);
         u->hash_key = opt_string(L, w, where, "hash_key", "remote_addr");
-        u->keepalive = (int)opt_number(L, w, where, "keepalive", 64, 0);
+        if (strcmp(u->hash_key, "remote_addr") != 0 && strcmp(u->hash_key, "uri") != 0 &&
+            !(strncmp(u->hash_key, "header:", 7) == 0 && u->hash_key[7] != '\0'))
+            cfg_fail(L, w, "hash_key",
+                     "%s.hash_key: expected \"remote_addr\", \"uri\" or \"header:NAME\", got '%s'",
+                     where, u->hash_key);
+        u->keepalive = opt_count(L, w, where, "keepalive", 64, 0);
         u->connect_timeout = opt_number(L, w, where, "connect_timeout", 5, 0.001);
         u->read_timeout = opt_number(L, w, where, "read_timeout", 60, 0.001);
         u->idle_timeout = opt_number(L, w, where, "idle_timeout", 60, 0.001);
-        u->retries = (int)opt_number(L, w, where, "retries", 1, 0);
+        u->retries = opt_count(L, w, where, "retries", 1, 0);
+        u->max_fails = opt_count(L, w, where, "max_fails", 1, 0);
+        u->fail_timeout = opt_number(L, w, where, "fail_timeout", 10, 0.001);
         walk_upstream_tls(L, w, where, u);
         lua_pop(L, 1);
     }
@@ -580,6 +597,20 @@ static void build_order(mg_cfg_t *cfg)
     }
 }
 
+/* Opens a file access_log for appending and closes it again (creating it,
+ * as nginx -t does), so that -t, a start and a reload all refuse a path that
+ * cannot be written with the config line, instead of a worker failing (and
+ * being restarted in a loop) or a reload silently turning the log off. */
+static void check_access_log(lua_State *L, walk_t *w, const char *where)
+{
+    if (where == NULL || strcmp(where, "stdout") == 0 || strcmp(where, "stderr") == 0)
+        return;
+    FILE *f = fopen(where, "a");
+    if (f == NULL)
+        cfg_fail(L, w, "access_log", "access_log: cannot open %s: %s", where, strerror(errno));
+    fclose(f);
+}
+
 static int walk_root(lua_State *L)
 {
     walk_t *w = lua_touserdata(L, 1);
@@ -635,6 +666,7 @@ static int walk_root(lua_State *L)
     else
         cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
     lua_pop(L, 1);
+    check_access_log(L, w, cfg->access_log);
     cfg->lua_memory_limit = 128u << 20;
     cfg->lua_max_instructions = 50000000;
     lua_getfield(L, 2, "lua");

@@ -42,6 +42,8 @@ typedef struct mg_cfg_upstream {
     int keepalive;          /* idle connections kept per upstream */
     double connect_timeout, read_timeout, idle_timeout;
     int retries;            /* further servers tried after a failed connect */
+    int max_fails;          /* failed connects within fail_timeout that mark a server down; 0: never */
+    double fail_timeout;    /* that window, and how long a server then stays down */
     int tls;                /* speak TLS to the servers */
     int tls_verify;         /* check their certificates (chain and name) */
     char *tls_server_name;  /* SNI and the name checked; NULL: each server's host */

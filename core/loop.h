@@ -97,6 +97,7 @@ typedef struct mg_loop {
     int lua_limit_on;        /* the limit applies only while plugins run */
     int lua_oom;             /* an allocation failed in this resume */
     int run_ref;             /* runtime.run */
+    int run_log_ref;         /* runtime.run_log: the log phase after a Lua error */
     int threads[64];         /* finished coroutines kept for reuse (registry refs) */
     int nthreads;
     struct mg_req *script;   /* --script mode's pseudo request */

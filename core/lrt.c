@@ -143,6 +143,8 @@ static int boot(lua_State *L)
     lua_setfield(L, -2, "bundled_dir");
     lua_getfield(L, -1, "run");
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_run");
+    lua_getfield(L, -1, "run_log");
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_run_log");
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_runtime");
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.gw");
@@ -169,6 +171,8 @@ lua_State *mg_lrt_new(mg_loop_t *loop)
     }
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run");
     loop->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, LUA_REGISTRYINDEX, "mg_run_log");
+    loop->run_log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return L;
 }
 
@@ -233,7 +237,9 @@ static void drop_thread(mg_req_t *r, int reusable)
     r->co_ref = LUA_NOREF;
 }
 
-void mg_lrt_start(mg_req_t *r, int chain_ref)
+/* Runs runtime function `fn_ref`(req, chain) in a fresh coroutine; a
+ * `ctx_ref` other than LUA_NOREF becomes req.ctx (and is released). */
+static void start_co(mg_req_t *r, int fn_ref, int chain_ref, int ctx_ref)
 {
     mg_loop_t *loop = r->loop;
     ev_init(&r->wait.timer, wake_cb);
@@ -244,10 +250,60 @@ void mg_lrt_start(mg_req_t *r, int chain_ref)
     r->co = co;
     r->co_ref = ref;
     loop->stats.lua_busy++;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, loop->run_ref);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, fn_ref);
     mg_lreq_push(co, r);
+    if (ctx_ref != LUA_NOREF) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, ctx_ref);
+        lua_setiuservalue(co, -2, 1);
+        luaL_unref(loop->L, LUA_REGISTRYINDEX, ctx_ref);
+    }
     lua_rawgeti(co, LUA_REGISTRYINDEX, chain_ref);
     mg_lrt_resume(r, 2);
+}
+
+void mg_lrt_start(mg_req_t *r, int chain_ref)
+{
+    start_co(r, r->loop->run_ref, chain_ref, LUA_NOREF);
+}
+
+/* Takes req.ctx out of a coroutine that failed (dead after an error, or
+ * suspended by the instruction budget), before it is reset: the first
+ * local of its outermost frame, runtime.run, is the req object. Returns a
+ * registry ref to the table, or LUA_NOREF. Error path only. */
+static int save_ctx(mg_req_t *r)
+{
+    lua_State *co = r->co;
+    lua_Debug ar;
+    int level = 0;
+    while (lua_getstack(co, level + 1, &ar))
+        level++;
+    if (!lua_getstack(co, level, &ar) || !lua_checkstack(co, 2))
+        return LUA_NOREF;
+    if (lua_getlocal(co, &ar, 1) == NULL)
+        return LUA_NOREF;
+    if (luaL_testudata(co, -1, "moongate.req") == NULL) {
+        lua_pop(co, 1);
+        return LUA_NOREF;
+    }
+    if (lua_getiuservalue(co, -1, 1) != LUA_TTABLE) {
+        lua_pop(co, 2);
+        return LUA_NOREF;
+    }
+    lua_xmove(co, r->loop->L, 1);
+    lua_pop(co, 1);
+    return luaL_ref(r->loop->L, LUA_REGISTRYINDEX);
+}
+
+/* After a Lua error was answered with a 500, the route's log plugins still
+ * see the request (with res.status 500), as OpenResty's log_by_lua does after
+ * an error in access_by_lua. The failed coroutine is gone (its stack may be
+ * anywhere), so they run in a new one, with a fresh instruction budget. Only
+ * once per request: an error in that run is just logged. May free r. */
+static void log_after_error(mg_req_t *r, int ctx_ref)
+{
+    r->log_after_error = 1;
+    r->killed = 0;
+    start_co(r, r->loop->run_log_ref, r->gen->cfg->routes[r->route].chain_ref, ctx_ref);
 }
 
 void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r))
@@ -386,6 +442,7 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
         script_step(r, st, nres);
         return;
     }
+    int log_after = 0, ctx_ref = LUA_NOREF;
     if (r->lua_dead) {
         drop_thread(r, 0);
     } else if (st == LUA_YIELD && !r->killed) {
@@ -394,6 +451,9 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
             lua_pushliteral(co, "a request coroutine yielded outside a gw call "
                                 "(coroutine.yield at the top of a plugin?)");
             lua_failed(r, "plugin error", lua_tostring(co, -1));
+            log_after = 1;
+            if (!r->log_after_error)
+                ctx_ref = save_ctx(r);
             drop_thread(r, 0);
         }
     } else if (st == LUA_YIELD || st != LUA_OK) {
@@ -401,6 +461,9 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
                                           : lua_tostring(co, -1);
         lua_failed(r, r->killed ? "plugin stopped" : "plugin error",
                    msg ? msg : "(error object is not a string)");
+        log_after = 1;
+        if (!r->log_after_error)
+            ctx_ref = save_ctx(r);
         drop_thread(r, 0);
         if (st == LUA_ERRMEM)
             lua_gc(loop->L, LUA_GCCOLLECT, 0);
@@ -413,6 +476,13 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
         }
     }
     release_pending_conn(r);
+    if (log_after && !r->log_after_error && !r->aborted && r->done && r->route >= 0 &&
+        r->gen->cfg->routes[r->route].chain_ref >= 0) {
+        log_after_error(r, ctx_ref);
+        return;
+    }
+    if (ctx_ref != LUA_NOREF)
+        luaL_unref(loop->L, LUA_REGISTRYINDEX, ctx_ref);
     mg_req_maybe_free(r);
 }
 

@@ -456,6 +456,7 @@ static void up_flush(mg_upconn_t *u)
 static void connected(mg_upconn_t *u)
 {
     u->connecting = 0;
+    mg_up_server_ok(u->server);
     u->last_io = ev_now(u->loop->ev);
     arm_timer(u, ucfg(u)->read_timeout);
     if (!u->rio_on && !u->read_paused)
@@ -527,8 +528,14 @@ static void up_fail(mg_upconn_t *u, int kind, const char *why)
     r->up = NULL;
     u->req = NULL;
     const mg_cfg_upstream_t *cfg = ucfg(u);
-    if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT)
+    mg_up_t *up = u->server->up;
+    double now = ev_now(loop->ev);
+    if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) {
         loop->stats.up_connect_errors++;
+        if (mg_up_server_failed(up, (int)(u->server - up->servers), now))
+            mg_log_warn("upstream %s: server %s marked down for %gs (%s)", cfg->name,
+                        u->server->addr->text, cfg->fail_timeout, why);
+    }
     if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
         loop->stats.up_timeouts++;
     if (r->resp_started) {
@@ -556,8 +563,10 @@ static void up_fail(mg_upconn_t *u, int kind, const char *why)
         mg_buf_free(&carry);
         return;
     }
+    /* a retry needs a server that is not down; else the client gets this
+     * failure (502/504), not the 503 of a request that found all down */
     if (replayable && (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) &&
-        r->tries < cfg->retries) {
+        r->tries < cfg->retries && mg_up_any_up(up, now)) {
         r->tries++;
         loop->stats.up_retries++;
         mg_log_info("upstream %s: %s; retrying", r->upstream_addr, why);

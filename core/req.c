@@ -228,6 +228,7 @@ void mg_req_dispatch(mg_req_t *r)
     if (!r->has_body)
         r->body_done = 1; /* nothing to wait for: on_done follows at once */
     if (split_target(r) != 0) {
+        r->keepalive = 0; /* as for every 400: nothing pipelined behind it is served */
         mg_req_error(r, 400, "invalid request target");
         return;
     }
@@ -256,7 +257,28 @@ void mg_req_dispatch(mg_req_t *r)
         .path = r->path, .host = host, .method = h->method,
         .header = header_cb, .call_match = match_cb, .ud = r,
     };
+    /* Routes see the normalized path; the upstream still gets the target
+     * as sent (nginx: locations match $uri, proxy_pass sends the original). */
+    char stackbuf[512];
+    size_t nn = 0;
+    char *nbuf = r->path.n <= sizeof stackbuf ? stackbuf : malloc(r->path.n);
+    if (nbuf == NULL) {
+        mg_req_error(r, 500, "internal error");
+        return;
+    }
+    int nrc = mg_router_normalize(r->path.p, r->path.n, nbuf, &nn);
+    if (nrc < 0) {
+        if (nbuf != stackbuf)
+            free(nbuf);
+        r->keepalive = 0;
+        mg_req_error(r, 400, "invalid request target");
+        return;
+    }
+    if (nrc > 0)
+        in.path = (mg_str_t){ nbuf, nn };
     r->route = mg_router_match(cfg, &in);
+    if (nbuf != stackbuf)
+        free(nbuf);
     if (r->done)
         return; /* a match function failed and answered 500 */
     if (r->route < 0) {

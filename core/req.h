@@ -94,6 +94,7 @@ struct mg_req {
     unsigned in_lua : 1;      /* inside mg_lrt_resume */
     unsigned lua_dead : 1;    /* aborted while in Lua: clean up after resume */
     unsigned killed : 1;      /* instruction budget exhausted */
+    unsigned log_after_error : 1; /* the log phase runs in a second coroutine after a Lua error */
     unsigned waiting_done : 1;/* the log phase waits for the response to end */
     unsigned pending_done : 1;/* finished inside Lua: tell conn after resume */
     unsigned pending_keepalive : 1;

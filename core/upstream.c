@@ -127,11 +127,51 @@ static int tried_bit(uint64_t tried, int i)
     return i < 64 && ((tried >> i) & 1);
 }
 
+int mg_up_server_failed(mg_up_t *up, int s, double now)
+{
+    const mg_cfg_upstream_t *cfg = up->cfg;
+    if (cfg->max_fails <= 0 || up->nservers < 2)
+        return 0;
+    mg_up_server_t *sv = &up->servers[s];
+    if (sv->down_until > now)
+        return 0; /* a connect started before it was marked */
+    if (sv->fails == 0 || now - sv->fail_start > cfg->fail_timeout) {
+        sv->fails = 0;
+        sv->fail_start = now;
+    }
+    if (++sv->fails < cfg->max_fails)
+        return 0;
+    sv->fails = 0;
+    sv->down_until = now + cfg->fail_timeout;
+    if (sv->down_until > up->down_max)
+        up->down_max = sv->down_until;
+    return 1;
+}
+
+int mg_up_any_up(const mg_up_t *up, double now)
+{
+    if (now >= up->down_max)
+        return up->nservers > 0;
+    for (int i = 0; i < up->nservers; i++)
+        if (up->servers[i].down_until <= now)
+            return 1;
+    return 0;
+}
+
 int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried)
+{
+    return mg_up_pick_at(up, r, tried, up->down_max > 0 ? ev_now(up->loop->ev) : 0);
+}
+
+int mg_up_pick_at(mg_up_t *up, mg_req_t *r, uint64_t tried, double now)
 {
     int n = up->nservers;
     if (n == 0)
         return -1;
+    if (now < up->down_max) /* some server is down: skip it as if tried */
+        for (int i = 0; i < n && i < 64; i++)
+            if (up->servers[i].down_until > now)
+                tried |= (uint64_t)1 << i;
     switch (up->cfg->balance) {
     case MG_BAL_LEAST_CONN: {
         int best = -1;

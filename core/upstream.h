@@ -30,6 +30,9 @@ typedef struct mg_up_server {
     int nidle;
     char *tls_name;            /* SNI / verified name (TLS pools only) */
     struct ssl_session_st *tls_sess; /* the newest session, resumed by new connections */
+    int fails;                 /* failed connects since fail_start (passive health) */
+    double fail_start;         /* loop time of the first of them */
+    double down_until;         /* loop time until which the balancer skips it */
 } mg_up_server_t;
 
 struct mg_up {
@@ -38,6 +41,7 @@ struct mg_up {
     mg_up_server_t *servers;
     int nservers;
     unsigned rr;
+    double down_max;           /* latest down_until of any server: past it, none is down */
     int nidle;                 /* over all servers: up to cfg->keepalive, and up to 4x that for a second after a burst */
     mg_tlsc_t *tls;            /* NULL: plain TCP */
     int tls_owned;             /* tls is freed with the pool */
@@ -94,9 +98,23 @@ int mg_up_use_tls(mg_up_t *up, mg_tlsc_t *t, const char *name);
 /* Closes every idle connection; active ones must be gone already. */
 void mg_up_close(mg_up_t *up);
 
-/* Picks a server for r among those whose bit is not set in `tried`;
- * -1 when none is left. */
+/* Picks a server for r among those whose bit is not set in `tried` and
+ * that are not marked down at loop time `now`; -1 when none is left. */
+int mg_up_pick_at(mg_up_t *up, mg_req_t *r, uint64_t tried, double now);
+/* mg_up_pick_at at the loop's time. */
 int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried);
+/* Passive health (nginx's max_fails/fail_timeout): server s failed to
+ * connect at `now`. After max_fails failures within fail_timeout it is
+ * marked down for fail_timeout: 1 is returned then. An upstream with one
+ * server never marks it down (nothing to fail over to). */
+int mg_up_server_failed(mg_up_t *up, int s, double now);
+/* A connect to s succeeded: its failure count starts over. */
+static inline void mg_up_server_ok(mg_up_server_t *sv)
+{
+    sv->fails = 0;
+}
+/* True if some server of up is not marked down at `now`. */
+int mg_up_any_up(const mg_up_t *up, double now);
 /* An idle connection to server s, or a new connecting one (write watcher
  * armed for the connect), now serving req with ops. NULL when the socket
  * could not even be created (err says why). */

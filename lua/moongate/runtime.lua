@@ -252,6 +252,26 @@ end
 
 local log = require("moongate.core").log
 
+-- The log phase: waits until the response went out, then runs every log
+-- plugin of the route.
+local function run_log(req, chain)
+  req:_wait_done()
+  local res = req:_res()
+  local list = chain.log
+  for i = 1, #list do
+    local p = list[i]
+    -- one failing log plugin must not keep the others from running
+    local ok, err = xpcall(p.fn, debug.traceback, p.conf, req, res)
+    if not ok then log("error", "log phase of plugin ", p.name, " failed: ", err) end
+  end
+end
+
+-- After a Lua error answered 500, the C runtime calls this in a new
+-- coroutine, so the route's log plugins still see the request.
+function M.run_log(req, chain)
+  if chain.has_log then run_log(req, chain) end
+end
+
 -- The body of a request coroutine. req's underscore methods are the C
 -- runtime's private hooks.
 function M.run(req, chain)
@@ -275,17 +295,7 @@ function M.run(req, chain)
     end
   end
   ::finished::
-  if chain.has_log then
-    req:_wait_done()
-    local res = req:_res()
-    local list = chain.log
-    for i = 1, #list do
-      local p = list[i]
-      -- one failing log plugin must not keep the others from running
-      local ok, err = xpcall(p.fn, debug.traceback, p.conf, req, res)
-      if not ok then log("error", "log phase of plugin ", p.name, " failed: ", err) end
-    end
-  end
+  if chain.has_log then run_log(req, chain) end
 end
 
 return M

@@ -342,6 +342,57 @@ static void test_loaded_order(void)
     cfgfile_close(&f);
 }
 
+/* n: the normalized path ("=" for "already normal", NULL for refused) */
+static void norm(const char *in, const char *want)
+{
+    char out[256];
+    size_t n = 0;
+    int rc = mg_router_normalize(in, strlen(in), out, &n);
+    if (want == NULL) {
+        CHECK_INT(rc, -1);
+    } else if (strcmp(want, "=") == 0) {
+        CHECK_INT(rc, 0);
+    } else {
+        CHECK_INT(rc, 1);
+        out[rc == 1 ? n : 0] = '\0';
+        CHECK_STR(out, want);
+    }
+}
+
+static void test_normalize(void)
+{
+    norm("/", "=");
+    norm("/api/v1/users", "=");
+    norm("/a.b/c..d/.e", "/a.b/c..d/.e");
+    norm("/a.b/c..d", "=");
+    norm("*", "=");
+    norm("/.well-known/x", "/.well-known/x");
+    norm("//admin/x", "/admin/x");
+    norm("/a//b///c", "/a/b/c");
+    norm("/./admin/x", "/admin/x");
+    norm("/public/../admin/x", "/admin/x");
+    norm("/a/b/../../admin", "/admin");
+    norm("/a/..", "/");
+    norm("/a/.", "/a/");
+    norm("/a/b/..", "/a/");
+    norm("/a/", "=");
+    norm("//", "/");
+    norm("/.", "/");
+    norm("/..", NULL);
+    norm("/a/../..", NULL);
+    norm("/../x", NULL);
+    norm("/%61dmin/x", "/admin/x");
+    norm("/%2e%2e/x", NULL);
+    norm("/x/%2E%2E/admin", "/admin");
+    norm("/admin%2fx", "/admin/x");
+    norm("/a%20b", "/a b");
+    norm("/a%", NULL);
+    norm("/a%4", NULL);
+    norm("/a%zz", NULL);
+    norm("/a%00b", NULL);
+    norm("/%2F%2Fa", "/a");
+}
+
 int main(void)
 {
     RUN(test_exact_before_prefix);
@@ -352,5 +403,6 @@ int main(void)
     RUN(test_match_function);
     RUN(test_no_routes);
     RUN(test_loaded_order);
+    RUN(test_normalize);
     return mgt_done("router");
 }

@@ -206,6 +206,71 @@ static void test_many_servers(void)
     mg_up_close(&up);
 }
 
+/* Passive health with a fake clock: max_fails failed connects within
+ * fail_timeout mark a server down for fail_timeout; the balancer skips it;
+ * when every server is down nothing is picked; one server is never down. */
+static void test_passive_health(void)
+{
+    mg_up_t up;
+    mg_cfg_upstream_t ucfg;
+    setup(&up, &ucfg, 3, MG_BAL_ROUND_ROBIN, NULL);
+    ucfg.max_fails = 2;
+    ucfg.fail_timeout = 10;
+    double t = 1000;
+    /* one failure is not enough; a second one after the window starts over */
+    CHECK_INT(mg_up_server_failed(&up, 1, t), 0);
+    CHECK_INT(mg_up_server_failed(&up, 1, t + 11), 0);
+    CHECK_INT(mg_up_any_up(&up, t + 11), 1);
+    /* a success starts the count over too */
+    mg_up_server_ok(&up.servers[1]);
+    CHECK_INT(mg_up_server_failed(&up, 1, t + 12), 0);
+    CHECK_INT(mg_up_server_failed(&up, 1, t + 13), 1); /* down until t+23 */
+    for (int k = 0; k < 6; k++)
+        CHECK(mg_up_pick_at(&up, NULL, 0, t + 14) != 1);
+    /* down servers count as tried: only 0 is left when 2 was tried */
+    CHECK_INT(mg_up_pick_at(&up, NULL, TRIED(2), t + 14), 0);
+    /* failures of a server already down do not extend its window */
+    CHECK_INT(mg_up_server_failed(&up, 1, t + 15), 0);
+    /* every server down: nothing to pick, any_up says so */
+    mg_up_server_failed(&up, 0, t + 15);
+    CHECK_INT(mg_up_server_failed(&up, 0, t + 15), 1);
+    mg_up_server_failed(&up, 2, t + 16);
+    CHECK_INT(mg_up_server_failed(&up, 2, t + 16), 1);
+    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 17), -1);
+    CHECK_INT(mg_up_any_up(&up, t + 17), 0);
+    /* after the window, server 1 is tried again; then all of them */
+    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 23), 1);
+    CHECK_INT(mg_up_any_up(&up, t + 23), 1);
+    int seen[3] = { 0 };
+    for (int k = 0; k < 6; k++)
+        seen[mg_up_pick_at(&up, NULL, 0, t + 30)]++;
+    CHECK(seen[0] == 2 && seen[1] == 2 && seen[2] == 2);
+    mg_up_close(&up);
+
+    /* least_conn skips a down server too */
+    setup(&up, &ucfg, 2, MG_BAL_LEAST_CONN, NULL);
+    ucfg.max_fails = 1;
+    ucfg.fail_timeout = 5;
+    up.servers[1].active = 0;
+    up.servers[0].active = 9;
+    CHECK_INT(mg_up_server_failed(&up, 1, t), 1);
+    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 1), 0);
+    mg_up_close(&up);
+
+    /* max_fails = 0 never marks down; one server is never marked down */
+    setup(&up, &ucfg, 2, MG_BAL_ROUND_ROBIN, NULL);
+    ucfg.max_fails = 0;
+    ucfg.fail_timeout = 10;
+    CHECK_INT(mg_up_server_failed(&up, 0, t), 0);
+    CHECK_INT(mg_up_pick_at(&up, NULL, TRIED(1), t), 0);
+    mg_up_close(&up);
+    setup(&up, &ucfg, 1, MG_BAL_ROUND_ROBIN, NULL);
+    ucfg.max_fails = 1;
+    CHECK_INT(mg_up_server_failed(&up, 0, t), 0);
+    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t), 0);
+    mg_up_close(&up);
+}
+
 int main(void)
 {
     RUN(test_round_robin);
@@ -213,5 +278,6 @@ int main(void)
     RUN(test_least_conn);
     RUN(test_hash);
     RUN(test_many_servers);
+    RUN(test_passive_health);
     return mgt_done("upstream_pick");
 }

@@ -100,6 +100,13 @@ def test_retry_next_server_when_connect_fails(gateway, upstream):
 def test_all_servers_dead_is_502(gateway):
     dead = ["127.0.0.1:%d" % free_port() for _ in range(2)]
     g = gateway(proxy_config(dead, retries=1))
+    assert_json_error(request(g.port, "GET", "/echo"), 502)
+    # both are now marked down (passive health, fail_timeout 10 s): 503
+    for i in range(2):
+        assert_json_error(request(g.port, "GET", "/echo"), 503)
+    assert_json_error(request(g.port, "POST", "/echo", body=b"abc"), 503)
+    # without passive health, every request tries them: 502 each time
+    g = gateway(proxy_config(dead, retries=1, max_fails=0))
     for i in range(3):
         assert_json_error(request(g.port, "GET", "/echo"), 502)
     assert_json_error(request(g.port, "POST", "/echo", body=b"abc"), 502)
