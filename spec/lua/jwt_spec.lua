@@ -233,7 +233,7 @@ describe("jwt: tokens signed by the openssl CLI", function()
     local k = rsa()
     local c = { public_key_file = k.pubfile, algorithms = { "RS256" } }
     assert(jwt.check(c))
-    assert.equals(k.pub, c._pem)
+    assert.equals(k.pub, c._jwt.pem)
     local token = ossl("RS256", k, claims)
     os.rename(k.pubfile, k.pubfile .. ".gone")
     local got, err = jwt._verify(token, c)
