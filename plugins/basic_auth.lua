@@ -4,8 +4,9 @@
 -- so the time taken says nothing about the password, and an unknown user
 -- costs the same as a known one. On success the user name is in
 -- req.ctx.user (and the header `user_header`, which clients cannot spoof);
--- otherwise 401 with WWW-Authenticate: Basic. doc/plugins/basic_auth.md.
+-- otherwise 401 with WWW-Authenticate: Basic realm="...". doc/plugins/basic_auth.md.
 local gw = gw
+local util = require "moongate.plugin_util"
 
 local M = {
   name = "basic_auth",
@@ -51,15 +52,14 @@ function M.check(conf)
     return nil, "user_header: not a valid header name"
   end
   conf._users = users
+  -- as Kong, APISIX and Traefik send it: Basic realm="..."
+  conf._challenge = { ["WWW-Authenticate"] = ('Basic realm="%s"'):format(conf.realm) }
   conf._dummy = { alg = "sha256", digest = gw.crypto.digest("sha256", gw.crypto.random(16)) }
   return true
 end
 
 local function deny(conf, req, why)
-  req:respond(401, gw.json.encode({ error = why }), {
-    ["WWW-Authenticate"] = ('Basic realm="%s", charset="UTF-8"'):format(conf.realm),
-    ["Content-Type"] = "application/json",
-  })
+  return util.json_error(req, 401, why, conf._challenge)
 end
 
 function M.access(conf, req)

@@ -4,7 +4,7 @@
 -- with a non-empty `allow`, only addresses in it pass. Refused: `status`
 -- (default 403) with a JSON body. IPv4-mapped IPv6 addresses
 -- (::ffff:1.2.3.4) count as their IPv4 address. doc/plugins/ip_restriction.md.
-local gw = gw
+local util = require "moongate.plugin_util"
 
 local M = {
   name = "ip_restriction",
@@ -159,8 +159,7 @@ function M.access(conf, req)
     ok = not matches(conf._deny, ip) and (#conf._allow == 0 or matches(conf._allow, ip))
   end
   if not ok then
-    return req:respond(conf.status, gw.json.encode({ error = conf.message }),
-                       { ["Content-Type"] = "application/json" })
+    return util.json_error(req, conf.status, conf.message)
   end
 end
 

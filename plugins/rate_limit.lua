@@ -10,6 +10,7 @@
 -- does not know the script yet), with Redis's clock, so every gateway of a
 -- fleet shares the buckets.
 local gw = gw
+local util = require "moongate.plugin_util"
 
 local M = {
   name = "rate_limit",
@@ -169,8 +170,7 @@ function M.access(conf, req)
         return
       end
       if say then gw.log("error", "rate_limit: redis failed: ", tostring(err)) end
-      return req:respond(503, '{"error":"rate limiter unavailable"}',
-                         { ["Content-Type"] = "application/json" })
+      return util.json_error(req, 503, "rate limiter unavailable")
     end
   else
     allowed, tokens = take_local(conf, key)
@@ -183,8 +183,7 @@ function M.access(conf, req)
   }
   if not allowed then
     h["Retry-After"] = tostring(math.max(1, ceil((1 - tokens) / conf.rate)))
-    h["Content-Type"] = "application/json"
-    return req:respond(conf.status, gw.json.encode({ error = conf.message }), h)
+    return util.json_error(req, conf.status, conf.message, h)
   end
   if conf.headers then req.ctx._rate_limit_headers = h end
 end
