@@ -15,8 +15,21 @@ local M = {
     credentials = { type = "boolean", default = false },
     max_age = "number",
     preflight_status = { type = "integer", default = 204 },
+    -- the same options under Kong's and APISIX's names
+    exposed_headers = "string|table",                 -- Kong
+    allow_origins = "string|table",                   -- APISIX
+    allow_methods = "string|table",
+    allow_headers = "string|table",
+    allow_credential = "boolean",
   },
 }
+
+local ALIASES = { exposed_headers = "expose_headers", allow_origins = "origins",
+                  allow_methods = "methods", allow_headers = "headers",
+                  allow_credential = "credentials" }
+
+local ALL_METHODS = { "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE",
+                      "CONNECT" }
 
 local function list(v)
   if v == nil then return nil end
@@ -40,12 +53,15 @@ local function glob(origin)
 end
 
 function M.check(conf)
+  for alias, name in pairs(ALIASES) do
+    if conf[alias] ~= nil then conf[name] = conf[alias] end
+  end
   local origins = list(conf.origins)
   if not origins or #origins == 0 then return nil, "origins: expected \"*\" or a list" end
   conf._any = false
   conf._exact, conf._globs = {}, {}
   for _, o in ipairs(origins) do
-    if o == "*" then
+    if o == "*" or o == "**" then -- APISIX's "**": any origin, credentials or not
       conf._any = true
     elseif o:find("*", 1, true) then
       conf._globs[#conf._globs + 1] = glob(o:lower())
@@ -55,10 +71,18 @@ function M.check(conf)
   end
   local methods = list(conf.methods)
   if not methods then return nil, "methods: expected a list of strings" end
+  if #methods == 1 and (methods[1] == "*" or methods[1] == "**") then
+    methods = { table.unpack(ALL_METHODS) }
+  end
   for i, m in ipairs(methods) do methods[i] = m:upper() end
   conf._methods = table.concat(methods, ", ")
   local headers = list(conf.headers)
   if conf.headers ~= nil and not headers then return nil, "headers: expected strings" end
+  -- "*": any request header, i.e. echo Access-Control-Request-Headers (a
+  -- literal "*" would not cover credentialed requests)
+  if headers and #headers == 1 and (headers[1] == "*" or headers[1] == "**") then
+    headers = nil
+  end
   conf._headers = headers and table.concat(headers, ", ") or nil
   local expose = list(conf.expose_headers)
   if conf.expose_headers ~= nil and not expose then

@@ -14,6 +14,8 @@ local M = {
     deny = "table|string",
     status = { type = "integer", default = 403 },
     message = { type = "string", default = "forbidden" },
+    whitelist = "table|string", -- APISIX's names for allow and deny
+    blacklist = "table|string",
   },
 }
 
@@ -137,6 +139,14 @@ end
 M._compile = compile
 
 function M.check(conf)
+  if conf.whitelist ~= nil then
+    if conf.allow ~= nil then return nil, "set allow or whitelist, not both" end
+    conf.allow = conf.whitelist
+  end
+  if conf.blacklist ~= nil then
+    if conf.deny ~= nil then return nil, "set deny or blacklist, not both" end
+    conf.deny = conf.blacklist
+  end
   local err
   conf._allow, err = compile("allow", conf.allow)
   if not conf._allow then return nil, err end

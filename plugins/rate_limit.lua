@@ -1,5 +1,5 @@
 -- rate_limit: a token bucket per key. `rate` tokens per second refill a
--- bucket of `burst` tokens (default: rate); each request takes one. Over the
+-- bucket of `burst` tokens (default: rate, at least 1); each request takes one. Over the
 -- limit: 429 with Retry-After and RateLimit-Limit/-Remaining/-Reset, which
 -- allowed responses carry too. doc/plugins/rate_limit.md has the details.
 --
@@ -61,7 +61,8 @@ end
 
 function M.check(conf)
   if conf.rate <= 0 then return nil, "rate: must be positive" end
-  conf.burst = conf.burst or conf.rate
+  -- a bucket must hold one request: rate = 0.5 alone means one every 2 s
+  conf.burst = conf.burst or math.max(1, conf.rate)
   if conf.burst < 1 then return nil, "burst: must be at least 1" end
   if type(conf.key) == "string" then
     local k = conf.key
