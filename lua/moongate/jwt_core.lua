@@ -51,6 +51,10 @@ M.SCHEMA = {
   cache_ttl = { type = "number", default = 300 },
 }
 
+-- JWS ECDSA signatures are r || s of exactly this size (RFC 7518 3.4);
+-- gw.crypto.verify also takes DER, which a token must not use
+local ES_SIG_LEN = { ES256 = 64, ES384 = 96 }
+
 local JWKS_POLL = 0.005     -- step of the wait on another request's fetch
 local MAX_TOKEN = 16384
 
@@ -442,6 +446,7 @@ function M.verify_jws(conf, token)
   if header.crit ~= nil then return nil, "unsupported critical header" end
   local sig = gw.base64.url_decode(s64)
   if not sig or sig == "" then return nil, "bad signature" end
+  if ES_SIG_LEN[alg] and #sig ~= ES_SIG_LEN[alg] then return nil, "bad signature" end
   local payload = gw.base64.url_decode(p64)
   if not payload then return nil, "malformed token payload" end
   local signing_input = h64 .. "." .. p64
