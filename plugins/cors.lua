@@ -2,7 +2,8 @@
 -- A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 -- answered 204 here and never reaches the upstream; other requests from an
 -- allowed origin get Access-Control-Allow-Origin (and -Credentials,
--- -Expose-Headers) on the upstream's response. doc/plugins/cors.md.
+-- -Expose-Headers) on the upstream's response, and on the error answers
+-- of the bundled plugins that run after it. doc/plugins/cors.md.
 local M = {
   name = "cors",
   priority = 2000, -- Kong's cors: before authentication, so preflights pass
@@ -132,7 +133,17 @@ function M.access(conf, req)
     if not conf._any or conf.credentials then h["Vary"] = "Origin" end
     return req:respond(conf.preflight_status, "", h)
   end
-  if acao then req.ctx._cors_origin = acao end
+  if acao then
+    req.ctx._cors_origin = acao
+    -- the grant for answers the bundled plugins make later on this route (a
+    -- 401 from jwt, a 429): plugin_util.json_error adds it, so browser code
+    -- can read why it was refused, as with Kong's cors
+    local h = { ["Access-Control-Allow-Origin"] = acao }
+    if conf.credentials then h["Access-Control-Allow-Credentials"] = "true" end
+    if conf._expose then h["Access-Control-Expose-Headers"] = conf._expose end
+    if not conf._any or conf.credentials then h["Vary"] = "Origin" end
+    req.ctx._cors_headers = h
+  end
 end
 
 function M.response(conf, req, res)

@@ -239,6 +239,14 @@ return {
         else out[h[1]] = { cur, value } end
       end
     end
+    -- a cors grant made earlier on the route (plugin_util.json_error does
+    -- the same for the other plugins' refusals)
+    local cors = req.ctx._cors_headers
+    if cors then
+      for k, v in pairs(cors) do
+        if out[k] == nil then out[k] = v end
+      end
+    end
     return req:respond(res.status, res.body or "", out)
   end,
 

@@ -3,10 +3,16 @@ local M = {}
 
 -- Answers `status` with the short JSON body every gateway error has
 -- (PRODUCT.md: {"error": "..."}, Content-Type application/json). `extra`
--- adds headers (WWW-Authenticate, Retry-After...). Returns what
--- req:respond returns.
+-- adds headers (WWW-Authenticate, Retry-After...). When the cors plugin
+-- granted the request's origin earlier on the route, the answer carries
+-- that grant too. Returns what req:respond returns.
 function M.json_error(req, status, msg, extra)
   local headers = { ["Content-Type"] = "application/json" }
+  local ctx = req.ctx
+  local cors = ctx and ctx._cors_headers
+  if cors then
+    for k, v in pairs(cors) do headers[k] = v end
+  end
   if extra then
     for k, v in pairs(extra) do headers[k] = v end
   end
