@@ -13,7 +13,9 @@ local function token_of(conf, req)
   if not raw then return nil end
   -- hyper-auth-proxy stores base64(JWT); accept a bare JWT as well
   if raw:match("^[%w_-]+%.[%w_-]+%.[%w_-]*$") then return raw end
-  return gw.base64.decode(raw)
+  local token = gw.base64.decode(raw)
+  -- `echo "$jwt" | base64` also encodes the newline
+  return token and token:match("^%s*(.-)%s*$")
 end
 
 local function decrypt(conf, stored)

@@ -195,6 +195,23 @@ describe("redis_credentials: access without Redis", function()
     assert.matches("no verified token", gw.json.decode(req.body).error)
   end)
 
+  it("reads the cookie as base64 of the JWT (a trailing newline too), or a bare JWT", function()
+    -- an unknown redis name answers 503: the token got as far as the lookup
+    local c = { secret = "k", redis = "no-such-redis" }
+    assert(runtime.check_conf(rc, c))
+    local token = hs("HS512", "k", { sid = "s1", exp = math.floor(gw.now()) + 60 })
+    for _, v in ipairs { gw.base64.encode(token), gw.base64.encode(token .. "\n"), token } do
+      local req = fake_req { cookies = { Authorization = v } }
+      rc.access(c, req)
+      assert.equals(503, req.status, v)
+    end
+    for _, v in ipairs { "!!", gw.base64.encode("a.b.c"), "" } do
+      local req = fake_req { cookies = { Authorization = v } }
+      rc.access(c, req)
+      assert.equals(401, req.status, v)
+    end
+  end)
+
   it("fails closed with 503 when the redis name is unknown", function()
     local c = { redis = "no-such-redis" }
     assert(runtime.check_conf(rc, c))
