@@ -14,7 +14,7 @@ local M = {
   name = "jwt",
   priority = 1450, -- Kong's jwt plugin priority: after cors and request ids
   schema = {
-    algorithms = { type = "table", default = { "HS256" } },
+    algorithms = { type = "string|table", default = { "HS256" } },
     cookie = "string",
     query = "string",
     claims_to_headers = "table",

@@ -34,7 +34,7 @@ local M = {
   name = "redis_credentials",
   priority = 1000, -- after jwt (1450), so req.ctx.jwt is there when both run
   schema = {
-    algorithms = { type = "table", default = { "HS512" } },
+    algorithms = { type = "string|table", default = { "HS512" } },
     check_exp = { type = "boolean", default = true },
     source = { type = "string", one_of = { "cookie", "header" }, default = "cookie" },
     cookie = { type = "string", default = "Authorization" },

@@ -292,6 +292,7 @@ function M.prepare(conf, opts)
   opts = opts or {}
   local allowed = {}
   local want_hmac, want_asym = false, false
+  if type(conf.algorithms) == "string" then conf.algorithms = { conf.algorithms } end
   if type(conf.algorithms) ~= "table" or #conf.algorithms == 0 then
     return nil, "algorithms: expected a non-empty list"
   end

@@ -135,6 +135,13 @@ describe("jwt_core: one set of rules for jwt and redis_credentials", function()
     assert.matches("secret", cerr)
   end)
 
+  it("takes one algorithm as a string", function()
+    local c = jconf { algorithms = "HS384" }
+    assert.same({ "HS384" }, c.algorithms)
+    assert.is_table((core.verify(c, hs("HS384", "k", { a = 1 }))))
+    assert.is_nil((runtime.check_conf(rc, { secret = "k", algorithms = "none" })))
+  end)
+
   it("checks issuer and audience for redis_credentials as for jwt", function()
     local c = rconf { issuer = "https://id", audience = { "api" } }
     local good = { sid = "s", exp = now + 60, iss = "https://id", aud = { "web", "api" } }
