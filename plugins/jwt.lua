@@ -24,6 +24,9 @@ for k, v in pairs(core.SCHEMA) do M.schema[k] = v end
 
 M._jwk_to_key = core.jwk_to_key
 
+-- JWKS states by URL: shared by this plugin's routes, fresh on every reload
+local jwks_states = {}
+
 -- Validates conf and fills the derived fields (conf._jwt). Runs at load
 -- and in `moongate -t`; fills defaults itself so it can be called directly.
 function M.check(conf)
@@ -33,7 +36,7 @@ function M.check(conf)
       conf[k] = spec.default
     end
   end
-  local ok, err = core.prepare(conf, { name = "jwt" })
+  local ok, err = core.prepare(conf, { name = "jwt", jwks_states = jwks_states })
   if not ok then return nil, err end
   if conf.claims_to_headers then
     for claim, header in pairs(conf.claims_to_headers) do

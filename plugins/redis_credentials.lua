@@ -7,6 +7,9 @@ local core = require "moongate.jwt_core"
 local util = require "moongate.plugin_util"
 local json_error = util.json_error
 
+-- JWKS states by URL: shared by this plugin's routes, fresh on every reload
+local jwks_states = {}
+
 local function token_of(conf, req)
   if conf.source == "header" then return core.bearer(req) end
   local raw = req:cookie(conf.cookie) -- surrounding quotes already stripped
@@ -62,7 +65,8 @@ function M.check(conf)
   if core.has_key(conf) then
     local ok, err = core.prepare(conf, { name = "redis_credentials",
                                          require_exp = conf.check_exp,
-                                         check_exp = conf.check_exp })
+                                         check_exp = conf.check_exp,
+                                         jwks_states = jwks_states })
     if not ok then return nil, err end
   end
   if conf.cipher then

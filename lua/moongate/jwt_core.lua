@@ -155,10 +155,9 @@ local function key_fits(key, alg)
 end
 
 ---------------------------------------------------------------------------
--- JWKS: one state per URL, per worker (kept across reloads: this module is
--- required once per worker)
-
-local jwks_state = {}
+-- JWKS: one state per URL, per worker and config generation. The states
+-- live in a table the plugin passes to prepare() from its main chunk, which
+-- every reload runs afresh (this module itself is required once per worker).
 
 local function parse_jwks(body)
   local doc = gw.json.decode(body)
@@ -225,10 +224,11 @@ end
 
 -- The candidate keys for a token: a list of PEMs.
 local function jwks_keys(conf, alg, kid)
-  local st = jwks_state[conf.jwks_url]
+  local states = conf._jwt.jwks_states
+  local st = states[conf.jwks_url]
   if not st then
     st = {}
-    jwks_state[conf.jwks_url] = st
+    states[conf.jwks_url] = st
   end
   refresh_jwks(conf, st, false)
   local function pick()
@@ -286,7 +286,8 @@ end
 -- Validates the JWT options of conf (defaults already filled) and stores
 -- what verification needs in conf._jwt. `opts.require_exp`: a token
 -- without a numeric exp is refused; `opts.check_exp = false`: exp is not
--- looked at; `opts.name` prefixes the cache keys. Runs at config load and
+-- looked at; `opts.name` prefixes the cache keys; `opts.jwks_states` is the
+-- plugin's per-generation table of JWKS states (one per URL). Runs at config load and
 -- in `moongate -t`; reads public_key_file. Returns true or nil, why.
 function M.prepare(conf, opts)
   opts = opts or {}
@@ -354,6 +355,7 @@ function M.prepare(conf, opts)
     audiences = audiences,
     require_exp = opts.require_exp and true or false,
     check_exp = opts.check_exp ~= false,
+    jwks_states = opts.jwks_states or {},
     -- cache keys must not survive into a new config generation (gw.cache does)
     id = (opts.name or "jwt") .. "\0" .. gw.crypto.random(12) .. "\0",
   }
