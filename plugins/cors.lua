@@ -2,7 +2,8 @@
 -- A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 -- answered 204 here and never reaches the upstream; other requests from an
 -- allowed origin get Access-Control-Allow-Origin (and -Credentials,
--- -Expose-Headers) on the upstream's response. doc/plugins/cors.md.
+-- -Expose-Headers) on the upstream's response, and on the error answers
+-- of the bundled plugins that run after it. doc/plugins/cors.md.
 local M = {
   name = "cors",
   priority = 2000, -- Kong's cors: before authentication, so preflights pass
@@ -15,8 +16,21 @@ local M = {
     credentials = { type = "boolean", default = false },
     max_age = "number",
     preflight_status = { type = "integer", default = 204 },
+    -- the same options under Kong's and APISIX's names
+    exposed_headers = "string|table",                 -- Kong
+    allow_origins = "string|table",                   -- APISIX
+    allow_methods = "string|table",
+    allow_headers = "string|table",
+    allow_credential = "boolean",
   },
 }
+
+local ALIASES = { exposed_headers = "expose_headers", allow_origins = "origins",
+                  allow_methods = "methods", allow_headers = "headers",
+                  allow_credential = "credentials" }
+
+local ALL_METHODS = { "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE",
+                      "CONNECT" }
 
 local function list(v)
   if v == nil then return nil end
@@ -40,12 +54,15 @@ local function glob(origin)
 end
 
 function M.check(conf)
+  for alias, name in pairs(ALIASES) do
+    if conf[alias] ~= nil then conf[name] = conf[alias] end
+  end
   local origins = list(conf.origins)
   if not origins or #origins == 0 then return nil, "origins: expected \"*\" or a list" end
   conf._any = false
   conf._exact, conf._globs = {}, {}
   for _, o in ipairs(origins) do
-    if o == "*" then
+    if o == "*" or o == "**" then -- APISIX's "**": any origin, credentials or not
       conf._any = true
     elseif o:find("*", 1, true) then
       conf._globs[#conf._globs + 1] = glob(o:lower())
@@ -55,10 +72,18 @@ function M.check(conf)
   end
   local methods = list(conf.methods)
   if not methods then return nil, "methods: expected a list of strings" end
+  if #methods == 1 and (methods[1] == "*" or methods[1] == "**") then
+    methods = { table.unpack(ALL_METHODS) }
+  end
   for i, m in ipairs(methods) do methods[i] = m:upper() end
   conf._methods = table.concat(methods, ", ")
   local headers = list(conf.headers)
   if conf.headers ~= nil and not headers then return nil, "headers: expected strings" end
+  -- "*": any request header, i.e. echo Access-Control-Request-Headers (a
+  -- literal "*" would not cover credentialed requests)
+  if headers and #headers == 1 and (headers[1] == "*" or headers[1] == "**") then
+    headers = nil
+  end
   conf._headers = headers and table.concat(headers, ", ") or nil
   local expose = list(conf.expose_headers)
   if conf.expose_headers ~= nil and not expose then
@@ -108,7 +133,17 @@ function M.access(conf, req)
     if not conf._any or conf.credentials then h["Vary"] = "Origin" end
     return req:respond(conf.preflight_status, "", h)
   end
-  if acao then req.ctx._cors_origin = acao end
+  if acao then
+    req.ctx._cors_origin = acao
+    -- the grant for answers the bundled plugins make later on this route (a
+    -- 401 from jwt, a 429): plugin_util.json_error adds it, so browser code
+    -- can read why it was refused, as with Kong's cors
+    local h = { ["Access-Control-Allow-Origin"] = acao }
+    if conf.credentials then h["Access-Control-Allow-Credentials"] = "true" end
+    if conf._expose then h["Access-Control-Expose-Headers"] = conf._expose end
+    if not conf._any or conf.credentials then h["Vary"] = "Origin" end
+    req.ctx._cors_headers = h
+  end
 end
 
 function M.response(conf, req, res)

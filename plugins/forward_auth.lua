@@ -4,6 +4,8 @@
 -- Every request is first sent to `address` (with the client's headers and
 -- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
 -- response headers into it; anything else is the answer the client gets.
+local util = require "moongate.plugin_util"
+
 local HOP = {
   ["connection"] = true, ["keep-alive"] = true, ["proxy-authenticate"] = true,
   ["proxy-authorization"] = true, ["te"] = true, ["trailer"] = true, ["trailers"] = true,
@@ -63,11 +65,11 @@ local function absolute_location(loc, address)
 end
 
 local function cache_key(conf, req)
-  local parts = { conf.address }
+  local parts = { conf._cache_id }
   for _, name in ipairs(conf.cache_key) do
     parts[#parts + 1] = name:lower() .. "=" .. (req:header(name) or "")
   end
-  return "forward_auth:2\0" .. table.concat(parts, "\0")
+  return table.concat(parts, "\0")
 end
 
 -- Deletes (no client spoofing) then copies the auth response's headers.
@@ -85,9 +87,11 @@ local function copy_auth_headers(conf, req, copied)
   end
 end
 
+-- The auth server could not be asked: status_on_error, with the short JSON
+-- body of every gateway error (Traefik sends an empty body).
 local function fail(conf, req, why)
   gw.log("warn", "forward_auth: ", conf.address, ": ", why)
-  return req:respond(conf.status_on_error, "", {})
+  return util.json_error(req, conf.status_on_error, "authentication service unavailable")
 end
 
 return {
@@ -127,6 +131,9 @@ return {
     if conf.cache_ttl and not conf.cache_key then
       return nil, "cache_ttl needs cache_key (the headers that identify the caller)"
     end
+    -- one route's decisions (and the headers it copies) are not another's,
+    -- nor do they outlive this config generation
+    conf._cache_id = "forward_auth\0" .. gw.crypto.random(12)
     if conf.status_on_error < 100 or conf.status_on_error > 599 then
       return nil, "status_on_error must be an HTTP status"
     end
@@ -181,8 +188,7 @@ return {
     if conf.forward_body then
       body = req:body()
       if not body or (conf.max_body_size >= 0 and #body > conf.max_body_size) then
-        return req:respond(413, '{"error":"request body too large"}',
-                           { ["Content-Type"] = "application/json" })
+        return util.json_error(req, 413, "request body too large")
       end
     end
 
@@ -239,6 +245,14 @@ return {
         if cur == nil then out[h[1]] = value
         elseif type(cur) == "table" then cur[#cur + 1] = value
         else out[h[1]] = { cur, value } end
+      end
+    end
+    -- a cors grant made earlier on the route (plugin_util.json_error does
+    -- the same for the other plugins' refusals)
+    local cors = req.ctx._cors_headers
+    if cors then
+      for k, v in pairs(cors) do
+        if out[k] == nil then out[k] = v end
       end
     end
     return req:respond(res.status, res.body or "", out)

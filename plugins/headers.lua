@@ -7,6 +7,9 @@
 --                  add = { ["X-Tag"] = "gw" } },
 --     response = { remove = { "Server" }, set = { ["X-Frame-Options"] = "DENY" } } }
 --
+-- set/add/rename may also be lists of "Name:value" strings, as Kong's
+-- request-/response-transformer take them.
+--
 -- Per direction the order is: remove, rename, set, add. `set` replaces,
 -- `add` appends to an existing value (", "-joined) or sets it when absent.
 -- A value may be a function: function(req) for the request,
@@ -27,6 +30,26 @@ local function check_side(side, t)
         tostring(k))
     end
     if type(v) ~= "table" then return nil, ("%s.%s: expected a table"):format(side, k) end
+  end
+  -- Kong's transformer form: a list of "Name:value" ("Old:New" for rename)
+  for _, op in ipairs { "set", "add", "rename" } do
+    local m = t[op]
+    if m and #m > 0 then
+      local out = {}
+      for k, v in pairs(m) do
+        if math.type(k) == "integer" then
+          local name, value
+          if type(v) == "string" then name, value = v:match("^([^:]+):%s*(.-)%s*$") end
+          if not name then
+            return nil, ('%s.%s[%d]: expected "Name:value"'):format(side, op, k)
+          end
+          out[name] = value
+        else
+          out[k] = v
+        end
+      end
+      t[op] = out
+    end
   end
   for _, name in ipairs(t.remove or {}) do
     if type(name) ~= "string" or not name:match(TOKEN) then

@@ -4,7 +4,7 @@
 -- with a non-empty `allow`, only addresses in it pass. Refused: `status`
 -- (default 403) with a JSON body. IPv4-mapped IPv6 addresses
 -- (::ffff:1.2.3.4) count as their IPv4 address. doc/plugins/ip_restriction.md.
-local gw = gw
+local util = require "moongate.plugin_util"
 
 local M = {
   name = "ip_restriction",
@@ -14,6 +14,8 @@ local M = {
     deny = "table|string",
     status = { type = "integer", default = 403 },
     message = { type = "string", default = "forbidden" },
+    whitelist = "table|string", -- APISIX's names for allow and deny
+    blacklist = "table|string",
   },
 }
 
@@ -137,6 +139,14 @@ end
 M._compile = compile
 
 function M.check(conf)
+  if conf.whitelist ~= nil then
+    if conf.allow ~= nil then return nil, "set allow or whitelist, not both" end
+    conf.allow = conf.whitelist
+  end
+  if conf.blacklist ~= nil then
+    if conf.deny ~= nil then return nil, "set deny or blacklist, not both" end
+    conf.deny = conf.blacklist
+  end
   local err
   conf._allow, err = compile("allow", conf.allow)
   if not conf._allow then return nil, err end
@@ -159,8 +169,7 @@ function M.access(conf, req)
     ok = not matches(conf._deny, ip) and (#conf._allow == 0 or matches(conf._allow, ip))
   end
   if not ok then
-    return req:respond(conf.status, gw.json.encode({ error = conf.message }),
-                       { ["Content-Type"] = "application/json" })
+    return util.json_error(req, conf.status, conf.message)
   end
 end
 

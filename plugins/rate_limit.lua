@@ -1,5 +1,5 @@
 -- rate_limit: a token bucket per key. `rate` tokens per second refill a
--- bucket of `burst` tokens (default: rate); each request takes one. Over the
+-- bucket of `burst` tokens (default: rate, at least 1); each request takes one. Over the
 -- limit: 429 with Retry-After and RateLimit-Limit/-Remaining/-Reset, which
 -- allowed responses carry too. doc/plugins/rate_limit.md has the details.
 --
@@ -10,6 +10,7 @@
 -- does not know the script yet), with Redis's clock, so every gateway of a
 -- fleet shares the buckets.
 local gw = gw
+local util = require "moongate.plugin_util"
 
 local M = {
   name = "rate_limit",
@@ -60,7 +61,8 @@ end
 
 function M.check(conf)
   if conf.rate <= 0 then return nil, "rate: must be positive" end
-  conf.burst = conf.burst or conf.rate
+  -- a bucket must hold one request: rate = 0.5 alone means one every 2 s
+  conf.burst = conf.burst or math.max(1, conf.rate)
   if conf.burst < 1 then return nil, "burst: must be at least 1" end
   if type(conf.key) == "string" then
     local k = conf.key
@@ -169,8 +171,7 @@ function M.access(conf, req)
         return
       end
       if say then gw.log("error", "rate_limit: redis failed: ", tostring(err)) end
-      return req:respond(503, '{"error":"rate limiter unavailable"}',
-                         { ["Content-Type"] = "application/json" })
+      return util.json_error(req, 503, "rate limiter unavailable")
     end
   else
     allowed, tokens = take_local(conf, key)
@@ -183,8 +184,7 @@ function M.access(conf, req)
   }
   if not allowed then
     h["Retry-After"] = tostring(math.max(1, ceil((1 - tokens) / conf.rate)))
-    h["Content-Type"] = "application/json"
-    return req:respond(conf.status, gw.json.encode({ error = conf.message }), h)
+    return util.json_error(req, conf.status, conf.message, h)
   end
   if conf.headers then req.ctx._rate_limit_headers = h end
 end

@@ -10,13 +10,19 @@ local M = {
   priority = 100001, -- Kong's correlation-id: first, so every plugin sees the id
   schema = {
     header_name = { type = "string", default = "X-Request-Id" },
-    generator = { type = "string", one_of = { "uuid", "hex" }, default = "uuid" },
+    generator = { type = "string", one_of = { "uuid", "uuid#counter", "hex", "nanoid" },
+                  default = "uuid" },
     echo_downstream = { type = "boolean", default = true },
     trust_incoming = { type = "boolean", default = true },
+    -- APISIX request-id's names for generator and echo_downstream
+    algorithm = { type = "string", one_of = { "uuid", "nanoid" } },
+    include_in_response = "boolean",
   },
 }
 
 function M.check(conf)
+  if conf.algorithm ~= nil then conf.generator = conf.algorithm end
+  if conf.include_in_response ~= nil then conf.echo_downstream = conf.include_in_response end
   if not conf.header_name:match("^[%w!#$%%&'*+.^_`|~-]+$") then
     return nil, "header_name: not a valid header name"
   end
@@ -27,9 +33,27 @@ local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
+local NANOID = "useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict"
+
+-- Kong's uuid#counter: one random UUID per worker (per config load) and a
+-- counter, "<uuid>#<n>"; cheaper than a UUID per request, still unique.
+local counter_base, counter = nil, 0
+
 local function generate(kind)
-  local r = gw.crypto.random(16)
+  if kind == "uuid#counter" then
+    counter_base = counter_base or generate("uuid")
+    counter = counter + 1
+    return counter_base .. "#" .. counter
+  end
+  local r = gw.crypto.random(kind == "nanoid" and 21 or 16)
   if kind == "hex" then return hex(r) end
+  if kind == "nanoid" then
+    -- 21 characters of a 64-letter URL-safe alphabet: 126 random bits
+    return (r:gsub(".", function(c)
+      local i = (c:byte() & 63) + 1
+      return NANOID:sub(i, i)
+    end))
+  end
   -- RFC 9562 version 4: 122 random bits
   local b = { r:byte(1, 16) }
   b[7] = (b[7] & 0x0f) | 0x40

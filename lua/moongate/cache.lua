@@ -27,6 +27,7 @@ function Cache.new(max)
 end
 
 function Cache:get(k)
+  if k == nil then return nil end
   local e = self.map[k]
   if not e then return nil end
   if e.expires and e.expires <= now() then
@@ -41,8 +42,8 @@ function Cache:get(k)
 end
 
 function Cache:set(k, v, ttl)
-  if k == nil then error("gw.cache:set: key must not be nil", 2) end
-  if ttl ~= nil and (type(ttl) ~= "number" or ttl < 0) then
+  if k == nil or k ~= k then error("gw.cache:set: key must not be nil or NaN", 2) end
+  if ttl ~= nil and (type(ttl) ~= "number" or not (ttl >= 0)) then -- NaN too
     error("gw.cache:set: ttl must be a non-negative number", 2)
   end
   if v == nil then return self:delete(k) end

@@ -12,7 +12,12 @@ local gw = {
 }
 
 gw.json = {
-  encode = function(v) return cjson.encode(v) end,
+  -- misuse (a function, NaN, a sparse array) raises at the caller's line
+  encode = function(v)
+    local ok, s = pcall(cjson.encode, v)
+    if ok then return s end
+    error("gw.json.encode: " .. tostring(s), 2)
+  end,
   decode = function(s)
     if type(s) ~= "string" then error("gw.json.decode: expected a string", 2) end
     local ok, v = pcall(cjson.decode, s)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from authserver import AuthServer
-from conftest import Raw, config, free_port, lua, request
+from conftest import Raw, assert_json_error, config, free_port, lua, request
 
 
 @pytest.fixture
@@ -272,8 +272,9 @@ def test_status_on_error_when_auth_server_refuses(gateway, upstream, auth):
     g = fa_gateway(gateway, upstream,
                    ("/custom/", {"address": dead, "status_on_error": 503}),
                    ("/", {"address": dead}))
-    assert request(g.port, "GET", "/echo").status == 500
-    assert request(g.port, "GET", "/custom/echo").status == 503
+    # the short JSON body of every gateway error
+    assert_json_error(request(g.port, "GET", "/echo"), 500)
+    assert_json_error(request(g.port, "GET", "/custom/echo"), 503)
     assert upstream_requests(upstream) == 0
 
 
@@ -316,6 +317,26 @@ def test_cache_allow_decisions_by_key_but_never_denials(gateway, upstream, auth)
         r = request(g.port, "GET", "/deny/x", headers=a)
         assert r.status == 401
         assert auth.count() == 3 + i
+
+
+def test_cached_decisions_are_per_route(gateway, upstream, auth):
+    # same auth address and cache key, different headers to copy: a decision
+    # cached for /a/ (which copies X-User only) must not serve /b/
+    url = auth.url("/ok?h=X-User:alice&h=X-Role:admin")
+    g = fa_gateway(gateway, upstream,
+                   ("/a/", {"address": url, "cache_ttl": 30, "cache_key": ["Authorization"],
+                            "auth_response_headers": ["X-User"]}),
+                   ("/b/", {"address": url, "cache_ttl": 30, "cache_key": ["Authorization"],
+                            "auth_response_headers": ["X-User", "X-Role"]}))
+    a = [("Authorization", "Bearer A")]
+    doc = echo(request(g.port, "GET", "/a/echo", headers=a))
+    assert values(doc["headers"], "X-Role") == []
+    assert auth.count() == 1
+    doc = echo(request(g.port, "GET", "/b/echo", headers=a))
+    assert values(doc["headers"], "X-Role") == ["admin"]
+    assert auth.count() == 2
+    echo(request(g.port, "GET", "/b/echo", headers=a))
+    assert auth.count() == 2
 
 
 def test_config_check_refuses_bad_options(run_moongate):

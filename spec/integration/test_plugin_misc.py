@@ -214,6 +214,34 @@ def test_cors_wildcard_and_fixed_headers(gw_cors):
     assert r.header("Access-Control-Allow-Methods") == "GET, HEAD, PUT, PATCH, POST, DELETE"
 
 
+def test_cors_grant_on_refusals_by_later_plugins(gateway, upstream):
+    # as Kong's cors: a browser can read the 401/429 the next plugins answer
+    g = gateway(gw_config(upstream, [
+        route("/jwt/", '{ "cors", origins = { "https://app.example" }, credentials = true }, '
+                       '{ "jwt", secret = "k" }'),
+        route("/rl/", '{ "cors" }, { "rate_limit", rate = 1, burst = 1 }'),
+    ]))
+    before = upstream.stats()["requests"]
+    r = request(g.port, "GET", "/jwt/x", headers=[("Origin", "https://app.example")])
+    assert_json_error(r, 401)
+    assert r.header("WWW-Authenticate") == 'Bearer error="invalid_token"'
+    assert r.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert r.header("Access-Control-Allow-Credentials") == "true"
+    assert r.header("Vary") == "Origin"
+    # another origin gets no grant, and no Origin no CORS headers at all
+    r = request(g.port, "GET", "/jwt/x", headers=[("Origin", "https://evil.example")])
+    assert_json_error(r, 401)
+    assert not r.has("Access-Control-Allow-Origin")
+    assert not request(g.port, "GET", "/jwt/x").has("Access-Control-Allow-Origin")
+    o = [("Origin", "https://x.test")]
+    assert request(g.port, "GET", "/rl/", headers=o).status == 200
+    r = request(g.port, "GET", "/rl/", headers=o)
+    assert_json_error(r, 429)
+    assert r.header("Access-Control-Allow-Origin") == "*"
+    assert r.has("Retry-After")
+    assert upstream.stats()["requests"] == before + 1
+
+
 # --------------------------------------------------------------------------
 # basic_auth
 
@@ -230,7 +258,8 @@ def gw_basic(gateway, upstream):
 
 def assert_basic_401(r, realm):
     assert_json_error(r, 401)
-    assert r.header("WWW-Authenticate") == 'Basic realm="%s", charset="UTF-8"' % realm
+    # as Kong, APISIX and Traefik send it
+    assert r.header("WWW-Authenticate") == 'Basic realm="%s"' % realm
 
 
 def test_basic_auth_refusals(gw_basic, upstream):

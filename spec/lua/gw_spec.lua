@@ -37,3 +37,78 @@ describe("gw.json", function()
     assert.is_string(err)
   end)
 end)
+
+describe("gw.json (PRODUCT.md: string; value, decode error -> nil, err)", function()
+  it("encodes an empty table as {} and gw.json.null as null", function()
+    assert.equals("{}", gw.json.encode({}))
+    assert.equals('{"a":null}', gw.json.encode({ a = gw.json.null }))
+    assert.equals(gw.json.null, gw.json.decode("null"))
+  end)
+
+  it("decode: nil, err for invalid or too deeply nested JSON; raises on a non-string", function()
+    for _, s in ipairs { "", "  ", "{", "[1,]", "{'a':1}", "nul", ('['):rep(129) .. (']'):rep(129) } do
+      local v, err = gw.json.decode(s)
+      assert.is_nil(v, s)
+      assert.is_string(err, s)
+    end
+    assert.same({ { { 1 } } }, gw.json.decode("[[[1]]]"))
+    assert.has_error(function() gw.json.decode(nil) end)
+    assert.has_error(function() gw.json.decode({}) end)
+  end)
+
+  it("encode raises on what JSON cannot hold, at the caller's line", function()
+    local ok, err = pcall(gw.json.encode, { f = function() end })
+    assert.is_false(ok)
+    assert.matches("^gw%.json%.encode: ", err)
+    ok, err = pcall(function() local s = gw.json.encode(0 / 0) return s end)
+    assert.is_false(ok)
+    assert.matches("gw_spec%.lua:%d+: gw%.json%.encode", err)
+  end)
+end)
+
+describe("gw.cache (PRODUCT.md: per-worker LRU with TTL)", function()
+  after_each(function()
+    for _, k in ipairs { "gwspec:a", "gwspec:b" } do gw.cache:delete(k) end
+  end)
+
+  it("get/set/delete with the documented return values", function()
+    assert.is_nil(gw.cache:get("gwspec:a"))
+    assert.is_true(gw.cache:set("gwspec:a", { 1 }, 0))  -- 0: no expiry
+    assert.same({ 1 }, gw.cache:get("gwspec:a"))
+    assert.is_true(gw.cache:delete("gwspec:a"))
+    assert.is_false(gw.cache:delete("gwspec:a"))
+    gw.cache:set("gwspec:b", "x")
+    gw.cache:set("gwspec:b", nil)                        -- a nil value deletes
+    assert.is_nil(gw.cache:get("gwspec:b"))
+    assert.is_nil(gw.cache:get(nil))
+  end)
+
+  it("expires an entry after its ttl", function()
+    gw.cache:set("gwspec:a", "v", 0.05)
+    gw.sleep(0.08)
+    assert.is_nil(gw.cache:get("gwspec:a"))
+  end)
+
+  it("raises on a nil or NaN key and a negative, NaN or non-number ttl", function()
+    assert.has_error(function() gw.cache:set(nil, 1) end)
+    assert.has_error(function() gw.cache:set(0 / 0, 1) end)
+    for _, ttl in ipairs { -1, 0 / 0, "5", {} } do
+      assert.has_error(function() gw.cache:set("gwspec:a", 1, ttl) end)
+    end
+  end)
+
+  it("is bounded: 10000 entries, least recently used out first", function()
+    local before = gw.cache:count()
+    gw.cache:set("gwspec:a", "keep")
+    for i = 1, 10000 do
+      gw.cache:set("gwspec:fill" .. i, i)
+      if i % 1000 == 0 then assert.equals("keep", gw.cache:get("gwspec:a")) end
+    end
+    assert.is_true(gw.cache:count() <= 10000)
+    assert.equals("keep", gw.cache:get("gwspec:a"))
+    assert.is_nil(gw.cache:get("gwspec:fill1"))
+    assert.equals(10000, gw.cache:get("gwspec:fill10000"))
+    for i = 1, 10000 do gw.cache:delete("gwspec:fill" .. i) end
+    assert.is_true(gw.cache:count() <= before + 1)
+  end)
+end)

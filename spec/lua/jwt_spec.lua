@@ -233,7 +233,7 @@ describe("jwt: tokens signed by the openssl CLI", function()
     local k = rsa()
     local c = { public_key_file = k.pubfile, algorithms = { "RS256" } }
     assert(jwt.check(c))
-    assert.equals(k.pub, c._pem)
+    assert.equals(k.pub, c._jwt.pem)
     local token = ossl("RS256", k, claims)
     os.rename(k.pubfile, k.pubfile .. ".gone")
     local got, err = jwt._verify(token, c)
@@ -256,6 +256,23 @@ describe("jwt: tokens signed by the openssl CLI", function()
     local token = ossl("ES256", p256(), claims)
     local c = conf { public_key = rsa().pub, algorithms = { "RS256", "ES256" } }
     assert.same({ nil, "bad signature" }, { jwt._verify(token, c) })
+  end)
+
+  it("ES256/ES384 take only the JWS r || s form, not DER (RFC 7518 3.4)", function()
+    for _, case in ipairs { { "ES256", p256, "sha256" }, { "ES384", p384, "sha384" } } do
+      local alg, k = case[1], case[2]()
+      local token = ossl(alg, k, claims)
+      local input = token:match("^(.*)%.[^.]*$")
+      writef(tmp .. "/in", input)
+      sh(("openssl dgst -%s -sign %s -out %s %s"):format(case[3], k.priv, tmp .. "/sig",
+        tmp .. "/in"))
+      local der = readf(tmp .. "/sig")
+      -- gw.crypto.verify itself accepts DER; a JWS signature must be raw
+      assert.is_true(gw.crypto.verify(alg, k.pub, input, der))
+      local c = conf { public_key = k.pub, algorithms = { alg } }
+      assert.is_table((jwt._verify(token, c)))
+      assert.same({ nil, "bad signature" }, { jwt._verify(input .. "." .. b64u(der), c) })
+    end
   end)
 
   it("a P-384 key does not verify ES256 tokens", function()

@@ -1,0 +1,24 @@
+-- Small helpers shared by the bundled plugins (not part of the gw API).
+local M = {}
+
+-- Answers `status` with the short JSON body every gateway error has
+-- (PRODUCT.md: {"error": "..."}, Content-Type application/json). `extra`
+-- adds headers (WWW-Authenticate, Retry-After...). When the cors plugin
+-- granted the request's origin earlier on the route, the answer carries
+-- that grant too. Returns what req:respond returns.
+function M.json_error(req, status, msg, extra)
+  local headers = { ["Content-Type"] = "application/json" }
+  local ctx = req.ctx
+  local cors = ctx and ctx._cors_headers
+  if cors then
+    for k, v in pairs(cors) do headers[k] = v end
+  end
+  if extra then
+    for k, v in pairs(extra) do headers[k] = v end
+  end
+  return req:respond(status, gw.json.encode({ error = msg }), headers)
+end
+
+M.TOKEN = "^[%w!#$%%&'*+.^_`|~-]+$" -- an HTTP header name (RFC 9110 token)
+
+return M
