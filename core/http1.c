@@ -27,6 +27,27 @@ void mg_h1_head_reset(mg_h1_head_t *h)
     h->host_count = 0;
 }
 
+int mg_h1_head_add(mg_h1_head_t *h, const char *name, size_t nn, const char *value, size_t vn)
+{
+    if (h->nhdrs == h->hcap) {
+        int cap = h->hcap ? h->hcap * 2 : 16;
+        mg_h1_hdr_t *a = realloc(h->hdrs, sizeof *a * (size_t)cap);
+        if (a == NULL)
+            return MG_ENOMEM;
+        h->hdrs = a;
+        h->hcap = cap;
+    }
+    uint32_t off = (uint32_t)h->store.len;
+    if (mg_buf_append(&h->store, name, nn) != MG_OK || mg_buf_append(&h->store, value, vn) != MG_OK)
+        return MG_ENOMEM;
+    mg_h1_hdr_t *e = &h->hdrs[h->nhdrs++];
+    e->name_off = off;
+    e->name_len = (uint32_t)nn;
+    e->value_off = off + (uint32_t)nn;
+    e->value_len = (uint32_t)vn;
+    return MG_OK;
+}
+
 void mg_h1_head_free(mg_h1_head_t *h)
 {
     if (h == NULL)

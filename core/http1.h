@@ -60,6 +60,9 @@ static inline mg_str_t mg_h1_value(const mg_h1_head_t *h, int i)
 int mg_h1_find(const mg_h1_head_t *h, const char *name, size_t n, int from);
 /* Whether p[0..n) is a non-empty RFC 9110 token (header names, methods). */
 int mg_h1_is_token(const char *p, size_t n);
+/* Appends a header to a head built by hand (generated responses). 0 or
+ * MG_ENOMEM. */
+int mg_h1_head_add(mg_h1_head_t *h, const char *name, size_t nn, const char *value, size_t vn);
 /* Resets a head for reuse, keeping its allocations. */
 void mg_h1_head_reset(mg_h1_head_t *h);
 void mg_h1_head_free(mg_h1_head_t *h);

@@ -216,8 +216,11 @@ static void respond(lua_State *L, mg_req_t *r, int si, int bi, int hi)
     mg_buf_append(&extra, "", 1);
     size_t bn;
     const char *body = lua_tolstring(L, body_idx, &bn);
-    mg_req_respond(r, (int)status, has_ctype ? NULL : "text/plain; charset=utf-8", body, bn,
-                   extra.base);
+    const char *ctype = has_ctype ? NULL : "text/plain; charset=utf-8";
+    if (r->stage_replies)
+        mg_req_stage(r, (int)status, ctype, body, bn, extra.base);
+    else
+        mg_req_respond(r, (int)status, ctype, body, bn, extra.base);
     mg_buf_free(&extra);
 }
 
@@ -458,10 +461,32 @@ static int l_respond(lua_State *L)
 
 /* --- private hooks for runtime.lua ----------------------------------------- */
 
+/* An answer is decided: sent, or held for the response phase. */
 static int l__done(lua_State *L)
 {
     mg_req_t *r = check_req(L);
-    lua_pushboolean(L, r->done || r->resp_started);
+    lua_pushboolean(L, r->done || r->resp_started || r->held);
+    return 1;
+}
+
+static void push_res(lua_State *L, mg_req_t *r, int req_idx);
+
+/* From here on, req:respond and handler answers are held (mg_req_stage) so
+ * the route's response plugins see them, as they see upstream answers. */
+static int l__stage_replies(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    r->stage_replies = 1;
+    return 0;
+}
+
+/* The held answer's res object, or nothing. */
+static int l__staged(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    if (!r->held || r->done || r->resp_started)
+        return 0;
+    push_res(L, r, 1);
     return 1;
 }
 
@@ -470,10 +495,15 @@ static int l__reply(lua_State *L)
     mg_req_t *r = check_req(L);
     if (r->done || r->resp_started)
         return 0;
+    if (r->held) { /* the handler answered with req:respond: its return is ignored */
+        lua_settop(L, 1);
+        return l__staged(L);
+    }
     if (!lua_isinteger(L, 2))
         return luaL_error(L, "handler must return a status code, got %s", luaL_typename(L, 2));
     respond(L, r, 2, 3, 4);
-    return 0;
+    lua_settop(L, 1);
+    return l__staged(L);
 }
 
 static void push_res(lua_State *L, mg_req_t *r, int req_idx)
@@ -696,6 +726,8 @@ void mg_lreq_register(lua_State *L)
         { "respond", l_respond },
         { "_done", l__done },
         { "_reply", l__reply },
+        { "_stage_replies", l__stage_replies },
+        { "_staged", l__staged },
         { "_proxy", l__proxy },
         { "_send_head", l__send_head },
         { "_wait_done", l__wait_done },

@@ -72,6 +72,7 @@ struct mg_req {
     unsigned hold_head : 1;   /* response plugins run before the head goes out */
     unsigned held : 1;        /* head and body held in res_head/hold */
     unsigned resp_complete : 1; /* upstream response ended while held */
+    unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
     mg_upconn_t *up;          /* the exchange in progress */
@@ -123,6 +124,12 @@ void mg_req_proxy(mg_req_t *r);
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers);
+/* Like mg_req_respond, but holds the response (head in res_head, body in
+ * hold) for the route's response plugins; mg_proxy_send_held sends it.
+ * Replaces a response held before. `extra_headers` is "Name: value\r\n"
+ * lines. Falls back to mg_req_respond without a client or memory. */
+void mg_req_stage(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
+                  const char *extra_headers);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
 /* Appends the Connection header as needed and the blank line. */

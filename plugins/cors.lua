@@ -4,6 +4,8 @@
 -- allowed origin get Access-Control-Allow-Origin (and -Credentials,
 -- -Expose-Headers) on the upstream's response, and on the error answers
 -- of the bundled plugins that run after it. doc/plugins/cors.md.
+local util = require "moongate.plugin_util"
+
 local M = {
   name = "cors",
   priority = 2000, -- Kong's cors: before authentication, so preflights pass
@@ -39,12 +41,7 @@ local function list(v)
     for item in v:gmatch("[^,%s]+") do out[#out + 1] = item end
     return out
   end
-  local out = {}
-  for _, x in ipairs(v) do
-    if type(x) ~= "string" then return nil end
-    out[#out + 1] = x
-  end
-  return out
+  return util.strings(v)
 end
 
 -- "https://*.example.com" -> a Lua pattern matching one or more labels

@@ -23,6 +23,8 @@
 -- time: other requests wait for it. Tokens are never logged.
 local gw = gw
 
+local util = require "moongate.plugin_util"
+
 local M = {}
 
 local HMAC = { HS256 = "sha256", HS384 = "sha384", HS512 = "sha512" }
@@ -269,12 +271,7 @@ end
 local function as_list(v)
   if v == nil then return nil end
   if type(v) == "string" then return { v } end
-  local out = {}
-  for _, x in ipairs(v) do
-    if type(x) ~= "string" then return nil end
-    out[#out + 1] = x
-  end
-  return out
+  return util.strings(v)
 end
 
 -- Whether conf names any key to verify with.

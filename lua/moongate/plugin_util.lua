@@ -19,6 +19,17 @@ function M.json_error(req, status, msg, extra)
   return req:respond(status, gw.json.encode({ error = msg }), headers)
 end
 
+-- A fresh copy of a list of strings (plugin options such as `origins`), or
+-- nil when an item is not a string.
+function M.strings(list)
+  local out = {}
+  for _, x in ipairs(list) do
+    if type(x) ~= "string" then return nil end
+    out[#out + 1] = x
+  end
+  return out
+end
+
 M.TOKEN = "^[%w!#$%%&'*+.^_`|~-]+$" -- an HTTP header name (RFC 9110 token)
 
 return M

@@ -274,27 +274,38 @@ end
 
 -- The body of a request coroutine. req's underscore methods are the C
 -- runtime's private hooks.
+--
+-- The response phase sees every answer the route gives: the upstream's, a
+-- handler's, and one a plugin gave with req:respond (as Kong runs
+-- header_filter after kong.response.exit). With response plugins on the
+-- route, the last two are held (req:_stage_replies) until the phase ends.
 function M.run(req, chain)
+  local has_response = chain.has_response
+  if has_response then req:_stage_replies() end
   local access = chain.access
+  local res
   for i = 1, #access do
     local p = access[i]
     p.fn(p.conf, req)
-    if req:_done() then goto finished end
-  end
-  if chain.handler then
-    req:_reply(chain.handler(req))
-  else
-    local res = req:_proxy(chain.has_response, chain.has_log)
-    if res then
-      local response = chain.response
-      for i = 1, #response do
-        local p = response[i]
-        p.fn(p.conf, req, res)
-      end
-      req:_send_head()
+    if req:_done() then
+      if has_response then res = req:_staged() end
+      goto answered
     end
   end
-  ::finished::
+  if chain.handler then
+    res = req:_reply(chain.handler(req))
+  else
+    res = req:_proxy(has_response, chain.has_log)
+  end
+  ::answered::
+  if res then
+    local response = chain.response
+    for i = 1, #response do
+      local p = response[i]
+      p.fn(p.conf, req, res)
+    end
+    req:_send_head()
+  end
   if chain.has_log then run_log(req, chain) end
 end
 
