@@ -14,11 +14,12 @@ local function token_of(conf, req)
   if conf.source == "header" then return core.bearer(req) end
   local raw = req:cookie(conf.cookie) -- surrounding quotes already stripped
   if not raw then return nil end
-  -- hyper-auth-proxy stores base64(JWT); accept a bare JWT as well
-  if raw:match("^[%w_-]+%.[%w_-]+%.[%w_-]*$") then return raw end
+  -- hyper-auth-proxy stores base64(JWT); accept a bare JWT as well (plain
+  -- find: base64 has no dots, a JWT always has two)
+  if raw:find(".", 1, true) then return raw end
   local token = gw.base64.decode(raw)
   -- `echo "$jwt" | base64` also encodes the newline
-  return token and token:match("^%s*(.-)%s*$")
+  return token and util.trim(token)
 end
 
 local function decrypt(conf, stored)
@@ -130,6 +131,8 @@ function M.access(conf, req)
 end
 
 -- Verifies a token under a checked conf, without the cache: claims, or nil, why.
+M._token_of = token_of
+
 function M._verify(conf, token)
   return core.verify(conf, token)
 end

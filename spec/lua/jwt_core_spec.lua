@@ -229,3 +229,36 @@ describe("redis_credentials: access without Redis", function()
     assert.equals("application/json", req.rheaders["Content-Type"])
   end)
 end)
+
+describe("token extraction (plain finds, no per-byte patterns)", function()
+  local util = require "moongate.plugin_util"
+
+  it("trims blanks only at the ends", function()
+    assert.equal("abc", util.trim("abc"))
+    assert.equal("a b", util.trim(" \t a b\r\n"))
+    assert.equal("", util.trim(" \n "))
+    assert.equal("", util.trim(""))
+  end)
+
+  it("reads Authorization: Bearer in any case, one token, blanks around it", function()
+    local function bearer(v) return core.bearer(fake_req { headers = { authorization = v } }) end
+    assert.equal("t.o.k", bearer("Bearer t.o.k"))
+    assert.equal("t.o.k", bearer("bEaReR    t.o.k  "))
+    assert.is_nil(bearer("Bearer"))
+    assert.is_nil(bearer("Bearer   "))
+    assert.is_nil(bearer("Bearer a b"))
+    assert.is_nil(bearer("Bearer a\tb"))
+    assert.is_nil(bearer("Bearerx t.o.k"))
+    assert.is_nil(bearer("Basic dXNlcjpwYXNz"))
+    assert.is_nil(core.bearer(fake_req {}))
+  end)
+
+  it("redis_credentials takes a bare JWT or base64 of one, newline and all", function()
+    local token = hs("HS512", "k", { sid = "s1", exp = gw.now() + 60 })
+    for _, cookie in ipairs { token, gw.base64.encode(token), gw.base64.encode(token .. "\n") } do
+      local c = rconf {}
+      local req = fake_req { cookies = { Authorization = cookie } }
+      assert.equal(token, rc._token_of(c, req))
+    end
+  end)
+end)
