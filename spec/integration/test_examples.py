@@ -380,3 +380,45 @@ def test_plugin_guide_example_matches_file():
     norm = lambda s: [l.strip() for l in s.splitlines() if l.strip()]  # noqa: E731
     body = "\n".join(norm(src))
     assert "\n".join(norm(guide)) in body
+
+
+WRAP = """local P = {}
+local function collect(list) P[#P + 1] = list end
+%s
+local routes = {}
+for i, list in ipairs(P) do
+  for j, entry in ipairs(list) do
+    local name = ("r%%d_%%d"):format(i, j)
+    routes[#routes + 1] = { name = name, match = { path = "/" .. name },
+                            plugins = { entry }, upstream = "u" }
+  end
+end
+assert(#routes > 0, "no plugin entries in the sample")
+return { listen = { { addr = "127.0.0.1:$PORT" } }, access_log = false,
+         redis = { default = { addr = "127.0.0.1:6379" } },
+         upstreams = { u = { servers = { "127.0.0.1:9" } } }, routes = routes }
+"""
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "doc/plugins").glob("*.md")))
+def test_plugin_page_sample_passes_check(run_moongate, tmp_path, page):
+    """The first Lua sample of each doc/plugins/ page: every plugin entry in it,
+    on a route of its own, passes `moongate -t`."""
+    text = (REPO / "doc/plugins" / page).read_text()
+    sample = re.search(r"```lua\n(.*?)```", text, re.S).group(1)
+    if "/etc/moongate/issuer.pem" in sample:  # jwt.md names a key file: make one
+        key = tmp_path / "issuer.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                        "rsa_keygen_bits:2048", "-out", str(tmp_path / "priv.pem")],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", str(tmp_path / "priv.pem"), "-pubout",
+                        "-out", str(key)], check=True, capture_output=True)
+        sample = sample.replace("/etc/moongate/issuer.pem", str(key))
+    if re.search(r"^routes = ", sample, re.M):  # a config fragment (redis_credentials.md)
+        cfg = ("return { listen = { { addr = \"127.0.0.1:$PORT\" } }, access_log = false,\n"
+               "upstreams = { backend = { servers = { \"127.0.0.1:9\" } } },\n%s}\n" % sample)
+    else:
+        assert re.search(r"^plugins = ", sample, re.M), sample
+        cfg = WRAP % re.sub(r"^plugins = ", "collect ", sample, flags=re.M)
+    p = run_moongate("-t", "-c", "$CFG", config=cfg)
+    assert (p.returncode, p.stdout_text) == (0, "OK\n"), p.stderr_text + "\n" + cfg
