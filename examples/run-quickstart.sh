@@ -16,5 +16,8 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null; then
   done
   echo "demo upstream on 127.0.0.1:9000 (pid $UP_PID)"
 fi
-echo "moongate on 127.0.0.1:8080 — try: curl -i localhost:8080/hello ; curl -i localhost:8080/app/"
+case "$CONFIG" in
+  *quickstart.lua) echo "moongate on 127.0.0.1:8080 — try: curl -i localhost:8080/hello ; curl -i localhost:8080/app/" ;;
+  *) echo "moongate with $CONFIG — examples/README.md has its curl commands" ;;
+esac
 "$BIN" -c "$CONFIG"

@@ -4,7 +4,7 @@
 -- A known key puts the user's name in req.ctx.user for the plugins and the
 -- handler that follow, and in a request header; the key itself is removed.
 -- An unknown or missing key is answered 401 with a JSON body, unless
--- anonymous = true. Proxied responses get the user in a response header,
+-- anonymous = true. Answers (proxied or from the handler) get the user in a response header,
 -- and every request is logged with its user after the response went out.
 return {
   name = "add_user",
@@ -44,8 +44,9 @@ return {
     req:set_header(conf.header, user)
   end,
 
+  -- Also runs for the 401 given above (and for handler answers): no user then.
   response = function(conf, req, res)
-    res:set_header(conf.header, req.ctx.user)
+    if req.ctx.user then res:set_header(conf.header, req.ctx.user) end
   end,
 
   log = function(conf, req, res)
