@@ -163,7 +163,9 @@ static int on_value_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
     mg_h1_head_t *hd = h->head;
-    if (hd == NULL || hd->nhdrs == 0)
+    /* chunked trailers end here too: they were dropped by span(), and the
+     * head's last field (already seen by the owner) is not theirs to edit */
+    if (h->in_body || hd == NULL || hd->nhdrs == 0)
         return 0;
     mg_h1_hdr_t *e = &hd->hdrs[hd->nhdrs - 1];
     if (h->last != SPAN_VALUE) {
@@ -257,6 +259,10 @@ static int on_headers_complete(llhttp_t *p)
                 hd->flags |= MG_H1_EXPECT_100;
         }
     }
+    /* llhttp 8.1 takes "HTTP/1.1 22" or "HTTP/1.1 0": a status code is
+     * three digits (RFC 9110 15), and a proxy must not relay status 0 */
+    if (p->type == HTTP_RESPONSE && (hd->status < 100 || hd->status > 999))
+        return fail(h, 400, "invalid status code");
     if (p->type == HTTP_REQUEST) {
         if ((hd->flags & MG_H1_HAS_TE) && hd->http_major == 1 && hd->http_minor == 0)
             return fail(h, 400, "transfer-encoding in HTTP/1.0");
