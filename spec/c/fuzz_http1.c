@@ -201,6 +201,7 @@ static void run_once(run_t *r, unsigned ctl, const unsigned char *p, size_t n, u
     r->max_header = LIMITS[(ctl >> 4) & 3][1];
     r->in_msg = 0;
     r->tx.n = 0;
+    tx_put(&r->tx, "", 0); /* allocated and terminated even when empty */
     mg_h1_init(&h, r->type, &CB, r, r->max_uri, r->max_header);
     unsigned x = seed * 2654435761u + 1;
     size_t off = 0;
@@ -336,6 +337,8 @@ static const struct seed {
     S(0x10, 5, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
                "0\r\n\r\n"),
     S(0x10, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+    S(0x00, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n"),
+    S(0x00, 9, "GET / HTTP/1.1\r\nHost: x\r\nX-Role: user\r\n: admin\r\n\r\n"),
     S(0x10, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                "ffffffffffffffffff\r\n"),
     S(0x10, 4, "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),

@@ -585,6 +585,24 @@ static void test_smuggling(void)
                  "Transfer-Encoding: identity\r\n\r\n0\r\n\r\n",
                  400);
     EXPECT_ERROR(&REQ, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400);
+    /* llhttp does not take "chunked<TAB>" as chunked (no body, the rest is
+     * a second request) while the value, trimmed, looked like "chunked" */
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+                 "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t \r\n\r\n"
+                 "0\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                 "0\r\n\r\n",
+                 400);
     EXPECT_ERROR(&REQ,
                  "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
                  "hello\r\n0\r\n\r\n",
@@ -632,6 +650,22 @@ static void test_space_in_header_name(void)
     CHECK_KNOWN_FIXED(REFUSAL(&REQ, "POST / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\n"
                             "Content-Length: 3\r\n\r\nabc") == 400,
               "http1.c: 'Transfer Encoding' (space) accepted next to Content-Length");
+}
+
+static void test_empty_header_name(void)
+{
+    /* llhttp 8.1 accepts a field line with an empty name; it used to be
+     * kept as a field named "" (passed on to the upstream), and the value
+     * after it could extend the field before it */
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\nHost: x\r\nX-Role: user\r\n: admin\r\n\r\n", 400);
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\nHost: x\r\n:admin\r\n\r\n", 400);
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n", 400);
+    EXPECT_ERROR(&RESP, "HTTP/1.1 200 OK\r\nX-Role: user\r\n: admin\r\nContent-Length: 0\r\n\r\n",
+                 400);
+    /* trailers are dropped whatever their names */
+    EXPECT(&REQ,
+           "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nT: 1\r\n\r\n",
+           "POST / 1.1 CHUNKED TE KA\nHost=[x]\nTransfer-Encoding=[chunked]\nbody=[a]\ndone\n");
 }
 
 static void test_bare_lf(void)
@@ -826,6 +860,7 @@ int main(void)
     RUN(test_host_rules);
     RUN(test_malformed);
     RUN(test_space_in_header_name);
+    RUN(test_empty_header_name);
     RUN(test_bare_lf);
     RUN(test_error_is_sticky);
     RUN(test_response_basic);
