@@ -76,6 +76,10 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
     if (hd == NULL)
         return fail(h, 400, "bad request");
     h->head_bytes += n;
+    /* a field's ": " and CRLF count from its first byte, before the check:
+     * counted after it, the limit depended on how the bytes were split */
+    if (kind == SPAN_FIELD && h->last != SPAN_FIELD)
+        h->head_bytes += 4;
     if (kind == SPAN_URL && h->max_uri && (size_t)hd->url_len + n > h->max_uri)
         return fail(h, 414, "uri too long");
     /* the URI is judged by max_uri alone until it is complete, so 414 wins
@@ -115,7 +119,6 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
             e->name_len = 0;
             e->value_off = off;
             e->value_len = 0;
-            h->head_bytes += 4; /* ": " and CRLF */
         }
         hd->hdrs[hd->nhdrs - 1].name_len += (uint32_t)n;
         break;
