@@ -102,7 +102,8 @@ static void dump_head(run_t *r, const mg_h1_head_t *h, tx_t *t)
         INVARIANT((size_t)h->reason_off + h->reason_len <= len);
         INVARIANT(h->status >= 100 && h->status <= 999);
         tx_fmt(t, "RESP %d %d.%d ", h->status, h->http_major, h->http_minor);
-        tx_put(t, h->store.base + h->reason_off, h->reason_len);
+        if (h->reason_len) /* an empty store has no base: NULL + 0 */
+            tx_put(t, h->store.base + h->reason_off, h->reason_len);
     }
     tx_fmt(t, " flags=%x cl=%llu\n", h->flags, (unsigned long long)h->content_length);
     for (int i = 0; i < h->nhdrs; i++) {
