@@ -75,6 +75,9 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
         return 0; /* chunked trailers: dropped, never part of the head */
     if (hd == NULL)
         return fail(h, 400, "bad request");
+    if (n == 0)
+        return 0; /* llhttp may call with an empty span: it starts nothing
+                   * (an empty field name stays "no name": 400) */
     h->head_bytes += n;
     /* a field's ": " and CRLF count from its first byte, before the check:
      * counted after it, the limit depended on how the bytes were split */

@@ -340,6 +340,7 @@ static const struct seed {
     S(0x10, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
     S(0x00, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n"),
     S(0x00, 9, "GET / HTTP/1.1\r\nHost: x\r\nX-Role: user\r\n: admin\r\n\r\n"),
+    S(0x09, 1, "HTTP/1.1 20\n:.\x01P/"),
     S(0x30, 1, "GET /ab\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf\xbf.1.\r\n"
                "Host: x\r\nXed"),
     S(0x10, 9, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Client, assert_json_error, request, wait_for
+from conftest import Client, assert_json_error, is_sanitized_build, request, wait_for
 from luahelp import handler, hook, lua_config
 
 
@@ -351,3 +351,68 @@ def test_slowloris_gets_408_and_others_are_served(gateway, upstream):
         c.close()
     assert answered == len(socks)
     assert ["GET", "/echo?slow=1"] not in upstream.stats()["log"]
+
+
+BIG_HANDLER = {"match": {"path": "/big"},
+               "handler": handler('return 200, string.rep("x", 100000)')}
+
+
+def test_pipelining_without_reading_does_not_grow_memory(gateway, upstream):
+    # 31-byte requests for 100 kB answers, never read: the gateway stops
+    # taking requests once the answers queue up, instead of queueing them all
+    g = gateway(lua_config([BIG_HANDLER], upstream))
+    s = socket.create_connection(("127.0.0.1", g.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    req = Client.build("GET", "/big") * 1000
+    base = g.rss_kb()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:
+        try:
+            s.send(req)
+        except BlockingIOError:
+            time.sleep(0.01)
+    grown = g.rss_kb() - base
+    s.close()
+    # before the fix: hundreds of MB within these 3 s
+    if not is_sanitized_build():
+        assert grown < 40 * 1024, "RSS grew by %d kB" % grown
+    assert request(g.port, "GET", "/big").status == 200
+
+
+def test_pipelined_answers_all_arrive_when_read_late(gateway, upstream):
+    # the other side of the bound: held requests go on as the client reads,
+    # in order, and a half-close after the last request loses nothing
+    g = gateway(lua_config([BIG_HANDLER], upstream))
+    n = 60
+    with Client(g.port, timeout=20) as c:
+        c.send(Client.build("GET", "/big") * n)
+        c.sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)
+        for _ in range(n):
+            r = c.read_response()
+            assert r.status == 200 and len(r.body) == 100000
+        assert c.closed()
+
+
+def test_half_close_after_the_request_gets_the_whole_answer(gateway, upstream):
+    # the answer is queued whole (a handler's), the client half-closes while
+    # it is still going out: it used to be cut where the queue stood
+    routes = [{"match": {"path": "/huge"},
+               "handler": handler('return 200, string.rep("x", 20000000)')}]
+    g = gateway(lua_config(routes, upstream))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=20)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(Client.build("GET", "/huge"))
+    time.sleep(0.3)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(0.2)
+    got = bytearray()
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        got += d
+    s.close()
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == 20000000, (head[:100], len(body))
