@@ -605,7 +605,10 @@ void mg_conn_request_done(mg_conn_t *c, int keepalive)
     if (!keepalive || c->loop->stopping || (c->eof && c->rbuf.len == 0))
         c->closing = 1;
     if (c->closing) {
-        set_timeout(c, T_NONE, 0);
+        /* the answer may still be going out: a client that stops reading
+         * it is timed out like any other (no timeout here held the
+         * connection and its queued answer for ever) */
+        set_timeout(c, c->wbuf.len ? T_BUSY : T_NONE, limits(c)->idle_timeout);
         mg_conn_flush(c);
         return;
     }

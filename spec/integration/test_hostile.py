@@ -416,3 +416,20 @@ def test_half_close_after_the_request_gets_the_whole_answer(gateway, upstream):
     s.close()
     head, _, body = bytes(got).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and len(body) == 20000000, (head[:100], len(body))
+
+
+def test_client_that_stops_reading_a_closing_answer_is_timed_out(gateway, upstream):
+    # "Connection: close" (or HTTP/1.0): the last answer used to go out with
+    # no timeout at all, so a client that never read it held the connection
+    # and the queued answer for ever
+    routes = [{"match": {"path": "/huge"},
+               "handler": handler('return 200, string.rep("x", 20000000)')}]
+    g = gateway(lua_config(routes, upstream, limits={"idle_timeout": 1}))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /huge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    # never read: the gateway gives up on it after idle_timeout
+    wait_for(lambda: "client idle" in g.stderr_text(), timeout=5,
+             what="the client that stopped reading closed after idle_timeout")
+    s.close()
+
