@@ -433,3 +433,4 @@ def test_client_that_stops_reading_a_closing_answer_is_timed_out(gateway, upstre
              what="the client that stopped reading closed after idle_timeout")
     s.close()
 
+    assert request(g.port, "GET", "/nothing-here").status == 404  # still serving
