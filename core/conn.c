@@ -201,7 +201,7 @@ static int on_done(void *ud)
         mg_req_body_done(c->req);
     if (c->closed || c->closing)
         return 0;
-    return c->req == NULL ? 1 : 0;
+    return c->req == NULL && !c->parse_held ? 1 : 0;
 }
 
 static const mg_h1_cb_t req_cbs = { on_begin, on_head, on_body, on_done };
@@ -243,9 +243,33 @@ static void conn_process(mg_conn_t *c)
     if (!c->closed && c->rbuf.len == 0 && c->rbuf.cap > MG_CONN_RBUF_MAX / 4)
         mg_buf_free(&c->rbuf); /* give big buffers back between requests */
     c->in_process = 0;
+    if (!c->closed && !c->closing && c->eof && c->req == NULL && c->rbuf.len == 0) {
+        /* the client half-closed and its last pipelined request is
+         * answered (it finished inside the parser, before its bytes were
+         * consumed, so mg_conn_request_done saw them still buffered) */
+        c->closing = 1;
+        set_timeout(c, T_BUSY, limits(c)->idle_timeout); /* a client that stops reading */
+        mg_conn_flush(c);
+        return;
+    }
     if (!c->closed && !c->rio_on && !c->read_paused && !c->closing &&
         c->rbuf.len < MG_CONN_RBUF_MAX && !c->eof)
         rio_start(c);
+}
+
+static void next_request(mg_conn_t *c);
+
+/* After a flush from an I/O callback: a pipelined request held back by a
+ * full write queue goes on once the queue is low. Never from inside the
+ * parser (in_process): the write watcher comes back. */
+static void drained(mg_conn_t *c)
+{
+    if (!c->parse_held || c->in_process || c->wbuf.len >= MG_CONN_WBUF_LOW)
+        return;
+    c->parse_held = 0;
+    if (c->closing || c->req != NULL)
+        return;
+    next_request(c);
 }
 
 static void linger_read(mg_conn_t *c)
@@ -327,7 +351,14 @@ static inline void read_some(mg_conn_t *c)
         c->eof = 1;
         ev_io_stop(c->loop->ev, &c->rio);
         c->rio_on = 0;
-        if (c->req == NULL || c->rbuf.len == 0)
+        if (c->req == NULL && c->rbuf.len == 0 && c->wbuf.len > 0) {
+            /* answered, and the answer is still going out: a client may
+             * half-close once it has sent its request */
+            c->closing = 1;
+            mg_conn_flush(c);
+            return;
+        }
+        if ((c->req == NULL && !c->parse_held) || c->rbuf.len == 0)
             mg_conn_close(c);
         return;
     }
@@ -362,6 +393,8 @@ static void tls_read_event(mg_conn_t *c)
             return;
     }
     read_some(c);
+    if (!c->closed)
+        drained(c);
     if (!c->closed && c->rio_on && c->timeout_kind != T_LINGER && mg_tls_pending(c->tls))
         ev_feed_event(c->loop->ev, &c->rio, EV_READ);
 }
@@ -490,6 +523,8 @@ static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
             return;
     }
     mg_conn_flush(c);
+    if (!c->closed)
+        drained(c);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -545,18 +580,9 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admi
     set_timeout(c, T_HEADER, lim->header_timeout);
 }
 
-void mg_conn_request_done(mg_conn_t *c, int keepalive)
+/* Starts parsing the next (pipelined) request. */
+static void next_request(mg_conn_t *c)
 {
-    c->req = NULL;
-    if (c->closed)
-        return;
-    if (!keepalive || c->loop->stopping || (c->eof && c->rbuf.len == 0))
-        c->closing = 1;
-    if (c->closing) {
-        set_timeout(c, T_NONE, 0);
-        mg_conn_flush(c);
-        return;
-    }
     mg_h1_resume(&c->h1);
     set_timeout(c, c->rbuf.len ? T_HEADER : T_IDLE,
                 c->rbuf.len ? limits(c)->header_timeout : limits(c)->idle_timeout);
@@ -569,6 +595,38 @@ void mg_conn_request_done(mg_conn_t *c, int keepalive)
             set_timeout(c, c->rbuf.len ? T_HEADER : T_IDLE,
                         c->rbuf.len ? limits(c)->header_timeout : limits(c)->idle_timeout);
     }
+}
+
+void mg_conn_request_done(mg_conn_t *c, int keepalive)
+{
+    c->req = NULL;
+    if (c->closed)
+        return;
+    if (!keepalive || c->loop->stopping || (c->eof && c->rbuf.len == 0))
+        c->closing = 1;
+    if (c->closing) {
+        /* the answer may still be going out: a client that stops reading
+         * it is timed out like any other (no timeout here held the
+         * connection and its queued answer for ever) */
+        set_timeout(c, c->wbuf.len ? T_BUSY : T_NONE, limits(c)->idle_timeout);
+        mg_conn_flush(c);
+        return;
+    }
+    if (c->wbuf.len > MG_CONN_WBUF_HIGH) {
+        /* A client that pipelines requests and does not read the answers
+         * would have us queue every answer (a 30-byte request can ask for
+         * a large one). The next request waits until the answers before
+         * it have mostly gone out (drained(), from the write watcher). */
+        mg_conn_flush(c);
+        if (c->closed)
+            return;
+        if (c->wbuf.len > MG_CONN_WBUF_HIGH) {
+            c->parse_held = 1;
+            set_timeout(c, T_BUSY, limits(c)->idle_timeout);
+            return;
+        }
+    }
+    next_request(c);
 }
 
 void mg_conn_pause_read(mg_conn_t *c, int pause)

@@ -47,6 +47,7 @@ typedef struct mg_conn {
     unsigned https : 1;      /* accepted on a TLS listener (X-Forwarded-Proto, req.scheme) */
     unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
     unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
+    unsigned parse_held : 1; /* the next pipelined request waits for wbuf to drain */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };

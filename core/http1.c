@@ -75,7 +75,14 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
         return 0; /* chunked trailers: dropped, never part of the head */
     if (hd == NULL)
         return fail(h, 400, "bad request");
+    if (n == 0)
+        return 0; /* llhttp may call with an empty span: it starts nothing
+                   * (an empty field name stays "no name": 400) */
     h->head_bytes += n;
+    /* a field's ": " and CRLF count from its first byte, before the check:
+     * counted after it, the limit depended on how the bytes were split */
+    if (kind == SPAN_FIELD && h->last != SPAN_FIELD)
+        h->head_bytes += 4;
     if (kind == SPAN_URL && h->max_uri && (size_t)hd->url_len + n > h->max_uri)
         return fail(h, 414, "uri too long");
     /* the URI is judged by max_uri alone until it is complete, so 414 wins
@@ -115,7 +122,6 @@ static int span(mg_h1_t *h, int kind, const char *at, size_t n)
             e->name_len = 0;
             e->value_off = off;
             e->value_len = 0;
-            h->head_bytes += 4; /* ": " and CRLF */
         }
         hd->hdrs[hd->nhdrs - 1].name_len += (uint32_t)n;
         break;
@@ -163,7 +169,9 @@ static int on_value_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
     mg_h1_head_t *hd = h->head;
-    if (hd == NULL || hd->nhdrs == 0)
+    /* chunked trailers end here too: they were dropped by span(), and the
+     * head's last field (already seen by the owner) is not theirs to edit */
+    if (h->in_body || hd == NULL || hd->nhdrs == 0)
         return 0;
     mg_h1_hdr_t *e = &hd->hdrs[hd->nhdrs - 1];
     if (h->last != SPAN_VALUE) {
@@ -207,13 +215,18 @@ int mg_h1_is_token(const char *p, size_t n)
 static int on_field_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
+    int had_name = h->last == SPAN_FIELD;
     h->last = SPAN_NONE;
-    if (h->in_body || h->head == NULL || h->head->nhdrs == 0)
+    if (h->in_body || h->head == NULL)
         return 0;
+    /* llhttp 8 also lets an empty name through (a line ": v"): no field
+     * bytes arrived, and the value would be added to the previous field
+     * (or an empty-named one reach the upstream) */
+    if (!had_name || h->head->nhdrs == 0)
+        return fail(h, 400, "invalid header name");
     mg_str_t n = mg_h1_name(h->head, h->head->nhdrs - 1);
-    for (size_t i = 0; i < n.n; i++)
-        if (!is_tchar((unsigned char)n.p[i]))
-            return fail(h, 400, "invalid header name");
+    if (!mg_h1_is_token(n.p, n.n))
+        return fail(h, 400, "invalid header name");
     return 0;
 }
 
@@ -257,7 +270,17 @@ static int on_headers_complete(llhttp_t *p)
                 hd->flags |= MG_H1_EXPECT_100;
         }
     }
+    /* llhttp 8.1 takes "HTTP/1.1 22" or "HTTP/1.1 0": a status code is
+     * three digits (RFC 9110 15), and a proxy must not relay status 0 */
+    if (p->type == HTTP_RESPONSE && (hd->status < 100 || hd->status > 999))
+        return fail(h, 400, "invalid status code");
     if (p->type == HTTP_REQUEST) {
+        /* Our value check trims trailing whitespace, llhttp does not take
+         * "chunked<TAB>" as chunked: the body would be read as empty and
+         * the chunked bytes after the head as the next request. What we
+         * accept as chunked must be what llhttp parses as chunked. */
+        if ((hd->flags & MG_H1_HAS_TE) && !(p->flags & F_CHUNKED))
+            return fail(h, 400, "unsupported transfer-encoding");
         if ((hd->flags & MG_H1_HAS_TE) && hd->http_major == 1 && hd->http_minor == 0)
             return fail(h, 400, "transfer-encoding in HTTP/1.0");
         if (hd->host_count > 1)

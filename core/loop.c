@@ -46,6 +46,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->conns = loop->stats.conns;
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
+        w->lua_busy = loop->stats.lua_busy;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];

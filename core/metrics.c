@@ -162,7 +162,7 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
     }
     uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0, ce = 0, to = 0, re = 0, restarts = 0;
     double sum = 0;
-    int64_t conns = 0, active = 0, idle = 0;
+    int64_t conns = 0, active = 0, idle = 0, busy = 0;
     for (int wi = 0; wi < n; wi++) {
         const mg_met_worker_t *w = &m->w[wi];
         for (int b = 0; b <= MG_MET_BUCKETS; b++)
@@ -176,6 +176,7 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
         conns += w->conns;
         active += w->active;
         idle += w->up_idle;
+        busy += w->lua_busy;
     }
     put(&o, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
             "# TYPE moongate_request_duration_seconds histogram\n");
@@ -204,6 +205,11 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
     put(&o, "# HELP moongate_requests_active Requests in flight.\n"
             "# TYPE moongate_requests_active gauge\nmoongate_requests_active %lld\n",
         (long long)active);
+    /* aborts must bring this back to 0 too: a request whose wait was not
+     * cancelled keeps its coroutine */
+    put(&o, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"
+            "# TYPE moongate_lua_coroutines gauge\nmoongate_lua_coroutines %lld\n",
+        (long long)busy);
     put(&o, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
             "# TYPE moongate_upstream_connections_idle gauge\n"
             "moongate_upstream_connections_idle %lld\n", (long long)idle);

@@ -29,6 +29,7 @@ typedef struct mg_met_worker {
     uint64_t restarts;
     int64_t conns, active, up_idle;      /* gauges, refreshed each loop iteration */
     int64_t lua_mem;
+    int64_t lua_busy;                    /* request coroutines alive (log phases too) */
     uint32_t generation;
     uint32_t overflow;                   /* (route, status) pairs that found no slot */
     mg_met_key_t keys[MG_MET_KEYS];

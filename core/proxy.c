@@ -22,6 +22,8 @@
 #define UP_WBUF_HIGH (256 * 1024)
 #define UP_WBUF_LOW (64 * 1024)
 #define MAX_STALE_RETRIES 4
+/* 1xx responses allowed before the final one (100 Continue, a few 103s) */
+#define MAX_INTERIM 16
 
 enum { FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_TIMEOUT, FAIL_GARBAGE };
 
@@ -254,7 +256,15 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
             u->h1.err_reason = "upstream switched protocols";
             return -1;
         }
-        return 0; /* interim response: dropped, the final one follows */
+        /* Interim responses are dropped, the final one follows. Every
+         * byte re-arms the read timeout, so an upstream sending 100s
+         * forever would hold the request forever: bound them. */
+        if (++u->interim > MAX_INTERIM) {
+            u->h1.err_status = 502;
+            u->h1.err_reason = "too many interim responses";
+            return -1;
+        }
+        return 0;
     }
     mg_conn_t *c = r->conn;
     if (c == NULL)
@@ -618,6 +628,7 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         }
         mg_h1_head_reset(&u->head);
         mg_h1_init(&u->h1, HTTP_RESPONSE, &resp_cbs, u, 0, 64 * 1024);
+        u->interim = 0;
         if (u->connecting) {
             arm_timer(u, up->cfg->connect_timeout);
         } else {

@@ -71,6 +71,7 @@ struct mg_upconn {
     mg_req_t *req;             /* the exchange it serves; NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
+    unsigned interim;          /* 1xx responses seen in this exchange */
     struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
     unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
     unsigned handshaking : 1;  /* connected; the TLS handshake runs */

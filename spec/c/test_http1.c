@@ -38,6 +38,7 @@ typedef struct rec {
     const char *seen_base;
     size_t seen_len;
     int seen_nhdrs;
+    char seen_fields[4096];
 } rec_t;
 
 static void logf_(rec_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -50,6 +51,21 @@ static void logf_(rec_t *r, const char *fmt, ...)
     if (n > 0)
         r->loglen += (size_t)n < sizeof r->log - r->loglen ? (size_t)n
                                                             : sizeof r->log - r->loglen - 1;
+}
+
+/* The head's fields as text, to compare what on_head saw with what the
+ * owner sees later. */
+static void dump_fields(const mg_h1_head_t *h, char *out, size_t cap)
+{
+    size_t k = 0;
+    out[0] = 0;
+    for (int i = 0; i < h->nhdrs && k < cap; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        int w = snprintf(out + k, cap - k, "%.*s=[%.*s]\n", (int)n.n, n.p, (int)v.n, v.p);
+        if (w < 0)
+            break;
+        k += (size_t)w;
+    }
 }
 
 static mg_h1_head_t *cb_begin(void *ud)
@@ -88,6 +104,7 @@ static int cb_head(void *ud, mg_h1_head_t *h)
     r->seen_base = h->store.base;
     r->seen_len = h->store.len;
     r->seen_nhdrs = h->nhdrs;
+    dump_fields(h, r->seen_fields, sizeof r->seen_fields);
     if (r->o->no_body_204_304 && (h->status == 204 || h->status == 304))
         return 1;
     return r->o->head_ret;
@@ -114,6 +131,12 @@ static int cb_done(void *ud)
         r->head.nhdrs != r->seen_nhdrs)
         logf_(r, "head changed after on_head (%d -> %d headers)\n", r->seen_nhdrs,
               r->head.nhdrs);
+    else {
+        static char now[sizeof r->seen_fields];
+        dump_fields(&r->head, now, sizeof now);
+        if (strcmp(now, r->seen_fields) != 0)
+            logf_(r, "fields changed after on_head:\n%s", now);
+    }
     logf_(r, "done\n");
     r->ndone++;
     return r->o->done_ret; /* by default pause after every message, as conn does */
@@ -351,6 +374,14 @@ static void test_chunked_trailers(void)
         "X-Trailer-3: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\r\n"
         "X-Trailer-4: dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd\r\n"
         "\r\n";
+    /* A trailer field's end must not touch the head either: it used to
+     * empty the value of the head's last field, so a plugin that read the
+     * body (req:body()) then saw, and proxied, that header empty. */
+    EXPECT(&REQ,
+           "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Last: keep  \r\n\r\n"
+           "2\r\nhi\r\n0\r\nX-T: 1\r\nX-U:\r\n\r\n",
+           "POST /t 1.1 CHUNKED TE KA\nHost=[x]\nTransfer-Encoding=[chunked]\nX-Last=[keep]\n"
+           "body=[hi]\ndone\n");
     CHECK_KNOWN_FIXED(same_everywhere(&REQ, big_trailers, sizeof big_trailers - 1,
                               "POST /t 1.1 CHUNKED TE KA\nHost=[x]\nTransfer-Encoding=[chunked]\n"
                               "body=[hi]\ndone\n",
@@ -554,6 +585,24 @@ static void test_smuggling(void)
                  "Transfer-Encoding: identity\r\n\r\n0\r\n\r\n",
                  400);
     EXPECT_ERROR(&REQ, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400);
+    /* llhttp does not take "chunked<TAB>" as chunked (no body, the rest is
+     * a second request) while the value, trimmed, looked like "chunked" */
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+                 "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t \r\n\r\n"
+                 "0\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                 400);
+    EXPECT_ERROR(&REQ,
+                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                 "0\r\n\r\n",
+                 400);
     EXPECT_ERROR(&REQ,
                  "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
                  "hello\r\n0\r\n\r\n",
@@ -601,6 +650,22 @@ static void test_space_in_header_name(void)
     CHECK_KNOWN_FIXED(REFUSAL(&REQ, "POST / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\n"
                             "Content-Length: 3\r\n\r\nabc") == 400,
               "http1.c: 'Transfer Encoding' (space) accepted next to Content-Length");
+}
+
+static void test_empty_header_name(void)
+{
+    /* llhttp 8.1 accepts a field line with an empty name; it used to be
+     * kept as a field named "" (passed on to the upstream), and the value
+     * after it could extend the field before it */
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\nHost: x\r\nX-Role: user\r\n: admin\r\n\r\n", 400);
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\nHost: x\r\n:admin\r\n\r\n", 400);
+    EXPECT_ERROR(&REQ, "GET / HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n", 400);
+    EXPECT_ERROR(&RESP, "HTTP/1.1 200 OK\r\nX-Role: user\r\n: admin\r\nContent-Length: 0\r\n\r\n",
+                 400);
+    /* trailers are dropped whatever their names */
+    EXPECT(&REQ,
+           "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nT: 1\r\n\r\n",
+           "POST / 1.1 CHUNKED TE KA\nHost=[x]\nTransfer-Encoding=[chunked]\nbody=[a]\ndone\n");
 }
 
 static void test_bare_lf(void)
@@ -760,6 +825,10 @@ static void test_response_errors(void)
 {
     EXPECT_ERROR(&RESP, "NOT HTTP\r\n\r\n", 400);
     EXPECT_ERROR(&RESP, "HTTP/1.1 abc OK\r\n\r\n", 400);
+    /* llhttp itself takes a one- or two-digit status */
+    EXPECT_ERROR(&RESP, "HTTP/1.1 22\r\n\r\n", 400);
+    EXPECT_ERROR(&RESP, "HTTP/1.1 0 X\r\nContent-Length: 1\r\n\r\na", 400);
+    EXPECT_ERROR(&RESP, "HTTP/1.1 099 X\r\nContent-Length: 1\r\n\r\na", 400);
     EXPECT_ERROR(&RESP, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400);
     EXPECT_ERROR(&RESP, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 400);
     /* Transfer-Encoding is only policed in requests: a response may say
@@ -791,6 +860,7 @@ int main(void)
     RUN(test_host_rules);
     RUN(test_malformed);
     RUN(test_space_in_header_name);
+    RUN(test_empty_header_name);
     RUN(test_bare_lf);
     RUN(test_error_is_sticky);
     RUN(test_response_basic);
