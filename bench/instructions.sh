@@ -17,7 +17,7 @@
 # the auth server are the ones bench/auth.sh uses, each checked first.
 #
 # Environment: as bench/lib.sh, plus BENCH_REQS [5000], BENCH_WARMUP_REQS
-# [2000], BENCH_TARGETS [all of: mg-plain nginx-plain mg-fa nginx-fa mg-jwt
+# [2000], BENCH_AB_CONNS [50] (ab's -c), BENCH_TARGETS [all of: mg-plain nginx-plain mg-fa nginx-fa mg-jwt
 # nginx-lua-jwt]. Rewrites <!-- instructions:begin --> .. :end --> in
 # bench/RESULTS.md. Needs valgrind and ab (apache2-utils).
 
@@ -31,7 +31,8 @@ ALL_TARGETS="mg-plain nginx-plain mg-fa nginx-fa mg-jwt nginx-lua-jwt"
 WANT_TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 REQS=${BENCH_REQS:-5000}
 WARM_REQS=${BENCH_WARMUP_REQS:-2000}
-for v in REQS WARM_REQS; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive number"; done
+ABC=${BENCH_AB_CONNS:-50}
+for v in REQS WARM_REQS ABC; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive number"; done
 bench_init
 for c in valgrind callgrind_control ab openssl "$NGINX"; do
   command -v "$c" >/dev/null || die "$c not found (sh .ci/deps; valgrind is a Debian package)"
@@ -67,9 +68,9 @@ measure() {
   if ! wait_until "$proc" curl -sf -o /dev/null "${hargs[@]}" "$url"; then
     NOTE[$t]="did not answer 200: $READY_ERR"; return
   fi
-  ab -q -k -n "$WARM_REQS" -c 50 "${hargs[@]}" "$url" >/dev/null 2>&1
+  ab -q -k -n "$WARM_REQS" -c "$ABC" "${hargs[@]}" "$url" >/dev/null 2>&1
   callgrind_control -z "$pid" >/dev/null 2>&1
-  out=$(ab -k -n "$REQS" -c 50 "${hargs[@]}" "$url" 2>&1)
+  out=$(ab -k -n "$REQS" -c "$ABC" "${hargs[@]}" "$url" 2>&1)
   callgrind_control -d "$pid" >/dev/null 2>&1
   if ! grep -q '^Failed requests: *0' <<<"$out" || grep -q '^Non-2xx' <<<"$out"; then
     NOTE[$t]="failed requests under ab"; return
@@ -150,7 +151,7 @@ REPORT=$WORK/report.md
   echo "## User-space instructions per request (\`bench/instructions.sh\`)"
   echo
   echo "callgrind's instruction count in the proxy process (user space only: no"
-  echo "syscalls, no kernel TCP work) over $REQS keep-alive requests at c=50 (ab -k),"
+  echo "syscalls, no kernel TCP work) over $REQS keep-alive requests at c=$ABC (ab -k),"
   echo "after $WARM_REQS warm-up requests. Unlike req/s, these numbers do not move"
   echo "with host noise. Measured $(date -u '+%Y-%m-%d %H:%M UTC'); moongate $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)."
   echo
@@ -166,10 +167,10 @@ REPORT=$WORK/report.md
   echo "### Commands"
   echo
   echo '```sh'
-  echo "BENCH_REQS=$REQS BENCH_WARMUP_REQS=$WARM_REQS bash bench/instructions.sh"
+  echo "BENCH_REQS=$REQS BENCH_WARMUP_REQS=$WARM_REQS BENCH_AB_CONNS=$ABC bash bench/instructions.sh"
   echo "# each proxy alone: valgrind --tool=callgrind \$PROXY ... (nginx: master_process off)"
-  echo "ab -q -k -n $WARM_REQS -c 50 \$URL; callgrind_control -z \$PID"
-  echo "ab -k -n $REQS -c 50 \$URL; callgrind_control -d \$PID   # total / $REQS"
+  echo "ab -q -k -n $WARM_REQS -c $ABC \$URL; callgrind_control -z \$PID"
+  echo "ab -k -n $REQS -c $ABC \$URL; callgrind_control -d \$PID   # total / $REQS"
   echo '```'
 } >"$REPORT"
 cat "$REPORT"

@@ -4,6 +4,10 @@
 #ifndef MG_LOOP_H
 #define MG_LOOP_H
 
+/* Finished request coroutines kept for reuse: enough for c=1000 in flight,
+ * so a busy worker does not create and collect a thread per request. */
+#define MG_THREAD_CACHE 1024
+
 #include <ev.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,7 +102,7 @@ typedef struct mg_loop {
     int lua_oom;             /* an allocation failed in this resume */
     int run_ref;             /* runtime.run */
     int run_log_ref;         /* runtime.run_log: the log phase after a Lua error */
-    int threads[64];         /* finished coroutines kept for reuse (registry refs) */
+    int threads[MG_THREAD_CACHE]; /* finished coroutines kept for reuse (registry refs) */
     int nthreads;
     struct mg_req *script;   /* --script mode's pseudo request */
     struct mg_req *free_reqs;/* finished requests kept for reuse */

@@ -19,7 +19,6 @@
 
 
 #define HOOK_EVERY 1000  /* instructions between count-hook calls */
-#define THREAD_CACHE 64
 
 mg_loop_t *mg_lrt_loop(lua_State *L)
 {
@@ -226,7 +225,7 @@ static void drop_thread(mg_req_t *r, int reusable)
     if (!r->script)
         loop->stats.lua_busy--;
     *(mg_req_t **)lua_getextraspace(co) = NULL;
-    if (reusable && loop->nthreads < THREAD_CACHE) {
+    if (reusable && loop->nthreads < MG_THREAD_CACHE) {
         lua_settop(co, 0);
         loop->threads[loop->nthreads++] = r->co_ref;
     } else {
