@@ -261,12 +261,15 @@ void mg_req_dispatch(mg_req_t *r)
      * as sent (nginx: locations match $uri, proxy_pass sends the original). */
     char stackbuf[512];
     size_t nn = 0;
-    char *nbuf = r->path.n <= sizeof stackbuf ? stackbuf : malloc(r->path.n);
-    if (nbuf == NULL) {
-        mg_req_error(r, 500, "internal error");
-        return;
+    char *nbuf = stackbuf;
+    int nrc = 0;
+    if (!mg_router_path_is_normal(r->path.p, r->path.n)) { /* rare: allocate only then */
+        if (r->path.n > sizeof stackbuf && (nbuf = malloc(r->path.n)) == NULL) {
+            mg_req_error(r, 500, "internal error");
+            return;
+        }
+        nrc = mg_router_normalize(r->path.p, r->path.n, nbuf, &nn);
     }
-    int nrc = mg_router_normalize(r->path.p, r->path.n, nbuf, &nn);
     if (nrc < 0) {
         if (nbuf != stackbuf)
             free(nbuf);

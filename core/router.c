@@ -24,18 +24,24 @@ static int hexval(unsigned char c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+int mg_router_path_is_normal(const char *p, size_t n)
+{
+    if (n == 0 || p[0] != '/')
+        return 1; /* not an origin-form path: nothing to resolve */
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '%' || (p[i] == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.')))
+            return 0;
+    return 1;
+}
+
 int mg_router_normalize(const char *p, size_t n, char *out, size_t *outn)
 {
     /* the common case costs one scan: nothing to decode or resolve */
-    size_t i = 0;
-    for (; i < n; i++)
-        if (p[i] == '%' || (p[i] == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.')))
-            break;
-    if (i == n || n == 0 || p[0] != '/')
+    if (mg_router_path_is_normal(p, n))
         return 0;
     /* decode into out, then resolve segments in place (it only shrinks) */
     size_t d = 0;
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
         if (c == '%') {
             int hi = i + 1 < n ? hexval((unsigned char)p[i + 1]) : -1;

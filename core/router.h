@@ -30,6 +30,9 @@ int mg_router_match(const mg_cfg_t *cfg, const mg_route_input_t *in);
  * normal already (out unused), -1 for a path to refuse (a bad %XX, %00, a
  * ".." above the root). */
 int mg_router_normalize(const char *p, size_t n, char *out, size_t *outn);
+/* True when mg_router_normalize would leave p as it is (no %, //, /. in
+ * it): callers can skip finding room for the normalized copy. */
+int mg_router_path_is_normal(const char *p, size_t n);
 /* True if host matches the pattern ("example.com" or "*.example.com"). */
 int mg_router_host_match(const char *pattern, mg_str_t host);
 

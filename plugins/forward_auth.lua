@@ -74,7 +74,7 @@ end
 
 -- Deletes (no client spoofing) then copies the auth response's headers.
 local function copy_auth_headers(conf, req, copied)
-  for _, name in ipairs(conf.auth_response_headers or {}) do
+  for _, name in ipairs(conf._response_list) do
     req:remove_header(name)
   end
   if conf._pattern then
@@ -125,8 +125,9 @@ return {
       conf._pattern = p
     end
     conf._response_set = lower_set(conf.auth_response_headers)
+    conf._response_list = conf.auth_response_headers or {} -- no table per request
     conf._response_lower = {}
-    for i, name in ipairs(conf.auth_response_headers or {}) do conf._response_lower[i] = name:lower() end
+    for i, name in ipairs(conf._response_list) do conf._response_lower[i] = name:lower() end
     conf._request_set = conf.auth_request_headers and lower_set(conf.auth_request_headers)
     if conf.cache_ttl and not conf.cache_key then
       return nil, "cache_ttl needs cache_key (the headers that identify the caller)"
