@@ -25,10 +25,7 @@ static int l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0, 1, "negative delay");
-    mg_req_t *r = mg_lrt_current(L);
-    if (r == NULL || r->co != L || !lua_isyieldable(L))
-        return luaL_error(L, "gw.sleep needs a request coroutine (not the main thread, "
-                             "a user coroutine or a metamethod)");
+    mg_req_t *r = mg_lrt_check_yield(L, NULL, "gw.sleep");
     mg_lrt_wait(r, MG_WAIT_SLEEP, NULL);
     /* the loop time is stale after a long stretch of Lua: count from now */
     ev_now_update(r->loop->ev);

@@ -372,10 +372,7 @@ static int l_request(lua_State *L)
         tls_verify = lua_toboolean(L, 8);
     lua_settop(L, 8);
 
-    mg_req_t *r = mg_lrt_current(L);
-    if (r == NULL || r->co != L || !lua_isyieldable(L))
-        return luaL_error(L, "gw.http.request needs a request coroutine (not the main thread, "
-                             "a user coroutine or a metamethod)");
+    mg_req_t *r = mg_lrt_check_yield(L, NULL, "gw.http.request");
     if (st->ctx == NULL)
         return luaL_error(L, "gw.http.request: the http client is shut down");
 

@@ -338,11 +338,7 @@ static void check_args(lua_State *L, int first, int last, int argbase) MG_LJMP
 
 static mg_req_t *request_of(lua_State *L) MG_LJMP
 {
-    mg_req_t *r = mg_lrt_current(L);
-    if (r == NULL || r->co != L || !lua_isyieldable(L))
-        luaL_error(L, "gw.redis needs a request coroutine (not the main thread, a user "
-                      "coroutine or a metamethod)");
-    return r;
+    return mg_lrt_check_yield(L, NULL, "gw.redis");
 }
 
 /* --- waiting -------------------------------------------------------------- */

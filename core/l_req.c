@@ -1,8 +1,12 @@
 /* The req and res objects seen by plugins (PRODUCT.md "Plugin API"). Each is
  * a userdata holding the request pointer; the pointer is NULLed when the
  * request is freed, so a plugin that kept one gets "request finished"
- * instead of a use-after-free. Methods that start with "_" are the
- * runtime's private hooks, used by lua/moongate/runtime.lua. */
+ * instead of a use-after-free.
+ *
+ * The runtime's own operations (run the proxy, wait for the response to
+ * end, ...) are not methods: they live in a separate table that only
+ * lua/moongate/runtime.lua receives, once, at boot (mg_lreq_push_ops), and
+ * each checks that it runs on its request's own coroutine. */
 #include "conn.h"
 #include "log.h"
 #include "lrt.h"
@@ -407,8 +411,7 @@ static int l_body(lua_State *L)
         return luaL_error(L, "req:body() after the request went upstream");
     if (r->body_done || r->done)
         return body_k(L, LUA_OK, (lua_KContext)r);
-    if (mg_lrt_current(L) != r || !lua_isyieldable(L))
-        return luaL_error(L, "req:body() needs the request's coroutine");
+    mg_lrt_check_yield(L, r, "req:body()");
     r->want_body = 1;
     mg_lrt_wait(r, MG_WAIT_BODY, body_cancel);
     if (r->conn && r->conn->read_paused)
@@ -459,12 +462,24 @@ static int l_respond(lua_State *L)
     return 1;
 }
 
-/* --- private hooks for runtime.lua ----------------------------------------- */
+/* --- the runtime's private operations --------------------------------------- */
 
-/* An answer is decided: sent, or held for the response phase. */
-static int l__done(lua_State *L)
+/* The request of a runtime operation: op(req, ...) where req is the request
+ * whose coroutine runs now. The runtime only ever calls them that way; the
+ * check keeps a stray call (a kept req, another coroutine) from reaching
+ * request state it has no business with. may raise */
+static mg_req_t *check_own(lua_State *L, const char *what)
 {
     mg_req_t *r = check_req(L);
+    if (mg_lrt_current(L) != r || r->co != L)
+        luaL_error(L, "%s: runtime operation outside its request's coroutine", what);
+    return r;
+}
+
+/* An answer is decided: sent, or held for the response phase. */
+static int op_done(lua_State *L)
+{
+    mg_req_t *r = check_own(L, "done");
     lua_pushboolean(L, r->done || r->resp_started || r->held);
     return 1;
 }
@@ -473,37 +488,42 @@ static void push_res(lua_State *L, mg_req_t *r, int req_idx);
 
 /* From here on, req:respond and handler answers are held (mg_req_stage) so
  * the route's response plugins see them, as they see upstream answers. */
-static int l__stage_replies(lua_State *L)
+static int op_stage_replies(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
+    mg_req_t *r = check_own(L, "stage_replies");
     r->stage_replies = 1;
     return 0;
 }
 
-/* The held answer's res object, or nothing. */
-static int l__staged(lua_State *L)
+static int staged(lua_State *L, mg_req_t *r)
 {
-    mg_req_t *r = check_req(L);
     if (!r->held || r->done || r->resp_started)
         return 0;
     push_res(L, r, 1);
     return 1;
 }
 
-static int l__reply(lua_State *L)
+/* The held answer's res object, or nothing. */
+static int op_staged(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
+    return staged(L, check_own(L, "staged"));
+}
+
+/* The handler's results (status, body, headers) become the answer. */
+static int op_reply(lua_State *L)
+{
+    mg_req_t *r = check_own(L, "reply");
     if (r->done || r->resp_started)
         return 0;
     if (r->held) { /* the handler answered with req:respond: its return is ignored */
         lua_settop(L, 1);
-        return l__staged(L);
+        return staged(L, r);
     }
     if (!lua_isinteger(L, 2))
         return luaL_error(L, "handler must return a status code, got %s", luaL_typename(L, 2));
     respond(L, r, 2, 3, 4);
     lua_settop(L, 1);
-    return l__staged(L);
+    return staged(L, r);
 }
 
 static void push_res(lua_State *L, mg_req_t *r, int req_idx)
@@ -527,12 +547,17 @@ static int proxy_k(lua_State *L, int status, lua_KContext ctx)
     return 1;
 }
 
-static int l__proxy(lua_State *L)
+/* proxy(req, hold, keep_head): starts the upstream exchange; with `hold`,
+ * waits for the response head and returns its res object (nothing if the
+ * exchange failed and was answered). */
+static int op_proxy(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
-    if (r->done || r->resp_started)
+    mg_req_t *r = check_own(L, "proxy");
+    if (r->done || r->resp_started || r->up || r->held)
         return 0;
     int hold = lua_toboolean(L, 2);
+    if (hold)
+        mg_lrt_check_yield(L, r, "proxy");
     r->hold_head = hold;
     r->keep_res_head = lua_toboolean(L, 3);
     mg_req_proxy(r);
@@ -544,9 +569,9 @@ static int l__proxy(lua_State *L)
     return lua_yieldk(L, 0, (lua_KContext)r, proxy_k);
 }
 
-static int l__send_head(lua_State *L)
+static int op_send_head(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
+    mg_req_t *r = check_own(L, "send_head");
     mg_proxy_send_held(r);
     return 0;
 }
@@ -559,19 +584,24 @@ static int done_k(lua_State *L, int status, lua_KContext ctx)
     return 0;
 }
 
-static int l__wait_done(lua_State *L)
+/* Waits until the response has gone out (or the client went away). Only
+ * once the answer is on its way: waiting before would wait for ever. */
+static int op_wait_done(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
+    mg_req_t *r = check_own(L, "wait_done");
     if (r->done)
         return 0;
+    if (!r->resp_started && r->up == NULL)
+        return luaL_error(L, "wait_done: the response has not been started");
+    mg_lrt_check_yield(L, r, "wait_done");
     r->waiting_done = 1;
     mg_lrt_wait(r, MG_WAIT_DONE, NULL);
     return lua_yieldk(L, 0, (lua_KContext)r, done_k);
 }
 
-static int l__res(lua_State *L)
+static int op_res(lua_State *L)
 {
-    mg_req_t *r = check_req(L);
+    mg_req_t *r = check_own(L, "res");
     push_res(L, r, 1);
     return 1;
 }
@@ -724,14 +754,6 @@ void mg_lreq_register(lua_State *L)
         { "set_path", l_set_path },
         { "set_upstream", l_set_upstream },
         { "respond", l_respond },
-        { "_done", l__done },
-        { "_reply", l__reply },
-        { "_stage_replies", l__stage_replies },
-        { "_staged", l__staged },
-        { "_proxy", l__proxy },
-        { "_send_head", l__send_head },
-        { "_wait_done", l__wait_done },
-        { "_res", l__res },
         { NULL, NULL },
     };
     static const luaL_Reg res_methods[] = {
@@ -762,4 +784,20 @@ void mg_lreq_register(lua_State *L)
 void mg_lreq_push(lua_State *co, mg_req_t *r)
 {
     r->lua_handle = new_handle(co, r, &req_tag, REQ_MT, 2);
+}
+
+void mg_lreq_push_ops(lua_State *L)
+{
+    static const luaL_Reg ops[] = {
+        { "done", op_done },
+        { "reply", op_reply },
+        { "stage_replies", op_stage_replies },
+        { "staged", op_staged },
+        { "proxy", op_proxy },
+        { "send_head", op_send_head },
+        { "wait_done", op_wait_done },
+        { "res", op_res },
+        { NULL, NULL },
+    };
+    luaL_newlib(L, ops);
 }

@@ -32,6 +32,15 @@ mg_req_t *mg_lrt_current(lua_State *co)
     return *(mg_req_t **)lua_getextraspace(co);
 }
 
+mg_req_t *mg_lrt_check_yield(lua_State *L, mg_req_t *r, const char *what)
+{
+    mg_req_t *cur = mg_lrt_current(L);
+    if (cur == NULL || cur->co != L || (r != NULL && cur != r) || !lua_isyieldable(L))
+        luaL_error(L, "%s needs a request coroutine (not the main thread, a user coroutine, "
+                      "a metamethod or another request's coroutine)", what);
+    return cur;
+}
+
 /* The allocator enforces the per-worker Lua memory limit, but only while
  * plugin code runs: the runtime's own allocations (coroutines, tracebacks,
  * config) must not fail in unprotected places. */
@@ -140,10 +149,13 @@ static int boot(lua_State *L)
     lua_call(L, 1, 1);
     lua_pushstring(L, plugin_dir());
     lua_setfield(L, -2, "bundled_dir");
-    lua_getfield(L, -1, "run");
-    lua_setfield(L, LUA_REGISTRYINDEX, "mg_run");
-    lua_getfield(L, -1, "run_log");
+    /* runtime._init(ops) takes the private operations and hands back the
+     * coroutine bodies; it removes itself, so plugins cannot get them */
+    lua_getfield(L, -1, "_init");
+    mg_lreq_push_ops(L);
+    lua_call(L, 1, 2);
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_run_log");
+    lua_setfield(L, LUA_REGISTRYINDEX, "mg_run");
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_runtime");
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.gw");

@@ -39,6 +39,13 @@ void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r));
 void mg_lrt_abort(mg_req_t *r);
 /* The request a coroutine runs, or NULL (main thread, user coroutines). */
 mg_req_t *mg_lrt_current(lua_State *co);
+/* The request whose own coroutine L is, when L can yield there; raises
+ * "`what` needs a request coroutine" otherwise (the main thread: config
+ * load and route match functions; a user coroutine; a metamethod or other
+ * C boundary). Every binding that yields checks this before any side
+ * effect. With `r` non-NULL, L must also be r's coroutine (a req object
+ * kept from another request). may raise */
+mg_req_t *mg_lrt_check_yield(lua_State *L, mg_req_t *r, const char *what);
 /* Calls a route's match function synchronously: 1 if it matched. A Lua
  * error answers the request 500 (the caller checks r->done). */
 int mg_lrt_match(mg_req_t *r, int ref);
@@ -54,6 +61,10 @@ int mg_lrt_script(mg_loop_t *loop, const char *file, int argc, char **argv);
 int luaopen_moongate_core(lua_State *L);
 /* Registers the req/res metatables; pushes nothing. */
 void mg_lreq_register(lua_State *L);
+/* Pushes the table of the runtime's private operations on req objects
+ * (proxy, wait_done, ...): given to lua/moongate/runtime.lua once at boot,
+ * never reachable from plugin code. */
+void mg_lreq_push_ops(lua_State *L);
 /* Pushes a new req object for r (a userdata with ctx/res slots). */
 void mg_lreq_push(lua_State *co, mg_req_t *r);
 

@@ -252,11 +252,16 @@ end
 
 local log = require("moongate.core").log
 
+-- The C runtime's private operations on a request (op.proxy(req, ...),
+-- op.wait_done(req), ...). They are not req methods: plugin code cannot
+-- reach them. Set once by M._init at boot.
+local op
+
 -- The log phase: waits until the response went out, then runs every log
 -- plugin of the route.
 local function run_log(req, chain)
-  req:_wait_done()
-  local res = req:_res()
+  op.wait_done(req)
+  local res = op.res(req)
   local list = chain.log
   for i = 1, #list do
     local p = list[i]
@@ -268,34 +273,33 @@ end
 
 -- After a Lua error answered 500, the C runtime calls this in a new
 -- coroutine, so the route's log plugins still see the request.
-function M.run_log(req, chain)
+local function run_log_after_error(req, chain)
   if chain.has_log then run_log(req, chain) end
 end
 
--- The body of a request coroutine. req's underscore methods are the C
--- runtime's private hooks.
+-- The body of a request coroutine.
 --
 -- The response phase sees every answer the route gives: the upstream's, a
 -- handler's, and one a plugin gave with req:respond (as Kong runs
 -- header_filter after kong.response.exit). With response plugins on the
--- route, the last two are held (req:_stage_replies) until the phase ends.
-function M.run(req, chain)
+-- route, the last two are held (op.stage_replies) until the phase ends.
+local function run(req, chain)
   local has_response = chain.has_response
-  if has_response then req:_stage_replies() end
+  if has_response then op.stage_replies(req) end
   local access = chain.access
   local res
   for i = 1, #access do
     local p = access[i]
     p.fn(p.conf, req)
-    if req:_done() then
-      if has_response then res = req:_staged() end
+    if op.done(req) then
+      if has_response then res = op.staged(req) end
       goto answered
     end
   end
   if chain.handler then
-    res = req:_reply(chain.handler(req))
+    res = op.reply(req, chain.handler(req))
   else
-    res = req:_proxy(has_response, chain.has_log)
+    res = op.proxy(req, has_response, chain.has_log)
   end
   ::answered::
   if res then
@@ -304,9 +308,18 @@ function M.run(req, chain)
       local p = response[i]
       p.fn(p.conf, req, res)
     end
-    req:_send_head()
+    op.send_head(req)
   end
   if chain.has_log then run_log(req, chain) end
+end
+
+-- Called once by the C runtime at boot with its private operations;
+-- returns the coroutine bodies (run, and the log phase after an error).
+-- It removes itself, so nothing loaded later can call it.
+function M._init(ops)
+  op = ops
+  M._init = nil
+  return run, run_log_after_error
 end
 
 return M

@@ -1,0 +1,138 @@
+"""The runtime's private operations are out of plugin code's reach, and every
+call that waits checks where it runs (issue 12).
+
+- The operations the runtime uses to drive a request (proxy, wait for the
+  response to end, hold and send the head, ...) are not methods of `req`:
+  a handler or plugin that tries one gets a Lua error, answered 500 at once,
+  never a request that hangs. The runtime module does not hand them out
+  either.
+- gw.sleep, req:body(), gw.redis and gw.http.request raise when called from a
+  route match function (the main thread: there is no request coroutine to
+  suspend) or outside any request (a plugin's top level, at config load)."""
+import time
+
+import pytest
+
+from conftest import Raw, assert_json_error, request, wait_for
+from luahelp import handler, hook, lua_config
+
+# Everything the runtime used to reach through req's metatable.
+PRIVATE = ["_proxy", "_wait_done", "_done", "_reply", "_stage_replies", "_staged",
+           "_send_head", "_res", "_init"]
+
+
+def metrics_config(routes, upstream=None, **kw):
+    return lua_config(routes, upstream, **kw).replace(
+        "return {", 'return {\n  admin = { addr = "127.0.0.1:$PORT1" },', 1)
+
+
+def gauges(admin):
+    out = {}
+    for line in request(admin, "GET", "/metrics").text().splitlines():
+        for name in ("moongate_requests_active", "moongate_lua_coroutines"):
+            if line.startswith(name + " "):
+                out[name] = int(line.split()[1])
+    return out
+
+
+def settled(admin):
+    wait_for(lambda: gauges(admin) == {"moongate_requests_active": 0,
+                                        "moongate_lua_coroutines": 0},
+             timeout=8, what="requests_active and lua_coroutines back to 0")
+
+
+def assert_500_fast(port, path, method="GET", **kw):
+    t = time.monotonic()
+    r = request(port, method, path, timeout=10, **kw)
+    took = time.monotonic() - t
+    doc = assert_json_error(r, 500)
+    assert doc == {"error": "internal error"}, (path, doc)
+    assert took < 2, "%s took %.1fs: the request hung" % (path, took)
+
+
+def test_private_operations_are_not_req_methods(gateway, upstream):
+    routes = []
+    for name in PRIVATE:
+        # a handler, and an access plugin in front of the proxy (the wait for
+        # the upstream's head and for the response's end are the hangs)
+        routes.append({"match": {"path": "/h/" + name},
+                       "handler": handler("return req:%s(true, true)" % name)})
+        routes.append({"match": {"prefix": "/a/%s/" % name}, "upstream": "app",
+                       "plugins": [hook(access="req:%s(true, true)" % name,
+                                        log="gw.log('info', 'log ran')")]})
+    routes.append({"match": {"path": "/field"}, "handler": handler(
+        'local t = {} for _, k in ipairs({%s}) do t[#t + 1] = tostring(req[k]) end '
+        'return 200, table.concat(t, ",")' % ", ".join('"%s"' % n for n in PRIVATE))})
+    routes.append({"match": {"path": "/fast"}, "handler": handler('return 200, "fast"')})
+    g = gateway(metrics_config(routes, upstream), nports=2)
+    for name in PRIVATE:
+        assert_500_fast(g.port, "/h/" + name)
+        assert_500_fast(g.port, "/a/%s/echo" % name)
+        assert request(g.port, "GET", "/fast").body == b"fast"
+    # reading them as fields gives nil, not a function
+    r = request(g.port, "GET", "/field")
+    assert (r.status, r.body) == (200, b",".join([b"nil"] * len(PRIVATE)))
+    assert upstream.stats()["requests"] == 0   # no access plugin got its request proxied
+    settled(g.ports[1])
+
+
+def test_runtime_module_hands_out_nothing_private(gateway, upstream):
+    """require "moongate.runtime" is reachable from plugins; it no longer
+    carries the coroutine bodies or the operations' initializer."""
+    g = gateway(metrics_config([
+        {"match": {"path": "/fields"}, "handler": handler(
+            'local rt = require("moongate.runtime") '
+            'return 200, tostring(rt.run) .. "," .. tostring(rt.run_log) .. "," .. '
+            'tostring(rt._init)')},
+        {"match": {"path": "/rerun"}, "handler": handler(
+            'return require("moongate.runtime").run(req, { access = {}, response = {}, log = {} })')},
+    ], upstream), nports=2)
+    r = request(g.port, "GET", "/fields")
+    assert (r.status, r.body) == (200, b"nil,nil,nil")
+    assert_500_fast(g.port, "/rerun")
+    settled(g.ports[1])
+
+
+YIELDERS = {
+    "sleep": "gw.sleep(0.01)",
+    "body": "req:body()",
+    "redis": 'gw.redis("default"):call("PING")',
+    "http": 'gw.http.request({ url = "http://127.0.0.1:9/" })',
+}
+
+
+@pytest.mark.parametrize("name", sorted(YIELDERS))
+def test_waiting_call_in_a_match_function_raises(gateway, name):
+    match = Raw('function(req) if req.path == "/m" then %s end return false end'
+                % YIELDERS[name])
+    g = gateway(metrics_config([
+        {"match": match, "handler": handler('return 200, "matched"')},
+        {"match": {"path": "/fast"}, "handler": handler('return 200, "fast"')},
+    ], redis={"default": {"addr": "127.0.0.1:9"}}), nports=2)
+    # a body still to come: req:body() would have to wait for it
+    assert_500_fast(g.port, "/m", method="POST", body=b"x" * 10)
+    wait_for(lambda: "needs a request coroutine" in g.stderr_text(), timeout=3,
+             what="the match function's error in the log")
+    assert request(g.port, "GET", "/fast").body == b"fast"
+    settled(g.ports[1])
+
+
+PLUGIN_AT_LOAD = """return {
+  listen = { { addr = "127.0.0.1:$PORT" } },
+  plugin_path = { "%s" },
+  routes = { { match = { prefix = "/" }, plugins = { { "t_waits_at_load" } },
+               handler = function(req) return 200, "no" end } },
+}
+"""
+
+
+@pytest.mark.parametrize("call", ["gw.sleep(0.01)", 'gw.http.request({ url = "http://127.0.0.1:9/" })',
+                                  'gw.redis({ addr = "127.0.0.1:9" }):call("PING")'])
+def test_waiting_call_outside_a_request_raises(run_moongate, tmp_path, call):
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "t_waits_at_load.lua").write_text(
+        "%s\nreturn { access = function() end }\n" % call)
+    p = run_moongate("-t", "-c", "$CFG", config=PLUGIN_AT_LOAD % d)
+    assert p.returncode == 1, (p.returncode, p.stdout_text, p.stderr_text)
+    assert "needs a request coroutine" in p.stderr_text, p.stderr_text
