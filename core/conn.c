@@ -14,7 +14,6 @@
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
-#include "proxy.h"
 #include "req.h"
 #include "tls.h"
 
@@ -503,8 +502,9 @@ void mg_conn_flush(mg_conn_t *c)
             return;
         }
     }
-    if (c->req && c->req->up && c->wbuf.len < MG_CONN_WBUF_LOW)
-        mg_proxy_client_drained(c->req);
+    /* the response's producer (the proxy) resumes through its callback */
+    if (c->req && c->req->on_drained && c->wbuf.len < MG_CONN_WBUF_LOW)
+        c->req->on_drained(c->req);
 }
 
 static void write_cb(struct ev_loop *ev, ev_io *w, int revents)

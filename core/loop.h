@@ -20,6 +20,7 @@
 typedef struct mg_up mg_up_t;
 typedef struct mg_conn mg_conn_t;
 typedef struct mg_listener mg_listener_t;
+struct mg_req;
 struct ssl_ctx_st;
 
 /* One loaded config and the runtime state tied to it (upstream pools, TLS
@@ -94,6 +95,9 @@ typedef struct mg_loop {
     int exit_code;
     double started;
     mg_stats_t stats;
+    /* Answers a request that came in on the admin listener (registered by
+     * main: the admin API sits above the request layer). */
+    void (*admin_handler)(struct mg_req *r);
     /* Lua runtime */
     struct mg_req *cur_req;  /* the request whose coroutine runs now */
     size_t lua_mem;          /* bytes allocated by the Lua state */

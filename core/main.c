@@ -1,4 +1,5 @@
 /* moongate [-c FILE] | -t -c FILE | --version */
+#include "admin.h"
 #include "log.h"
 #include "loop.h"
 #include "lrt.h"
@@ -63,6 +64,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moongate: cannot initialise\n");
         return 1;
     }
+    loop->admin_handler = mg_admin_handle;
     char err[2048];
     if (mg_loop_load(loop, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);

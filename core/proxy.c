@@ -516,6 +516,7 @@ static void up_on_timer(mg_upconn_t *u)
 /* --- starting an exchange ------------------------------------------------- */
 
 static void proxy_attach(mg_req_t *r, mg_buf_t *carry);
+static void client_drained(mg_req_t *r);
 
 static void respond_fail(mg_req_t *r, int kind, const char *why)
 {
@@ -594,12 +595,13 @@ static void up_fail(mg_upconn_t *u, int kind, const char *why)
 static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
 {
     mg_up_t *up = &r->gen->ups[r->upstream];
+    uint32_t hash = up->cfg->balance == MG_BAL_HASH ? mg_req_hash(r, up->cfg->hash_key) : 0;
     for (;;) {
-        int s = mg_up_pick(up, r, r->tried);
+        int s = mg_up_pick(up, hash, r->tried);
         if (s < 0 && r->tried && up->nservers > 0) {
             /* every server tried once: allow another round for retries */
             r->tried = 0;
-            s = mg_up_pick(up, r, r->tried);
+            s = mg_up_pick(up, hash, r->tried);
         }
         if (s < 0) {
             mg_req_error(r, 503, "no healthy upstream");
@@ -641,6 +643,7 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
 void mg_proxy_start(mg_req_t *r, int upstream)
 {
     r->upstream = upstream;
+    r->on_drained = client_drained;
     build_request_head(r);
     proxy_attach(r, NULL);
 }
@@ -671,7 +674,9 @@ void mg_proxy_body_done(mg_req_t *r)
         up_flush(u);
 }
 
-void mg_proxy_client_drained(mg_req_t *r)
+/* r->on_drained: the client's write queue drained, resume reading the
+ * upstream. */
+static void client_drained(mg_req_t *r)
 {
     if (r->up && r->up->read_paused)
         pause_upstream(r->up, 0);

@@ -12,8 +12,6 @@ typedef struct mg_req mg_req_t;
 void mg_proxy_start(mg_req_t *r, int upstream);
 void mg_proxy_body(mg_req_t *r, const char *p, size_t n);
 void mg_proxy_body_done(mg_req_t *r);
-/* The client's write queue drained: resume reading the upstream. */
-void mg_proxy_client_drained(mg_req_t *r);
 /* Response plugins are done: write the held head (with their edits) and
  * the body held so far, then stream the rest. */
 void mg_proxy_send_held(mg_req_t *r);

@@ -6,12 +6,12 @@
  * has its response. */
 #include "req.h"
 #include "conn.h"
-#include "admin.h"
 #include "log.h"
 #include "metrics.h"
 #include "lrt.h"
 #include "proxy.h"
 #include "router.h"
+#include "upstream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +178,20 @@ mg_str_t mg_req_header(const mg_req_t *r, const char *name)
     return mg_h1_value(r->head, i);
 }
 
+uint32_t mg_req_hash(const mg_req_t *r, const char *key)
+{
+    mg_str_t v;
+    if (strcmp(key, "uri") == 0)
+        v = mg_h1_url(r->head);
+    else if (strncmp(key, "header:", 7) == 0)
+        v = mg_req_header(r, key + 7);
+    else
+        v = (mg_str_t){ r->remote, strlen(r->remote) };
+    if (v.p == NULL)
+        v = (mg_str_t){ "", 0 };
+    return mg_up_hash(v.p, v.n);
+}
+
 static mg_str_t header_cb(void *ud, const char *name)
 {
     return mg_req_header(ud, name);
@@ -236,9 +250,9 @@ void mg_req_dispatch(mg_req_t *r)
         mg_req_error(r, 413, "request body too large");
         return;
     }
-    if (r->conn && r->conn->admin) {
+    if (r->conn && r->conn->admin && r->loop->admin_handler) {
         r->admin = 1;
-        mg_admin_handle(r);
+        r->loop->admin_handler(r);
         return;
     }
     mg_str_t host = mg_req_header(r, "host");

@@ -76,6 +76,9 @@ struct mg_req {
 
     /* upstream */
     mg_upconn_t *up;          /* the exchange in progress */
+    /* The client's write queue drained below its low mark: the producer of
+     * the response body (set by the proxy) may go on. NULL: nobody waits. */
+    void (*on_drained)(mg_req_t *r);
     int upstream;             /* index into gen->ups */
     char upstream_addr[80];   /* for the access log */
     int tries;                /* failed connects so far */
@@ -142,6 +145,10 @@ void mg_req_abort(mg_req_t *r);
 void mg_req_maybe_free(mg_req_t *r);
 /* Value of the request header `name` (edits included), or p == NULL. */
 mg_str_t mg_req_header(const mg_req_t *r, const char *name);
+
+/* The balancing hash of r for an upstream's hash_key ("uri",
+ * "header:NAME" or "remote_addr"); a missing header hashes as "". */
+uint32_t mg_req_hash(const mg_req_t *r, const char *key);
 
 /* Header edits: set (value != NULL) or remove. 0 or MG_ENOMEM. */
 int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);

@@ -11,10 +11,8 @@
  * (tls_more: read again at once), and a read needing a write or the other
  * way round (tls_rd_ww/tls_wr_wr). */
 #include "upstream.h"
-#include "conn.h"
 #include "log.h"
 #include "loop.h"
-#include "req.h"
 #include "tls_client.h"
 
 #include <errno.h>
@@ -112,7 +110,7 @@ void mg_up_close(mg_up_t *up)
     up->tls_owned = 0;
 }
 
-static uint32_t fnv1a(const char *p, size_t n)
+uint32_t mg_up_hash(const char *p, size_t n)
 {
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
@@ -158,12 +156,12 @@ int mg_up_any_up(const mg_up_t *up, double now)
     return 0;
 }
 
-int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried)
+int mg_up_pick(mg_up_t *up, uint32_t hash, uint64_t tried)
 {
-    return mg_up_pick_at(up, r, tried, up->down_max > 0 ? ev_now(up->loop->ev) : 0);
+    return mg_up_pick_at(up, hash, tried, up->down_max > 0 ? ev_now(up->loop->ev) : 0);
 }
 
-int mg_up_pick_at(mg_up_t *up, mg_req_t *r, uint64_t tried, double now)
+int mg_up_pick_at(mg_up_t *up, uint32_t hash, uint64_t tried, double now)
 {
     int n = up->nservers;
     if (n == 0)
@@ -186,17 +184,7 @@ int mg_up_pick_at(mg_up_t *up, mg_req_t *r, uint64_t tried, double now)
         return best;
     }
     case MG_BAL_HASH: {
-        const char *key = up->cfg->hash_key;
-        mg_str_t v = { "", 0 };
-        if (strcmp(key, "uri") == 0)
-            v = mg_h1_url(r->head);
-        else if (strncmp(key, "header:", 7) == 0)
-            v = mg_req_header(r, key + 7);
-        else if (r->conn)
-            v = (mg_str_t){ r->conn->remote, strlen(r->conn->remote) };
-        if (v.p == NULL)
-            v = (mg_str_t){ "", 0 };
-        int first = (int)(fnv1a(v.p, v.n) % (uint32_t)n);
+        int first = (int)(hash % (uint32_t)n);
         for (int k = 0; k < n; k++) {
             int i = (first + k) % n;
             if (!tried_bit(tried, i))
@@ -310,7 +298,7 @@ void mg_up_arm_timer(mg_upconn_t *u, double secs)
     ev_timer_start(u->loop->ev, &u->timer);
 }
 
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t *ops,
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops,
                        const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];

@@ -15,7 +15,6 @@
 #include "http1.h"
 
 typedef struct mg_loop mg_loop_t;
-typedef struct mg_req mg_req_t;
 typedef struct mg_up mg_up_t;
 typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_tlsc mg_tlsc_t;
@@ -68,7 +67,7 @@ struct mg_upconn {
     mg_buf_t wbuf;             /* request bytes not yet written */
     mg_h1_t h1;                /* response parser */
     mg_h1_head_t head;         /* response head store */
-    mg_req_t *req;             /* the exchange it serves; NULL while idle */
+    void *req;                 /* the exchange it serves (its owner's object); NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
     unsigned interim;          /* 1xx responses seen in this exchange */
@@ -99,11 +98,16 @@ int mg_up_use_tls(mg_up_t *up, mg_tlsc_t *t, const char *name);
 /* Closes every idle connection; active ones must be gone already. */
 void mg_up_close(mg_up_t *up);
 
-/* Picks a server for r among those whose bit is not set in `tried` and
- * that are not marked down at loop time `now`; -1 when none is left. */
-int mg_up_pick_at(mg_up_t *up, mg_req_t *r, uint64_t tried, double now);
+/* Picks a server among those whose bit is not set in `tried` and that are
+ * not marked down at loop time `now`; -1 when none is left. `hash` is the
+ * request's balancing key (mg_up_hash of what cfg->hash_key names), used
+ * only by hash balancing: the caller computes it, the pool never looks
+ * into a request. */
+int mg_up_pick_at(mg_up_t *up, uint32_t hash, uint64_t tried, double now);
 /* mg_up_pick_at at the loop's time. */
-int mg_up_pick(mg_up_t *up, mg_req_t *r, uint64_t tried);
+int mg_up_pick(mg_up_t *up, uint32_t hash, uint64_t tried);
+/* The balancing hash of a key (FNV-1a). */
+uint32_t mg_up_hash(const char *p, size_t n);
 /* Passive health (nginx's max_fails/fail_timeout): server s failed to
  * connect at `now`. After max_fails failures within fail_timeout it is
  * marked down for fail_timeout: 1 is returned then. An upstream with one
@@ -119,7 +123,7 @@ int mg_up_any_up(const mg_up_t *up, double now);
 /* An idle connection to server s, or a new connecting one (write watcher
  * armed for the connect), now serving req with ops. NULL when the socket
  * could not even be created (err says why). */
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t *ops,
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops,
                        const char **err);
 /* Drives a connecting connection (u->connecting) on: call it when its
  * socket is writable, and when readable while the TLS handshake runs

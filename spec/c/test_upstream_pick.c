@@ -1,7 +1,6 @@
 /* Unit tests for mg_up_pick (core/upstream): round robin, least_conn and
  * hash balancing, and the `tried` mask that retries use. No loop and no
  * sockets: mg_up_init only lays out the servers. */
-#include "conn.h"
 #include "mgtest.h"
 #include "req.h"
 #include "upstream.h"
@@ -36,22 +35,22 @@ static void test_round_robin(void)
     /* cycles 0, 1, 2, 0, 1, 2 */
     char seq[16] = "";
     for (int k = 0; k < 6; k++)
-        seq[k] = (char)('0' + mg_up_pick(&up, NULL, 0));
+        seq[k] = (char)('0' + mg_up_pick(&up, 0, 0));
     CHECK_STR(seq, "012012");
 
     /* tried servers are skipped */
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0)), 1);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0) | TRIED(1)), 2);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0) | TRIED(1)), 2);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(1) | TRIED(2)), 0);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0)), 1);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0) | TRIED(1)), 2);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0) | TRIED(1)), 2);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(1) | TRIED(2)), 0);
     /* every server tried: -1 */
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0) | TRIED(1) | TRIED(2)), -1);
-    CHECK_INT(mg_up_pick(&up, NULL, ~(uint64_t)0), -1);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0) | TRIED(1) | TRIED(2)), -1);
+    CHECK_INT(mg_up_pick(&up, 0, ~(uint64_t)0), -1);
 
     /* a retry picks a different server than the first try */
     for (int k = 0; k < 5; k++) {
-        int first = mg_up_pick(&up, NULL, 0);
-        int second = mg_up_pick(&up, NULL, TRIED(first));
+        int first = mg_up_pick(&up, 0, 0);
+        int second = mg_up_pick(&up, 0, TRIED(first));
         CHECK(second >= 0 && second != first);
     }
 
@@ -59,7 +58,7 @@ static void test_round_robin(void)
     up.servers[0].active = 100;
     int seen[3] = { 0 };
     for (int k = 0; k < 30; k++)
-        seen[mg_up_pick(&up, NULL, 0)]++;
+        seen[mg_up_pick(&up, 0, 0)]++;
     CHECK(seen[0] == 10 && seen[1] == 10 && seen[2] == 10);
     mg_up_close(&up);
     mg_up_close(&up); /* idempotent */
@@ -70,15 +69,15 @@ static void test_single_and_empty(void)
     mg_up_t up;
     mg_cfg_upstream_t ucfg;
     setup(&up, &ucfg, 1, MG_BAL_ROUND_ROBIN, NULL);
-    CHECK_INT(mg_up_pick(&up, NULL, 0), 0);
-    CHECK_INT(mg_up_pick(&up, NULL, 0), 0);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0)), -1);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(5)), 0); /* bits past the servers are ignored */
+    CHECK_INT(mg_up_pick(&up, 0, 0), 0);
+    CHECK_INT(mg_up_pick(&up, 0, 0), 0);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0)), -1);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(5)), 0); /* bits past the servers are ignored */
     mg_up_close(&up);
 
     for (int b = MG_BAL_ROUND_ROBIN; b <= MG_BAL_HASH; b++) {
         setup(&up, &ucfg, 0, b, "remote_addr");
-        CHECK_INT(mg_up_pick(&up, NULL, 0), -1);
+        CHECK_INT(mg_up_pick(&up, 0, 0), -1);
         mg_up_close(&up);
     }
 }
@@ -93,17 +92,17 @@ static void test_least_conn(void)
     up.servers[2].active = 7;
     up.servers[3].active = 3;
     for (int k = 0; k < 8; k++) /* wherever the rotation starts */
-        CHECK_INT(mg_up_pick(&up, NULL, 0), 1);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(1)), 3);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(1) | TRIED(3)), 0);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0) | TRIED(1) | TRIED(3)), 2);
-    CHECK_INT(mg_up_pick(&up, NULL, TRIED(0) | TRIED(1) | TRIED(2) | TRIED(3)), -1);
+        CHECK_INT(mg_up_pick(&up, 0, 0), 1);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(1)), 3);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(1) | TRIED(3)), 0);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0) | TRIED(1) | TRIED(3)), 2);
+    CHECK_INT(mg_up_pick(&up, 0, TRIED(0) | TRIED(1) | TRIED(2) | TRIED(3)), -1);
 
     /* following the counts as connections come and go */
     up.servers[1].active = 9;
-    CHECK_INT(mg_up_pick(&up, NULL, 0), 3);
+    CHECK_INT(mg_up_pick(&up, 0, 0), 3);
     up.servers[3].active = 9;
-    CHECK_INT(mg_up_pick(&up, NULL, 0), 0);
+    CHECK_INT(mg_up_pick(&up, 0, 0), 0);
 
     /* ties are spread over the tied servers, never to a busier one */
     for (int i = 0; i < 4; i++)
@@ -111,7 +110,7 @@ static void test_least_conn(void)
     up.servers[2].active = 4;
     int seen[4] = { 0 };
     for (int k = 0; k < 30; k++)
-        seen[mg_up_pick(&up, NULL, 0)]++;
+        seen[mg_up_pick(&up, 0, 0)]++;
     CHECK_INT(seen[2], 0);
     CHECK(seen[0] > 0 && seen[1] > 0 && seen[3] > 0);
     CHECK_INT(seen[0] + seen[1] + seen[3], 30);
@@ -121,7 +120,6 @@ static void test_least_conn(void)
 /* --- hash ------------------------------------------------------------- */
 
 static mg_h1_head_t head;
-static mg_conn_t conn;
 
 /* A request with URL `url`, one header `X-User: user` (if user) and a
  * client address. */
@@ -143,8 +141,7 @@ static mg_req_t *fake_req(mg_req_t *r, const char *url, const char *user, const 
         head.nhdrs = 1;
     }
     r->head = &head;
-    snprintf(conn.remote, sizeof conn.remote, "%s", remote ? remote : "");
-    r->conn = remote ? &conn : NULL;
+    snprintf(r->remote, sizeof r->remote, "%s", remote ? remote : "");
     return r;
 }
 
@@ -163,17 +160,19 @@ static void test_hash(void)
             const char *url = k == 0 ? v : "/same";
             const char *user = k == 1 ? v : "same";
             const char *remote = k == 2 ? v : "10.0.0.1";
-            int s = mg_up_pick(&up, fake_req(&r, url, user, remote), 0);
+            uint32_t h = mg_req_hash(fake_req(&r, url, user, remote), ucfg.hash_key);
+            int s = mg_up_pick(&up, h, 0);
             CHECK(s >= 0 && s < 5);
             if (s < 0)
                 continue;
             hits[s]++;
             /* the same key always goes to the same server */
-            CHECK_INT(mg_up_pick(&up, fake_req(&r, url, user, remote), 0), s);
+            h = mg_req_hash(fake_req(&r, url, user, remote), ucfg.hash_key);
+            CHECK_INT(mg_up_pick(&up, h, 0), s);
             /* a retry goes to the next server, wrapping around */
-            CHECK_INT(mg_up_pick(&up, &r, TRIED(s)), (s + 1) % 5);
-            CHECK_INT(mg_up_pick(&up, &r, TRIED(s) | TRIED((s + 1) % 5)), (s + 2) % 5);
-            CHECK_INT(mg_up_pick(&up, &r, 0x1f), -1);
+            CHECK_INT(mg_up_pick(&up, h, TRIED(s)), (s + 1) % 5);
+            CHECK_INT(mg_up_pick(&up, h, TRIED(s) | TRIED((s + 1) % 5)), (s + 2) % 5);
+            CHECK_INT(mg_up_pick(&up, h, 0x1f), -1);
         }
         /* 50 keys over 5 servers: every server gets some */
         for (int s = 0; s < 5; s++)
@@ -186,10 +185,10 @@ static void test_hash(void)
     mg_up_t up;
     mg_cfg_upstream_t ucfg;
     setup(&up, &ucfg, 5, MG_BAL_HASH, "header:x-user");
-    int s = mg_up_pick(&up, fake_req(&r, "/", NULL, NULL), 0);
+    int s = mg_up_pick(&up, mg_req_hash(fake_req(&r, "/", NULL, NULL), ucfg.hash_key), 0);
     CHECK(s >= 0);
     ucfg.hash_key = "remote_addr";
-    CHECK_INT(mg_up_pick(&up, fake_req(&r, "/", NULL, NULL), 0), s);
+    CHECK_INT(mg_up_pick(&up, mg_req_hash(fake_req(&r, "/", NULL, NULL), ucfg.hash_key), 0), s);
     mg_up_close(&up);
     mg_buf_free(&head.store);
 }
@@ -201,7 +200,7 @@ static void test_many_servers(void)
     mg_up_t up;
     mg_cfg_upstream_t ucfg;
     setup(&up, &ucfg, 70, MG_BAL_ROUND_ROBIN, NULL);
-    int s = mg_up_pick(&up, NULL, ~(uint64_t)0);
+    int s = mg_up_pick(&up, 0, ~(uint64_t)0);
     CHECK(s >= 64 && s < 70);
     mg_up_close(&up);
 }
@@ -226,9 +225,9 @@ static void test_passive_health(void)
     CHECK_INT(mg_up_server_failed(&up, 1, t + 12), 0);
     CHECK_INT(mg_up_server_failed(&up, 1, t + 13), 1); /* down until t+23 */
     for (int k = 0; k < 6; k++)
-        CHECK(mg_up_pick_at(&up, NULL, 0, t + 14) != 1);
+        CHECK(mg_up_pick_at(&up, 0, 0, t + 14) != 1);
     /* down servers count as tried: only 0 is left when 2 was tried */
-    CHECK_INT(mg_up_pick_at(&up, NULL, TRIED(2), t + 14), 0);
+    CHECK_INT(mg_up_pick_at(&up, 0, TRIED(2), t + 14), 0);
     /* failures of a server already down do not extend its window */
     CHECK_INT(mg_up_server_failed(&up, 1, t + 15), 0);
     /* every server down: nothing to pick, any_up says so */
@@ -236,14 +235,14 @@ static void test_passive_health(void)
     CHECK_INT(mg_up_server_failed(&up, 0, t + 15), 1);
     mg_up_server_failed(&up, 2, t + 16);
     CHECK_INT(mg_up_server_failed(&up, 2, t + 16), 1);
-    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 17), -1);
+    CHECK_INT(mg_up_pick_at(&up, 0, 0, t + 17), -1);
     CHECK_INT(mg_up_any_up(&up, t + 17), 0);
     /* after the window, server 1 is tried again; then all of them */
-    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 23), 1);
+    CHECK_INT(mg_up_pick_at(&up, 0, 0, t + 23), 1);
     CHECK_INT(mg_up_any_up(&up, t + 23), 1);
     int seen[3] = { 0 };
     for (int k = 0; k < 6; k++)
-        seen[mg_up_pick_at(&up, NULL, 0, t + 30)]++;
+        seen[mg_up_pick_at(&up, 0, 0, t + 30)]++;
     CHECK(seen[0] == 2 && seen[1] == 2 && seen[2] == 2);
     mg_up_close(&up);
 
@@ -254,7 +253,7 @@ static void test_passive_health(void)
     up.servers[1].active = 0;
     up.servers[0].active = 9;
     CHECK_INT(mg_up_server_failed(&up, 1, t), 1);
-    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t + 1), 0);
+    CHECK_INT(mg_up_pick_at(&up, 0, 0, t + 1), 0);
     mg_up_close(&up);
 
     /* max_fails = 0 never marks down; one server is never marked down */
@@ -262,12 +261,12 @@ static void test_passive_health(void)
     ucfg.max_fails = 0;
     ucfg.fail_timeout = 10;
     CHECK_INT(mg_up_server_failed(&up, 0, t), 0);
-    CHECK_INT(mg_up_pick_at(&up, NULL, TRIED(1), t), 0);
+    CHECK_INT(mg_up_pick_at(&up, 0, TRIED(1), t), 0);
     mg_up_close(&up);
     setup(&up, &ucfg, 1, MG_BAL_ROUND_ROBIN, NULL);
     ucfg.max_fails = 1;
     CHECK_INT(mg_up_server_failed(&up, 0, t), 0);
-    CHECK_INT(mg_up_pick_at(&up, NULL, 0, t), 0);
+    CHECK_INT(mg_up_pick_at(&up, 0, 0, t), 0);
     mg_up_close(&up);
 }
 
