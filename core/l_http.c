@@ -310,7 +310,7 @@ static void request_done(mg_hc_t *hc, void *ud, const char *err)
     mg_req_t *r = ud;
     r->wait.err = err;
     r->wait.status = err ? MG_EAGAIN : MG_OK;
-    mg_lrt_resume(r, 0);
+    mg_req_resume(r, 0);
 }
 
 /* The request went away while waiting: close the connection (a half-read

@@ -1,5 +1,4 @@
 #include "lrt.h"
-#include "conn.h"
 #include "l_bindings.h"
 #include "log.h"
 #include "loop.h"
@@ -195,14 +194,14 @@ void mg_lrt_close(lua_State *L)
 
 /* --- coroutines ----------------------------------------------------------- */
 
-static void wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
+/* The wait timer of `moongate --script`'s pseudo request (a request's own
+ * is the request layer's: mg_req_lua_start). */
+static void script_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)ev;
     (void)revents;
-    mg_req_t *r = w->data;
-    r->wait.armed = 0;
-    r->wait.cancel = NULL;
-    mg_lrt_resume(r, 0);
+    int ctx_ref;
+    mg_lrt_resume(w->data, 0, &ctx_ref);
 }
 
 static lua_State *get_thread(mg_loop_t *loop, int *ref)
@@ -249,12 +248,11 @@ static void drop_thread(mg_req_t *r, int reusable)
 }
 
 /* Runs runtime function `fn_ref`(req, chain) in a fresh coroutine; a
- * `ctx_ref` other than LUA_NOREF becomes req.ctx (and is released). */
-static void start_co(mg_req_t *r, int fn_ref, int chain_ref, int ctx_ref)
+ * `ctx_ref` other than LUA_NOREF becomes req.ctx (and is released).
+ * Returns the first run's outcome (mg_lrt_resume). */
+static int start_co(mg_req_t *r, int fn_ref, int chain_ref, int ctx_ref, int *out_ctx)
 {
     mg_loop_t *loop = r->loop;
-    ev_init(&r->wait.timer, wake_cb);
-    r->wait.timer.data = r;
     int ref;
     lua_State *co = get_thread(loop, &ref);
     *(mg_req_t **)lua_getextraspace(co) = r;
@@ -269,12 +267,12 @@ static void start_co(mg_req_t *r, int fn_ref, int chain_ref, int ctx_ref)
         luaL_unref(loop->L, LUA_REGISTRYINDEX, ctx_ref);
     }
     lua_rawgeti(co, LUA_REGISTRYINDEX, chain_ref);
-    mg_lrt_resume(r, 2);
+    return mg_lrt_resume(r, 2, out_ctx);
 }
 
-void mg_lrt_start(mg_req_t *r, int chain_ref)
+int mg_lrt_start(mg_req_t *r, int chain_ref, int *ctx_ref)
 {
-    start_co(r, r->loop->run_ref, chain_ref, LUA_NOREF);
+    return start_co(r, r->loop->run_ref, chain_ref, LUA_NOREF, ctx_ref);
 }
 
 /* Takes req.ctx out of a coroutine that failed (dead after an error, or
@@ -309,12 +307,12 @@ static int save_ctx(mg_req_t *r)
  * see the request (with res.status 500), as OpenResty's log_by_lua does after
  * an error in access_by_lua. The failed coroutine is gone (its stack may be
  * anywhere), so they run in a new one, with a fresh instruction budget. Only
- * once per request: an error in that run is just logged. May free r. */
-static void log_after_error(mg_req_t *r, int ctx_ref)
+ * once per request: an error in that run is just logged. */
+int mg_lrt_start_log(mg_req_t *r, int chain_ref, int ctx_ref, int *out_ctx)
 {
     r->log_after_error = 1;
     r->killed = 0;
-    start_co(r, r->loop->run_log_ref, r->gen->cfg->routes[r->route].chain_ref, ctx_ref);
+    return start_co(r, r->loop->run_log_ref, chain_ref, ctx_ref, out_ctx);
 }
 
 void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r))
@@ -337,19 +335,10 @@ void mg_lrt_wake(mg_req_t *r)
     ev_feed_event(r->loop->ev, &r->wait.timer, EV_TIMER);
 }
 
-/* A request finished while Lua ran: its connection goes on now that Lua
- * has returned (conn must not parse the next request under a coroutine). */
-static void release_pending_conn(mg_req_t *r)
-{
-    if (!r->pending_done)
-        return;
-    r->pending_done = 0;
-    mg_conn_t *c = r->pending_conn;
-    r->pending_conn = NULL;
-    mg_conn_request_done(c, r->pending_keepalive);
-}
-
-static void lua_failed(mg_req_t *r, const char *what, const char *msg)
+/* The coroutine failed: log why with its traceback, keep its req.ctx for
+ * the log phase that may follow (*ctx_ref), and drop it. What the client
+ * gets is the request layer's business. */
+static int failed(mg_req_t *r, const char *what, const char *msg, int *ctx_ref)
 {
     mg_loop_t *loop = r->loop;
     lua_State *L = loop->L;
@@ -357,13 +346,10 @@ static void lua_failed(mg_req_t *r, const char *what, const char *msg)
     const char *route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?";
     mg_log_error("route %s: %s: %s", route, what, lua_tostring(L, -1));
     lua_pop(L, 1);
-    if (!r->done && !r->resp_started) {
-        r->held = 0;
-        mg_buf_free(&r->hold);
-        mg_req_error(r, 500, "internal error");
-    } else if (!r->done && r->conn) {
-        mg_conn_close(r->conn);
-    }
+    if (!r->log_after_error)
+        *ctx_ref = save_ctx(r);
+    drop_thread(r, 0);
+    return MG_LRT_FAILED;
 }
 
 static void script_step(mg_req_t *r, int st, int nres)
@@ -408,7 +394,7 @@ int mg_lrt_script(mg_loop_t *loop, const char *file, int argc, char **argv)
     r->script = 1;
     r->route = -1;
     r->done = 1;
-    ev_init(&r->wait.timer, wake_cb);
+    ev_init(&r->wait.timer, script_wake_cb);
     r->wait.timer.data = r;
     int ref;
     lua_State *co = get_thread(loop, &ref);
@@ -424,14 +410,16 @@ int mg_lrt_script(mg_loop_t *loop, const char *file, int argc, char **argv)
     loop->script = r;
     for (int i = 0; i < argc; i++)
         lua_pushstring(co, argv[i]);
-    mg_lrt_resume(r, argc);
+    int ctx_ref;
+    mg_lrt_resume(r, argc, &ctx_ref);
     return 0;
 }
 
-void mg_lrt_resume(mg_req_t *r, int nargs)
+int mg_lrt_resume(mg_req_t *r, int nargs, int *ctx_ref)
 {
     mg_loop_t *loop = r->loop;
     lua_State *co = r->co;
+    *ctx_ref = LUA_NOREF;
     r->wait.armed = 0;
     r->wait.cancel = NULL;
     r->in_lua = 1;
@@ -451,50 +439,31 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
 
     if (r->script) {
         script_step(r, st, nres);
-        return;
+        return MG_LRT_GONE;
     }
-    int log_after = 0, ctx_ref = LUA_NOREF;
     if (r->lua_dead) {
         drop_thread(r, 0);
-    } else if (st == LUA_YIELD && !r->killed) {
+        return MG_LRT_GONE;
+    }
+    if (st == LUA_YIELD && !r->killed) {
         lua_pop(co, nres);
-        if (!r->wait.armed) {
-            lua_pushliteral(co, "a request coroutine yielded outside a gw call "
-                                "(coroutine.yield at the top of a plugin?)");
-            lua_failed(r, "plugin error", lua_tostring(co, -1));
-            log_after = 1;
-            if (!r->log_after_error)
-                ctx_ref = save_ctx(r);
-            drop_thread(r, 0);
-        }
-    } else if (st == LUA_YIELD || st != LUA_OK) {
+        if (r->wait.armed)
+            return MG_LRT_WAITING;
+        return failed(r, "plugin error",
+                      "a request coroutine yielded outside a gw call "
+                      "(coroutine.yield at the top of a plugin?)", ctx_ref);
+    }
+    if (st == LUA_YIELD || st != LUA_OK) {
         const char *msg = st == LUA_YIELD ? "execution timeout: plugin exceeded its instruction budget"
                                           : lua_tostring(co, -1);
-        lua_failed(r, r->killed ? "plugin stopped" : "plugin error",
-                   msg ? msg : "(error object is not a string)");
-        log_after = 1;
-        if (!r->log_after_error)
-            ctx_ref = save_ctx(r);
-        drop_thread(r, 0);
+        failed(r, r->killed ? "plugin stopped" : "plugin error",
+               msg ? msg : "(error object is not a string)", ctx_ref);
         if (st == LUA_ERRMEM)
             lua_gc(loop->L, LUA_GCCOLLECT, 0);
-    } else {
-        drop_thread(r, 1);
-        if (!r->done && r->up == NULL && !r->held) {
-            mg_log_error("route %s: the request coroutine ended without a response",
-                         r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?");
-            mg_req_error(r, 500, "internal error");
-        }
+        return MG_LRT_FAILED;
     }
-    release_pending_conn(r);
-    if (log_after && !r->log_after_error && !r->aborted && r->done && r->route >= 0 &&
-        r->gen->cfg->routes[r->route].chain_ref >= 0) {
-        log_after_error(r, ctx_ref);
-        return;
-    }
-    if (ctx_ref != LUA_NOREF)
-        luaL_unref(loop->L, LUA_REGISTRYINDEX, ctx_ref);
-    mg_req_maybe_free(r);
+    drop_thread(r, 1);
+    return MG_LRT_FINISHED;
 }
 
 void mg_lrt_abort(mg_req_t *r)
@@ -537,11 +506,10 @@ int mg_lrt_match(mg_req_t *r, int ref)
     int ok = 0;
     if (rc != LUA_OK) {
         mg_log_error("route match function failed: %s", lua_tostring(L, -1));
-        mg_req_error(r, 500, "internal error");
+        ok = -1;
     } else {
         ok = lua_toboolean(L, -1);
     }
     lua_settop(L, top);
-    release_pending_conn(r);
     return ok;
 }

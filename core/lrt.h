@@ -23,10 +23,31 @@ enum {
 lua_State *mg_lrt_new(mg_loop_t *loop);
 void mg_lrt_close(lua_State *L);
 
-/* Starts r's coroutine on the route's chain (a registry ref). */
-void mg_lrt_start(mg_req_t *r, int chain_ref);
-/* The only caller of lua_resume. nargs values are on the coroutine's stack. */
-void mg_lrt_resume(mg_req_t *r, int nargs);
+/* What running a request coroutine came to (ngx-lua's run_thread model):
+ * lrt runs Lua and reports; the request layer (req_lua.c) decides what the
+ * client gets. */
+enum {
+    MG_LRT_WAITING = 0, /* yielded with its wait slot armed */
+    MG_LRT_FINISHED,    /* ran to its end; the coroutine is gone */
+    MG_LRT_FAILED,      /* Lua error, stray yield or instruction budget: logged
+                         * with a traceback, coroutine dropped */
+    MG_LRT_GONE,        /* dropped because the request was aborted while Lua
+                         * ran, or a --script step (handled here) */
+};
+
+/* Starts r's coroutine on the route's chain (a registry ref); returns the
+ * outcome of its first run. The wait timer (r->wait.timer) must be set up
+ * by the caller. On MG_LRT_FAILED, *ctx_ref is a registry ref to the
+ * failed run's req.ctx (or LUA_NOREF): the caller passes it on to
+ * mg_lrt_start_log or releases it. */
+int mg_lrt_start(mg_req_t *r, int chain_ref, int *ctx_ref);
+/* Runs the route's log phase in a new coroutine after a failure; ctx_ref
+ * (taken over) becomes its req.ctx. Once per request. */
+int mg_lrt_start_log(mg_req_t *r, int chain_ref, int ctx_ref, int *out_ctx);
+/* The only caller of lua_resume. nargs values are on the coroutine's stack.
+ * Never calls the request or connection layers: the caller acts on the
+ * outcome (mg_req_resume does). */
+int mg_lrt_resume(mg_req_t *r, int nargs, int *ctx_ref);
 /* Resumes r's waiting coroutine once the current libev callback has
  * returned, in the same loop iteration (safe from any callback, including
  * ones running inside Lua or hiredis). No-op if nothing waits. */
@@ -46,8 +67,8 @@ mg_req_t *mg_lrt_current(lua_State *co);
  * effect. With `r` non-NULL, L must also be r's coroutine (a req object
  * kept from another request). may raise */
 mg_req_t *mg_lrt_check_yield(lua_State *L, mg_req_t *r, const char *what);
-/* Calls a route's match function synchronously: 1 if it matched. A Lua
- * error answers the request 500 (the caller checks r->done). */
+/* Calls a route's match function synchronously: 1 if it matched, 0 if
+ * not, -1 if it raised (logged). */
 int mg_lrt_match(mg_req_t *r, int ref);
 /* The loop a binding runs in (from the allocator's user data). */
 mg_loop_t *mg_lrt_loop(lua_State *L);

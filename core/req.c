@@ -199,7 +199,7 @@ static mg_str_t header_cb(void *ud, const char *name)
 
 static int match_cb(void *ud, int ref)
 {
-    return mg_lrt_match(ud, ref);
+    return mg_req_lua_match(ud, ref);
 }
 
 /* Splits the request-target into path and query; absolute-form targets
@@ -312,7 +312,7 @@ void mg_req_dispatch(mg_req_t *r)
             return;
     }
     if (rt->chain_ref >= 0) {
-        mg_lrt_start(r, rt->chain_ref);
+        mg_req_lua_start(r, rt->chain_ref);
         return;
     }
     mg_req_proxy(r);
@@ -508,6 +508,27 @@ static void access_log(mg_req_t *r)
             ev_time() - r->t_start, route);
 }
 
+/* `spare_head`: the head store may go to the next request (no coroutine
+ * can read it any more). */
+static void release_conn(mg_req_t *r, int spare_head)
+{
+    mg_conn_t *c = r->conn;
+    if (!r->done || c == NULL || r->in_lua)
+        return;
+    int keepalive = r->keepalive && r->body_done && !r->resp_close;
+    r->conn = NULL;
+    if (spare_head && c->spare == NULL) {
+        c->spare = r->head; /* reuse the head store for the next request */
+        r->head = NULL;
+    }
+    mg_conn_request_done(c, keepalive);
+}
+
+void mg_req_release_conn(mg_req_t *r)
+{
+    release_conn(r, 0);
+}
+
 void mg_req_finish(mg_req_t *r)
 {
     if (r->done)
@@ -526,21 +547,11 @@ void mg_req_finish(mg_req_t *r)
     }
     mg_conn_t *c = r->conn;
     if (c) {
-        int keepalive = r->keepalive && r->body_done && !r->resp_close;
         if (!r->body_done)
             c->closing = 1; /* the rest of the body will not be read */
-        r->conn = NULL;
-        if (c->spare == NULL && r->co == NULL) {
-            c->spare = r->head; /* reuse the head store for the next request */
-            r->head = NULL;
-        }
-        if (r->in_lua) {
-            r->pending_done = 1; /* conn goes on after lua_resume returns */
-            r->pending_conn = c;
-            r->pending_keepalive = keepalive;
-        } else {
-            mg_conn_request_done(c, keepalive);
-        }
+        /* inside Lua, conn goes on once lua_resume returned (req_lua.c):
+         * it must not parse the next request under a running coroutine */
+        release_conn(r, r->co == NULL);
     }
     /* a coroutine waiting on this request's progress goes on now */
     if (r->wait.armed && (r->wait.kind == MG_WAIT_DONE || r->wait.kind == MG_WAIT_BODY ||

@@ -42,7 +42,9 @@ typedef struct mg_wait {
 
 struct mg_req {
     mg_loop_t *loop;
-    mg_conn_t *conn;          /* NULL once the client is gone or the request finished */
+    mg_conn_t *conn;          /* NULL once the client is gone or the request finished (a
+                               * request finished inside Lua keeps it until Lua returned:
+                               * mg_req_release_conn) */
     mg_gen_t *gen;            /* generation this request runs on (ref held) */
     mg_h1_head_t *head;       /* owned; returned to conn->spare when done */
     int route;                /* index into gen->cfg->routes, or -1 */
@@ -100,14 +102,11 @@ struct mg_req {
     unsigned killed : 1;      /* instruction budget exhausted */
     unsigned log_after_error : 1; /* the log phase runs in a second coroutine after a Lua error */
     unsigned waiting_done : 1;/* the log phase waits for the response to end */
-    unsigned pending_done : 1;/* finished inside Lua: tell conn after resume */
-    unsigned pending_keepalive : 1;
     unsigned freeing : 1;     /* free scheduled */
     unsigned keep_res_head : 1; /* copy the response head for the log phase */
     unsigned script : 1;      /* `moongate --script`: not an HTTP request */
     unsigned admin : 1;       /* an admin API request: not logged or counted */
     unsigned instr_ticks;     /* count-hook ticks since the last resume */
-    mg_conn_t *pending_conn;
     mg_edits_t edits;         /* request header edits */
     mg_edits_t res_edits;     /* response header edits */
     char *path_override;      /* req:set_path */
@@ -137,8 +136,24 @@ void mg_req_stage(mg_req_t *r, int status, const char *ctype, const char *body, 
 void mg_req_error(mg_req_t *r, int status, const char *msg);
 /* Appends the Connection header as needed and the blank line. */
 void mg_req_end_head(mg_req_t *r, mg_buf_t *out);
-/* Response fully queued: log it and release the connection for the next. */
+/* Response fully queued: log it and release the connection for the next
+ * (once Lua has returned, if it runs now). */
 void mg_req_finish(mg_req_t *r);
+/* Hands a finished request's connection on to its next request, unless
+ * that waits for Lua to return. */
+void mg_req_release_conn(mg_req_t *r);
+
+/* The request layer's side of the Lua runtime (req_lua.c): these run Lua
+ * through lrt and act on the outcome (a 500, cutting off a started
+ * response, the log phase after an error, handing the connection on,
+ * freeing the request). */
+/* Starts r's coroutine on the route's chain. */
+void mg_req_lua_start(mg_req_t *r, int chain_ref);
+/* Resumes r's waiting coroutine (a binding's completion callback). */
+void mg_req_resume(mg_req_t *r, int nargs);
+/* Runs a route match function: 1 if it matched; a Lua error answers 500
+ * (r->done) and counts as no match. */
+int mg_req_lua_match(mg_req_t *r, int ref);
 /* The client went away: cancel everything and free. */
 void mg_req_abort(mg_req_t *r);
 /* Frees r once it is done and no coroutine holds it. */
