@@ -1,6 +1,6 @@
 #include "admin.h"
 #include "log.h"
-#include "loop.h"
+#include "worker.h"
 #include "metrics.h"
 #include "req.h"
 

@@ -1,6 +1,8 @@
 /* mg_loop_t: all the state of one worker process (no globals). Callbacks
- * reach it through ev_userdata(loop). Also the config generations and the
- * deferred-free queue drained in an ev_prepare. */
+ * reach it through ev_userdata(loop). Also the config generations'
+ * references and the deferred-free queue. This is the bottom of the module
+ * map: every module may include it, and it calls none of them; the worker
+ * (worker.h) creates, runs and drains the loop. */
 #ifndef MG_LOOP_H
 #define MG_LOOP_H
 
@@ -34,6 +36,9 @@ typedef struct mg_gen {
     struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
     int ntls;                /* TLS listeners in cfg */
     struct mg_loop *loop;
+    /* Frees the generation (its pools and TLS contexts): set by whoever
+     * built it (gen.c), run when the last reference goes. */
+    void (*release)(struct mg_gen *g);
 } mg_gen_t;
 
 /* A watched file and what it looked like last time. */
@@ -92,6 +97,9 @@ typedef struct mg_loop {
     ev_signal sigterm, sigint, sighup;
     ev_timer drain_timer;
     int stopping;
+    /* While stopping: a request or connection ended, see whether the
+     * worker is drained (set by drain.c when the stop starts). */
+    void (*drain_check)(struct mg_loop *loop);
     int exit_code;
     double started;
     mg_stats_t stats;
@@ -115,26 +123,6 @@ typedef struct mg_loop {
 
 static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }
 
-/* Creates the loop with its Lua state. NULL on failure (logged). */
-mg_loop_t *mg_loop_new(const char *config_file);
-/* Loads the config file as a new generation and makes it current.
- * 0, or -1 with "file:line: why" in err. */
-int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen);
-/* Loads the config file again as a new generation (SIGHUP, POST /reload,
- * watch). On failure the old generation keeps serving. In single-process
- * mode it also binds/closes listeners the new config adds/removes. Records
- * the result in the metrics region. 0, or -1 with the reason in err. */
-int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen);
-/* Asks for a reload the way this process should: in a worker of a
- * multi-worker gateway, by signalling the master after checking the
- * config; otherwise in-process. 0, or -1 with the reason in err. */
-int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen);
-/* Adopts an already-bound listening fd (multi-worker mode). */
-int mg_loop_adopt_listener(mg_loop_t *loop, int fd, const mg_addr_t *addr, int admin);
-/* Binds listeners (unless adopted), runs until stopped; returns the exit code. */
-int mg_loop_run(mg_loop_t *loop);
-void mg_loop_free(mg_loop_t *loop);
-
 /* The TLS context for new connections on the listener `addr` (its text as
  * configured) in generation g, or NULL for a plain listener. Borrowed. */
 struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
@@ -143,8 +131,8 @@ void mg_gen_unref(mg_gen_t *g);
 
 /* Runs fn(p) at the next loop iteration, outside any callback stack. */
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p);
-/* Starts a graceful stop: stop accepting, close idle conns, drain. */
-void mg_loop_stop(mg_loop_t *loop);
+/* Runs the frees queued so far (the worker's ev_prepare, and teardown). */
+void mg_loop_run_deferred(mg_loop_t *loop);
 /* Called when a request or connection finished, to end a drain early. */
 void mg_loop_check_drained(mg_loop_t *loop);
 

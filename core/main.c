@@ -1,7 +1,7 @@
 /* moongate [-c FILE] | -t -c FILE | --version */
 #include "admin.h"
 #include "log.h"
-#include "loop.h"
+#include "worker.h"
 #include "lrt.h"
 #include "master.h"
 #include "req.h"

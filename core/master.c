@@ -1,7 +1,7 @@
 #include "master.h"
 #include "config.h"
 #include "log.h"
-#include "loop.h"
+#include "worker.h"
 #include "metrics.h"
 #include "server.h"
 
