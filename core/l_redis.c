@@ -3,7 +3,7 @@
  * check, fast path (a pool that is down answers at once), arm the request's
  * wait slot with a heap ticket from core/redis.c, yield with a
  * continuation. The ticket's completion only schedules the coroutine
- * (mg_lrt_wake: it runs once hiredis's callback has returned), so no Lua
+ * (mg_req_wake: it runs once hiredis's callback has returned), so no Lua
  * ever runs inside a hiredis callback; the wait
  * timer is the per-call timeout. A late reply lands in a detached ticket and
  * is discarded.
@@ -346,7 +346,7 @@ static mg_req_t *request_of(lua_State *L) MG_LJMP
 static void on_done(mg_rds_ticket_t *t, void *data)
 {
     (void)t;
-    mg_lrt_wake(data); /* resumed after hiredis returns: never run Lua inside it */
+    mg_req_wake(data); /* resumed after hiredis returns: never run Lua inside it */
 }
 
 static void on_cancel(mg_req_t *r)

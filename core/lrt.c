@@ -324,17 +324,6 @@ void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r))
     r->wait.err = NULL;
 }
 
-void mg_lrt_wake(mg_req_t *r)
-{
-    if (!r->wait.armed || r->co == NULL)
-        return;
-    /* Queue the wake-up as a pending event of the wait timer: libev runs it
-     * right after the current callback returns, in this same iteration (no
-     * extra poll), and stopping the timer (abort) drops it again. */
-    ev_timer_stop(r->loop->ev, &r->wait.timer);
-    ev_feed_event(r->loop->ev, &r->wait.timer, EV_TIMER);
-}
-
 /* The coroutine failed: log why with its traceback, keep its req.ctx for
  * the log phase that may follow (*ctx_ref), and drop it. What the client
  * gets is the request layer's business. */

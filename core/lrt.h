@@ -9,15 +9,6 @@ typedef struct lua_State lua_State;
 typedef struct mg_req mg_req_t;
 typedef struct mg_loop mg_loop_t;
 
-/* What a request coroutine waits for (the pending-operation slot). */
-enum {
-    MG_WAIT_SLEEP = 1,   /* gw.sleep */
-    MG_WAIT_BODY,        /* req:body() */
-    MG_WAIT_HEAD,        /* the upstream response head (response plugins) */
-    MG_WAIT_DONE,        /* the response to end (log phase) */
-    MG_WAIT_EXT,         /* a binding's own operation (Redis, HTTP) */
-};
-
 /* A new state: standard libraries, the runtime (lua/moongate), the gw
  * module, the traceback handler. NULL on failure (logged). */
 lua_State *mg_lrt_new(mg_loop_t *loop);
@@ -48,15 +39,12 @@ int mg_lrt_start_log(mg_req_t *r, int chain_ref, int ctx_ref, int *out_ctx);
  * Never calls the request or connection layers: the caller acts on the
  * outcome (mg_req_resume does). */
 int mg_lrt_resume(mg_req_t *r, int nargs, int *ctx_ref);
-/* Resumes r's waiting coroutine once the current libev callback has
- * returned, in the same loop iteration (safe from any callback, including
- * ones running inside Lua or hiredis). No-op if nothing waits. */
-void mg_lrt_wake(mg_req_t *r);
 /* Arms r's pending-operation slot before a binding yields. `cancel` runs if
  * the request is aborted while waiting (NULL: nothing beyond the timer). */
 void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r));
 /* The request ended under the coroutine (client gone): cancel the wait and
- * drop the coroutine, or mark it for dropping when inside Lua. */
+ * drop the coroutine, or mark it for dropping when inside Lua. Reached
+ * through r->lua_abort (set by the request layer when Lua starts). */
 void mg_lrt_abort(mg_req_t *r);
 /* The request a coroutine runs, or NULL (main thread, user coroutines). */
 mg_req_t *mg_lrt_current(lua_State *co);

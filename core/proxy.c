@@ -7,7 +7,6 @@
 #include "proxy.h"
 #include "conn.h"
 #include "log.h"
-#include "lrt.h"
 #include "loop.h"
 #include "req.h"
 #include "upstream.h"
@@ -289,7 +288,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     if (r->hold_head) {
         /* response plugins edit the head before it goes out */
         r->held = 1;
-        mg_lrt_wake(r);
+        mg_req_wake(r);
         return head_req ? 1 : 0;
     }
     r->resp_started = 1;

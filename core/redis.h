@@ -30,7 +30,7 @@ typedef struct mg_rds_opts {
 
 /* Called once, when every reply of an attached ticket is in (or its
  * connection failed). Runs inside a hiredis callback: it must not run Lua
- * or touch the pool; it should only schedule the waiter (mg_lrt_wake). */
+ * or touch the pool; it should only schedule the waiter (mg_req_wake). */
 typedef void (*mg_rds_done_fn)(mg_rds_ticket_t *t, void *data);
 
 /* A new pool on the loop; no connection is opened until the first command.

@@ -8,7 +8,6 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
-#include "lrt.h"
 #include "proxy.h"
 #include "router.h"
 #include "upstream.h"
@@ -377,7 +376,7 @@ void mg_req_body_done(mg_req_t *r)
         mg_proxy_body_done(r);
     if (r->want_body) {
         r->want_body = 0;
-        mg_lrt_wake(r);
+        mg_req_wake(r);
     }
 }
 
@@ -558,7 +557,7 @@ void mg_req_finish(mg_req_t *r)
                           r->wait.kind == MG_WAIT_HEAD)) {
         r->waiting_done = 0;
         r->want_body = 0;
-        mg_lrt_wake(r);
+        mg_req_wake(r);
     }
     mg_req_maybe_free(r);
     mg_loop_check_drained(loop);
@@ -580,9 +579,21 @@ void mg_req_abort(mg_req_t *r)
                            499, ev_now(r->loop->ev) - r->t_start);
     }
     r->conn = NULL;
-    mg_lrt_abort(r);
+    if (r->lua_abort)
+        r->lua_abort(r);
     mg_req_maybe_free(r);
     mg_loop_check_drained(r->loop);
+}
+
+void mg_req_wake(mg_req_t *r)
+{
+    if (!r->wait.armed || r->co == NULL)
+        return;
+    /* Queue the wake-up as a pending event of the wait timer: libev runs it
+     * right after the current callback returns, in this same iteration (no
+     * extra poll), and stopping the timer (abort) drops it again. */
+    ev_timer_stop(r->loop->ev, &r->wait.timer);
+    ev_feed_event(r->loop->ev, &r->wait.timer, EV_TIMER);
 }
 
 void mg_req_maybe_free(mg_req_t *r)

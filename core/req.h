@@ -28,6 +28,15 @@ typedef struct mg_edits {
     int n, cap;
 } mg_edits_t;
 
+/* What a request coroutine waits for (the pending-operation slot). */
+enum {
+    MG_WAIT_SLEEP = 1,   /* gw.sleep */
+    MG_WAIT_BODY,        /* req:body() */
+    MG_WAIT_HEAD,        /* the upstream response head (response plugins) */
+    MG_WAIT_DONE,        /* the response to end (log phase) */
+    MG_WAIT_EXT,         /* a binding's own operation (Redis, HTTP) */
+};
+
 /* The single pending-operation slot of a request coroutine (STYLE.md b).
  * Armed by a binding right before it yields; cleared before resuming. */
 typedef struct mg_wait {
@@ -97,6 +106,9 @@ struct mg_req {
     void **lua_handle;        /* the req userdata's pointer, NULLed at free */
     void **res_handle;
     mg_wait_t wait;
+    /* Drops the coroutine and cancels its wait when the request is aborted
+     * (mg_lrt_abort, set when Lua starts on this request); NULL: no Lua. */
+    void (*lua_abort)(mg_req_t *r);
     unsigned in_lua : 1;      /* inside mg_lrt_resume */
     unsigned lua_dead : 1;    /* aborted while in Lua: clean up after resume */
     unsigned killed : 1;      /* instruction budget exhausted */
@@ -156,6 +168,11 @@ void mg_req_resume(mg_req_t *r, int nargs);
 int mg_req_lua_match(mg_req_t *r, int ref);
 /* The client went away: cancel everything and free. */
 void mg_req_abort(mg_req_t *r);
+/* Resumes r's waiting coroutine once the current libev callback has
+ * returned, in the same loop iteration (safe from any callback, including
+ * ones running inside Lua or hiredis): feeds the wait timer, whose callback
+ * resumes. No-op if nothing waits. */
+void mg_req_wake(mg_req_t *r);
 /* Frees r once it is done and no coroutine holds it. */
 void mg_req_maybe_free(mg_req_t *r);
 /* Value of the request header `name` (edits included), or p == NULL. */

@@ -13,7 +13,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-/* The wait slot's timer: gw.sleep's delay, and mg_lrt_wake's zero-delay
+/* The wait slot's timer: gw.sleep's delay, and mg_req_wake's zero-delay
  * wake-ups. */
 static void wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
@@ -65,6 +65,7 @@ void mg_req_lua_start(mg_req_t *r, int chain_ref)
 {
     ev_init(&r->wait.timer, wake_cb);
     r->wait.timer.data = r;
+    r->lua_abort = mg_lrt_abort;
     int ctx_ref;
     int out = mg_lrt_start(r, chain_ref, &ctx_ref);
     settle(r, out, ctx_ref);
