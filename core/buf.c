@@ -16,6 +16,8 @@ void mg_buf_compact(mg_buf_t *b)
 
 int mg_buf_reserve(mg_buf_t *b, size_t extra)
 {
+    if (b->failed)
+        return MG_ENOMEM;
     if (mg_buf_room(b) >= extra)
         return MG_OK;
     mg_buf_compact(b);
@@ -25,8 +27,10 @@ int mg_buf_reserve(mg_buf_t *b, size_t extra)
     while (cap - b->len < extra)
         cap *= 2;
     char *p = realloc(b->base, cap);
-    if (p == NULL)
+    if (p == NULL) {
+        b->failed = 1;
         return MG_ENOMEM;
+    }
     b->base = p;
     b->cap = cap;
     return MG_OK;
@@ -34,6 +38,8 @@ int mg_buf_reserve(mg_buf_t *b, size_t extra)
 
 int mg_buf_append_grow(mg_buf_t *b, const void *p, size_t n)
 {
+    if (b->failed)
+        return MG_ENOMEM;
     if (n == 0)
         return MG_OK;
     if (mg_buf_reserve(b, n) != MG_OK)
@@ -45,6 +51,8 @@ int mg_buf_append_grow(mg_buf_t *b, const void *p, size_t n)
 
 int mg_buf_printf(mg_buf_t *b, const char *fmt, ...)
 {
+    if (b->failed)
+        return MG_ENOMEM;
     va_list ap;
     size_t room = mg_buf_room(b);
     va_start(ap, fmt);
@@ -78,6 +86,16 @@ void mg_buf_reset(mg_buf_t *b)
 {
     b->off = 0;
     b->len = 0;
+    b->failed = 0;
+}
+
+void mg_buf_rollback(mg_buf_t *b, size_t len)
+{
+    if (len < b->len)
+        b->len = len;
+    if (b->len == 0)
+        b->off = 0;
+    b->failed = 0;
 }
 
 void mg_buf_free(mg_buf_t *b)
@@ -87,6 +105,7 @@ void mg_buf_free(mg_buf_t *b)
     free(b->base);
     b->base = NULL;
     b->off = b->len = b->cap = 0;
+    b->failed = 0;
 }
 
 int mg_buf_puts(mg_buf_t *b, const char *s)

@@ -291,8 +291,16 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         mg_req_wake(r);
         return head_req ? 1 : 0;
     }
-    r->resp_started = 1;
+    size_t mark = c->wbuf.len;
     write_head(r, h, NULL, &c->wbuf);
+    if (c->wbuf.failed) { /* nothing of the head goes out (buf.h) */
+        mg_buf_rollback(&c->wbuf, mark);
+        r->resp_bytes = 0;
+        u->h1.err_status = 500;
+        u->h1.err_reason = "out of memory";
+        return -1;
+    }
+    r->resp_started = 1;
     return head_req ? 1 : 0;
 }
 
@@ -318,6 +326,10 @@ static int r_on_body(void *ud, const char *p, size_t n)
     } else {
         mg_buf_append(o, p, n);
     }
+    if (o->failed) { /* the rest cannot follow a missing piece: the exchange fails */
+        u->h1.err_reason = "out of memory";
+        return -1;
+    }
     if (!r->held)
         r->resp_bytes += o->len - before;
     r->resp_body_bytes += n;
@@ -335,9 +347,11 @@ static int r_on_done(void *ud)
     if (!r->resp_started && !r->held)
         return 1; /* an interim 1xx ended: parse the final response */
     if (r->resp_chunked && r->held) {
-        mg_buf_append(&r->hold, "0\r\n\r\n", 5);
+        if (mg_buf_append(&r->hold, "0\r\n\r\n", 5) != MG_OK)
+            return -1;
     } else if (r->resp_chunked && r->conn) {
-        mg_buf_append(&r->conn->wbuf, "0\r\n\r\n", 5);
+        if (mg_buf_append(&r->conn->wbuf, "0\r\n\r\n", 5) != MG_OK)
+            return -1;
         r->resp_bytes += 5;
     }
     u->resp_done = 1;
@@ -351,7 +365,7 @@ static void exchange_done(mg_upconn_t *u, int leftover)
 {
     mg_req_t *r = u->req;
     int reusable = !leftover && (u->head.flags & MG_H1_KEEPALIVE) && r->body_done &&
-                   u->wbuf.len == 0 && !u->closed;
+                   u->wbuf.len == 0 && !u->wbuf.failed && !u->closed;
     r->up = NULL;
     u->req = NULL;
     if (reusable)
@@ -376,11 +390,18 @@ void mg_proxy_send_held(mg_req_t *r)
     mg_conn_t *c = r->conn;
     if (c == NULL)
         return;
+    size_t mark = c->wbuf.len;
     write_head(r, r->res_head, &r->res_edits, &c->wbuf);
     if (r->hold.len) {
         r->resp_bytes += r->hold.len;
         mg_buf_append(&c->wbuf, mg_buf_data(&r->hold), r->hold.len);
         mg_buf_free(&r->hold);
+    }
+    if (c->wbuf.failed) { /* neither head nor body goes out half (buf.h) */
+        mg_buf_rollback(&c->wbuf, mark);
+        mg_log_error("out of memory sending a held response; closing the connection");
+        mg_conn_close(c); /* aborts r */
+        return;
     }
     if (r->resp_complete) {
         if (r->resp_close)
@@ -621,12 +642,14 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
             respond_fail(r, FAIL_CONNECT, err ? err : "connect failed");
             return;
         }
-        r->up = u;
-        if (carry) {
-            mg_buf_append(&u->wbuf, mg_buf_data(carry), carry->len);
-        } else {
-            mg_buf_append(&u->wbuf, mg_buf_data(&r->uhead), r->uhead.len);
+        const mg_buf_t *head = carry ? carry : &r->uhead;
+        if (mg_buf_append(&u->wbuf, mg_buf_data(head), head->len) != MG_OK) {
+            mg_up_conn_close(u);
+            mg_log_error("out of memory queueing the upstream request");
+            mg_req_error(r, 500, "internal error");
+            return;
         }
+        r->up = u;
         mg_h1_head_reset(&u->head);
         mg_h1_init(&u->h1, HTTP_RESPONSE, &resp_cbs, u, 0, 64 * 1024);
         u->interim = 0;
@@ -644,6 +667,12 @@ void mg_proxy_start(mg_req_t *r, int upstream)
     r->upstream = upstream;
     r->on_drained = client_drained;
     build_request_head(r);
+    if (r->uhead.failed) { /* one check for the whole head (buf.h) */
+        mg_buf_reset(&r->uhead);
+        mg_log_error("out of memory building the upstream request head");
+        mg_req_error(r, 500, "internal error");
+        return;
+    }
     proxy_attach(r, NULL);
 }
 
@@ -658,6 +687,10 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
     } else {
         mg_buf_append(&u->wbuf, p, n);
     }
+    if (u->wbuf.failed) { /* a piece is missing: the request cannot go on */
+        up_fail(u, FAIL_RESET, "out of memory queueing the request body");
+        return;
+    }
     if (u->wbuf.len > UP_WBUF_HIGH && r->conn)
         mg_conn_pause_read(r->conn, 1);
     if (!u->connecting)
@@ -667,8 +700,10 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 void mg_proxy_body_done(mg_req_t *r)
 {
     mg_upconn_t *u = r->up;
-    if (r->req_chunked)
-        mg_buf_append(&u->wbuf, "0\r\n\r\n", 5);
+    if (r->req_chunked && mg_buf_append(&u->wbuf, "0\r\n\r\n", 5) != MG_OK) {
+        up_fail(u, FAIL_RESET, "out of memory queueing the request body");
+        return;
+    }
     if (!u->connecting)
         up_flush(u);
 }

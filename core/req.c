@@ -426,8 +426,16 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     mg_req_end_head(r, out);
     if (!no_body)
         mg_buf_append(out, body, n);
+    if (out->failed) {
+        /* one check for head and body (buf.h): nothing of this response
+         * goes out, and the connection ends after what was queued before */
+        mg_buf_rollback(out, before);
+        mg_log_error("out of memory queueing a %d response; closing the connection", status);
+        r->keepalive = 0;
+        c->closing = 1;
+    }
     r->resp_bytes = out->len - before;
-    r->resp_body_bytes = no_body ? 0 : n;
+    r->resp_body_bytes = no_body || out->len == before ? 0 : n;
     mg_req_finish(r);
 }
 

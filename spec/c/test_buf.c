@@ -169,8 +169,51 @@ static void test_printf(void)
     mg_buf_free(&b);
 }
 
+/* Out of memory, one rule (buf.h): after a failed append every append
+ * fails until the writer rolls back to its mark, so a message is queued
+ * whole or not at all. */
+static void test_failed_is_sticky(void)
+{
+    mg_buf_t b = { 0 };
+    CHECK_INT(mg_buf_append(&b, "HTTP/1.1 200 OK\r\n", 17), MG_OK);
+    size_t mark = b.len;
+    CHECK_INT(mg_buf_append(&b, "A: 1\r\n", 6), MG_OK);
+    b.failed = 1; /* as a failed realloc leaves it */
+    /* small pieces that would fit in the room left are refused too */
+    CHECK(mg_buf_room(&b) >= 8);
+    CHECK_INT(mg_buf_append(&b, "B: 2\r\n", 6), MG_ENOMEM);
+    CHECK_INT(mg_buf_puts(&b, "\r\n"), MG_ENOMEM);
+    CHECK_INT(mg_buf_putu(&b, 42), MG_ENOMEM);
+    CHECK_INT(mg_buf_printf(&b, "%d", 7), MG_ENOMEM);
+    CHECK_INT(mg_buf_reserve(&b, 1), MG_ENOMEM);
+    CHECK_INT((int)b.len, (int)mark + 6);
+    /* consuming does not clear it: a gap would still be in the stream */
+    mg_buf_consume(&b, 3);
+    CHECK_INT(mg_buf_append(&b, "x", 1), MG_ENOMEM);
+    /* the writer takes its pieces back: appends work again */
+    mg_buf_rollback(&b, mark - 3);
+    CHECK_INT(b.failed, 0);
+    CHECK_INT((int)b.len, (int)mark - 3);
+    CHECK_INT(mg_buf_append(&b, "C: 3\r\n", 6), MG_OK);
+    CHECK(memcmp(mg_buf_data(&b), "P/1.1 200 OK\r\nC: 3\r\n", b.len) == 0);
+    b.failed = 1;
+    mg_buf_reset(&b);
+    CHECK_INT(b.failed, 0);
+    mg_buf_free(&b);
+#ifndef __SANITIZE_ADDRESS__
+    /* a real allocation failure sets it (ASan aborts on such a size) */
+    mg_buf_t big = { 0 };
+    CHECK_INT(mg_buf_append(&big, "x", 1), MG_OK);
+    CHECK_INT(mg_buf_reserve(&big, (size_t)1 << 62), MG_ENOMEM);
+    CHECK_INT(big.failed, 1);
+    CHECK_INT(mg_buf_append(&big, "y", 1), MG_ENOMEM);
+    mg_buf_free(&big);
+#endif
+}
+
 int main(void)
 {
+    RUN(test_failed_is_sticky);
     RUN(test_empty);
     RUN(test_append_and_grow);
     RUN(test_consume);
