@@ -28,20 +28,6 @@ int mg_worker_open_access_log(mg_loop_t *loop)
     return 0;
 }
 
-/* A reload reopens the access log, so it can be rotated (logrotate's
- * postrotate: kill -HUP) and can move to the path the new config names. */
-void mg_worker_reopen_access_log(mg_loop_t *loop)
-{
-    if (loop->access_log) {
-        fflush(loop->access_log);
-        if (loop->access_log_owned)
-            fclose(loop->access_log);
-    }
-    loop->access_log = NULL;
-    loop->access_log_owned = 0;
-    mg_worker_open_access_log(loop);
-}
-
 void mg_worker_close_access_log(mg_loop_t *loop)
 {
     if (loop->access_log) {
@@ -51,4 +37,12 @@ void mg_worker_close_access_log(mg_loop_t *loop)
     }
     loop->access_log = NULL;
     loop->access_log_owned = 0;
+}
+
+/* A reload reopens the access log, so it can be rotated (logrotate's
+ * postrotate: kill -HUP) and can move to the path the new config names. */
+void mg_worker_reopen_access_log(mg_loop_t *loop)
+{
+    mg_worker_close_access_log(loop);
+    mg_worker_open_access_log(loop);
 }

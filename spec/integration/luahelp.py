@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from conftest import Raw, config, lua
+from conftest import Raw, config, lua, request, wait_for
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 
@@ -170,3 +170,20 @@ def run_flights(port, requests, timeout):
 def get(path, host="localhost", headers=()):
     hs = "".join("%s: %s\r\n" % h for h in headers)
     return "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (path, host, hs)
+
+
+def gauges(admin):
+    """The admin API's requests_active and lua_coroutines gauges."""
+    out = {}
+    for line in request(admin, "GET", "/metrics").text().splitlines():
+        for name in ("moongate_requests_active", "moongate_lua_coroutines"):
+            if line.startswith(name + " "):
+                out[name] = int(line.split()[1])
+    return out
+
+
+def settled(admin):
+    """Waits until nothing is in flight and no request coroutine is alive."""
+    wait_for(lambda: gauges(admin) == {"moongate_requests_active": 0,
+                                        "moongate_lua_coroutines": 0},
+             timeout=8, what="requests_active and lua_coroutines back to 0")

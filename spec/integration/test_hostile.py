@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import Client, assert_json_error, is_sanitized_build, request, wait_for
-from luahelp import handler, hook, lua_config
+from luahelp import handler, hook, lua_config, settled
 
 
 # --------------------------------------------------------------------------
@@ -61,21 +61,6 @@ class Scripted:
     def close(self):
         self.stop = True
         self.sock.close()
-
-
-def gauges(admin):
-    out = {}
-    for line in request(admin, "GET", "/metrics").text().splitlines():
-        for name in ("moongate_requests_active", "moongate_lua_coroutines"):
-            if line.startswith(name + " "):
-                out[name] = int(line.split()[1])
-    return out
-
-
-def settled(admin):
-    wait_for(lambda: gauges(admin) == {"moongate_requests_active": 0,
-                                        "moongate_lua_coroutines": 0},
-             timeout=8, what="requests_active and lua_coroutines back to 0")
 
 
 def send_then(data, pace=0.0):

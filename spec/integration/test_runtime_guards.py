@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import Raw, assert_json_error, request, wait_for
-from luahelp import handler, hook, lua_config
+from luahelp import handler, hook, lua_config, settled
 
 # Everything the runtime used to reach through req's metatable.
 PRIVATE = ["_proxy", "_wait_done", "_done", "_reply", "_stage_replies", "_staged",
@@ -24,21 +24,6 @@ PRIVATE = ["_proxy", "_wait_done", "_done", "_reply", "_stage_replies", "_staged
 def metrics_config(routes, upstream=None, **kw):
     return lua_config(routes, upstream, **kw).replace(
         "return {", 'return {\n  admin = { addr = "127.0.0.1:$PORT1" },', 1)
-
-
-def gauges(admin):
-    out = {}
-    for line in request(admin, "GET", "/metrics").text().splitlines():
-        for name in ("moongate_requests_active", "moongate_lua_coroutines"):
-            if line.startswith(name + " "):
-                out[name] = int(line.split()[1])
-    return out
-
-
-def settled(admin):
-    wait_for(lambda: gauges(admin) == {"moongate_requests_active": 0,
-                                        "moongate_lua_coroutines": 0},
-             timeout=8, what="requests_active and lua_coroutines back to 0")
 
 
 def assert_500_fast(port, path, method="GET", **kw):
