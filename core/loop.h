@@ -112,6 +112,7 @@ typedef struct mg_loop {
     size_t lua_mem_limit;
     int lua_limit_on;        /* the limit applies only while plugins run */
     int lua_oom;             /* an allocation failed in this resume */
+    int lua_gc_pending;      /* a coroutine failed out of memory: full GC once it is dropped */
     int run_ref;             /* runtime.run */
     int run_log_ref;         /* runtime.run_log: the log phase after a Lua error */
     int threads[MG_THREAD_CACHE]; /* finished coroutines kept for reuse (registry refs) */

@@ -245,6 +245,10 @@ static void drop_thread(mg_req_t *r, int reusable)
     }
     r->co = NULL;
     r->co_ref = LUA_NOREF;
+    if (loop->lua_gc_pending) {
+        loop->lua_gc_pending = 0;
+        lua_gc(loop->L, LUA_GCCOLLECT, 0);
+    }
 }
 
 /* Runs runtime function `fn_ref`(req, chain) in a fresh coroutine; a
@@ -324,9 +328,10 @@ void mg_lrt_wait(mg_req_t *r, int kind, void (*cancel)(mg_req_t *r))
     r->wait.err = NULL;
 }
 
-/* The coroutine failed: log why with its traceback, keep its req.ctx for
- * the log phase that may follow (*ctx_ref), and drop it. What the client
- * gets is the request layer's business. */
+/* The coroutine failed: log why with its traceback and keep its req.ctx for
+ * the log phase that may follow (*ctx_ref). What the client gets is the
+ * request layer's business; it drops the coroutine (mg_lrt_abort) once it
+ * answered, so the request is not freed under it meanwhile. */
 static int failed(mg_req_t *r, const char *what, const char *msg, int *ctx_ref)
 {
     mg_loop_t *loop = r->loop;
@@ -337,7 +342,6 @@ static int failed(mg_req_t *r, const char *what, const char *msg, int *ctx_ref)
     lua_pop(L, 1);
     if (!r->log_after_error)
         *ctx_ref = save_ctx(r);
-    drop_thread(r, 0);
     return MG_LRT_FAILED;
 }
 
@@ -448,7 +452,7 @@ int mg_lrt_resume(mg_req_t *r, int nargs, int *ctx_ref)
         failed(r, r->killed ? "plugin stopped" : "plugin error",
                msg ? msg : "(error object is not a string)", ctx_ref);
         if (st == LUA_ERRMEM)
-            lua_gc(loop->L, LUA_GCCOLLECT, 0);
+            loop->lua_gc_pending = 1; /* the hog's heap goes with its coroutine */
         return MG_LRT_FAILED;
     }
     drop_thread(r, 1);

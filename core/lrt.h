@@ -21,7 +21,8 @@ enum {
     MG_LRT_WAITING = 0, /* yielded with its wait slot armed */
     MG_LRT_FINISHED,    /* ran to its end; the coroutine is gone */
     MG_LRT_FAILED,      /* Lua error, stray yield or instruction budget: logged
-                         * with a traceback, coroutine dropped */
+                         * with a traceback; the caller answers, then drops the
+                         * coroutine with mg_lrt_abort */
     MG_LRT_GONE,        /* dropped because the request was aborted while Lua
                          * ran, or a --script step (handled here) */
 };

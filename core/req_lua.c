@@ -50,7 +50,8 @@ static void settle(mg_req_t *r, int out, int ctx_ref)
         }
         if (out != MG_LRT_FAILED)
             break;
-        answer_failure(r);
+        answer_failure(r); /* r cannot be freed yet: the coroutine holds it */
+        mg_lrt_abort(r);
         if (r->log_after_error || r->aborted || !r->done || r->route < 0 ||
             r->gen->cfg->routes[r->route].chain_ref < 0)
             break;
