@@ -178,6 +178,10 @@ def test_systemd_unit(installed):
     assert "ExecStart=%s/bin/moongate -c /etc/moongate/moongate.lua" % PREFIX in lines
     assert "ConfigurationDirectory=moongate" in lines  # the folder it names exists
     assert "WantedBy=multi-user.target" in lines
+    # doc/operations.md shows this unit, comments left out
+    ops = (REPO / "doc/operations.md").read_text()
+    block = re.search(r"## Running under systemd\n.*?```ini\n(.*?)```", ops, re.S).group(1)
+    assert [l for l in block.splitlines() if l.strip()] == lines
     analyze = shutil.which("systemd-analyze")
     if analyze:
         # systemd's own parser, with ExecStart pointing at the moved binary
