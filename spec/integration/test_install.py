@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import (REPO, Raw, config, free_port, request, require_binary, wait_for,
+from conftest import (REPO, SANITIZER_MARKS, Raw, config, free_port, request, require_binary, wait_for,
                       wait_listening)
 
 PREFIX = "/usr/local"
@@ -146,7 +146,8 @@ def test_installed_tree_moved_serves_with_a_bundled_plugin(installed, upstream):
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(15)
         errf.close()
-    assert rc == 0, (elsewhere / "gw.stderr").read_text()
+    err = (elsewhere / "gw.stderr").read_text()
+    assert rc == 0 and not [m for m in SANITIZER_MARKS if m in err], err
 
 
 def test_binary_without_its_tree_says_what_is_missing(installed, run_moongate):
@@ -160,6 +161,7 @@ def test_binary_without_its_tree_says_what_is_missing(installed, run_moongate):
     p = subprocess.run([str(lone / "moongate"), "-t", "-c", str(cfg)], env=clean_env(),
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 1
+    assert not [m for m in SANITIZER_MARKS if m in p.stderr], p.stderr
     assert "cannot find the bundled Lua runtime in %s" % (lone / "../share/moongate/lua") \
         in p.stderr, p.stderr
     assert "MOONGATE_HOME" in p.stderr
