@@ -30,8 +30,8 @@ import time
 
 import pytest
 
-from conftest import (REPO, SANITIZER_MARKS, Raw, config, free_port, request, require_binary, wait_for,
-                      wait_listening)
+from conftest import (REPO, SANITIZER_MARKS, Raw, config, free_port, request, require_binary,
+                      wait_for, wait_listening)
 
 PREFIX = "/usr/local"
 
