@@ -24,7 +24,7 @@ DEFAULT_CONNS="50"
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
-command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (make deps-bench)"
 
 # ---------------------------------------------------------------- upstream
 free_port upstream

@@ -76,7 +76,7 @@ for c in $CONNS; do [[ $c =~ ^[0-9]+$ ]] || die "BENCH_CONNS: '$c' is not a numb
 MAX_CONN=0
 for c in $CONNS; do [ "$c" -gt "$MAX_CONN" ] && MAX_CONN=$c; done
 
-command -v "$WRK" >/dev/null || die "wrk not found (sh .ci/deps installs it)"
+command -v "$WRK" >/dev/null || die "wrk not found (make deps-bench installs it)"
 command -v curl >/dev/null || die "curl not found"
 command -v taskset >/dev/null || die "taskset not found (util-linux)"
 
@@ -201,7 +201,7 @@ free_port upstream
 mkdir -p "$WORK/upstream-tmp"
 subst "$BENCH_DIR/peers/upstream-nginx.conf.in" "$WORK/upstream.conf" \
   PREFIX="$WORK" PORT="${PORT[upstream]}" NOFILE="$NOFILE"
-command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (make deps-bench)"
 start_bg upstream "$LOAD_CPU" "$NGINX" -p "$WORK/" -c "$WORK/upstream.conf" -e "$WORK/upstream-error.log"
 if ! wait_ready upstream "http://127.0.0.1:${PORT[upstream]}/"; then
   tail_log "$WORK/upstream.out"; tail_log "$WORK/upstream-error.log"
