@@ -97,7 +97,7 @@ declare -A THDR=()      # target -> one extra request header for wrk ("" = none)
 declare -A CMD=()       # name -> command line shown in the report
 declare -A CGOF=()      # process name -> its cgroup NAME (gateways only)
 TARGETS=""              # targets in declaration order
-PIVOTS=""               # targets that bracket the others (the moongate ones)
+PIVOTS=${PIVOTS:-}      # targets that bracket the others (the moongate ones); may be set before sourcing
 STARTED=""              # process names in start order
 WRK_PID=
 
@@ -679,9 +679,12 @@ summary_row() {
   note="${STATUS[$t]}"; [ "$note" = ok ] && note=""; note=${note//|/\\|}
   [ "$n" -lt "$ROUNDS" ] && note="${note:+$note; }$n/$ROUNDS runs"
   [ "${VALID[$t,$c]}" = 0 ] && note="**INVALID: $(( ec + er + ew + et )) socket errors, $es non-2xx/3xx**${note:+; $note}"
+  if awk -v m="$min" 'BEGIN{exit !(m + 0 <= 0)}'; then
+    VALID[$t,$c]=0; note="**INVALID: a run completed no request**${note:+; $note}"
+  fi
   cpu="–"; [ "$gw" != - ] && cpu="$(fmt0 "$gw")"; [ "$thr" != - ] && cpu="$cpu ($(fmt0 "$thr"))"
-  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s–%s | %s | %s | %s | %s/%s/%s/%s | %s | %s | %s | %s |\n' \
-    "$t" "$c" "$med" "$min" "$max" "$(fmt1 "$us")" "$(fmt1 "$usmin")" "$(fmt1 "$usmax")" "$cpu" \
+  printf '| %s | %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s/%s/%s/%s | %s | %s | %s | %s |\n' \
+    "$t" "$c" "$med" "$min" "$max" "$(fmt1 "$us")" "$([ "$usmin" = - ] && echo – || echo "$(fmt1 "$usmin")–$(fmt1 "$usmax")")" "$cpu" \
     "$(ms "$p50")" "$(ms "$p99")" "$ec" "$er" "$ew" "$et" "$es" "$rss" "$(fmt0 "$cl")" "$note"
 }
 
@@ -762,6 +765,7 @@ compare_row() {
   fi
   [ -n "$r" ] || r=$rm
   if [ "${VALID[$a,$c]:-1}" = 0 ] || [ "${VALID[$b,$c]:-1}" = 0 ]; then CMP_RESULT=INVALID
+  elif [ -z "$r" ]; then CMP_RESULT=n/a
   elif [ -z "$want" ]; then CMP_RESULT="–"
   elif ge "$r" "$want"; then CMP_RESULT=PASS; else CMP_RESULT=FAIL; fi
   printf '| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s |\n' "$label" "$c" "$(fmt1 "$au")" "$(fmt1 "$bu")" \
