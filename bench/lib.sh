@@ -550,7 +550,7 @@ run_one() {  # target conc round
   elif [ "$ok" -eq 0 ]; then
     read -r rw rt <<<"$(rss_sample "${TPROC[$t]}")"
     sed -n 's/^MGBENCH //p' "$out" | tr ' ' '\n' | awk -F= -v t="$t" -v c="$conc" -v r="$round" \
-      -v rw="$rw" -v rt="$rt" -v cp="$CPU_PROXY" -v cl="$CPU_LOAD" -v ns="$CG_NS" -v wall="$WALL_US" \
+      -v rw="$rw" -v rt="$rt" -v cp="${CPU_PROXY:--}" -v cl="${CPU_LOAD:--}" -v ns="$CG_NS" -v wall="$WALL_US" \
       -v thr="$CG_THR" '{v[$1]=$2} END {
         printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
           v["rps"], v["p50_us"], v["p99_us"], v["connect"], v["read"], v["write"],
@@ -624,7 +624,7 @@ bench_run() {
 }
 
 # ---------------------------------------------------------------- report helpers
-fmt0() { if [ -n "$1" ]; then printf '%.0f' "$1"; else printf '–'; fi; }
+fmt0() { if [ -n "$1" ] && [ "$1" != - ]; then printf '%.0f' "$1"; else printf '–'; fi; }
 fmt1() { if [ -n "$1" ] && [ "$1" != - ]; then printf '%.1f' "$1"; else printf '–'; fi; }
 ms() { [ -n "$1" ] && awk -v u="$1" 'BEGIN {printf "%.3f", u/1000}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b }'; }
@@ -648,7 +648,7 @@ aggregate() {
     }
     { k = $1 " " $2; if (!(k in n)) { n[k] = 0; mn[k] = $4; mx[k] = $4; rw[k] = $13; rt[k] = $14; umn[k] = "-"; umx[k] = "-" }
       n[k]++; rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6
-      cp[k] = cp[k] " " $15; cl[k] = cl[k] " " $16
+      if ($15 != "-") cp[k] = cp[k] " " $15; if ($16 != "-") cl[k] = cl[k] " " $16
       if ($4 + 0 < mn[k] + 0) mn[k] = $4; if ($4 + 0 > mx[k] + 0) mx[k] = $4
       ec[k] += $7; er[k] += $8; ew[k] += $9; et[k] += $10; es[k] += $11
       if ($13 != "-" && $13 + 0 > rw[k] + 0) rw[k] = $13; if ($14 != "-" && $14 + 0 > rt[k] + 0) rt[k] = $14
