@@ -74,7 +74,8 @@ measure() {
   out=$(ab -k -n "$REQS" -c "$ABC" "${hargs[@]}" "$url" 2>&1)
   callgrind_control -d "$pid" >/dev/null 2>&1
   if ! grep -q '^Failed requests: *0' <<<"$out" || grep -q '^Non-2xx' <<<"$out"; then
-    NOTE[$t]="failed requests under ab"; return
+    NOTE[$t]="failed requests under ab: $(grep -E '^(Failed requests|Non-2xx responses|Complete requests):' <<<"$out" | tr -s ' ' | paste -sd ';' -)"
+    log "$t: ${NOTE[$t]}"; return
   fi
   dump=$WORK/cg-$proc.$pid.1
   for _ in $(seq 50); do [ -s "$dump" ] && break; sleep 0.1; done
