@@ -3,6 +3,7 @@
 #include "worker.h"
 #include "conn.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
@@ -37,6 +38,8 @@ void mg_loop_stop(mg_loop_t *loop)
         return;
     loop->stopping = 1;
     loop->drain_check = drain_check;
+    if (!loop->master_pid)
+        mg_notify("STOPPING=1");
     for (int i = 0; i < loop->nlisteners; i++)
         mg_srv_close(loop->listeners[i]);
     mg_worker_clear_watch(loop);

@@ -4,6 +4,7 @@
 #include "worker.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -103,7 +104,7 @@ fail_msg:
     return -1;
 }
 
-int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
+static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
 {
     mg_gen_t *old = loop->gen;
     mg_gen_ref(old);
@@ -140,6 +141,18 @@ int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
     mg_worker_setup_watch(loop);
     mg_log_info("reloaded: generation %u", loop->gen->id);
     return 0;
+}
+
+int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
+{
+    /* the single process tells systemd (Type=notify) a reload is running;
+     * a worker's reload is the master's to report */
+    if (!loop->master_pid)
+        mg_notify_reloading();
+    int rc = reload_gen(loop, err, errlen);
+    if (!loop->master_pid)
+        mg_notify_ready();
+    return rc;
 }
 
 int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen)

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
+#include "notify.h"
 #include "req.h"
 #include "server.h"
 #include "upstream.h"
@@ -134,6 +135,8 @@ int mg_loop_run(mg_loop_t *loop)
     mg_worker_setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
                 (int)getpid(), loop->worker_index, loop->gen->id);
+    if (!loop->master_pid)
+        mg_notify_ready(); /* listeners bound: systemd's Type=notify start ends */
     ev_run(loop->ev, 0);
     mg_log_info("stopped");
     return loop->exit_code;
