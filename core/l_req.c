@@ -157,12 +157,20 @@ static void push_body(lua_State *L, int idx)
     }
 }
 
-/* Appends "Name: value\r\n" lines for a Lua headers table (values may be
- * lists for repeated headers). Framing headers are the gateway's. */
-static int append_header_line(lua_State *L, mg_buf_t *out, const char *k, size_t kn, int vi,
-                              int *has_ctype)
+/* Where a generated response's headers go: nowhere (validation), HTTP/1
+ * lines for mg_req_respond, or the held head of a staged response. */
+typedef struct {
+    mg_buf_t *lines;
+    mg_h1_head_t *head;
+    int has_ctype;
+    int oom;
+} hdr_sink_t;
+
+/* One header of a Lua headers table. Framing headers are the gateway's.
+ * With neither sink: validates only (may raise); otherwise adds (never
+ * raises). */
+static int add_header(lua_State *L, hdr_sink_t *o, const char *k, size_t kn, int vi)
 {
-    /* out == NULL: validate only (may raise); otherwise append (never raises) */
     size_t vn;
     const char *v = lua_tolstring(L, vi, &vn);
     if (v == NULL)
@@ -173,17 +181,49 @@ static int append_header_line(lua_State *L, mg_buf_t *out, const char *k, size_t
         strcasecmp(k, "connection") == 0)
         return 0;
     if (strcasecmp(k, "content-type") == 0)
-        *has_ctype = 1;
-    if (out == NULL)
-        return 0;
-    mg_buf_append(out, k, kn);
-    mg_buf_append(out, ": ", 2);
-    mg_buf_append(out, v, vn);
-    mg_buf_append(out, "\r\n", 2);
+        o->has_ctype = 1;
+    if (o->head) {
+        if (mg_h1_head_add(o->head, k, kn, v, vn) != MG_OK)
+            o->oom = 1;
+    } else if (o->lines) {
+        mg_buf_append(o->lines, k, kn);
+        mg_buf_append(o->lines, ": ", 2);
+        mg_buf_append(o->lines, v, vn);
+        mg_buf_append(o->lines, "\r\n", 2); /* one check at the end (buf.h) */
+    }
     return 0;
 }
 
-/* req:respond / handler results: status at si, body at bi, headers at hi. */
+/* Every header of the table at hi (values may be lists for repeated
+ * headers) into o. */
+static void add_headers(lua_State *L, int hi, hdr_sink_t *o)
+{
+    if (!lua_istable(L, hi))
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, hi)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t kn;
+            const char *k = lua_tolstring(L, -2, &kn);
+            if (lua_istable(L, -1)) {
+                lua_Integer n = luaL_len(L, -1);
+                for (lua_Integer i = 1; i <= n; i++) {
+                    lua_rawgeti(L, -1, i);
+                    add_header(L, o, k, kn, lua_gettop(L));
+                    lua_pop(L, 1);
+                }
+            } else {
+                add_header(L, o, k, kn, lua_gettop(L));
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* req:respond / handler results: status at si, body at bi, headers at hi.
+ * With response plugins on the route the answer is held for them: its
+ * headers go straight into the held head (mg_req_stage_begin), never
+ * through HTTP/1 text. */
 static void respond(lua_State *L, mg_req_t *r, int si, int bi, int hi)
 {
     lua_settop(L, hi > bi ? hi : bi); /* values we push go above the arguments */
@@ -191,40 +231,32 @@ static void respond(lua_State *L, mg_req_t *r, int si, int bi, int hi)
     luaL_argcheck(L, status >= 100 && status <= 999, si, "status must be 100..999");
     push_body(L, bi);
     int body_idx = lua_gettop(L);
-    mg_buf_t extra = { 0 };
-    int has_ctype = 0;
     if (!lua_isnoneornil(L, hi) && !lua_istable(L, hi))
         luaL_argerror(L, hi, "headers must be a table");
-    /* two passes: the first may raise and allocates nothing */
-    for (int pass = 0; pass < 2 && lua_istable(L, hi); pass++) {
-        mg_buf_t *out = pass ? &extra : NULL;
-        lua_pushnil(L);
-        while (lua_next(L, hi)) {
-            if (lua_type(L, -2) == LUA_TSTRING) {
-                size_t kn;
-                const char *k = lua_tolstring(L, -2, &kn);
-                if (lua_istable(L, -1)) {
-                    lua_Integer n = luaL_len(L, -1);
-                    for (lua_Integer i = 1; i <= n; i++) {
-                        lua_rawgeti(L, -1, i);
-                        append_header_line(L, out, k, kn, lua_gettop(L), &has_ctype);
-                        lua_pop(L, 1);
-                    }
-                } else {
-                    append_header_line(L, out, k, kn, lua_gettop(L), &has_ctype);
-                }
-            }
-            lua_pop(L, 1);
-        }
-    }
-    mg_buf_append(&extra, "", 1);
+    /* validation first: it may raise, and allocates nothing */
+    hdr_sink_t check = { 0 };
+    add_headers(L, hi, &check);
     size_t bn;
     const char *body = lua_tolstring(L, body_idx, &bn);
-    const char *ctype = has_ctype ? NULL : "text/plain; charset=utf-8";
-    if (r->stage_replies)
-        mg_req_stage(r, (int)status, ctype, body, bn, extra.base);
-    else
-        mg_req_respond(r, (int)status, ctype, body, bn, extra.base);
+    const char *ctype = check.has_ctype ? NULL : "text/plain; charset=utf-8";
+    if (r->stage_replies) {
+        hdr_sink_t held = { .head = mg_req_stage_begin(r, (int)status, ctype, bn) };
+        if (held.head) {
+            add_headers(L, hi, &held);
+            if (!held.oom && mg_req_stage_end(r, body, bn) == MG_OK)
+                return;
+        }
+        /* could not hold it (no client, no memory): it goes out as is */
+    }
+    mg_buf_t extra = { 0 };
+    hdr_sink_t lines = { .lines = &extra };
+    add_headers(L, hi, &lines);
+    mg_buf_append(&extra, "", 1);
+    if (extra.failed) {
+        mg_buf_free(&extra);
+        luaL_error(L, "out of memory");
+    }
+    mg_req_respond(r, (int)status, ctype, body, bn, extra.base);
     mg_buf_free(&extra);
 }
 
@@ -486,7 +518,7 @@ static int op_done(lua_State *L)
 
 static void push_res(lua_State *L, mg_req_t *r, int req_idx);
 
-/* From here on, req:respond and handler answers are held (mg_req_stage) so
+/* From here on, req:respond and handler answers are held (mg_req_stage_begin) so
  * the route's response plugins see them, as they see upstream answers. */
 static int op_stage_replies(lua_State *L)
 {

@@ -439,54 +439,46 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     mg_req_finish(r);
 }
 
-void mg_req_stage(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
-                  const char *extra_headers)
+static int no_length(int status)
 {
-    if (r->done || r->resp_started)
-        return;
+    return status == 204 || status == 304 || (status >= 100 && status < 200);
+}
+
+mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n)
+{
+    if (r->done || r->resp_started || r->conn == NULL)
+        return NULL;
     if (r->up)
         mg_proxy_abort(r);
-    if (r->conn == NULL) {
-        mg_req_respond(r, status, ctype, body, n, extra_headers);
-        return;
-    }
     mg_h1_head_t *h = r->res_head;
     if (h == NULL && (h = calloc(1, sizeof *h)) == NULL)
-        goto fail;
+        return NULL;
     r->res_head = h;
     mg_h1_head_reset(h);
     h->status = status;
     h->http_major = h->http_minor = 1;
     mg_edits_free(&r->res_edits); /* edits made to a response this one replaces */
     mg_buf_reset(&r->hold);
-    int no_length = status == 204 || status == 304 || (status >= 100 && status < 200);
     char num[24];
     int nl = snprintf(num, sizeof num, "%zu", n);
     if ((ctype && mg_h1_head_add(h, "Content-Type", 12, ctype, strlen(ctype)) != MG_OK) ||
-        (!no_length && mg_h1_head_add(h, "Content-Length", 14, num, (size_t)nl) != MG_OK))
-        goto fail;
-    for (const char *p = extra_headers; p && *p;) {
-        const char *eol = strstr(p, "\r\n");
-        const char *colon = memchr(p, ':', eol ? (size_t)(eol - p) : 0);
-        if (eol == NULL || colon == NULL)
-            break;
-        const char *v = colon + 1;
-        while (v < eol && *v == ' ')
-            v++;
-        if (mg_h1_head_add(h, p, (size_t)(colon - p), v, (size_t)(eol - v)) != MG_OK)
-            goto fail;
-        p = eol + 2;
-    }
-    if (!no_length && r->head->method != HTTP_HEAD && mg_buf_append(&r->hold, body, n) != MG_OK)
-        goto fail;
+        (!no_length(status) && mg_h1_head_add(h, "Content-Length", 14, num, (size_t)nl) != MG_OK))
+        return NULL;
+    return h;
+}
+
+int mg_req_stage_end(mg_req_t *r, const char *body, size_t n)
+{
+    int status = r->res_head->status;
+    if (!no_length(status) && r->head->method != HTTP_HEAD &&
+        mg_buf_append(&r->hold, body, n) != MG_OK)
+        return MG_ENOMEM; /* mg_req_respond drops whatever was held */
     r->status = status;
     r->resp_chunked = r->resp_close = 0;
     r->resp_complete = 1;
     r->resp_body_bytes = r->hold.len;
     r->held = 1;
-    return;
-fail: /* mg_req_respond drops whatever was held */
-    mg_req_respond(r, status, ctype, body, n, extra_headers);
+    return MG_OK;
 }
 
 void mg_req_error(mg_req_t *r, int status, const char *msg)

@@ -138,12 +138,15 @@ void mg_req_proxy(mg_req_t *r);
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers);
-/* Like mg_req_respond, but holds the response (head in res_head, body in
- * hold) for the route's response plugins; mg_proxy_send_held sends it.
- * Replaces a response held before. `extra_headers` is "Name: value\r\n"
- * lines. Falls back to mg_req_respond without a client or memory. */
-void mg_req_stage(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
-                  const char *extra_headers);
+/* Like mg_req_respond, but holds the response for the route's response
+ * plugins (head in res_head, body in hold); mg_proxy_send_held sends it.
+ * Replaces a response held before. Begin makes the held head (status,
+ * Content-Type `ctype` if not NULL, Content-Length n) and returns it for
+ * the caller to add its headers to (mg_h1_head_add); end holds the body.
+ * Begin returns NULL and end MG_ENOMEM when the response cannot be held
+ * (no client, no memory): the caller answers with mg_req_respond. */
+mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n);
+int mg_req_stage_end(mg_req_t *r, const char *body, size_t n);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
 /* Appends the Connection header as needed and the blank line. */
