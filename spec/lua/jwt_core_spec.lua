@@ -202,17 +202,21 @@ describe("redis_credentials: access without Redis", function()
     assert.matches("no verified token", gw.json.decode(req.body).error)
   end)
 
-  it("reads the cookie as base64 of the JWT (a trailing newline too), or a bare JWT", function()
+  it("reads the cookie as base64 of the JWT (a trailing newline, quotes inside), or a bare JWT",
+     function()
     -- an unknown redis name answers 503: the token got as far as the lookup
     local c = { secret = "k", redis = "no-such-redis" }
     assert(runtime.check_conf(rc, c))
     local token = hs("HS512", "k", { sid = "s1", exp = math.floor(gw.now()) + 60 })
-    for _, v in ipairs { gw.base64.encode(token), gw.base64.encode(token .. "\n"), token } do
+    for _, v in ipairs { gw.base64.encode(token), gw.base64.encode(token .. "\n"), token,
+                         gw.base64.encode('"' .. token .. '"'),
+                         gw.base64.encode('"' .. token .. '"\n') } do
       local req = fake_req { cookies = { Authorization = v } }
       rc.access(c, req)
       assert.equals(503, req.status, v)
     end
-    for _, v in ipairs { "!!", gw.base64.encode("a.b.c"), "" } do
+    for _, v in ipairs { "!!", gw.base64.encode("a.b.c"), "", gw.base64.encode('"'),
+                         gw.base64.encode('"' .. token) } do
       local req = fake_req { cookies = { Authorization = v } }
       rc.access(c, req)
       assert.equals(401, req.status, v)
