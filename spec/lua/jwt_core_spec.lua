@@ -108,6 +108,25 @@ describe("jwt_core: one set of rules for jwt and redis_credentials", function()
       { core.verify(c, input .. "." .. b64u(gw.crypto.hmac("sha256", "k", input))) })
   end)
 
+  it("takes a JWK only for verifying: use \"sig\" and key_ops with \"verify\" (RFC 7517 4.2, 4.3)",
+     function()
+    local x = b64u(string.rep("\1", 32))
+    local function jwk(extra)
+      local k = { kty = "OKP", crv = "Ed25519", x = x }
+      for name, v in pairs(extra) do k[name] = v end
+      return core.jwk_to_key(k)
+    end
+    assert.is_table(jwk {})
+    assert.is_table(jwk { use = "sig" })
+    assert.is_table(jwk { key_ops = { "verify" } })
+    assert.is_table(jwk { key_ops = { "sign", "verify" } })
+    for _, bad in ipairs { { use = "enc" }, { key_ops = { "encrypt" } }, { key_ops = {} },
+                           { key_ops = "verify" }, { key_ops = { "sign" } },
+                           { use = "sig", key_ops = { "decrypt", "wrapKey" } } } do
+      assert.is_nil((jwk(bad)), gw.json.encode(bad))
+    end
+  end)
+
   it("redis_credentials takes the jwt plugin's public_key option (RFC 7515 A.2, RS256)", function()
     local n = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1"
       .. "Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpa"
