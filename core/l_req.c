@@ -140,47 +140,28 @@ static void push_headers(lua_State *L, const mg_h1_head_t *h, const mg_edits_t *
     }
 }
 
-/* Applies set_header/remove_header (req or res): the name at index 2; with
- * set, the value at 3: a string, a number, or a list of them (one field per
- * item; an empty list removes the header). Raises before changing anything
- * on a bad name or value. */
-static void check_edit(lua_State *L, int set, size_t *nn, const char **n)
+/* A list value for set_header at index 3 (one header field per item):
+ * raises unless every item is a string or a number without CR, LF or NUL;
+ * returns the length. */
+static lua_Integer check_list(lua_State *L)
 {
-    *n = check_name(L, 2, nn);
-    if (!set)
-        return;
-    if (lua_type(L, 3) == LUA_TTABLE) {
-        lua_Integer len = (lua_Integer)lua_rawlen(L, 3);
-        for (lua_Integer i = 1; i <= len; i++) {
-            size_t vn;
-            lua_rawgeti(L, 3, i);
-            const char *v = lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING
-                                ? lua_tolstring(L, -1, &vn)
-                                : NULL;
-            if (v == NULL)
-                luaL_argerror(L, 3, "list items must be strings or numbers");
-            luaL_argcheck(L, valid_value(v, vn), 3, "header value contains CR, LF or NUL");
-            lua_pop(L, 1);
-        }
-        return;
+    lua_Integer len = (lua_Integer)lua_rawlen(L, 3);
+    for (lua_Integer i = 1; i <= len; i++) {
+        size_t vn;
+        int t = lua_rawgeti(L, 3, i);
+        const char *v = t == LUA_TNUMBER || t == LUA_TSTRING ? lua_tolstring(L, -1, &vn) : NULL;
+        if (v == NULL)
+            luaL_argerror(L, 3, "list items must be strings or numbers");
+        luaL_argcheck(L, valid_value(v, vn), 3, "header value contains CR, LF or NUL");
+        lua_pop(L, 1);
     }
-    if (lua_isnumber(L, 3))
-        lua_tostring(L, 3);
-    size_t vn;
-    check_value(L, 3, &vn);
+    return len;
 }
 
-/* After check_edit: 0 or MG_ENOMEM (the items are valid, so nothing raises). */
-static int apply_edit(lua_State *L, mg_edits_t *e, int set, const char *n, size_t nn)
+/* Sets header `n` to the checked list at index 3: one edit per item; an
+ * empty list removes the header. 0 or MG_ENOMEM. */
+static int set_list(lua_State *L, mg_edits_t *e, const char *n, size_t nn, lua_Integer len)
 {
-    if (!set)
-        return mg_edits_set(e, n, nn, NULL, 0);
-    if (lua_type(L, 3) != LUA_TTABLE) {
-        size_t vn;
-        const char *v = lua_tolstring(L, 3, &vn);
-        return mg_edits_set(e, n, nn, v, vn);
-    }
-    lua_Integer len = (lua_Integer)lua_rawlen(L, 3);
     int rc = len ? MG_OK : mg_edits_set(e, n, nn, NULL, 0);
     for (lua_Integer i = 1; i <= len && rc == MG_OK; i++) {
         size_t vn;
@@ -307,19 +288,34 @@ static int l_headers(lua_State *L)
     return 1;
 }
 
-static int req_edit(lua_State *L, int set)
+static int l_set_header(lua_State *L)
 {
     mg_req_t *r = check_req(L);
-    size_t nn;
-    const char *n;
-    check_edit(L, set, &nn, &n);
-    if (apply_edit(L, &r->edits, set, n, nn) != MG_OK)
+    size_t nn, vn;
+    const char *n = check_name(L, 2, &nn);
+    int rc;
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        rc = set_list(L, &r->edits, n, nn, check_list(L));
+    } else {
+        if (lua_isnumber(L, 3))
+            lua_tostring(L, 3);
+        const char *v = check_value(L, 3, &vn);
+        rc = mg_edits_set(&r->edits, n, nn, v, vn);
+    }
+    if (rc != MG_OK)
         return luaL_error(L, "out of memory");
     return 0;
 }
 
-static int l_set_header(lua_State *L) { return req_edit(L, 1); }
-static int l_remove_header(lua_State *L) { return req_edit(L, 0); }
+static int l_remove_header(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t nn;
+    const char *n = check_name(L, 2, &nn);
+    if (mg_edits_set(&r->edits, n, nn, NULL, 0) != MG_OK)
+        return luaL_error(L, "out of memory");
+    return 0;
+}
 
 /* Cookie pairs (RFC 6265 "name=value; name2=value2"): calls fn for each
  * pair with the trimmed name and value; stops when fn returns non-zero. */
@@ -715,15 +711,25 @@ static int l_res_headers(lua_State *L)
 static int res_edit(lua_State *L, int set)
 {
     mg_req_t *r = check_res(L);
-    size_t nn;
-    const char *n;
-    check_edit(L, set, &nn, &n);
+    size_t nn, vn = 0;
+    const char *n = check_name(L, 2, &nn);
+    const char *v = NULL;
+    lua_Integer list = -1;
+    if (set && lua_type(L, 3) == LUA_TTABLE) {
+        list = check_list(L);
+    } else if (set) {
+        if (lua_isnumber(L, 3))
+            lua_tostring(L, 3);
+        v = check_value(L, 3, &vn);
+    }
     if (!r->held) {
         lua_pushnil(L);
         lua_pushliteral(L, "response headers already sent");
         return 2;
     }
-    if (apply_edit(L, &r->res_edits, set, n, nn) != MG_OK)
+    int rc = list >= 0 ? set_list(L, &r->res_edits, n, nn, list)
+                       : mg_edits_set(&r->res_edits, n, nn, v, vn);
+    if (rc != MG_OK)
         return luaL_error(L, "out of memory");
     lua_pushboolean(L, 1);
     return 1;

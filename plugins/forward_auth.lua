@@ -5,6 +5,7 @@
 -- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
 -- response headers into it; anything else is the answer the client gets.
 local util = require "moongate.plugin_util"
+local rawget = rawget
 
 -- Not sent to the auth server: hop-by-hop headers (RFC 9110 7.6.1), and
 -- Host and Content-Length, which are the auth request's own. Like Traefik,
@@ -104,20 +105,6 @@ local function cache_key(conf, req)
     parts[#parts + 1] = name:lower() .. "=" .. (req:header(name) or "")
   end
   return table.concat(parts, "\0")
-end
-
--- The fields of auth response header `lname` (lower-case): `value`, as
--- res.headers has it, or a list when the auth server sent the header more
--- than once (res.headers joined them with ", ": only then is the list of
--- fields looked at). Traefik copies every field as sent.
-local function fields(res, lname, value)
-  if not value:find(", ", 1, true) then return value end
-  local list = {}
-  for _, h in ipairs(res.headers_list) do
-    if h[1]:lower() == lname then list[#list + 1] = h[2] end
-  end
-  if #list < 2 then return value end
-  return list
 end
 
 -- Deletes (no client spoofing) then copies the auth response's headers.
@@ -255,8 +242,9 @@ return {
 
     if res.status >= 200 and res.status < 300 then
       -- copied = { name1, value1, name2, value2, ... }; a value is a list
-      -- when the auth server sent that header more than once
-      local copied, rh = {}, res.headers
+      -- when the auth server sent that header more than once: each field
+      -- reaches the upstream as sent, as in Traefik
+      local copied, rh, rep = {}, res.headers, rawget(res, "repeated_headers")
       local listed = conf.auth_response_headers
       if listed then
         for i = 1, #listed do
@@ -264,7 +252,7 @@ return {
           local value = rh[lname]
           if value then
             copied[#copied + 1] = listed[i]
-            copied[#copied + 1] = fields(res, lname, value)
+            copied[#copied + 1] = rep and rep[lname] or value
           end
         end
       end
@@ -272,7 +260,7 @@ return {
         for name, value in pairs(rh) do
           if not conf._response_set[name] and name:match(conf._pattern) then
             copied[#copied + 1] = name
-            copied[#copied + 1] = fields(res, name, value)
+            copied[#copied + 1] = rep and rep[name] or value
           end
         end
       end
