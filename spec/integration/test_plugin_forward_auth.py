@@ -1,10 +1,13 @@
 """The bundled forward_auth plugin (Traefik ForwardAuth semantics) through the
 real gateway, a real auth server (authserver.py, in this process) and the
-test upstream: what the auth server receives (method, X-Forwarded-*, no
-hop-by-hop, allow-list, body), what the upstream receives on 2xx (auth
-response headers deleted then copied, by list and by pattern), denials passed
-through verbatim (Location made absolute, sign-in redirect), the body limit,
-status_on_error (refused, hanging) and the allow-decision cache."""
+test upstream: what the auth server receives (method, X-Forwarded-*, the
+client's forwarded family deleted in any spelling unless trusted, no
+hop-by-hop, Proxy-Authorization kept, allow-list, body), what the upstream
+receives on 2xx (auth response headers deleted then copied, by list and by
+pattern, a repeated one as separate fields), denials passed through (every
+header but hop-by-hop ones, Proxy-Authenticate included, one Location made
+absolute, sign-in redirect), the body limit, status_on_error (refused,
+hanging) and the allow-decision cache."""
 
 import time
 
