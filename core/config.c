@@ -611,6 +611,28 @@ static void check_access_log(lua_State *L, walk_t *w, const char *where)
     fclose(f);
 }
 
+/* access_log = { path = "stdout" | PATH | false, format = "text" | "json" }
+ * (the table is at the top of the stack). */
+static void walk_access_log(lua_State *L, walk_t *w)
+{
+    static const char *const keys[] = { "path", "format", NULL };
+    check_keys(L, w, "access_log", keys);
+    int pt = field_type(L, "path");
+    if (pt == LUA_TBOOLEAN) {
+        if (opt_bool(L, w, "access_log", "path", 0))
+            cfg_fail(L, w, "path", "access_log.path: expected \"stdout\", a path or false");
+        w->cfg->access_log = NULL;
+    } else {
+        w->cfg->access_log = opt_string(L, w, "access_log", "path", "stdout");
+    }
+    char *fmt = opt_string(L, w, "access_log", "format", "text");
+    int json = strcmp(fmt, "json") == 0, text = strcmp(fmt, "text") == 0;
+    free(fmt);
+    if (!json && !text)
+        cfg_fail(L, w, "format", "access_log.format: expected \"text\" or \"json\"");
+    w->cfg->access_log_format = json; /* MG_ALOG_JSON is 1 */
+}
+
 static int walk_root(lua_State *L)
 {
     walk_t *w = lua_touserdata(L, 1);
@@ -663,8 +685,11 @@ static int walk_root(lua_State *L)
         cfg->access_log = NULL;
     else if (lua_type(L, -1) == LUA_TSTRING)
         cfg->access_log = xstrdup(lua_tostring(L, -1));
+    else if (lua_istable(L, -1))
+        walk_access_log(L, w);
     else
-        cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
+        cfg_fail(L, w, "access_log",
+                 "access_log: expected \"stdout\", a path, false or { path = ..., format = ... }");
     lua_pop(L, 1);
     check_access_log(L, w, cfg->access_log);
     cfg->lua_memory_limit = 128u << 20;

@@ -81,6 +81,7 @@ typedef struct mg_cfg {
     mg_addr_t admin;
     mg_limits_t limits;
     char *access_log;       /* "stdout", a path, or NULL for off */
+    int access_log_format;  /* MG_ALOG_TEXT or MG_ALOG_JSON (accesslog.h) */
     mg_cfg_upstream_t *upstreams;
     int nupstreams;
     mg_cfg_route_t *routes;

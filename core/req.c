@@ -6,6 +6,7 @@
  * has its response. */
 #include "req.h"
 #include "conn.h"
+#include "accesslog.h"
 #include "admin.h"
 #include "log.h"
 #include "metrics.h"
@@ -480,18 +481,26 @@ static void access_log(mg_req_t *r)
     FILE *f = r->loop->access_log;
     if (f == NULL)
         return;
-    char ts[32];
-    double now = ev_now(r->loop->ev);
-    mg_log_time(now, ts);
-    const char *method = r->head->url_len ? llhttp_method_name(r->head->method) : "-";
-    mg_str_t url = mg_h1_url(r->head);
-    if (url.n == 0)
-        url = MG_STR("-");
-    const char *route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : "-";
-    fprintf(f, "%s %s %s %.*s %d %llu %s %.3f %s\n", ts, r->remote, method,
-            (int)(url.n > 2048 ? 2048 : url.n), url.p, r->aborted ? 499 : r->status,
-            (unsigned long long)r->resp_bytes, r->upstream_addr[0] ? r->upstream_addr : "-",
-            ev_time() - r->t_start, route);
+    const mg_h1_head_t *h = r->head;
+    int parsed = (h->flags & MG_H1_HEAD_READ) != 0; /* else llhttp's method 0 means nothing */
+    mg_alog_entry_t e = {
+        .time = ev_now(r->loop->ev),
+        .remote = r->remote,
+        .method = parsed ? llhttp_method_name(h->method) : "-",
+        .path = h->url_len ? mg_h1_url(h) : (mg_str_t){ NULL, 0 },
+        .status = r->aborted ? 499 : r->status,
+        .bytes_sent = r->resp_bytes,
+        .upstream = r->upstream_addr[0] ? r->upstream_addr : NULL,
+        .duration = ev_time() - r->t_start,
+        .route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : NULL,
+        .request_id = { r->request_id, r->request_id ? strlen(r->request_id) : 0 },
+        .http_major = parsed ? h->http_major : 0,
+        .http_minor = parsed ? h->http_minor : 0,
+    };
+    int ua = parsed ? mg_h1_find(h, "user-agent", 10, 0) : -1;
+    if (ua >= 0)
+        e.user_agent = mg_h1_value(h, ua);
+    mg_alog_write(f, r->gen->cfg->access_log_format, &e);
 }
 
 void mg_req_finish(mg_req_t *r)
@@ -589,6 +598,7 @@ static void req_free(void *p)
     mg_edits_free(&r->edits);
     mg_edits_free(&r->res_edits);
     free(r->path_override);
+    free(r->request_id);
     mg_gen_unref(r->gen);
     mg_loop_t *loop = r->loop;
     if (loop->nfree_reqs < FREE_REQS_MAX && r->uhead.cap <= 4096 && !r->script) {

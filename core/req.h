@@ -108,6 +108,7 @@ struct mg_req {
     mg_edits_t edits;         /* request header edits */
     mg_edits_t res_edits;     /* response header edits */
     char *path_override;      /* req:set_path */
+    char *request_id;         /* the request_id plugin's id, for the access log (owned) */
     struct mg_req *next_free; /* loop->free_reqs */
     uint64_t reload_ok0, reload_failed0; /* POST /reload: counters when asked */
 };
