@@ -3,6 +3,7 @@
  * found by locating the offending text in the file. */
 #include "config.h"
 #include "mg.h"
+#include "realip.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -182,6 +183,7 @@ static void parse_addr_field(lua_State *L, walk_t *w, const char *where, const c
 }
 
 static int locate_line(const char *file, const char *needle);
+static int opt_bool(lua_State *L, walk_t *w, const char *where, const char *key, int def);
 
 /* A listener's cert or key file: finds the config line naming it (for
  * errors found later, when the TLS context is built), then makes a relative
@@ -229,7 +231,7 @@ static void walk_listen(lua_State *L, walk_t *w)
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
         } else {
             expect_table(L, w, where, "listen");
-            static const char *const keys[] = { "addr", "tls", NULL };
+            static const char *const keys[] = { "addr", "tls", "proxy_protocol", NULL };
             check_keys(L, w, where, keys);
             lua_getfield(L, -1, "addr");
             if (lua_type(L, -1) != LUA_TSTRING)
@@ -237,6 +239,7 @@ static void walk_listen(lua_State *L, walk_t *w)
                          where);
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
             lua_pop(L, 1);
+            l->proxy_protocol = opt_bool(L, w, where, "proxy_protocol", 0);
             lua_getfield(L, -1, "tls");
             if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
                 expect_table(L, w, where, "tls");
@@ -412,6 +415,14 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+}
+
+const mg_cfg_listen_t *mg_cfg_listener(const mg_cfg_t *cfg, const char *addr)
+{
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (strcmp(cfg->listen[i].addr.text, addr) == 0)
+            return &cfg->listen[i];
+    return NULL;
 }
 
 int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name)
@@ -611,6 +622,33 @@ static void check_access_log(lua_State *L, walk_t *w, const char *where)
     fclose(f);
 }
 
+/* trusted_proxies = { "10.0.0.0/8", "127.0.0.1", "::1/128" } */
+static void walk_trusted(lua_State *L, walk_t *w)
+{
+    lua_getfield(L, -1, "trusted_proxies");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "trusted_proxies",
+                     "trusted_proxies: expected a list of addresses or CIDRs");
+        int n = (int)luaL_len(L, -1);
+        w->cfg->trusted = calloc((size_t)n + 1, sizeof *w->cfg->trusted);
+        if (w->cfg->trusted == NULL)
+            luaL_error(L, "out of memory");
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0)
+                cfg_fail(L, w, s ? s : "trusted_proxies",
+                         "trusted_proxies[%d]: expected an address or CIDR like "
+                         "\"10.0.0.0/8\" or \"::1/128\", got %s", i,
+                         s ? lua_pushfstring(L, "'%s'", s) : luaL_typename(L, -1));
+            w->cfg->ntrusted++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 /* access_log = { path = "stdout" | PATH | false, format = "text" | "json" }
  * (the table is at the top of the stack). */
 static void walk_access_log(lua_State *L, walk_t *w)
@@ -643,7 +681,7 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", "busy_poll", NULL };
+                                        "lua", "busy_poll", "trusted_proxies", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -678,6 +716,7 @@ static int walk_root(lua_State *L)
     }
     lua_pop(L, 1);
     walk_limits(L, w);
+    walk_trusted(L, w);
     lua_getfield(L, 2, "access_log");
     if (lua_isnil(L, -1))
         cfg->access_log = xstrdup("stdout");
@@ -889,6 +928,7 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->routes);
     free(cfg->order);
     free(cfg->access_log);
+    free(cfg->trusted);
     free(cfg->file);
     free(cfg);
 }

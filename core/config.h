@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 
 typedef struct lua_State lua_State;
+struct mg_cidr;
 
 typedef struct mg_addr {
     struct sockaddr_storage sa;
@@ -24,6 +25,7 @@ typedef struct mg_cfg_listen {
     mg_addr_t addr;
     char *tls_cert, *tls_key;  /* TLS listener: PEM files, resolved against the config's directory */
     int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
+    int proxy_protocol;     /* every connection starts with a PROXY protocol v1/v2 header */
 } mg_cfg_listen_t;
 
 typedef struct mg_limits {
@@ -82,6 +84,8 @@ typedef struct mg_cfg {
     mg_limits_t limits;
     char *access_log;       /* "stdout", a path, or NULL for off */
     int access_log_format;  /* MG_ALOG_TEXT or MG_ALOG_JSON (accesslog.h) */
+    struct mg_cidr *trusted;/* trusted_proxies (realip.h), ntrusted of them */
+    int ntrusted;
     mg_cfg_upstream_t *upstreams;
     int nupstreams;
     mg_cfg_route_t *routes;
@@ -101,5 +105,7 @@ void mg_cfg_free(mg_cfg_t *cfg);
  * config time only). 0, or -1 with a reason in err. */
 int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen);
 int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name);
+/* The listener configured with address text `addr`, or NULL. */
+const mg_cfg_listen_t *mg_cfg_listener(const mg_cfg_t *cfg, const char *addr);
 
 #endif

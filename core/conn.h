@@ -48,14 +48,19 @@ typedef struct mg_conn {
     unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
     unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
     unsigned parse_held : 1; /* the next pipelined request waits for wbuf to drain */
+    unsigned pp_wait : 1;    /* a PROXY protocol header is still to come (rbuf holds its start) */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
 
+/* mg_conn_accept flags */
+enum { MG_CONN_F_ADMIN = 1, MG_CONN_F_PROXY_PROTOCOL = 2 };
+
 /* Takes ownership of fd (already nonblocking). With tls (borrowed; the
  * session takes its own reference) the connection speaks TLS; the
- * handshake counts against header_timeout. */
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin,
+ * handshake counts against header_timeout. flags: MG_CONN_F_*; with
+ * MG_CONN_F_PROXY_PROTOCOL a PROXY header comes first (before TLS). */
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flags,
                     struct ssl_ctx_st *tls);
 /* Queues bytes for the client. Returns 0 or MG_ENOMEM. */
 int mg_conn_write(mg_conn_t *c, const void *p, size_t n);

@@ -129,7 +129,9 @@ static void build_request_head(mg_req_t *r)
                 mg_buf_append(o, ", ", 2);
             }
         }
-        mg_buf_puts(o, r->remote);
+        /* the peer (after a PROXY header), not the client found in
+         * X-Forwarded-For: the chain keeps every hop once */
+        mg_buf_puts(o, r->conn ? r->conn->remote : r->remote);
         mg_buf_append(o, "\r\n", 2);
     }
     if (!(e->n && mg_edits_find(e, "x-forwarded-proto", 17)))

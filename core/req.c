@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "lrt.h"
 #include "proxy.h"
+#include "realip.h"
 #include "router.h"
 
 #include <stdio.h>
@@ -224,6 +225,8 @@ void mg_req_dispatch(mg_req_t *r)
     mg_h1_head_t *h = r->head;
     const mg_cfg_t *cfg = r->gen->cfg;
     r->http10 = h->http_major == 1 && h->http_minor == 0;
+    if (cfg->ntrusted)
+        mg_rip_apply(cfg->trusted, cfg->ntrusted, h, r->remote); /* X-Forwarded-For */
     r->keepalive = (h->flags & MG_H1_KEEPALIVE) && !r->loop->stopping;
     r->has_body = (h->flags & MG_H1_CHUNKED) || ((h->flags & MG_H1_HAS_CL) && h->content_length);
     if (!r->has_body)
