@@ -96,6 +96,58 @@ bad:
     return -1;
 }
 
+int mg_cfg_parse_server(const char *text, mg_addr_t *out, char *err, size_t errlen)
+{
+    char host[256] = "";
+    const char *colon, *port;
+    memset(out, 0, sizeof *out);
+    snprintf(out->text, sizeof out->text, "%s", text);
+    if (text[0] == '[') {
+        const char *rb = strchr(text, ']');
+        if (rb == NULL || rb[1] != ':' || (size_t)(rb - text - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, text + 1, (size_t)(rb - text - 1));
+        port = rb + 2;
+    } else if ((colon = strrchr(text, ':')) != NULL && colon != text &&
+               (size_t)(colon - text) < sizeof host) {
+        memcpy(host, text, (size_t)(colon - text));
+        port = colon + 1;
+    } else {
+        goto bad;
+    }
+    char *end;
+    long pn = strtol(port, &end, 10);
+    if (*port < '0' || *port > '9' || *end || pn <= 0 || pn > 65535)
+        goto bad;
+    out->port = (int)pn;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->sa;
+    if (strcasecmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)pn);
+        out->len = sizeof *s4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)pn);
+        out->len = sizeof *s6;
+        return 0;
+    }
+    /* a DNS name: letters, digits, '-', '_' and dots */
+    for (const char *c = host; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.' && *c != '_')
+            goto bad;
+    if (host[0] == '\0' || host[0] == '.' || host[0] == '-' || (out->name = xstrdup(host)) == NULL)
+        goto bad;
+    return 0;
+bad:
+    snprintf(err, errlen, "invalid address '%s' (want host:port)", text);
+    return -1;
+}
+
 /* --- typed field readers; the table is at the top of the stack ---------- */
 
 static void check_keys(lua_State *L, walk_t *w, const char *where, const char *const *allowed)
@@ -377,7 +429,13 @@ static void walk_upstreams(lua_State *L, walk_t *w)
             lua_rawgeti(L, -1, i);
             if (lua_type(L, -1) != LUA_TSTRING)
                 cfg_fail(L, w, name, "%s.servers[%d]: expected \"host:port\"", where, i);
-            parse_addr_field(L, w, where, lua_tostring(L, -1), &u->servers[u->nservers++]);
+            char aerr[256];
+            const char *text = lua_tostring(L, -1);
+            mg_addr_t *a = &u->servers[u->nservers++];
+            if (mg_cfg_parse_server(text, a, aerr, sizeof aerr) != 0)
+                cfg_fail(L, w, text, "%s.servers[%d]: %s", where, i, aerr);
+            if (a->name)
+                a->line = locate_line(cfg->file, text);
             lua_pop(L, 1);
         }
         if (ns == 0)
@@ -622,6 +680,66 @@ static void check_access_log(lua_State *L, walk_t *w, const char *where)
     fclose(f);
 }
 
+/* resolver = { "10.0.0.2", "127.0.0.1:5353", "[::1]:53", valid = 30 }: the
+ * name servers for upstream and Redis host names and gw.http (else
+ * /etc/resolv.conf), and how often kept names are resolved again. */
+static void walk_resolver(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    cfg->resolver_valid = 30;
+    lua_getfield(L, -1, "resolver");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "resolver",
+                     "resolver: expected { \"ip[:port]\", ..., valid = seconds }");
+        static const char *const keys[] = { "valid", NULL };
+        check_keys(L, w, "resolver", keys);
+        cfg->resolver_valid = opt_number(L, w, "resolver", "valid", 30, 0.1);
+        int n = (int)luaL_len(L, -1);
+        char csv[1024] = "";
+        size_t used = 0;
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            char host[64] = "", one[80];
+            const char *port = NULL;
+            if (s[0] == '[') {
+                const char *rb = strchr(s, ']');
+                if (rb && (size_t)(rb - s - 1) < sizeof host) {
+                    memcpy(host, s + 1, (size_t)(rb - s - 1));
+                    port = rb[1] == ':' ? rb + 2 : rb[1] == '\0' ? "53" : NULL;
+                }
+            } else {
+                const char *c = strchr(s, ':');
+                size_t hn = c ? (size_t)(c - s) : strlen(s);
+                if (hn < sizeof host) {
+                    memcpy(host, s, hn);
+                    port = c ? c + 1 : "53";
+                }
+            }
+            unsigned char buf[16];
+            int v6 = inet_pton(AF_INET6, host, buf) == 1;
+            char *end = NULL;
+            long pn = port ? strtol(port, &end, 10) : 0;
+            if ((!v6 && inet_pton(AF_INET, host, buf) != 1) || port == NULL || *end ||
+                pn < 1 || pn > 65535)
+                cfg_fail(L, w, s[0] ? s : "resolver",
+                         "resolver[%d]: expected a name server address like \"10.0.0.2\" or "
+                         "\"127.0.0.1:5353\"", i);
+            int k = snprintf(one, sizeof one, v6 ? "%s[%s]:%ld" : "%s%s:%ld", i > 1 ? "," : "",
+                             host, pn);
+            if (used + (size_t)k >= sizeof csv)
+                cfg_fail(L, w, "resolver", "resolver: too many name servers");
+            memcpy(csv + used, one, (size_t)k + 1);
+            used += (size_t)k;
+            lua_pop(L, 1);
+        }
+        if (n > 0)
+            cfg->resolver = xstrdup(csv);
+    }
+    lua_pop(L, 1);
+}
+
 /* trusted_proxies = { "10.0.0.0/8", "127.0.0.1", "::1/128" } */
 static void walk_trusted(lua_State *L, walk_t *w)
 {
@@ -681,7 +799,7 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", "busy_poll", "trusted_proxies", NULL };
+                                        "lua", "busy_poll", "trusted_proxies", "resolver", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -717,6 +835,7 @@ static int walk_root(lua_State *L)
     lua_pop(L, 1);
     walk_limits(L, w);
     walk_trusted(L, w);
+    walk_resolver(L, w);
     lua_getfield(L, 2, "access_log");
     if (lua_isnil(L, -1))
         cfg->access_log = xstrdup("stdout");
@@ -759,6 +878,11 @@ static int has_word(const char *line, const char *word)
             return 1;
     }
     return 0;
+}
+
+int mg_cfg_locate_line(const char *file, const char *needle)
+{
+    return locate_line(file, needle);
 }
 
 /* Finds the line of `file` the error is about; 1 if none. `needle` is a
@@ -903,6 +1027,8 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->listen);
     for (int i = 0; i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].name);
+        for (int j = 0; j < cfg->upstreams[i].nservers; j++)
+            free(cfg->upstreams[i].servers[j].name);
         free(cfg->upstreams[i].servers);
         free(cfg->upstreams[i].hash_key);
         free(cfg->upstreams[i].tls_server_name);
@@ -929,6 +1055,7 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->order);
     free(cfg->access_log);
     free(cfg->trusted);
+    free(cfg->resolver);
     free(cfg->file);
     free(cfg);
 }

@@ -19,6 +19,10 @@ typedef struct mg_addr {
     struct sockaddr_storage sa;
     socklen_t len;
     char text[80];          /* as written: "127.0.0.1:8080" */
+    char *name;             /* upstream servers: a host name resolved at run time (dns.h);
+                             * sa is unset then. Owned by the config; NULL: numeric */
+    int port;
+    int line;               /* config line naming it (names only, for -t) */
 } mg_addr_t;
 
 typedef struct mg_cfg_listen {
@@ -84,6 +88,8 @@ typedef struct mg_cfg {
     mg_limits_t limits;
     char *access_log;       /* "stdout", a path, or NULL for off */
     int access_log_format;  /* MG_ALOG_TEXT or MG_ALOG_JSON (accesslog.h) */
+    char *resolver;         /* name servers "ip:port,..." (c-ares csv), or NULL: resolv.conf */
+    double resolver_valid;  /* s between re-resolutions of upstream/Redis host names */
     struct mg_cidr *trusted;/* trusted_proxies (realip.h), ntrusted of them */
     int ntrusted;
     mg_cfg_upstream_t *upstreams;
@@ -104,6 +110,12 @@ void mg_cfg_free(mg_cfg_t *cfg);
 /* Parses "host:port", "[v6]:port", ":port" or "port" (resolving names, so
  * config time only). 0, or -1 with a reason in err. */
 int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen);
+/* Like mg_cfg_parse_addr for an upstream server, without any lookup: a
+ * numeric host (or localhost) fills sa; a host name is kept in out->name
+ * for the resolver. 0, or -1 with a reason in err. */
+int mg_cfg_parse_server(const char *text, mg_addr_t *out, char *err, size_t errlen);
+/* The line of `file` that names `needle` ("key" or "key\x01value"); 1 if none. */
+int mg_cfg_locate_line(const char *file, const char *needle);
 int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name);
 /* The listener configured with address text `addr`, or NULL. */
 const mg_cfg_listen_t *mg_cfg_listener(const mg_cfg_t *cfg, const char *addr);

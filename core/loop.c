@@ -1,5 +1,6 @@
 #include "loop.h"
 #include "conn.h"
+#include "dns.h"
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
@@ -525,6 +526,12 @@ mg_loop_t *mg_loop_new(const char *config_file)
     loop->scratch = malloc(loop->scratch_cap);
     if (loop->scratch == NULL)
         goto fail;
+    char derr[128];
+    loop->dns = mg_dns_new(loop->ev, derr, sizeof derr);
+    if (loop->dns == NULL) {
+        mg_log_error("%s", derr);
+        goto fail;
+    }
     ev_prepare_init(&loop->prepare, prepare_cb);
     ev_prepare_start(loop->ev, &loop->prepare);
     ev_idle_init(&loop->spin, spin_cb);
@@ -548,6 +555,8 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     g->loop = loop;
     g->refs = 1;
     g->id = ++loop->next_gen_id;
+    if (loop->dns)
+        mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid);
     g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
     if (g->ups == NULL)
         goto fail;
@@ -668,6 +677,8 @@ void mg_loop_free(mg_loop_t *loop)
         mg_lrt_close(loop->L);
         loop->L = NULL;
         prepare_cb(loop->ev, &loop->prepare, 0); /* frees the bindings' __gc deferred */
+        mg_dns_free(loop->dns, 1);
+        loop->dns = NULL;
         ev_loop_destroy(loop->ev);
     }
     if (loop->access_log) {
@@ -682,6 +693,7 @@ void mg_loop_free(mg_loop_t *loop)
         mg_buf_free(&r->uhead);
         free(r);
     }
+    mg_dns_free(loop->dns, 0);
     free(loop->script);
     if (loop->met_owned)
         mg_met_destroy(loop->met_shm);

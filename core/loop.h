@@ -80,6 +80,7 @@ typedef struct mg_loop {
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */

@@ -25,6 +25,7 @@ struct ssl_session_st;
 typedef struct mg_up_server {
     mg_up_t *up;
     const mg_addr_t *addr;
+    struct mg_dns_name *dns;   /* addr is a host name: its kept resolution (a ref), else NULL */
     int active;                /* connections in use */
     mg_upconn_t *idle;         /* idle keep-alive connections (LIFO) */
     int nidle;
@@ -71,6 +72,7 @@ struct mg_upconn {
     mg_req_t *req;             /* the exchange it serves; NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
+    unsigned dns_gen;          /* the server name's answer count when connected (dns.h) */
     unsigned interim;          /* 1xx responses seen in this exchange */
     struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
     unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
