@@ -132,3 +132,23 @@ def test_redis_by_host_name_and_unix_socket(gateway, dns, tmp_path):
             g.stop()
     finally:
         r.stop()
+
+
+def test_http_request_resolves_through_the_same_resolver(gateway, dns):
+    port = free_port()
+    a = named_upstream("127.0.0.1", port, "H")
+    try:
+        dns.records["svc.test"] = ["127.0.0.1"]
+        h = Raw('function(req) local r, err = gw.http.request{ url = "http://svc.test:%d/x", '
+                'timeout = 3 } if not r then return 502, err end return 200, r.body end' % port)
+        miss = Raw('function(req) local r, err = gw.http.request{ url = "http://nx.test:%d/", '
+                   'timeout = 3 } return 200, tostring(err) end' % port)
+        g = gateway(config(resolver=[dns.addr],
+                           routes=[{"match": {"path": "/h"}, "handler": h},
+                                   {"match": {"path": "/miss"}, "handler": miss}]))
+        assert request(g.port, "GET", "/h").body == b"H"
+        assert ("svc.test", 1) in dns.queries  # asked our name server, not glibc
+        r = request(g.port, "GET", "/miss")
+        assert r.status == 200 and b"resolve" in r.body, r
+    finally:
+        a.shutdown()
