@@ -566,8 +566,9 @@ int mg_dns_name_addr(mg_dns_name_t *n, int port, struct sockaddr_storage *out, s
                      const char **err)
 {
     if (n->addrs.n == 0) {
-        if (n->q == NULL && n->tried)
-            name_start(n); /* failed so far: try again now, answer this one with the failure */
+        if (n->q == NULL)
+            name_start(n); /* failed so far, or its query was lost with a fork's channel:
+                            * try again now, answer this one with the failure */
         *err = n->err[0] ? n->err : "host name not resolved yet";
         return -1;
     }
