@@ -153,3 +153,19 @@ def test_http_request_resolves_through_the_same_resolver(gateway, dns):
         assert r.status == 200 and b"resolve" in r.body, r
     finally:
         a.shutdown()
+
+
+def test_check_reports_a_redis_socket_path_that_is_not_a_socket(run_moongate, tmp_path):
+    (tmp_path / "plain.file").write_text("x")
+    text = config(redis={"a": {"addr": "unix:" + str(tmp_path / "missing.sock")},
+                         "b": {"addr": str(tmp_path / "plain.file")},
+                         "c": {"addr": "localhost:6379"}},
+                  routes=[])
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1
+    import re
+    assert re.search(r"moongate\.lua:\d+: redis\.a\.addr: .*missing\.sock\" is not a unix socket",
+                     p.stderr_text), p.stderr_text
+    assert re.search(r"moongate\.lua:\d+: redis\.b\.addr: .*plain\.file\" is not a unix socket",
+                     p.stderr_text), p.stderr_text
+    assert "redis.c." not in p.stderr_text
