@@ -7,10 +7,10 @@
  * writes non-ASCII bytes as \u00HH so a line is valid JSON whatever the
  * client sent. */
 #include "accesslog.h"
-#include "log.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define LINE_MAX_BYTES 16384 /* six fields of at most FIELD_MAX escaped bytes fit */
 #define FIELD_MAX 2048       /* escaped bytes of one field; a longer value is cut */
@@ -95,13 +95,6 @@ static void put_json_str(out_t *o, const char *s, size_t n)
     putc_(o, '"');
 }
 
-static void put_num(out_t *o, const char *fmt, double v)
-{
-    char b[32];
-    int k = snprintf(b, sizeof b, fmt, v);
-    if (k > 0)
-        put(o, b, (size_t)k);
-}
 
 static void put_u64(out_t *o, uint64_t v)
 {
@@ -114,6 +107,47 @@ static void put_u64(out_t *o, uint64_t v)
     put(o, b + i, sizeof b - (size_t)i);
 }
 
+/* v >= 0 with `digits` (3 or 6) decimals, rounded; no printf on the hot path */
+static void put_fixed(out_t *o, double v, int digits)
+{
+    uint64_t scale = digits == 6 ? 1000000 : 1000;
+    if (!(v > 0))
+        v = 0;
+    if (v > 1e12)
+        v = 1e12;
+    uint64_t x = (uint64_t)(v * (double)scale + 0.5);
+    put_u64(o, x / scale);
+    char f[7];
+    uint64_t frac = x % scale;
+    for (int i = digits - 1; i >= 0; i--) {
+        f[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    putc_(o, '.');
+    put(o, f, (size_t)digits);
+}
+
+/* RFC 3339 UTC with milliseconds, as mg_log_time writes it, by hand */
+static void put_time(out_t *o, double t)
+{
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    int ms = (int)((t - (double)s) * 1000.0);
+    ms = ms < 0 ? 0 : ms > 999 ? 999 : ms;
+    int y = tm.tm_year + 1900;
+    char b[24] = { (char)('0' + y / 1000 % 10), (char)('0' + y / 100 % 10),
+                   (char)('0' + y / 10 % 10), (char)('0' + y % 10), '-',
+                   (char)('0' + (tm.tm_mon + 1) / 10), (char)('0' + (tm.tm_mon + 1) % 10), '-',
+                   (char)('0' + tm.tm_mday / 10), (char)('0' + tm.tm_mday % 10), 'T',
+                   (char)('0' + tm.tm_hour / 10), (char)('0' + tm.tm_hour % 10), ':',
+                   (char)('0' + tm.tm_min / 10), (char)('0' + tm.tm_min % 10), ':',
+                   (char)('0' + tm.tm_sec / 10), (char)('0' + tm.tm_sec % 10), '.',
+                   (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                   'Z' };
+    put(o, b, 24);
+}
+
 static void put_int(out_t *o, int v)
 {
     if (v < 0) {
@@ -123,9 +157,9 @@ static void put_int(out_t *o, int v)
     put_u64(o, (uint64_t)v);
 }
 
-static void format_text(out_t *o, const mg_alog_entry_t *e, const char *ts)
+static void format_text(out_t *o, const mg_alog_entry_t *e)
 {
-    puts_(o, ts);
+    put_time(o, e->time);
     putc_(o, ' ');
     put_text(o, e->remote, e->remote ? strlen(e->remote) : 0, 0);
     putc_(o, ' ');
@@ -139,7 +173,7 @@ static void format_text(out_t *o, const mg_alog_entry_t *e, const char *ts)
     putc_(o, ' ');
     put_text(o, e->upstream, e->upstream ? strlen(e->upstream) : 0, 0);
     putc_(o, ' ');
-    put_num(o, "%.3f", e->duration);
+    put_fixed(o, e->duration, 3);
     putc_(o, ' ');
     put_text(o, e->route, e->route ? strlen(e->route) : 0, 0);
     putc_(o, ' ');
@@ -151,10 +185,10 @@ static void format_text(out_t *o, const mg_alog_entry_t *e, const char *ts)
         putc_(o, '-');
 }
 
-static void format_json(out_t *o, const mg_alog_entry_t *e, const char *ts)
+static void format_json(out_t *o, const mg_alog_entry_t *e)
 {
     put(o, "{\"time\":\"", 9);
-    puts_(o, ts);
+    put_time(o, e->time);
     put(o, "\",\"remote_addr\":", 16);
     put_json_str(o, e->remote, e->remote ? strlen(e->remote) : 0);
     put(o, ",\"method\":", 10);
@@ -168,7 +202,7 @@ static void format_json(out_t *o, const mg_alog_entry_t *e, const char *ts)
     put(o, ",\"upstream\":", 12);
     put_json_str(o, e->upstream, e->upstream ? strlen(e->upstream) : 0);
     put(o, ",\"duration\":", 12);
-    put_num(o, "%.6f", e->duration);
+    put_fixed(o, e->duration, 6);
     put(o, ",\"route\":", 9);
     put_json_str(o, e->route, e->route ? strlen(e->route) : 0);
     put(o, ",\"request_id\":", 14);
@@ -193,12 +227,10 @@ size_t mg_alog_format(char *buf, size_t cap, int format, const mg_alog_entry_t *
     if (cap == 0)
         return 0;
     out_t o = { buf, 0, cap };
-    char ts[32];
-    mg_log_time(e->time, ts);
     if (format == MG_ALOG_JSON)
-        format_json(&o, e, ts);
+        format_json(&o, e);
     else
-        format_text(&o, e, ts);
+        format_text(&o, e);
     return o.n;
 }
 
