@@ -1,5 +1,6 @@
 #include "loop.h"
 #include "conn.h"
+#include "cfgnames.h"
 #include "dns.h"
 #include "log.h"
 #include "lrt.h"
@@ -92,6 +93,9 @@ void mg_gen_unref(mg_gen_t *g)
             mg_tls_ctx_free(g->tls[i]);
         free(g->tls);
     }
+    for (int i = 0; i < g->nnames; i++)
+        mg_dns_name_unref(g->names[i]);
+    free(g->names);
     mg_cfg_free(g->cfg);
     free(g);
 }
@@ -555,8 +559,10 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     g->loop = loop;
     g->refs = 1;
     g->id = ++loop->next_gen_id;
-    if (loop->dns)
+    if (loop->dns) {
         mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid);
+        g->nnames = mg_cfgnames_hold_redis(loop->L, loop->dns, &g->names);
+    }
     g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
     if (g->ups == NULL)
         goto fail;

@@ -32,6 +32,8 @@ typedef struct mg_gen {
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
     struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
     int ntls;                /* TLS listeners in cfg */
+    struct mg_dns_name **names; /* Redis host names kept resolved for it (refs), nnames */
+    int nnames;
     struct mg_loop *loop;
 } mg_gen_t;
 

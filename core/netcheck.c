@@ -1,9 +1,10 @@
 /* Startup and -t resolution of the config's host names (netcheck.h). Runs
  * the loop until the resolver answered (nothing is served yet), so it may
- * wait; never on a request path. Redis names are resolved here too, so
- * the pools made at the first gw.redis call find them in the resolver's
- * cache (kept names linger a while after their last user). */
+ * wait; never on a request path. Redis host names are held by each
+ * generation (cfgnames.c), so settling here covers them too and the pool
+ * made at the first gw.redis call finds its address. */
 #include "netcheck.h"
+#include "cfgnames.h"
 #include "config.h"
 #include "dns.h"
 #include "loop.h"
@@ -15,51 +16,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-#include <lauxlib.h>
-#include <lua.h>
-
-#define MAX_REDIS 64
-
-typedef struct rcheck {
-    char name[64];
-    char addr[256];
-    char host[256];
-    mg_dns_name_t *dns;
-} rcheck_t;
-
-/* The config's redis section (runtime.redis_conf): name and addr of each
- * entry, at most MAX_REDIS. */
-static int redis_entries(lua_State *L, rcheck_t *out)
-{
-    int n = 0, top = lua_gettop(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "moongate.runtime");
-    if (lua_istable(L, -1) && lua_getfield(L, -1, "redis_conf") == LUA_TTABLE) {
-        int t = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, t)) {
-            if (n < MAX_REDIS && lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
-                if (lua_getfield(L, -1, "addr") == LUA_TSTRING) {
-                    snprintf(out[n].name, sizeof out[n].name, "%s", lua_tostring(L, -3));
-                    snprintf(out[n].addr, sizeof out[n].addr, "%s", lua_tostring(L, -1));
-                    n++;
-                }
-                lua_pop(L, 1);
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_settop(L, top);
-    return n;
-}
-
 int mg_netcheck(mg_loop_t *loop, int report, double timeout, FILE *out)
 {
     const mg_cfg_t *cfg = loop->gen->cfg;
-    rcheck_t *rc = NULL;
+    mg_cfgnames_redis_t *rc = NULL;
     int nr = 0, bad = 0;
-    if (loop->L && (rc = calloc(MAX_REDIS, sizeof *rc)) != NULL) {
-        nr = redis_entries(loop->L, rc);
+    if (loop->L && (rc = calloc(MG_CFGNAMES_MAX, sizeof *rc)) != NULL) {
+        nr = mg_cfgnames_redis(loop->L, rc, MG_CFGNAMES_MAX);
         for (int i = 0; i < nr; i++) {
             mg_rds_addr_t a;
             char err[256];
@@ -81,7 +44,6 @@ int mg_netcheck(mg_loop_t *loop, int report, double timeout, FILE *out)
                     bad++;
                 }
             } else if (a.is_name && loop->dns) {
-                snprintf(rc[i].host, sizeof rc[i].host, "%s", a.host);
                 rc[i].dns = mg_dns_name(loop->dns, a.host);
             }
         }

@@ -119,9 +119,12 @@ def test_redis_by_host_name_and_unix_socket(gateway, dns, tmp_path):
     r = Redis(tmp_path, "--unixsocket", str(tmp_path / "redis.sock"), "--unixsocketperm", "700")
     try:
         dns.records["redis.test"] = ["127.0.0.1"]
-        g = gateway(config(resolver=[dns.addr],
+        g = gateway(config(resolver=[dns.addr, Raw("valid = 0.2")],
                            redis={"default": {"addr": "redis.test:%d" % r.port, "timeout": 2}},
                            routes=[{"match": {"path": "/incr"}, "handler": REDIS_INCR}]))
+        # the pool is made at the first gw.redis call, long after the start:
+        # the config's Redis names are kept resolved meanwhile
+        time.sleep(1.5)
         assert request(g.port, "GET", "/incr").body == b"1"
         assert request(g.port, "GET", "/incr").body == b"2"
         g.stop()
