@@ -444,7 +444,7 @@ static int read_proxy_header(mg_conn_t *c)
             c->rbuf.len += take;
             continue;
         }
-        mg_buf_reset(&c->rbuf);
+        mg_buf_free(&c->rbuf); /* the header's room is not kept for the connection's life */
         c->pp_wait = 0;
         if (!pp.local) {
             inet_ntop(pp.family, pp.src, c->remote, sizeof c->remote);
