@@ -228,3 +228,46 @@ def test_proxy_protocol_on_tls_listener(gateway, tmp_path):
             got += c
         s.close()
         assert body_of(got) == want
+
+
+def _can_connect6(port):
+    try:
+        socket.create_connection(("::1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_peer_trusted_by_cidr(gateway):
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    g = gateway(config(listen=[{"addr": "[::1]:$PORT"}, {"addr": "[::1]:$PORT1",
+                                                          "proxy_protocol": True}],
+                       trusted_proxies=["::1/128"],
+                       routes=[{"match": {"path": "/who"}, "handler": ECHO}]), wait=False)
+    for p in g.ports:
+        wait_for(lambda: _can_connect6(p), timeout=15, what="moongate on [::1]:%d" % p)
+    s = socket.create_connection(("::1", g.ports[0]), timeout=5)
+    s.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 2001:db8::99\r\n"
+              b"Connection: close\r\n\r\n")
+    got = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        got += c
+    s.close()
+    assert body_of(got) == "2001:db8::99"
+    s = socket.create_connection(("::1", g.ports[1]), timeout=5)
+    s.sendall(v2(1, 0x21, "2001:db8::77", "::1", 1, 80) +
+              b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        got += c
+    s.close()
+    assert body_of(got) == "2001:db8::77"
