@@ -68,6 +68,12 @@ void mg_conn_close(mg_conn_t *c);
 void mg_conn_request_done(mg_conn_t *c, int keepalive);
 /* Backpressure: stop/restart reading the client (request body). */
 void mg_conn_pause_read(mg_conn_t *c, int pause);
+/* Hands the socket over to a tunnel (tunnel.h) after a 101: fills e with
+ * the fd, the TLS session, the queued output (the 101 head) and the bytes
+ * the client sent after its request, then closes the connection without
+ * closing the fd. The request in flight is detached, not aborted. */
+struct mg_tun_end;
+void mg_conn_detach(mg_conn_t *c, struct mg_tun_end *e);
 /* Graceful stop: close if no request is in flight. */
 void mg_conn_close_idle(mg_conn_t *c);
 

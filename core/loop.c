@@ -5,6 +5,7 @@
 #include "metrics.h"
 #include "req.h"
 #include "server.h"
+#include "tunnel.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -47,6 +48,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
+        w->tunnels = loop->stats.tunnels;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];
@@ -433,7 +435,9 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)w;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    mg_log_warn("drain_timeout reached with %d requests in flight; exiting", loop->stats.active);
+    mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
+                loop->stats.active, loop->stats.tunnels);
+    mg_tun_close_all(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -448,7 +452,7 @@ void mg_loop_check_drained(mg_loop_t *loop)
             c = next;
         }
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }
@@ -655,6 +659,7 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         clear_watch(loop);
+        mg_tun_close_all(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);

@@ -56,6 +56,7 @@ typedef struct mg_stats {
     int conns;               /* open client connections */
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
+    int tunnels;             /* open tunnels (upgraded connections) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
@@ -80,6 +81,7 @@ typedef struct mg_loop {
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */
