@@ -541,8 +541,7 @@ def test_upgrades_list_drops_unlisted_protocols_and_h2c(gateway, upstream):
     c.close()
 
 
-def test_req_upgrade_and_log_phase_at_tunnel_close(gateway, wsecho, tmp_path):
-    w = wsecho()
+def write_log_plugin(tmp_path):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "t_wslog.lua").write_text("""
 return {
@@ -554,6 +553,11 @@ return {
   end,
 }
 """)
+
+
+def test_req_upgrade_and_log_phase_at_tunnel_close(gateway, wsecho, tmp_path):
+    w = wsecho()
+    write_log_plugin(tmp_path)
     routes = [{"name": "ws", "match": {"prefix": "/"}, "upstream": "ws",
                "plugins": ["t_wslog"]},
               ]
@@ -578,6 +582,32 @@ return {
     wait_for(lambda: "WSLOG status=200 upgrade=nil" in g.stderr_text(), what="second log")
     wait_for(lambda: gauges_zero(g) and metrics(g)["moongate_lua_coroutines"] == 0,
              what="gauges at 0")
+
+
+def test_response_phase_may_turn_the_switch_down(gateway, wsecho, tmp_path):
+    w = wsecho()
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "t_no101.lua").write_text("""
+return {
+  name = "t_no101",
+  response = function(conf, req, res)
+    if req.query == "deny" then res.status = 403 end
+  end,
+}
+""")
+    routes = [{"name": "ws", "match": {"prefix": "/"}, "upstream": "ws", "plugins": ["t_no101"]}]
+    g = gateway(ws_config([w.addr], routes=routes, plugin_path=str(tmp_path / "plugins")))
+    c = RawWs(g.port, "/echo?deny")
+    assert c.status == 403, c.headers
+    assert c.headers.get("connection") == "close", c.headers
+    assert c.read_eof() == b""
+    c.close()
+    c = RawWs(g.port, "/echo")
+    assert c.status == 101
+    c.send(frame(0x1, b"ok"))
+    assert c.read_frame() == (True, 0x1, b"ok")
+    c.close()
+    wait_for(lambda: gauges_zero(g), what="gauges at 0")
 
 
 # --------------------------------------------------------------------------
@@ -830,9 +860,15 @@ def test_wss_on_a_tls_listener_to_a_tls_upstream(gateway, wsecho, tmp_path):
     wait_for(lambda: gauges_zero(g), what="tunnel gauges at 0")
 
 
-def test_graceful_stop_says_going_away_at_drain_timeout(gateway, wsecho):
+@pytest.mark.parametrize("lua", [False, True])
+def test_graceful_stop_says_going_away_at_drain_timeout(gateway, wsecho, tmp_path, lua):
     w = wsecho()
-    g = gateway(ws_config([w.addr], limits={"drain_timeout": 1}))
+    kw = {}
+    if lua:
+        write_log_plugin(tmp_path)
+        kw = {"routes": [{"name": "ws", "match": {"prefix": "/"}, "upstream": "ws",
+                          "plugins": ["t_wslog"]}], "plugin_path": str(tmp_path / "plugins")}
+    g = gateway(ws_config([w.addr], limits={"drain_timeout": 1}, **kw))
 
     async def go():
         ws = await websockets.connect(uri(g, "/echo"), **CONNECT)
@@ -852,3 +888,95 @@ def test_graceful_stop_says_going_away_at_drain_timeout(gateway, wsecho):
     assert 0.8 < t < 5
     wait_for(lambda: [1001, ""] in w.stats()["closes"], what="the upstream got 1001 too")
     assert g.proc.wait(10) == 0
+    if lua:
+        assert "WSLOG status=101" in g.stderr_text()
+
+
+def test_bytes_behind_the_handshake_and_behind_the_101(gateway, rawup, wsecho, tmp_path):
+    # the client's first frame in the same packet as its handshake: it waits
+    # for the 101 and then goes up
+    w = wsecho()
+    g = gateway(ws_config([w.addr]))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+              + frame(0x1, b"early bird"))
+    c = RawWs.__new__(RawWs)
+    c.sock, c.buf = s, b""
+    st, _ = c.read_head()
+    assert st == 101
+    assert c.read_frame() == (True, 0x1, b"early bird")
+    c.close()
+    # the upstream's bytes in the same packet as its 101, with a response
+    # plugin holding the head: they follow the 101
+    write_log_plugin(tmp_path)
+    routes = [{"name": "x", "match": {"prefix": "/x"}, "upstream": "ws",
+               "upgrades": ["x-echo"], "plugins": ["t_wslog"]}]
+    g2 = gateway(ws_config([rawup.addr], routes=routes, plugin_path=str(tmp_path / "plugins")))
+    c = RawWs(g2.port, "/x/finfirst", proto="x-echo")
+    assert c.status == 101 and c.headers["x-resp-phase"] == "yes"
+    assert c.read_eof() == b"hello"
+    c.send(b"late")
+    c.sock.shutdown(socket.SHUT_WR)
+    wait_for(lambda: rawup.got.get("/x/finfirst") == b"late", what="bytes after FIN")
+    c.close()
+    wait_for(lambda: gauges_zero(g2), what="gauges at 0")
+
+
+# --------------------------------------------------------------------------
+# examples/websocket.lua, as examples/README.md runs it
+
+
+def test_example_websocket_lua_and_its_readme_commands(gateway, tmp_path):
+    import re
+    import shutil
+    from conftest import REPO
+    ex = REPO / "examples"
+    shutil.copytree(ex / "plugins", tmp_path / "plugins")
+    up = free_port()
+    echo = subprocess.Popen([sys.executable, "-B", str(ex / "ws_echo.py"), str(up)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(up, echo, 10, "ws_echo.py", probe=b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                                          b"Connection: close\r\n\r\n")
+        gport, aport = free_port(), free_port()
+        env = {"MOONGATE_ADDR": "127.0.0.1:%d" % gport, "MOONGATE_ADMIN": "127.0.0.1:%d" % aport,
+               "WS_UPSTREAM": "127.0.0.1:%d" % up}
+        g = gateway((ex / "websocket.lua").read_text(), nports=0, env=env, wait=False)
+        wait_listening(gport, g.proc, 15, "moongate", g.stderr_path)
+        text = (ex / "README.md").read_text()
+        sec = re.search(r"^## websocket\.lua[^\n]*\n(.*?)(?=^## |\Z)", text, re.M | re.S).group(1)
+        lines = [l[4:] for l in sec.splitlines() if l.startswith("    ")]
+        ran = 0
+        for line in lines:
+            if not (line.startswith("python3 examples/ws_client.py") or line.startswith("curl")):
+                continue
+            cmd, _, comment = line.partition("#")
+            cmd = cmd.replace("localhost:8080", "localhost:%d" % gport)
+            cmd = cmd.replace("localhost:9901", "localhost:%d" % aport)
+            run_cmd = cmd.replace("python3 ", sys.executable + " ", 1)  # Debian's, with websockets
+            p = subprocess.run(["bash", "-c", run_cmd], capture_output=True, text=True,
+                               timeout=30, cwd=str(REPO))
+            ran += 1
+            comment = comment.strip()
+            if cmd.startswith("python3"):
+                words = cmd.split()[3:]
+                m = re.match(r"refused: HTTP (\d+)", comment)
+                if m:
+                    assert p.returncode == 1 and "refused: HTTP %s" % m.group(1) in p.stderr, \
+                        (cmd, p.stdout, p.stderr)
+                else:
+                    assert p.returncode == 0 and p.stdout.split() == words, (cmd, p.stdout,
+                                                                            p.stderr)
+            elif "metrics" in cmd:
+                wait_for(lambda: "moongate_tunnels_active 0" in subprocess.run(
+                    ["bash", "-c", cmd], capture_output=True, text=True).stdout,
+                    what="tunnels_active 0")
+            else:
+                assert p.returncode == 0 and '"ok"' in p.stdout.replace(" ", ""), p.stdout
+        assert ran == 6
+        wait_for(lambda: "route echo: websocket /echo -> 101" in g.stderr_text(),
+                 what="the example's log phase")
+        assert " 101 " in g.stdout_text() and "tunnel_up=" in g.stdout_text()
+    finally:
+        stop_proc(echo)

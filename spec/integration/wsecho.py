@@ -11,7 +11,7 @@ Paths:
   /hold          accepts and waits for the peer to close
   /__stats       (plain HTTP) {"handshakes": n, "open": m, "closes": [[code, reason], ...]}
   /plain         (plain HTTP, also for upgrade requests) 200 "plain", no switch
-Any other path: 404 without switching.
+Any other path: 404 without switching. The query string is ignored.
 """
 
 import argparse
@@ -26,6 +26,7 @@ STATS = {"handshakes": 0, "open": 0, "closes": []}
 
 
 async def process_request(path, headers):
+    path = path.split("?", 1)[0]
     if path == "/__stats":
         return (http.HTTPStatus.OK, [("Content-Type", "application/json")],
                 json.dumps(STATS).encode())
@@ -39,6 +40,7 @@ async def process_request(path, headers):
 
 
 async def handler(ws, path):
+    path = path.split("?", 1)[0]
     STATS["open"] += 1
     try:
         if path == "/echo":

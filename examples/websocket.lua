@@ -1,0 +1,24 @@
+-- WebSocket tunnels (examples/README.md). A WebSocket echo server listens
+-- on 127.0.0.1:9000 (python3 examples/ws_echo.py); then:
+--   bash examples/run-quickstart.sh build/moongate examples/websocket.lua
+--   python3 examples/ws_client.py ws://alice:wonderland@localhost:8080/chat hello   -> hello
+-- Addresses can be moved with MOONGATE_ADDR, MOONGATE_ADMIN and WS_UPSTREAM.
+return {
+  listen = { { addr = os.getenv("MOONGATE_ADDR") or "127.0.0.1:8080" } },
+  admin = { addr = os.getenv("MOONGATE_ADMIN") or "127.0.0.1:9901" },
+  access_log = "stdout",            -- one line per tunnel, when it closes
+  limits = { tunnel_idle_timeout = 300, drain_timeout = 10 },
+  upstreams = { chat = { servers = { os.getenv("WS_UPSTREAM") or "127.0.0.1:9000" } } },
+  routes = {
+    -- the handshake is an ordinary request: basic_auth runs on it, and a
+    -- refused one never reaches the upstream; websocket is tunneled by default
+    { name = "chat", match = { prefix = "/chat" }, upstream = "chat",
+      plugins = { { "basic_auth", users = { alice = "wonderland" } } } },
+    -- an open echo, with the log phase at tunnel close
+    { name = "echo", match = { prefix = "/echo" }, upstream = "chat",
+      plugins = { "ws_log" } },
+    -- this route tunnels nothing: Upgrade is dropped, the request is plain HTTP
+    { name = "plain", match = { prefix = "/plain" }, upstream = "chat", upgrades = {} },
+  },
+  plugin_path = { "plugins" },
+}
