@@ -17,7 +17,6 @@
 #include "proxy.h"
 #include "req.h"
 #include "tls.h"
-#include "tunnel.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -649,20 +648,20 @@ void mg_conn_close_idle(mg_conn_t *c)
         close_clean(c);
 }
 
-void mg_conn_detach(mg_conn_t *c, mg_tun_end_t *e)
+void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
+                    size_t *in_n, int *eof)
 {
-    e->fd = c->fd;
-    e->tls = c->tls;
-    e->ssl = NULL;
-    e->out = c->wbuf;
-    e->eof = c->eof;
+    *fd = c->fd;
+    *tls = c->tls;
+    *out = c->wbuf;
+    *eof = c->eof;
     c->wbuf = (mg_buf_t){ 0 };
     c->fd = -1;
     c->tls = NULL;
     c->req = NULL;
     /* the parser stopped after the request: what follows is the tunnel's */
-    e->in = c->rbuf.len ? mg_buf_data(&c->rbuf) : NULL; /* freed with c, later */
-    e->in_n = c->rbuf.len;
+    *in = c->rbuf.len ? mg_buf_data(&c->rbuf) : NULL; /* freed with c, later */
+    *in_n = c->rbuf.len;
     mg_conn_close(c);
 }
 

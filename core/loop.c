@@ -5,7 +5,6 @@
 #include "metrics.h"
 #include "req.h"
 #include "server.h"
-#include "tunnel.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -437,7 +436,8 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     mg_loop_t *loop = mg_loop_of(ev);
     mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
                 loop->stats.active, loop->stats.tunnels);
-    mg_tun_close_all(loop);
+    if (loop->close_tunnels)
+        loop->close_tunnels(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -659,7 +659,8 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         clear_watch(loop);
-        mg_tun_close_all(loop);
+        if (loop->close_tunnels)
+            loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);

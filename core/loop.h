@@ -82,6 +82,7 @@ typedef struct mg_loop {
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
     struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
+    void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */

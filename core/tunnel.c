@@ -430,6 +430,7 @@ mg_tun_t *mg_tun_start(mg_loop_t *loop, mg_tun_end_t *client, mg_tun_end_t *upst
     t->ud = ud;
     side_init(t, &t->s[0], client);
     side_init(t, &t->s[1], upstream);
+    loop->close_tunnels = mg_tun_close_all; /* loop.c reaches us only through this */
     t->next = loop->tunnels;
     if (loop->tunnels)
         loop->tunnels->prev = t;
