@@ -257,7 +257,8 @@ class RawUpgradeServer:
       /x/rst-mid        101 + half a WebSocket frame, then resets
     """
 
-    def __init__(self):
+    def __init__(self, ctx=None):
+        self.ctx = ctx  # TLS server context, or None for plain TCP
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
@@ -289,6 +290,8 @@ class RawUpgradeServer:
         s.settimeout(30)
         buf = b""
         try:
+            if self.ctx:
+                s = self.ctx.wrap_socket(s, server_side=True)
             while b"\r\n\r\n" not in buf:
                 b = s.recv(65536)
                 if not b:
@@ -833,6 +836,42 @@ def test_abort_matrix_upstream_side(gateway, rawup, path):
 
 # --------------------------------------------------------------------------
 # TLS, graceful stop
+
+
+def test_half_close_through_tls_on_both_sides(gateway, tmp_path):
+    from tlshelp import CA
+    ca = CA(tmp_path / "pki")
+    crt, key = ca.issue("server")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(str(crt), str(key))
+    up = RawUpgradeServer(sctx)
+    try:
+        listen = [{"addr": "127.0.0.1:$PORT", "tls": {"cert": str(crt), "key": str(key)}}]
+        g = gateway(xconfig(up.addr, tls_up=True, listen=listen))
+        raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        s = ssl.create_default_context(cafile=str(ca.cert)).wrap_socket(
+            raw, server_hostname="localhost")
+        s.sendall(b"GET /x/eofecho HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n"
+                  b"Upgrade: x-echo\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        data = os.urandom(300000)
+        s.sendall(data)
+        socket.socket.shutdown(s, socket.SHUT_WR)  # a TCP FIN (passed on as close_notify + FIN)
+        out = rest
+        while True:
+            b = s.recv(65536)  # the upstream's answer after our FIN, then its close_notify
+            if not b:
+                break
+            out += b
+        assert out == b"got:" + hashlib.sha256(data).hexdigest().encode()
+        s.close()
+        wait_for(lambda: gauges_zero(g), what="tunnel gauges at 0")
+    finally:
+        up.stop()
 
 
 def test_wss_on_a_tls_listener_to_a_tls_upstream(gateway, wsecho, tmp_path):
