@@ -420,6 +420,7 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
     ue.in = in;
     ue.in_n = n;
     mg_conn_detach(c, &ce.fd, &ce.tls, &ce.out, &ce.in, &ce.in_n, &ce.eof);
+    mg_buf_free(&r->uhead); /* no retry from here: an idle tunnel keeps no buffer */
     loop->stats.active--;
     double idle = r->gen->cfg->limits.tunnel_idle_timeout;
     if (mg_tun_start(loop, &ce, &ue, r->websocket, idle, tunnel_done, r) == NULL) {

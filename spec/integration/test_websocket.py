@@ -639,10 +639,13 @@ def test_1000_concurrent_tunnels_on_one_worker(gateway, wsecho):
     wait_for(lambda: gauges_zero(g), timeout=30, what="tunnel gauges at 0")
 
 
-def test_100_tunnels_survive_50_reloads(gateway, wsecho):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_100_tunnels_survive_50_reloads(gateway, wsecho, workers):
+    # with workers = 2, SIGHUP goes to the master, which reloads its workers
+    # in place (master.c); POST /reload reaches a worker, which asks the master
     raise_nofile(4096)
     w = wsecho()
-    g = gateway(ws_config([w.addr]))
+    g = gateway(ws_config([w.addr], workers=workers))
 
     def gen():
         return metrics(g)["moongate_config_generation"]
