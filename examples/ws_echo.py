@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A WebSocket echo server for examples/websocket.lua (python3-websockets).
 
-    python3 examples/ws_echo.py [PORT]       PORT: argument, $WS_ECHO_PORT, or 9000
+    python3 examples/ws_echo.py [PORT]       PORT: argument, $UPSTREAM_PORT, or 9000
 
 Every message comes back as sent (text as text, binary as binary); a plain
 HTTP request (no upgrade) gets "plain http\\n".
@@ -34,4 +34,4 @@ async def main(port):
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1] if len(sys.argv) > 1 else
-                         os.environ.get("WS_ECHO_PORT", "9000"))))
+                         os.environ.get("UPSTREAM_PORT", "9000"))))

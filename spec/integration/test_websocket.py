@@ -978,14 +978,14 @@ def test_example_websocket_lua_and_its_readme_commands(gateway, tmp_path):
     ex = REPO / "examples"
     shutil.copytree(ex / "plugins", tmp_path / "plugins")
     up = free_port()
-    echo = subprocess.Popen([sys.executable, "-B", str(ex / "ws_echo.py"), str(up)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = subprocess.Popen([sys.executable, "-B", str(ex / "ws_echo.py")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, UPSTREAM_PORT=str(up)))
     try:
         wait_listening(up, echo, 10, "ws_echo.py", probe=b"GET / HTTP/1.1\r\nHost: x\r\n"
                                                           b"Connection: close\r\n\r\n")
         gport, aport = free_port(), free_port()
-        env = {"MOONGATE_ADDR": "127.0.0.1:%d" % gport, "MOONGATE_ADMIN": "127.0.0.1:%d" % aport,
-               "WS_UPSTREAM": "127.0.0.1:%d" % up}
+        env = {"MOONGATE_PORT": str(gport), "ADMIN_PORT": str(aport), "UPSTREAM_PORT": str(up)}
         g = gateway((ex / "websocket.lua").read_text(), nports=0, env=env, wait=False)
         wait_listening(gport, g.proc, 15, "moongate", g.stderr_path)
         text = (ex / "README.md").read_text()
