@@ -936,6 +936,29 @@ def test_graceful_stop_says_going_away_at_drain_timeout(gateway, wsecho, tmp_pat
         assert "WSLOG status=101" in g.stderr_text()
 
 
+def test_graceful_stop_adds_no_close_frame_inside_a_frame(gateway, wsecho):
+    # the client is half-way through a frame to the upstream when the drain
+    # ends: a close frame there would corrupt the stream, so the upstream gets
+    # none (its connection just ends), while the client, whose direction is
+    # between frames, gets its 1001
+    w = wsecho()
+    g = gateway(ws_config([w.addr], limits={"drain_timeout": 1}))
+    c = RawWs(g.port, "/echo")
+    assert c.status == 101
+    c.send(frame(0x1, b"whole"))
+    assert c.read_frame() == (True, 0x1, b"whole")
+    c.send(frame(0x2, os.urandom(5000))[:1000])
+    time.sleep(0.2)
+    os.kill(g.pid, signal.SIGTERM)
+    fin, op, payload = c.read_frame()
+    assert (op, struct.unpack("!H", payload[:2])[0]) == (0x8, 1001)
+    assert c.read_eof() == b""
+    c.close()
+    assert g.proc.wait(10) == 0
+    closes = wait_for(lambda: w.stats()["closes"], what="the upstream's close")
+    assert closes[0][0] == 1006, closes  # cut, not a 1001 spliced into the frame
+
+
 def test_bytes_behind_the_handshake_and_behind_the_101(gateway, rawup, wsecho, tmp_path):
     # the client's first frame in the same packet as its handshake: it waits
     # for the 101 and then goes up
