@@ -136,7 +136,7 @@ for (( r = 1; r <= ROUNDS; r++ )); do
 done
 
 # ---- idle tunnels
-declare -A IDLE_RSS=() BASE_RSS=()
+declare -A IDLE_RSS=() BASE_RSS=() IDLE_OK=()
 for t in $ACTIVE; do
   kill -0 "${PID[$t]}" 2>/dev/null || continue
   BASE_RSS[$t]=$(rss_now "$t")
@@ -149,7 +149,8 @@ for t in $ACTIVE; do
   if grep -q '^MGWS ready' "$WORK/idle-$t.out"; then
     sleep 1
     IDLE_RSS[$t]=$(rss_now "$t")
-    log "$t: $IDLE_N idle tunnels, RSS ${IDLE_RSS[$t]} KiB (before: ${BASE_RSS[$t]} KiB)"
+    IDLE_OK[$t]=$(awk '/^MGWS ready/{print $3}' "$WORK/idle-$t.out")
+    log "$t: ${IDLE_OK[$t]} idle tunnels open (of $IDLE_N), RSS ${IDLE_RSS[$t]} KiB (before: ${BASE_RSS[$t]} KiB)"
   else
     IDLE_RSS[$t]=failed
     log "$t: idle tunnels failed: $(head -c 300 "$WORK/idle-$t.out")"; tail_log "$WORK/client.err"
@@ -182,9 +183,14 @@ REPORT="$WORK/report.md"
     done
   done
   echo
-  echo "| $IDLE_N idle tunnels | RSS KiB (all processes of the gateway) | before KiB |"
-  echo "|---|---:|---:|"
-  for t in $ACTIVE; do echo "| $t | ${IDLE_RSS[$t]:--} | ${BASE_RSS[$t]:--} |"; done
+  echo "| idle tunnels (of $IDLE_N asked) | open | RSS KiB (all processes of the gateway) | before KiB | KiB per tunnel |"
+  echo "|---|---:|---:|---:|---:|"
+  for t in $ACTIVE; do
+    per=-
+    [[ ${IDLE_RSS[$t]:-} =~ ^[0-9]+$ ]] && [ "${IDLE_OK[$t]:-0}" -gt 0 ] &&
+      per=$(awk -v a="${IDLE_RSS[$t]}" -v b="${BASE_RSS[$t]}" -v n="${IDLE_OK[$t]}" 'BEGIN{printf "%.2f", (a - b) / n}')
+    echo "| $t | ${IDLE_OK[$t]:--} | ${IDLE_RSS[$t]:--} | ${BASE_RSS[$t]:--} | $per |"
+  done
   echo
   echo "Command: \`$(run_cmd ws.sh) # BENCH_WS_SIZES=\"$SIZES\" BENCH_WS_WINDOW=$WINDOW BENCH_WS_IDLE=$IDLE_N\`"
 } >"$REPORT"

@@ -13,8 +13,8 @@
       total=<echoes since the start, warm-up included>".
       Every connection checks its first echo byte for byte.
   ws_load.py idle --port P --conns N
-      Opens N tunnels (handshake, one echo each), prints "MGWS ready <N>" and
-      holds them until killed.
+      Opens N tunnels (handshake, one echo each), prints "MGWS ready <open>
+      failed <n>" and holds the open ones until killed.
 """
 
 import argparse
@@ -199,12 +199,15 @@ async def idle(a):
     conns = await open_conns(a, frame, 1, once=True)
     await asyncio.sleep(0.5)
     bad = [c for c in conns if c.failed or c.done < 1]
-    if bad:
-        print("MGWS failed %d of %d: %s" % (len(bad), len(conns), bad[0].failed), flush=True)
+    if bad:  # e.g. the gateway ran out of file descriptors: say so, keep the rest
+        print("  %d of %d failed: %s" % (len(bad), len(conns), bad[0].failed), file=sys.stderr,
+              flush=True)
+    if len(bad) == len(conns):
+        print("MGWS failed %d of %d" % (len(bad), len(conns)), flush=True)
         return
     for c in conns:
         c.window = 0
-    print("MGWS ready %d" % len(conns), flush=True)
+    print("MGWS ready %d failed %d" % (len(conns) - len(bad), len(bad)), flush=True)
     await asyncio.Future()
 
 
