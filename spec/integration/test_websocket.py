@@ -613,6 +613,30 @@ return {
     wait_for(lambda: gauges_zero(g), what="gauges at 0")
 
 
+@pytest.mark.parametrize("bad, want", [
+    ('upgrades = "websocket"', "routes[1].upgrades: expected a list of protocol names"),
+    ('upgrades = { "h2c" }', "routes[1].upgrades[1]: h2c upgrades are never tunneled"),
+    ('upgrades = { "web socket" }', "routes[1].upgrades[1]: expected a protocol name"),
+    ('upgrades = { 1 }', "routes[1].upgrades[1]: expected a protocol name"),
+])
+def test_config_errors_name_the_upgrades_line(run_moongate, bad, want):
+    text = ('return {\n  listen = { "127.0.0.1:$PORT" },\n'
+            '  upstreams = { ws = { servers = { "127.0.0.1:1" } } },\n'
+            '  routes = { { upstream = "ws",\n    %s } },\n}\n' % bad)
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1 and want in p.stderr_text, p.stderr_text
+    assert "moongate.lua:5:" in p.stderr_text, p.stderr_text  # the upgrades line
+
+
+def test_config_tunnel_idle_timeout_checked(run_moongate):
+    ok = ('return { listen = { "127.0.0.1:$PORT" }, limits = { tunnel_idle_timeout = 5 },\n'
+          '  upstreams = { ws = { servers = { "127.0.0.1:1" } } },\n'
+          '  routes = { { upstream = "ws", upgrades = { "WebSocket", "x-echo/2" } } } }\n')
+    assert run_moongate("-t", "-c", "$CFG", config=ok).returncode == 0
+    p = run_moongate("-t", "-c", "$CFG", config=ok.replace("= 5", "= 0"))
+    assert p.returncode == 1 and "limits.tunnel_idle_timeout" in p.stderr_text, p.stderr_text
+
+
 # --------------------------------------------------------------------------
 # scale, reloads, memory
 
