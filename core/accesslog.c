@@ -183,6 +183,12 @@ static void format_text(out_t *o, const mg_alog_entry_t *e)
         put_text(o, e->user_agent.p, e->user_agent.n, 1);
     else
         putc_(o, '-');
+    if (e->tunnel) {
+        put(o, " tunnel_up=", 11);
+        put_u64(o, e->tunnel_up);
+        put(o, " tunnel_down=", 13);
+        put_u64(o, e->tunnel_down);
+    }
 }
 
 static void format_json(out_t *o, const mg_alog_entry_t *e)
@@ -218,6 +224,12 @@ static void format_json(out_t *o, const mg_alog_entry_t *e)
         char v[5] = { '"', (char)('0' + e->http_major % 10), '.',
                       (char)('0' + e->http_minor % 10), '"' };
         put(o, v, 5);
+    }
+    if (e->tunnel) {
+        put(o, ",\"tunnel_up\":", 13);
+        put_u64(o, e->tunnel_up);
+        put(o, ",\"tunnel_down\":", 15);
+        put_u64(o, e->tunnel_down);
     }
     putc_(o, '}');
 }

@@ -27,6 +27,8 @@ typedef struct mg_alog_entry {
     mg_str_t request_id;     /* set by the request_id plugin, or p == NULL */
     mg_str_t user_agent;     /* or p == NULL */
     int http_major, http_minor; /* 0.0: unknown */
+    int tunnel;              /* the request became a tunnel: the two counts follow */
+    uint64_t tunnel_up, tunnel_down; /* bytes relayed client -> upstream, upstream -> client */
 } mg_alog_entry_t;
 
 /* Formats e as one line and writes it to f (buffered; the caller flushes).

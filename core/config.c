@@ -322,12 +322,13 @@ static void walk_limits(lua_State *L, walk_t *w)
     lim->header_timeout = 10;
     lim->idle_timeout = 60;
     lim->drain_timeout = 30;
+    lim->tunnel_idle_timeout = 3600;
     lua_getfield(L, -1, "limits");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "limits", "limits");
         static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
                                             "max_body_bytes", "header_timeout", "idle_timeout",
-                                            "drain_timeout", NULL };
+                                            "drain_timeout", "tunnel_idle_timeout", NULL };
         check_keys(L, w, "limits", keys);
         lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
         lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
@@ -335,6 +336,7 @@ static void walk_limits(lua_State *L, walk_t *w)
         lim->header_timeout = opt_number(L, w, "limits", "header_timeout", 10, 0.001);
         lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
         lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
+        lim->tunnel_idle_timeout = opt_number(L, w, "limits", "tunnel_idle_timeout", 3600, 0.001);
     }
     lua_pop(L, 1);
 }
@@ -572,6 +574,47 @@ static void walk_match(lua_State *L, walk_t *w, const char *where, mg_cfg_route_
     lua_pop(L, 1); /* match */
 }
 
+/* A route's `upgrades`: the protocols whose Upgrade requests become
+ * tunnels (lower-cased); { "websocket" } when absent, none for {}. h2c is
+ * never tunneled (HTTP/2 is the gateway's own business). */
+static void walk_upgrades(lua_State *L, walk_t *w, const char *where, mg_cfg_route_t *r)
+{
+    lua_getfield(L, -1, "upgrades");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        r->upgrades = calloc(1, sizeof *r->upgrades);
+        if (r->upgrades == NULL)
+            luaL_error(L, "out of memory");
+        r->upgrades[0] = xstrdup("websocket");
+        r->nupgrades = 1;
+        return;
+    }
+    if (!lua_istable(L, -1))
+        cfg_fail(L, w, "upgrades", "%s.upgrades: expected a list of protocol names like "
+                 "{ \"websocket\" }", where);
+    int n = (int)luaL_len(L, -1);
+    r->upgrades = calloc((size_t)n + 1, sizeof *r->upgrades);
+    if (r->upgrades == NULL)
+        luaL_error(L, "out of memory");
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        size_t len = 0;
+        const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (p == NULL || len == 0 || len > 64 || strpbrk(p, " \t,") != NULL)
+            cfg_fail(L, w, "upgrades", "%s.upgrades[%d]: expected a protocol name like "
+                     "\"websocket\"", where, i);
+        if (strcasecmp(p, "h2c") == 0)
+            cfg_fail(L, w, "h2c", "%s.upgrades[%d]: h2c upgrades are never tunneled", where, i);
+        char *lc = xstrdup(p);
+        for (char *c = lc; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c | 0x20);
+        r->upgrades[r->nupgrades++] = lc;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void walk_routes(lua_State *L, walk_t *w)
 {
     mg_cfg_t *cfg = w->cfg;
@@ -595,7 +638,7 @@ static void walk_routes(lua_State *L, walk_t *w)
         lua_rawgeti(L, -1, i);
         expect_table(L, w, where, "routes");
         static const char *const keys[] = { "name", "match", "upstream", "handler", "plugins",
-                                            "plugin_order", NULL };
+                                            "plugin_order", "upgrades", NULL };
         check_keys(L, w, where, keys);
         r->name = opt_string(L, w, where, "name", NULL);
         if (r->name == NULL) {
@@ -604,6 +647,7 @@ static void walk_routes(lua_State *L, walk_t *w)
             r->name = xstrdup(buf);
         }
         walk_match(L, w, where, r);
+        walk_upgrades(L, w, where, r);
         char *up = opt_string(L, w, where, "upstream", NULL);
         if (up) {
             r->upstream = mg_cfg_upstream_index(cfg, up);
@@ -1046,6 +1090,9 @@ void mg_cfg_free(mg_cfg_t *cfg)
             free(r->headers[j].value);
         }
         free(r->headers);
+        for (int j = 0; j < r->nupgrades; j++)
+            free(r->upgrades[j]);
+        free(r->upgrades);
         if (cfg->L) {
             luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->match_ref);
             luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->chain_ref);

@@ -35,6 +35,7 @@ typedef struct mg_cfg_listen {
 typedef struct mg_limits {
     size_t max_uri_bytes, max_header_bytes, max_body_bytes;
     double header_timeout, idle_timeout, drain_timeout;
+    double tunnel_idle_timeout; /* a tunnel with no byte either way this long closes */
 } mg_limits_t;
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
@@ -74,6 +75,8 @@ typedef struct mg_cfg_route {
     int has_handler;
     int has_plugins;
     int upstream;           /* index into upstreams, or -1 */
+    char **upgrades;        /* protocols tunneled (lower case); default { "websocket" } */
+    int nupgrades;
 } mg_cfg_route_t;
 
 typedef struct mg_cfg {

@@ -722,6 +722,23 @@ void mg_conn_close_idle(mg_conn_t *c)
         close_clean(c);
 }
 
+void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
+                    size_t *in_n, int *eof)
+{
+    *fd = c->fd;
+    *tls = c->tls;
+    *out = c->wbuf;
+    *eof = c->eof;
+    c->wbuf = (mg_buf_t){ 0 };
+    c->fd = -1;
+    c->tls = NULL;
+    c->req = NULL;
+    /* the parser stopped after the request: what follows is the tunnel's */
+    *in = c->rbuf.len ? mg_buf_data(&c->rbuf) : NULL; /* freed with c, later */
+    *in_n = c->rbuf.len;
+    mg_conn_close(c);
+}
+
 void mg_conn_close(mg_conn_t *c)
 {
     if (c->closed)
@@ -737,7 +754,8 @@ void mg_conn_close(mg_conn_t *c)
     ev_io_stop(loop->ev, &c->rio);
     ev_io_stop(loop->ev, &c->wio);
     ev_timer_stop(loop->ev, &c->timer);
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     c->fd = -1;
     mg_tls_free(c->tls); /* after close(): SSL_free sends nothing */
     c->tls = NULL;

@@ -73,6 +73,13 @@ void mg_conn_close(mg_conn_t *c);
 void mg_conn_request_done(mg_conn_t *c, int keepalive);
 /* Backpressure: stop/restart reading the client (request body). */
 void mg_conn_pause_read(mg_conn_t *c, int pause);
+/* Hands the socket over (to a tunnel, after a 101): *fd, *tls and *out
+ * (the queued output: the 101 head) become the caller's; in[0..*in_n) are
+ * the bytes the client sent after its request, valid until the next loop
+ * iteration; *eof says the client already half-closed. The connection is
+ * closed without its fd; the request in flight is detached, not aborted. */
+void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
+                    size_t *in_n, int *eof);
 /* Graceful stop: close if no request is in flight. */
 void mg_conn_close_idle(mg_conn_t *c);
 

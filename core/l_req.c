@@ -678,7 +678,13 @@ static int req_index(lua_State *L)
         }
     } else if (strcmp(k, "http_version") == 0)
         lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
-    else if (strcmp(k, "route") == 0)
+    else if (strcmp(k, "upgrade") == 0) {
+        mg_str_t u = mg_req_upgrade(r);
+        if (u.p)
+            push_lower(L, u);
+        else
+            lua_pushnil(L);
+    } else if (strcmp(k, "route") == 0)
         lua_pushstring(L, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "");
     else
         lua_pushnil(L);

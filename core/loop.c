@@ -50,6 +50,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
+        w->tunnels = loop->stats.tunnels;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];
@@ -451,7 +452,10 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)w;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    mg_log_warn("drain_timeout reached with %d requests in flight; exiting", loop->stats.active);
+    mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
+                loop->stats.active, loop->stats.tunnels);
+    if (loop->close_tunnels)
+        loop->close_tunnels(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -466,7 +470,7 @@ void mg_loop_check_drained(mg_loop_t *loop)
             c = next;
         }
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }
@@ -687,6 +691,8 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         clear_watch(loop);
+        if (loop->close_tunnels)
+            loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);

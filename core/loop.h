@@ -58,6 +58,7 @@ typedef struct mg_stats {
     int conns;               /* open client connections */
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
+    int tunnels;             /* open tunnels (upgraded connections) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
@@ -83,6 +84,8 @@ typedef struct mg_loop {
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
     struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
+    struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
+    void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */

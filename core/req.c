@@ -210,6 +210,53 @@ mg_str_t mg_req_header(const mg_req_t *r, const char *name)
     return mg_h1_value(r->head, i);
 }
 
+/* True if the comma-separated list v holds the token tok (case-insensitive). */
+static int list_has(mg_str_t v, const char *tok, size_t tn)
+{
+    size_t a = 0;
+    while (a < v.n) {
+        while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+            a++;
+        size_t b = a;
+        while (b < v.n && v.p[b] != ',')
+            b++;
+        size_t e = b;
+        while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+            e--;
+        if (e > a && mg_str_eq_ci((mg_str_t){ v.p + a, e - a }, tok, tn))
+            return 1;
+        a = b;
+    }
+    return 0;
+}
+
+mg_str_t mg_req_upgrade(const mg_req_t *r)
+{
+    const mg_h1_head_t *h = r->head;
+    mg_str_t none = { NULL, 0 };
+    if (h == NULL)
+        return none;
+    int i = mg_h1_find(h, "upgrade", 7, 0);
+    if (i < 0)
+        return none;
+    int asked = 0;
+    for (int c = mg_h1_find(h, "connection", 10, 0); c >= 0 && !asked;
+         c = mg_h1_find(h, "connection", 10, c + 1))
+        asked = list_has(mg_h1_value(h, c), "upgrade", 7);
+    if (!asked)
+        return none;
+    mg_str_t v = mg_h1_value(h, i);
+    size_t a = 0;
+    while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+        a++;
+    size_t b = a;
+    while (b < v.n && v.p[b] != ',' && v.p[b] != ' ' && v.p[b] != '\t')
+        b++;
+    if (b == a)
+        return none;
+    return (mg_str_t){ v.p + a, b - a };
+}
+
 static mg_str_t header_cb(void *ud, const char *name)
 {
     return mg_req_header(ud, name);
@@ -529,6 +576,9 @@ static void access_log(mg_req_t *r)
         .request_id = { r->request_id, r->request_id ? strlen(r->request_id) : 0 },
         .http_major = parsed ? h->http_major : 0,
         .http_minor = parsed ? h->http_minor : 0,
+        .tunnel = r->tunnel,
+        .tunnel_up = r->tun_bytes[0],
+        .tunnel_down = r->tun_bytes[1],
     };
     int ua = parsed ? mg_h1_find(h, "user-agent", 10, 0) : -1;
     if (ua >= 0)

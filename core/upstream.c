@@ -543,6 +543,18 @@ void mg_up_conn_close(mg_upconn_t *u)
     mg_loop_defer(loop, upconn_free, u);
 }
 
+void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out)
+{
+    *fd = u->fd;
+    *ssl = u->ssl;
+    *out = u->wbuf;
+    u->fd = -1;
+    u->ssl = NULL;
+    u->wbuf = (mg_buf_t){ 0 };
+    u->req = NULL;
+    mg_up_conn_close(u);
+}
+
 static void upconn_free(void *p)
 {
     mg_upconn_t *u = p;

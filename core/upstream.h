@@ -158,5 +158,9 @@ void mg_up_arm_timer(mg_upconn_t *u, double secs);
 void mg_up_release(mg_upconn_t *u);
 /* Closes and frees later; idempotent. */
 void mg_up_conn_close(mg_upconn_t *u);
+/* Hands the socket over to a tunnel after a 101: *fd, *ssl and *out (the
+ * request bytes not yet written) become the caller's, and u is closed
+ * without them (never back to the pool). */
+void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out);
 
 #endif
