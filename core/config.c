@@ -2,6 +2,7 @@
  * returned table into mg_cfg_t. Every check names the option; the line is
  * found by locating the offending text in the file. */
 #include "config.h"
+#include "log.h"
 #include "mg.h"
 
 #include <arpa/inet.h>
@@ -33,6 +34,24 @@ static char *xstrdup(const char *s)
     if (p)
         memcpy(p, s, n);
     return p;
+}
+
+/* `path` made relative to the folder of the config file `file` (absolute
+ * paths, and "stdout"/"stderr", as they are). A new string, or NULL. */
+static char *cfg_relpath(const char *file, const char *path)
+{
+    const char *slash = strrchr(file, '/');
+    if (path[0] == '/' || slash == NULL || strcmp(path, "stdout") == 0 ||
+        strcmp(path, "stderr") == 0)
+        return xstrdup(path);
+    size_t dn = (size_t)(slash - file), pn = strlen(path);
+    char *full = malloc(dn + 1 + pn + 1);
+    if (full == NULL)
+        return NULL;
+    memcpy(full, file, dn);
+    full[dn] = '/';
+    memcpy(full + dn + 1, path, pn + 1);
+    return full;
 }
 
 /* Raises a config error. `needle` locates the line (a key or a value). */
@@ -191,19 +210,11 @@ static int tls_file(lua_State *L, walk_t *w, const char *key, char **path)
     char needle[160];
     snprintf(needle, sizeof needle, "%s\x01%s", key, *path);
     int line = locate_line(w->cfg->file, needle);
-    const char *file = w->cfg->file;
-    const char *slash = strrchr(file, '/');
-    if ((*path)[0] != '/' && slash != NULL) {
-        size_t dn = (size_t)(slash - file), pn = strlen(*path);
-        char *full = malloc(dn + 1 + pn + 1);
-        if (full == NULL)
-            luaL_error(L, "out of memory");
-        memcpy(full, file, dn);
-        full[dn] = '/';
-        memcpy(full + dn + 1, *path, pn + 1);
-        free(*path);
-        *path = full;
-    }
+    char *full = cfg_relpath(w->cfg->file, *path);
+    if (full == NULL)
+        luaL_error(L, "out of memory");
+    free(*path);
+    *path = full;
     return line;
 }
 
@@ -308,6 +319,13 @@ static void walk_upstream_tls(lua_State *L, walk_t *w, const char *where, mg_cfg
     u->tls_verify = opt_bool(L, w, where, "tls_verify", 0);
     u->tls_server_name = opt_string(L, w, where, "tls_server_name", NULL);
     u->tls_ca = opt_string(L, w, where, "tls_ca", NULL);
+    if (u->tls_ca) { /* relative to the config's folder, as every path in it */
+        char *full = cfg_relpath(w->cfg->file, u->tls_ca);
+        if (full == NULL)
+            luaL_error(L, "out of memory");
+        free(u->tls_ca);
+        u->tls_ca = full;
+    }
     static const char *const opts[] = { "tls_verify", "tls_server_name", "tls_ca", NULL };
     for (const char *const *o = opts; *o && !u->tls; o++)
         if (field_type(L, *o) != LUA_TNIL)
@@ -611,6 +629,48 @@ static void check_access_log(lua_State *L, walk_t *w, const char *where)
     fclose(f);
 }
 
+/* error_log = "path" | { path = "stderr"|"stdout"|<file>, level = "info" }.
+ * The file is opened (created) now, so -t, a start and a reload refuse a
+ * path that cannot be written, with the config line. */
+static void walk_error_log(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    cfg->error_log_level = -1;
+    lua_getfield(L, -1, "error_log");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        cfg->error_log = cfg_relpath(cfg->file, lua_tostring(L, -1));
+    } else if (lua_istable(L, -1)) {
+        static const char *const keys[] = { "path", "level", NULL };
+        check_keys(L, w, "error_log", keys);
+        char *path = opt_string(L, w, "error_log", "path", NULL);
+        if (path) {
+            cfg->error_log = cfg_relpath(cfg->file, path);
+            free(path);
+        }
+        lua_getfield(L, -1, "level");
+        if (!lua_isnil(L, -1)) {
+            const char *lv = lua_tostring(L, -1);
+            cfg->error_log_level = lua_type(L, -1) == LUA_TSTRING ? mg_log_level_parse(lv) : -1;
+            if (cfg->error_log_level < 0)
+                cfg_fail(L, w, "level",
+                         "error_log.level: expected debug, info, warn or error, got '%s'",
+                         lv ? lv : luaL_typename(L, -1));
+        }
+        lua_pop(L, 1);
+    } else if (!lua_isnil(L, -1)) {
+        cfg_fail(L, w, "error_log",
+                 "error_log: expected { path = \"stderr\"|\"stdout\"|<file>, level = ... }");
+    }
+    lua_pop(L, 1);
+    const char *p = cfg->error_log;
+    if (p && strcmp(p, "stdout") != 0 && strcmp(p, "stderr") != 0) {
+        FILE *f = fopen(p, "a");
+        if (f == NULL)
+            cfg_fail(L, w, "error_log", "error_log: cannot open %s: %s", p, strerror(errno));
+        fclose(f);
+    }
+}
+
 static int walk_root(lua_State *L)
 {
     walk_t *w = lua_touserdata(L, 1);
@@ -621,7 +681,7 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", "busy_poll", NULL };
+                                        "lua", "busy_poll", "error_log", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -662,11 +722,12 @@ static int walk_root(lua_State *L)
     else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
         cfg->access_log = NULL;
     else if (lua_type(L, -1) == LUA_TSTRING)
-        cfg->access_log = xstrdup(lua_tostring(L, -1));
+        cfg->access_log = cfg_relpath(cfg->file, lua_tostring(L, -1));
     else
         cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
     lua_pop(L, 1);
     check_access_log(L, w, cfg->access_log);
+    walk_error_log(L, w);
     cfg->lua_memory_limit = 128u << 20;
     cfg->lua_max_instructions = 50000000;
     lua_getfield(L, 2, "lua");
@@ -779,6 +840,57 @@ static int build_chains(lua_State *L, mg_cfg_t *cfg, int tab, char *err, size_t 
     return 0;
 }
 
+/* dofile/loadfile while the config runs: a relative path is relative to
+ * the config file's folder (not the working directory), and the file is
+ * recorded so `watch` reloads when it changes. Upvalues: the config, the
+ * original function. */
+static int cfg_loadwrap(lua_State *L)
+{
+    mg_cfg_t *cfg = lua_touserdata(L, lua_upvalueindex(1));
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        char *full = cfg_relpath(cfg->file, lua_tostring(L, 1));
+        char **files = full ? realloc(cfg->files, sizeof *files * ((size_t)cfg->nfiles + 1)) : NULL;
+        if (files == NULL) {
+            free(full);
+            return luaL_error(L, "out of memory");
+        }
+        cfg->files = files;
+        cfg->files[cfg->nfiles++] = full;
+        lua_pushstring(L, full);
+        lua_replace(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Swaps the globals `name` and the saved originals (install = 1 wraps them,
+ * 0 restores them). */
+static void cfg_wrap_loaders(lua_State *L, mg_cfg_t *cfg, int install)
+{
+    static const char *const names[] = { "dofile", "loadfile" };
+    for (int i = 0; i < 2; i++) {
+        lua_getglobal(L, names[i]);
+        if (install) {
+            lua_setfield(L, LUA_REGISTRYINDEX, names[i]); /* the original, until restored */
+            lua_pushlightuserdata(L, cfg);
+            lua_getfield(L, LUA_REGISTRYINDEX, names[i]);
+            lua_pushcclosure(L, cfg_loadwrap, 2);
+            lua_setglobal(L, names[i]);
+        } else {
+            lua_pop(L, 1);
+            lua_getfield(L, LUA_REGISTRYINDEX, names[i]);
+            if (!lua_isnil(L, -1))
+                lua_setglobal(L, names[i]);
+            else
+                lua_pop(L, 1);
+            lua_pushnil(L);
+            lua_setfield(L, LUA_REGISTRYINDEX, names[i]);
+        }
+    }
+}
+
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
 {
     mg_cfg_t *cfg = calloc(1, sizeof *cfg);
@@ -803,7 +915,10 @@ mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
     lua_getfield(L, -1, "mg_traceback");
     lua_remove(L, -2);
     lua_insert(L, -2);
-    if (lua_pcall(L, 0, 1, lua_isfunction(L, -2) ? -2 : 0) != LUA_OK) {
+    cfg_wrap_loaders(L, cfg, 1);
+    int rc = lua_pcall(L, 0, 1, lua_isfunction(L, -2) ? -2 : 0);
+    cfg_wrap_loaders(L, cfg, 0);
+    if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "%s", m ? m : "error running config");
         goto fail;
@@ -864,6 +979,10 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->routes);
     free(cfg->order);
     free(cfg->access_log);
+    free(cfg->error_log);
+    for (int i = 0; i < cfg->nfiles; i++)
+        free(cfg->files[i]);
+    free(cfg->files);
     free(cfg->file);
     free(cfg);
 }

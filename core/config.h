@@ -80,7 +80,11 @@ typedef struct mg_cfg {
     int has_admin;
     mg_addr_t admin;
     mg_limits_t limits;
-    char *access_log;       /* "stdout", a path, or NULL for off */
+    char *access_log;       /* "stdout", "stderr", a path (resolved against the config's folder), or NULL for off */
+    char *error_log;        /* "stderr", "stdout" or a path (resolved); NULL: stderr */
+    int error_log_level;    /* MG_LOG_*, or -1 when the config sets none */
+    char **files;           /* files the config dofile'd/loadfile'd (resolved), for watch */
+    int nfiles;
     mg_cfg_upstream_t *upstreams;
     int nupstreams;
     mg_cfg_route_t *routes;

@@ -34,7 +34,11 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(argv[i], "--script") == 0 && i + 1 < argc) {
             /* run a Lua file inside the loop: tests and tools */
-            mg_log_init();
+            char lerr[256];
+            if (mg_log_init(lerr, sizeof lerr) != 0) {
+                fprintf(stderr, "moongate: %s\n", lerr);
+                return 1;
+            }
             signal(SIGPIPE, SIG_IGN);
             mg_loop_t *loop = mg_loop_new(file);
             if (loop == NULL)
@@ -56,14 +60,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    mg_log_init();
+    char err[2048];
+    if (mg_log_init(err, sizeof err) != 0) {
+        fprintf(stderr, "moongate: %s\n", err);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN); /* until the loop reopens logs on it */
     mg_loop_t *loop = mg_loop_new(file);
     if (loop == NULL) {
         fprintf(stderr, "moongate: cannot initialise\n");
         return 1;
     }
-    char err[2048];
     if (mg_loop_load(loop, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         mg_loop_free(loop);
@@ -73,6 +81,12 @@ int main(int argc, char **argv)
         printf("OK\n");
         mg_loop_free(loop);
         return 0;
+    }
+    if (mg_log_configure(loop->gen->cfg->error_log, loop->gen->cfg->error_log_level, err,
+                         sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        mg_loop_free(loop);
+        return 1;
     }
     mg_srv_raise_nofile();
     int workers = loop->gen->cfg->workers;
