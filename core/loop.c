@@ -655,6 +655,18 @@ int mg_loop_run(mg_loop_t *loop)
 {
     if (open_access_log(loop) != 0)
         return 1;
+    /* before the listeners: once a client can connect, a signal an
+     * operator sends finds its handler (a SIGHUP must not kill us) */
+    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
+    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
+    ev_signal_init(&loop->sigquit, on_stop_signal, SIGQUIT);
+    ev_signal_init(&loop->sigusr1, on_usr1, SIGUSR1);
+    ev_signal_start(loop->ev, &loop->sigterm);
+    ev_signal_start(loop->ev, &loop->sigint);
+    ev_signal_start(loop->ev, &loop->sighup);
+    ev_signal_start(loop->ev, &loop->sigquit);
+    ev_signal_start(loop->ev, &loop->sigusr1);
     {
         char err[512];
         if (sync_listeners(loop, err, sizeof err) != 0) {
@@ -679,16 +691,6 @@ int mg_loop_run(mg_loop_t *loop)
         loop->met_base[1] = loop->met->up_timeouts;
         loop->met_base[2] = loop->met->up_retries;
     }
-    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
-    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
-    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
-    ev_signal_init(&loop->sigquit, on_stop_signal, SIGQUIT);
-    ev_signal_init(&loop->sigusr1, on_usr1, SIGUSR1);
-    ev_signal_start(loop->ev, &loop->sigterm);
-    ev_signal_start(loop->ev, &loop->sigint);
-    ev_signal_start(loop->ev, &loop->sighup);
-    ev_signal_start(loop->ev, &loop->sigquit);
-    ev_signal_start(loop->ev, &loop->sigusr1);
     setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
                 (int)getpid(), loop->worker_index, loop->gen->id);

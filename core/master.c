@@ -348,6 +348,17 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
         return 1;
     m->cfg_loop = cfg_loop;
     m->nworkers = nworkers;
+    /* blocked before the listeners are bound: once a client can connect,
+     * a signal is taken by the loop below, never by its default action */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, &m->oldmask);
     char err[512];
     if (bind_set(m, cfg_loop->gen->cfg, m->fds, m->addrs, m->admin, &m->nfds, err, sizeof err)) {
         mg_log_error("%s", err);
@@ -367,15 +378,6 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
     }
     m->shm->started = ev_time();
     m->shm->generation = cfg_loop->gen->id;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGQUIT);
-    sigaddset(&set, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &set, &m->oldmask);
     mg_log_info("moongate %s master (pid %d) starting %d workers", MG_VERSION, (int)getpid(),
                 nworkers);
     fflush(stdout);

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, config, proxy_config, request, wait_for
+from conftest import Client, Raw, config, proxy_config, request, wait_for
 
 
 def assert_date(r):
@@ -193,3 +193,72 @@ def test_start_with_bad_config_exits_nonzero_with_file_line(gateway, tmp_path):
     g.returncode = 0  # expected to have exited
     assert re.search(r"bad\.lua:4: upstreams\.app\.servers\[1\]:", g.stderr_text()), \
         g.stderr_text()
+
+
+BAD_CONFIG = """return {
+  listen = { { addr = "127.0.0.1:$PORT" } },
+  upstreams = {
+    app = { servers = { "127.0.0.1" },
+            keeplive = 64 },
+    other = { servers = { "127.0.0.1:9001" }, retries = "x" },
+  },
+  routes = {
+    { name = "api", match = { prefix = "/api/" }, upstream = "other",
+      plugins = { { "jwtt", secret = "s" } } },
+    { name = "api", match = { prefix = "/v2/" },
+      upstream = os.getenv("MOONGATE_TEST_NOPE") },
+    { name = "b", match = { prefix = "/b/" }, upstream = "aap",
+      plugins = { { "jwt", secrett = "s" } } },
+    { name = "h", match = { path = "/h" }, handler = function(req)
+        local t = { a = 1, b = { 2, 3 } }
+        return 200, "x"
+      end },
+  },
+  acess_log = false,
+}
+"""
+
+
+def test_check_reports_every_error_with_its_line_and_suggestions(run_moongate):
+    p = run_moongate("-t", "-c", "$CFG", config=BAD_CONFIG)
+    assert p.returncode == 1
+    assert p.stdout_text == ""
+    got = [re.sub(r"^.*moongate\.lua:", "", l) for l in p.stderr_text.strip().splitlines()]
+    assert got == [
+        "4: upstreams.app.servers[1]: invalid address '127.0.0.1' (want host:port)",
+        "5: upstreams.app.keeplive: unknown option (did you mean 'keepalive'?)",
+        "6: upstreams.other.retries: expected a number, got string",
+        "10: routes[1].plugins[1]: plugin 'jwtt' not found in plugin_path (did you mean 'jwt'?)",
+        "11: routes[2]: a route needs an upstream or a handler",
+        "11: routes[2].name: 'api' is already the name of routes[1]",
+        "13: routes[3].upstream: unknown upstream 'aap' (did you mean 'app'?)",
+        "14: routes[3].plugins[1] (jwt): unknown option 'secrett' (did you mean 'secret'?)",
+        "20: acess_log: unknown option (did you mean 'access_log'?)",
+    ], p.stderr_text
+    # each line is "file:line: path: why"
+    for l in p.stderr_text.strip().splitlines():
+        assert re.match(r"^/\S+/moongate\.lua:\d+: [\w.\[\]]+( \(\w+\))?: \S", l), l
+
+
+def test_check_ok_exits_0(run_moongate, tmp_path):
+    p = run_moongate("-t", "-c", "$CFG", config=config(routes=[
+        {"name": "a", "match": {"path": "/a"}, "handler": Raw("function() return 200 end")},
+        {"name": "b", "match": {"path": "/b"}, "handler": Raw("function() return 200 end")}]))
+    assert p.returncode == 0, p.stderr_text
+    assert p.stdout_text.strip() == "OK"
+
+
+def test_reload_refuses_a_bad_config_with_file_line(gateway, tmp_path):
+    g = gateway(config(routes=[{"name": "a", "match": {"path": "/a"},
+                                "handler": Raw('function() return 200, "one" end')}]),
+                filename="moongate.lua")
+    bad = config(routes=[
+        {"name": "a", "match": {"path": "/a"}, "handler": Raw('function() return 200, "two" end')},
+        {"name": "a", "match": {"path": "/b"}, "handler": Raw('function() return 200 end')}])
+    bad = bad.replace("$PORT", str(g.port))
+    g.config_path.write_text(bad)
+    os.kill(g.pid, signal.SIGHUP)
+    wait_for(lambda: "reload failed" in g.stderr_text(), what="the refused reload")
+    assert re.search(r"moongate\.lua:\d+: routes\[2\]\.name: 'a' is already the name of "
+                     r"routes\[1\]", g.stderr_text()), g.stderr_text()
+    assert request(g.port, "GET", "/a").body == b"one"
