@@ -60,7 +60,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    char err[2048];
+    char err[8192];
     if (mg_log_init(err, sizeof err) != 0) {
         fprintf(stderr, "moongate: %s\n", err);
         return 1;
