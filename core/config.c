@@ -149,13 +149,17 @@ static void cfg_note(walk_t *w, const char *needle, const char *fmt, ...)
 /* Records a config error and raises (to the enclosing protect()). `needle`
  * helps locate the line when the path is not in the source scan. */
 static int MG_LJMP cfg_fail(lua_State *L, walk_t *w, const char *needle, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int MG_LJMP cfg_fail(lua_State *L, walk_t *w, const char *needle, const char *fmt, ...)
 {
+    char msg[1024]; /* vsnprintf: every printf format (lua_pushfstring has no %g) */
     va_list ap;
     va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    cfg_note_msg(w, needle, lua_tostring(L, -1));
+    cfg_note_msg(w, needle, msg);
     w->raised = 1;
+    lua_pushstring(L, msg);
     return lua_error(L);
 }
 

@@ -285,6 +285,11 @@ static void reopen_access_log(mg_loop_t *loop)
     int old_owned = loop->access_log_owned;
     if (old)
         fflush(old);
+    const char *where = loop->gen->cfg->access_log;
+    if (old && !old_owned && where &&
+        ((old == stdout && strcmp(where, "stdout") == 0) ||
+         (old == stderr && strcmp(where, "stderr") == 0)))
+        return; /* nothing to reopen (and stdio's buffer stays as it is) */
     loop->access_log = NULL;
     loop->access_log_owned = 0;
     if (open_access_log(loop) != 0 && old) {

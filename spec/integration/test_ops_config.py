@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -262,3 +263,19 @@ def test_reload_refuses_a_bad_config_with_file_line(gateway, tmp_path):
     assert re.search(r"moongate\.lua:\d+: routes\[2\]\.name: 'a' is already the name of "
                      r"routes\[1\]", g.stderr_text()), g.stderr_text()
     assert request(g.port, "GET", "/a").body == b"one"
+
+
+def test_tls_ca_is_relative_to_the_config_folder(run_moongate, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                    "-days", "2", "-subj", "/CN=test ca"], cwd=str(conf), check=True,
+                   capture_output=True)
+    text = config(upstreams={"app": {"servers": ["127.0.0.1:9443"], "tls": True,
+                                     "tls_verify": True, "tls_ca": "ca.pem"}},
+                  access_log="logs.txt")
+    # run from tmp_path: neither ca.pem nor logs.txt is there
+    p = run_moongate("-t", "-c", "$CFG", config=text, name="conf/moongate.lua")
+    assert p.returncode == 0, p.stderr_text
+    assert (conf / "logs.txt").exists() and not (tmp_path / "logs.txt").exists()

@@ -165,3 +165,19 @@ def test_sigquit_stops_gracefully(gateway, tmp_path, workers):
     # no longer accepting
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", g.port), timeout=1).close()
+
+
+def test_usr1_with_logs_on_stdout_and_stderr(gateway):
+    g = gateway("""
+return {
+  listen = { { addr = "127.0.0.1:$PORT" } },
+  access_log = "stdout",
+  routes = { { match = { prefix = "/" }, handler = function(req) return 200, "ok" end } },
+}
+""")
+    assert request(g.port, "GET", "/before").status == 200
+    os.kill(g.pid, signal.SIGUSR1)
+    wait_for(lambda: "reopened the log files" in g.stderr_text(), what="the reopen")
+    assert request(g.port, "GET", "/after").status == 200
+    wait_for(lambda: "/after" in g.stdout_text(), what="the access log line on stdout")
+    assert "/before" in g.stdout_text()
