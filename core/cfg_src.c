@@ -250,8 +250,10 @@ static void scan(mg_cfg_src_t *s, const tok_t *t, int n)
             }
         }
         if (tok_is(k, T_OP, "{")) {
-            if (depth == MAX_DEPTH)
+            if (depth == MAX_DEPTH) {
+                free(vp);
                 break;
+            }
             st[depth++] = (frame_t){ F_BRACE, vp, 0, 1 };
             continue;
         }
