@@ -1,5 +1,7 @@
 /* Graceful stop: stop accepting, close idle connections, let requests in
- * flight (and log phases) finish within drain_timeout, then end the loop. */
+ * flight (and log phases, and tunnels) finish within drain_timeout, then
+ * end the loop; at drain_timeout the open tunnels are closed (a WebSocket
+ * gets its 1001). */
 #include "worker.h"
 #include "conn.h"
 #include "log.h"
@@ -11,7 +13,10 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)w;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    mg_log_warn("drain_timeout reached with %d requests in flight; exiting", loop->stats.active);
+    mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
+                loop->stats.active, loop->stats.tunnels);
+    if (loop->close_tunnels)
+        loop->close_tunnels(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -27,7 +32,7 @@ static void drain_check(mg_loop_t *loop)
             c = next;
         }
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }

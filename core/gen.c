@@ -2,6 +2,8 @@
  * (its upstream pools and TLS listener contexts), reloading, and
  * releasing a generation when its last request lets go. */
 #include "worker.h"
+#include "cfgnames.h"
+#include "dns.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -27,6 +29,9 @@ static void gen_free(mg_gen_t *g)
             mg_tls_ctx_free(g->tls[i]);
         free(g->tls);
     }
+    for (int i = 0; i < g->nnames; i++)
+        mg_dns_name_unref(g->names[i]);
+    free(g->names);
     mg_cfg_free(g->cfg);
     free(g);
 }
@@ -73,6 +78,10 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     g->release = gen_free;
     g->refs = 1;
     g->id = ++loop->next_gen_id;
+    if (loop->dns) {
+        mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid);
+        g->nnames = mg_cfgnames_hold_redis(loop->L, loop->dns, &g->names);
+    }
     g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
     if (g->ups == NULL)
         goto fail;
@@ -137,6 +146,10 @@ static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
     }
     if (loop->met)
         loop->met->generation = loop->gen->id;
+    /* checked by the config walk; a failure here keeps the old error log */
+    if (mg_log_configure(loop->gen->cfg->error_log, loop->gen->cfg->error_log_level, err,
+                         errlen) != 0)
+        mg_log_error("%s", err);
     mg_worker_reopen_access_log(loop);
     mg_worker_setup_watch(loop);
     mg_log_info("reloaded: generation %u", loop->gen->id);

@@ -520,6 +520,29 @@ static int l_set_path(lua_State *L)
     return 0;
 }
 
+/* req:set_request_id(id): the id the access log shows for this request
+ * (its request_id field; the request_id plugin sets it). 1 to 128 visible
+ * ASCII characters, so a text line keeps one field per space; the last
+ * call wins. */
+static int l_set_request_id(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t n;
+    const char *id = luaL_checklstring(L, 2, &n);
+    luaL_argcheck(L, n > 0 && n <= 128, 2, "request id must be 1 to 128 bytes");
+    for (size_t i = 0; i < n; i++)
+        luaL_argcheck(L, (unsigned char)id[i] > ' ' && (unsigned char)id[i] < 127, 2,
+                      "request id contains a space, control or non-ASCII character");
+    char *copy = malloc(n + 1);
+    if (copy == NULL)
+        return luaL_error(L, "out of memory");
+    memcpy(copy, id, n);
+    copy[n] = '\0';
+    free(r->request_id);
+    r->request_id = copy;
+    return 0;
+}
+
 static int l_set_upstream(lua_State *L)
 {
     mg_req_t *r = check_req(L);
@@ -720,7 +743,13 @@ static int req_index(lua_State *L)
         }
     } else if (strcmp(k, "http_version") == 0)
         lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
-    else if (strcmp(k, "route") == 0)
+    else if (strcmp(k, "upgrade") == 0) {
+        mg_str_t u = mg_req_upgrade(r);
+        if (u.p)
+            push_lower(L, u);
+        else
+            lua_pushnil(L);
+    } else if (strcmp(k, "route") == 0)
         lua_pushstring(L, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "");
     else
         lua_pushnil(L);
@@ -840,6 +869,7 @@ void mg_lreq_register(lua_State *L)
         { "body", l_body },
         { "set_path", l_set_path },
         { "set_upstream", l_set_upstream },
+        { "set_request_id", l_set_request_id },
         { "respond", l_respond },
         { NULL, NULL },
     };

@@ -1,13 +1,15 @@
 /* The loop's own state: the deferred-free queue and generation
- * references. Nothing here calls a module above: the worker (worker.c and
+ * references, the Date header cache. Nothing here calls a module above: the worker (worker.c and
  * its job files) builds generations, runs the loop and drains it, and plugs
  * in what the lower modules trigger (a generation's release, the drain
  * check) as callbacks. */
 #include "loop.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void mg_loop_run_deferred(mg_loop_t *loop)
 {
@@ -22,6 +24,26 @@ void mg_loop_run_deferred(mg_loop_t *loop)
             d = next;
         }
     }
+}
+
+const char *mg_loop_date(mg_loop_t *loop)
+{
+    double now = loop->ev ? ev_now(loop->ev) : ev_time();
+    long long sec = (long long)now;
+    if (sec != loop->date_sec) { /* once a second, not per response */
+        static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+        static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(loop->http_date, sizeof loop->http_date,
+                 "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday % 7],
+                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+        loop->date_sec = sec;
+    }
+    return loop->http_date;
 }
 
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p)

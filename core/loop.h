@@ -35,6 +35,8 @@ typedef struct mg_gen {
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
     struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
     int ntls;                /* TLS listeners in cfg */
+    struct mg_dns_name **names; /* Redis host names kept resolved for it (refs), nnames */
+    int nnames;
     struct mg_loop *loop;
     /* Frees the generation (its pools and TLS contexts): set by whoever
      * built it (gen.c), run when the last reference goes. */
@@ -62,6 +64,7 @@ typedef struct mg_stats {
     int conns;               /* open client connections */
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
+    int tunnels;             /* open tunnels (upgraded connections) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
@@ -86,6 +89,9 @@ typedef struct mg_loop {
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
+    struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
+    void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */
@@ -94,7 +100,9 @@ typedef struct mg_loop {
     ev_prepare prepare;
     ev_idle spin;            /* busy polling: keeps the loop from sleeping */
     double last_active;      /* ev_now of the last iteration with events */
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigquit, sigusr1;
+    char http_date[48];      /* "Date: <IMF-fixdate>\r\n" for date_sec (see mg_loop_date) */
+    long long date_sec;
     ev_timer drain_timer;
     int stopping;
     /* While stopping: a request or connection ended, see whether the
@@ -130,6 +138,9 @@ struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 
+/* "Date: <IMF-fixdate>\r\n" for the loop's current second, formatted once
+ * a second. Borrowed until the next call. */
+const char *mg_loop_date(mg_loop_t *loop);
 /* Runs fn(p) at the next loop iteration, outside any callback stack. */
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p);
 /* Runs the frees queued so far (the worker's ev_prepare, and teardown). */

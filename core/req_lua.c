@@ -43,7 +43,7 @@ static void settle(mg_req_t *r, int out, int ctx_ref)
         mg_req_release_conn(r); /* finished inside Lua: conn goes on now */
         if (out == MG_LRT_WAITING)
             return;
-        if (out == MG_LRT_FINISHED && !r->done && r->up == NULL && !r->held) {
+        if (out == MG_LRT_FINISHED && !r->done && r->up == NULL && !r->held && !r->tunnel) {
             mg_log_error("route %s: the request coroutine ended without a response",
                          r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?");
             mg_req_error(r, 500, "internal error");

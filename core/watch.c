@@ -101,6 +101,8 @@ void mg_worker_setup_watch(mg_loop_t *loop)
     if (loop->gen->cfg->watch) {
         ev_init(&loop->watch_debounce, watch_fire);
         add_watch(loop, loop->config_file);
+        for (int i = 0; i < loop->gen->cfg->nfiles; i++)
+            add_watch(loop, loop->gen->cfg->files[i]);
         add_plugin_watches(loop);
         for (int i = 0; i < loop->nwatch; i++)
             for (int k = 0; k < nkeep; k++)

@@ -2,9 +2,10 @@
  * the per-iteration housekeeping) and frees it. The other jobs of a worker
  * have their own files: gen.c (config generations, reload), listen.c
  * (listening sockets), watch.c (dev-mode reloads), drain.c (graceful stop),
- * access_log.c, busy_poll.c. */
+ * access_log_file.c, busy_poll.c. */
 #include "worker.h"
 #include "conn.h"
+#include "dns.h"
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
@@ -37,6 +38,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
+        w->tunnels = loop->stats.tunnels;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];
@@ -60,6 +62,19 @@ static void on_stop_signal(struct ev_loop *ev, ev_signal *w, int revents)
     }
     mg_log_info("signal %d: stopping gracefully", w->signum);
     mg_loop_stop(loop);
+}
+
+/* SIGUSR1 (logrotate's postrotate): reopen the access and error logs by
+ * their paths. What was buffered goes to the old file first, so a line is
+ * in the old file or the new one, never lost. */
+static void on_usr1(struct ev_loop *ev, ev_signal *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    mg_loop_t *loop = mg_loop_of(ev);
+    mg_log_reopen();
+    mg_worker_reopen_access_log(loop);
+    mg_log_info("signal USR1: reopened the log files");
 }
 
 static void on_hup(struct ev_loop *ev, ev_signal *w, int revents)
@@ -88,6 +103,12 @@ mg_loop_t *mg_loop_new(const char *config_file)
     loop->scratch = malloc(loop->scratch_cap);
     if (loop->scratch == NULL)
         goto fail;
+    char derr[128];
+    loop->dns = mg_dns_new(loop->ev, derr, sizeof derr);
+    if (loop->dns == NULL) {
+        mg_log_error("%s", derr);
+        goto fail;
+    }
     ev_prepare_init(&loop->prepare, prepare_cb);
     ev_prepare_start(loop->ev, &loop->prepare);
     mg_worker_busy_poll_init(loop);
@@ -102,6 +123,18 @@ int mg_loop_run(mg_loop_t *loop)
 {
     if (mg_worker_open_access_log(loop) != 0)
         return 1;
+    /* before the listeners: once a client can connect, a signal an
+     * operator sends finds its handler (a SIGHUP must not kill us) */
+    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
+    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
+    ev_signal_init(&loop->sigquit, on_stop_signal, SIGQUIT);
+    ev_signal_init(&loop->sigusr1, on_usr1, SIGUSR1);
+    ev_signal_start(loop->ev, &loop->sigterm);
+    ev_signal_start(loop->ev, &loop->sigint);
+    ev_signal_start(loop->ev, &loop->sighup);
+    ev_signal_start(loop->ev, &loop->sigquit);
+    ev_signal_start(loop->ev, &loop->sigusr1);
     {
         char err[512];
         if (mg_worker_sync_listeners(loop, err, sizeof err) != 0) {
@@ -126,12 +159,6 @@ int mg_loop_run(mg_loop_t *loop)
         loop->met_base[1] = loop->met->up_timeouts;
         loop->met_base[2] = loop->met->up_retries;
     }
-    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
-    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
-    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
-    ev_signal_start(loop->ev, &loop->sigterm);
-    ev_signal_start(loop->ev, &loop->sigint);
-    ev_signal_start(loop->ev, &loop->sighup);
     mg_worker_setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
                 (int)getpid(), loop->worker_index, loop->gen->id);
@@ -153,6 +180,8 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         mg_worker_clear_watch(loop);
+        if (loop->close_tunnels)
+            loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);
@@ -162,10 +191,14 @@ void mg_loop_free(mg_loop_t *loop)
         ev_signal_stop(loop->ev, &loop->sigterm);
         ev_signal_stop(loop->ev, &loop->sigint);
         ev_signal_stop(loop->ev, &loop->sighup);
+        ev_signal_stop(loop->ev, &loop->sigquit);
+        ev_signal_stop(loop->ev, &loop->sigusr1);
         /* Lua first: __gc handlers of bindings may stop their watchers */
         mg_lrt_close(loop->L);
         loop->L = NULL;
         prepare_cb(loop->ev, &loop->prepare, 0); /* frees the bindings' __gc deferred */
+        mg_dns_free(loop->dns, 1);
+        loop->dns = NULL;
         ev_loop_destroy(loop->ev);
     }
     mg_worker_close_access_log(loop);
@@ -176,6 +209,7 @@ void mg_loop_free(mg_loop_t *loop)
         mg_buf_free(&r->uhead);
         free(r);
     }
+    mg_dns_free(loop->dns, 0);
     free(loop->script);
     if (loop->met_owned)
         mg_met_destroy(loop->met_shm);

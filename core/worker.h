@@ -4,7 +4,7 @@
  * graceful stop. Used by main, master and admin; nothing below calls it
  * (they reach the worker through the callbacks it plugs into mg_loop_t).
  * The implementation is split by job: worker.c, gen.c, listen.c, watch.c,
- * drain.c, access_log.c, busy_poll.c. */
+ * drain.c, access_log_file.c, busy_poll.c. */
 #ifndef MG_WORKER_H
 #define MG_WORKER_H
 
@@ -42,8 +42,10 @@ int mg_worker_sync_listeners(mg_loop_t *loop, char *err, size_t errlen);
 /* watch.c: (re)starts or stops watching the config and plugin files. */
 void mg_worker_setup_watch(mg_loop_t *loop);
 void mg_worker_clear_watch(mg_loop_t *loop);
-/* access_log.c: opens the configured access log (0, or -1 logged), reopens
- * it after a reload, closes it at exit. */
+/* access_log_file.c: opens the configured access log file (0, or -1
+ * logged), reopens it after a reload or on SIGUSR1 (keeping the old file if
+ * the new one cannot be opened), closes it at exit. The lines themselves
+ * are accesslog.c's. */
 int mg_worker_open_access_log(mg_loop_t *loop);
 void mg_worker_reopen_access_log(mg_loop_t *loop);
 void mg_worker_close_access_log(mg_loop_t *loop);

@@ -71,6 +71,7 @@ function M.access(conf, req)
     req:set_header(conf.header_name, id)
   end
   req.ctx.request_id = id
+  req:set_request_id(id) -- the access log's request_id
 end
 
 function M.response(conf, req, res)

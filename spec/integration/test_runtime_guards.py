@@ -5,7 +5,8 @@ call that waits checks where it runs (issue 12).
   response to end, hold and send the head, ...) are not methods of `req`:
   a handler or plugin that tries one gets a Lua error, answered 500 at once,
   never a request that hangs. The runtime module does not hand them out
-  either.
+  either. The access log's request id is set through a public, checked
+  method (req:set_request_id) instead of a private hook.
 - gw.sleep, req:body(), gw.redis and gw.http.request raise when called from a
   route match function (the main thread: there is no request coroutine to
   suspend) or outside any request (a plugin's top level, at config load)."""
@@ -18,7 +19,7 @@ from luahelp import handler, hook, lua_config, settled
 
 # Everything the runtime used to reach through req's metatable.
 PRIVATE = ["_proxy", "_wait_done", "_done", "_reply", "_stage_replies", "_staged",
-           "_send_head", "_res", "_init"]
+           "_send_head", "_res", "_init", "_log_request_id"]
 
 
 def metrics_config(routes, upstream=None, **kw):
@@ -60,6 +61,58 @@ def test_private_operations_are_not_req_methods(gateway, upstream):
     assert upstream.stats()["requests"] == 0   # no access plugin got its request proxied
     settled(g.ports[1])
 
+
+
+def test_request_id_for_the_access_log_is_public_and_checked(gateway, upstream, tmp_path):
+    """req:set_request_id(id) is how the request_id plugin (or any plugin)
+    names the request in the access log: a checked, public method. A bad id
+    is a Lua error (500 at once) and the log line shows no id; a req kept
+    past its request cannot set one."""
+    import json
+    log = tmp_path / "access.json"
+    bad = {"space": '"a b"', "empty": '""', "long": 'string.rep("x", 129)',
+           "ctl": "string.char(97, 1, 98)", "high": "string.char(99, 200)", "table": "{}"}
+    routes = [{"name": "ok", "match": {"path": "/ok"},
+               "handler": handler('req:set_request_id("first") req:set_request_id("id-42") '
+                                  'return 200, "ok"')},
+              {"name": "max", "match": {"path": "/max"},
+               "handler": handler('req:set_request_id(string.rep("m", 128)) return 200, "max"')},
+              {"name": "kept", "match": {"path": "/keep"},
+               "handler": handler('_G.kept_req = req return 200, "kept"')},
+              {"name": "late", "match": {"path": "/late"}, "handler": handler(
+                  'local ok, err = pcall(_G.kept_req.set_request_id, _G.kept_req, "x") '
+                  'return 200, tostring(ok) .. ":" .. tostring(err)')},
+              {"name": "plugin", "match": {"prefix": "/p/"}, "upstream": "app",
+               "plugins": [["request_id"]]}]
+    for name, arg in bad.items():
+        routes.append({"name": "bad_" + name, "match": {"path": "/bad/" + name},
+                       "handler": handler("req:set_request_id(%s) return 200, 'no'" % arg)})
+    g = gateway(metrics_config(routes, upstream,
+                               access_log={"path": str(log), "format": "json"}), nports=2)
+    assert request(g.port, "GET", "/ok").body == b"ok"
+    assert request(g.port, "GET", "/max").body == b"max"
+    for name in bad:
+        assert_500_fast(g.port, "/bad/" + name)
+    assert request(g.port, "GET", "/keep").body == b"kept"
+    r = request(g.port, "GET", "/late")
+    assert r.status == 200 and r.body.startswith(b"false:") and b"request finished" in r.body, r.body
+    r = request(g.port, "GET", "/p/x", headers=[("X-Request-Id", "from-client-7")])
+    assert r.status == 200
+    want = 5 + len(bad)  # ok, max, keep, late, plugin and the bad ones
+    lines = wait_for(lambda: (lambda ls: ls if len(ls) >= want else None)(
+        [l for l in log.read_text().splitlines() if l]), what="%d log lines" % want)
+    by_route = {}
+    for l in lines:
+        e = json.loads(l)
+        by_route[e["route"]] = e
+    assert by_route["ok"]["request_id"] == "id-42"      # the last call wins
+    assert by_route["max"]["request_id"] == "m" * 128
+    for name in bad:
+        e = by_route["bad_" + name]
+        assert e["status"] == 500 and e["request_id"] is None, e
+    assert by_route["plugin"]["request_id"] == "from-client-7"
+    assert by_route["late"]["request_id"] is None
+    settled(g.ports[1])
 
 def test_runtime_module_hands_out_nothing_private(gateway, upstream):
     """require "moongate.runtime" is reachable from plugins; it no longer

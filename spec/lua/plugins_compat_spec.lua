@@ -14,6 +14,7 @@ local function fake_req(t)
   function req:header(n) return self._h[n:lower()] end
   function req:set_header(n, v) self._h[n:lower()] = v end
   function req:remove_header(n) self._h[n:lower()] = nil end
+  function req:set_request_id(id) self.request_id = id end -- the access log's
   function req:headers()
     local out = {}
     for k, v in pairs(self._h) do out[k] = v end
@@ -161,6 +162,7 @@ describe("request_id under Kong's and APISIX's option names", function()
     rid.access(c, req)
     assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x+$", req.ctx.request_id)
     assert.equals(36, #req.ctx.request_id)
+    assert.equals(req.ctx.request_id, req.request_id) -- given to the access log
   end)
 end)
 
@@ -171,7 +173,7 @@ describe("basic_auth", function()
   end
 
   it("answers 401 JSON with WWW-Authenticate: Basic realm=\"...\"", function()
-    local c = conf_of(ba, { users = { alice = "pw" }, realm = "staff" })
+    local c = conf_of(ba, { users = { alice = "pw" }, realm = "staff", plaintext = true })
     local req = fake_req()
     ba.access(c, req)
     json_error(req, 401)
@@ -183,7 +185,7 @@ describe("basic_auth", function()
       { "alice:pw:with:colons", { username = "bob", password = "hunter2" } },
     } do
       for _, key in ipairs { "users", "credentials" } do
-        local c = conf_of(ba, { [key] = users })
+        local c = conf_of(ba, { [key] = users, plaintext = true })
         local req = fake_req { headers = auth("alice", "pw:with:colons") }
         ba.access(c, req)
         assert.is_nil(req.status)
@@ -201,7 +203,7 @@ describe("basic_auth", function()
   end)
 
   it("anonymous (as Kong): a failed request goes on as that user, marked", function()
-    local c = conf_of(ba, { users = { alice = "pw" }, anonymous = "guest" })
+    local c = conf_of(ba, { users = { alice = "pw" }, anonymous = "guest", plaintext = true })
     local req = fake_req { headers = { ["X-Anonymous-Consumer"] = "false",
                                        ["X-Consumer-Username"] = "root" } }
     ba.access(c, req)
