@@ -3,6 +3,7 @@
  * found by locating the offending text in the file. */
 #include "config.h"
 #include "mg.h"
+#include "shdict.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -330,6 +331,48 @@ static void walk_upstream_tls(lua_State *L, walk_t *w, const char *where, mg_cfg
     }
 }
 
+/* shared = { name = bytes }: gw.shared dictionaries. */
+static void walk_shared(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    lua_getfield(L, -1, "shared");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    expect_table(L, w, "shared", "shared");
+    cfg->shared = calloc(MG_SHD_MAX_DICTS, sizeof *cfg->shared);
+    if (cfg->shared == NULL)
+        luaL_error(L, "out of memory");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            cfg_fail(L, w, "shared", "shared: expected name = bytes pairs");
+        const char *name = lua_tostring(L, -2);
+        size_t nlen = strlen(name);
+        int ok = nlen > 0 && nlen < MG_SHD_NAME_MAX;
+        for (size_t i = 0; ok && i < nlen; i++)
+            ok = isalnum((unsigned char)name[i]) || strchr("_.-", name[i]) != NULL;
+        if (!ok)
+            cfg_fail(L, w, name,
+                     "shared.%s: a name is 1 to %d letters, digits, '_', '.' or '-'", name,
+                     MG_SHD_NAME_MAX - 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < (lua_Integer)MG_SHD_MIN_SIZE ||
+            (uint64_t)lua_tointeger(L, -1) > (uint64_t)MG_SHD_MAX_SIZE)
+            cfg_fail(L, w, name, "shared.%s: expected a size in bytes from %d to %llu", name,
+                     (int)MG_SHD_MIN_SIZE, (unsigned long long)MG_SHD_MAX_SIZE);
+        if (cfg->nshared == MG_SHD_MAX_DICTS - 1) /* one is rate_limit's */
+            cfg_fail(L, w, name, "shared: at most %d dictionaries", MG_SHD_MAX_DICTS - 1);
+        mg_cfg_shared_t *s = &cfg->shared[cfg->nshared++];
+        s->size = (size_t)lua_tointeger(L, -1);
+        s->name = xstrdup(name);
+        if (s->name == NULL)
+            luaL_error(L, "out of memory");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void walk_upstreams(lua_State *L, walk_t *w)
 {
     mg_cfg_t *cfg = w->cfg;
@@ -621,7 +664,7 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", "busy_poll", NULL };
+                                        "lua", "busy_poll", "shared", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -678,6 +721,7 @@ static int walk_root(lua_State *L)
         cfg->lua_max_instructions = (long)opt_number(L, w, "lua", "max_instructions", 5e7, 1000);
     }
     lua_pop(L, 1);
+    walk_shared(L, w);
     walk_upstreams(L, w);
     walk_routes(L, w);
     build_order(cfg);
@@ -832,6 +876,9 @@ void mg_cfg_free(mg_cfg_t *cfg)
 {
     if (cfg == NULL)
         return;
+    for (int i = 0; i < cfg->nshared; i++)
+        free(cfg->shared[i].name);
+    free(cfg->shared);
     for (int i = 0; i < cfg->nlisten; i++) {
         free(cfg->listen[i].tls_cert);
         free(cfg->listen[i].tls_key);
