@@ -115,6 +115,17 @@ static void push_val(lua_State *L, const mg_shd_val_t *v)
     }
 }
 
+/* A number argument; a numeric string counts as its number (OpenResty). */
+static void check_num(lua_State *L, int arg, mg_shd_val_t *v)
+{
+    luaL_checknumber(L, arg);
+    if (lua_type(L, arg) == LUA_TSTRING) {
+        lua_stringtonumber(L, lua_tostring(L, arg));
+        lua_replace(L, arg);
+    }
+    to_val(L, arg, v);
+}
+
 static const char *errstr(int rc)
 {
     switch (rc) {
@@ -194,13 +205,10 @@ static int l_incr(lua_State *L)
     if (k == NULL)
         return nret;
     mg_shd_val_t n, init, out;
-    luaL_checknumber(L, 3);
-    to_val(L, 3, &n);
+    check_num(L, 3, &n);
     int has_init = !lua_isnoneornil(L, 4);
-    if (has_init) {
-        luaL_checknumber(L, 4);
-        to_val(L, 4, &init);
-    }
+    if (has_init)
+        check_num(L, 4, &init);
     double init_ttl = opt_ttl(L, 5);
     int forcible = 0;
     int rc = mg_shd_incr(d, k, klen, &n, has_init, &init, init_ttl, &out, &forcible);
