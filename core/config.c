@@ -359,8 +359,8 @@ static void walk_shared(lua_State *L, walk_t *w)
                      MG_SHD_NAME_MAX - 1);
         if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < (lua_Integer)MG_SHD_MIN_SIZE ||
             (uint64_t)lua_tointeger(L, -1) > (uint64_t)MG_SHD_MAX_SIZE)
-            cfg_fail(L, w, name, "shared.%s: expected a size in bytes from %d to %llu", name,
-                     (int)MG_SHD_MIN_SIZE, (unsigned long long)MG_SHD_MAX_SIZE);
+            cfg_fail(L, w, name, "shared.%s: expected a size in bytes from %d to %I", name,
+                     (int)MG_SHD_MIN_SIZE, (lua_Integer)MG_SHD_MAX_SIZE);
         if (cfg->nshared == MG_SHD_MAX_DICTS - 1) /* one is rate_limit's */
             cfg_fail(L, w, name, "shared: at most %d dictionaries", MG_SHD_MAX_DICTS - 1);
         mg_cfg_shared_t *s = &cfg->shared[cfg->nshared++];
