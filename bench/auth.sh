@@ -59,7 +59,7 @@ CADDY=${CADDY:-caddy}
 for t in $WANT_TARGETS; do [[ " $ALL_TARGETS " == *" $t "* ]] || die "BENCH_TARGETS: unknown target '$t' (known: $ALL_TARGETS)"; done
 wanted() { [[ " $WANT_TARGETS " == *" $1 "* ]]; }
 bench_init
-command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream and the auth server (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream and the auth server (make deps-bench)"
 command -v openssl >/dev/null || die "openssl not found (it makes the test JWTs)"
 
 # ---------------------------------------------------------------- test data

@@ -36,7 +36,7 @@ ABC=${BENCH_AB_CONNS:-50}
 for v in REQS WARM_REQS ABC; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive number"; done
 bench_init
 for c in valgrind callgrind_control ab openssl "$NGINX"; do
-  command -v "$c" >/dev/null || die "$c not found (sh .ci/deps; valgrind is a Debian package)"
+  command -v "$c" >/dev/null || die "$c not found (make deps-bench; valgrind is a Debian package)"
 done
 
 # ---------------------------------------------------------------- load side

@@ -232,7 +232,7 @@ bench_init() {
   MAX_CONN=0
   for c in $CONNS; do [ "$c" -gt "$MAX_CONN" ] && MAX_CONN=$c; done
 
-  command -v "$WRK" >/dev/null || die "wrk not found (sh .ci/deps installs it)"
+  command -v "$WRK" >/dev/null || die "wrk not found (make deps-bench installs it)"
   command -v curl >/dev/null || die "curl not found"
   command -v taskset >/dev/null || die "taskset not found (util-linux)"
 
@@ -419,7 +419,7 @@ start_nginx() {
 redis_cmd() { redis-cli -h 127.0.0.1 -p "${PORT[redis]}" "$@"; }
 redis_pong() { [ "$(redis_cmd ping 2>/dev/null)" = PONG ]; }
 start_redis() {
-  command -v redis-server >/dev/null || die "redis-server not found (sh .ci/deps)"
+  command -v redis-server >/dev/null || die "redis-server not found (make deps-bench)"
   command -v redis-cli >/dev/null || die "redis-cli not found (redis-tools)"
   free_port redis
   start_bg redis "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "${PORT[redis]}" \

@@ -27,7 +27,7 @@ PIVOTS="mg-plain mg-noop mg-hdr"
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
-command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (make deps-bench)"
 
 # ---------------------------------------------------------------- upstream
 free_port upstream

@@ -47,7 +47,7 @@ bench_init
 HAPROXY_MAXCONN=$(( NOFILE / 2 - 128 )); [ "$HAPROXY_MAXCONN" -gt 20000 ] && HAPROXY_MAXCONN=20000
 
 # ---------------------------------------------------------------- upstream
-command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found: it is the upstream (make deps-bench)"
 free_port upstream
 start_nginx upstream "$LOAD_CPU" upstream-nginx.conf.in PORT="${PORT[upstream]}"
 UP="http://127.0.0.1:${PORT[upstream]}/"

@@ -17,7 +17,7 @@ export BENCH_LOAD_CPU=${BENCH_LOAD_CPU:-0,1}
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
-command -v "$NGINX" >/dev/null || die "nginx not found (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found (make deps-bench)"
 
 free_port upstream
 start_nginx upstream "$LOAD_CPU" upstream-echo-nginx.conf.in PORT="${PORT[upstream]}"
