@@ -417,7 +417,15 @@ static int l_open(lua_State *L)
         /* one process (workers = 1, --script): created at first use */
         char err[256];
         if (mg_shd_ensure(name, size, err, sizeof err) < 0) {
-            mg_log_error("gw.shared: %s", err);
+            /* (a worker whose reload read a file newer than the master's)
+             * said once per name, not per call */
+            lua_pushfstring(L, "missing\n%s", name);
+            if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TNIL) {
+                mg_log_error("gw.shared: %s", err);
+                lua_pushfstring(L, "missing\n%s", name);
+                lua_pushboolean(L, 1);
+                lua_rawset(L, lua_upvalueindex(1));
+            }
             return 0;
         }
         d = mg_shd_find(name, size);
