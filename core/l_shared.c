@@ -24,9 +24,25 @@ static char *kbuf;
 static size_t klen_used, kcap;
 static int kfail;
 
+/* A handle: bound to a dictionary, or (d == NULL) to a name, resolved at
+ * each call against the current config (one taken while a config or a
+ * plugin module loads, before the config says what it declares). */
+typedef struct handle {
+    mg_shd_t *d;
+    char name[MG_SHD_NAME_MAX];
+} handle_t;
+
+static mg_shd_t *resolve(lua_State *L, const char *name);
+
 static mg_shd_t *check_dict(lua_State *L)
 {
-    return *(mg_shd_t **)luaL_checkudata(L, 1, DICT_MT);
+    handle_t *h = luaL_checkudata(L, 1, DICT_MT);
+    if (h->d)
+        return h->d;
+    mg_shd_t *d = resolve(L, h->name);
+    if (d == NULL)
+        luaL_error(L, "gw.shared: the config declares no dictionary %s", h->name);
+    return d;
 }
 
 /* The key at arg 2, as OpenResty: numbers become strings; nil, empty or
@@ -373,18 +389,20 @@ static int l_take(lua_State *L)
 static int l_tostring(lua_State *L)
 {
     check_dict(L);
-    lua_pushfstring(L, "gw.shared dict: %p", lua_touserdata(L, 1));
+    handle_t *h = lua_touserdata(L, 1);
+    lua_pushfstring(L, "gw.shared dict: %s", h->d ? "bound" : h->name);
     return 1;
 }
 
-/* Pushes the (cached) userdata of d. */
+/* Pushes the (cached) handle of d. */
 static void push_dict(lua_State *L, mg_shd_t *d)
 {
     lua_pushvalue(L, lua_upvalueindex(1));
     if (lua_rawgetp(L, -1, d) == LUA_TNIL) {
         lua_pop(L, 1);
-        mg_shd_t **u = lua_newuserdatauv(L, sizeof *u, 0);
-        *u = d;
+        handle_t *h = lua_newuserdatauv(L, sizeof *h, 0);
+        memset(h, 0, sizeof *h);
+        h->d = d;
         luaL_setmetatable(L, DICT_MT);
         lua_pushvalue(L, -1);
         lua_rawsetp(L, -3, d);
@@ -392,11 +410,10 @@ static void push_dict(lua_State *L, mg_shd_t *d)
     lua_remove(L, -2);
 }
 
-/* gw.shared(name): the dictionary the config declares under that name (or
- * rate_limit's), nil if there is none. */
-static int l_open(lua_State *L)
+/* The dictionary the current config declares as `name` (or rate_limit's),
+ * mapping it in a single process at first use; NULL if none. */
+static mg_shd_t *resolve(lua_State *L, const char *name)
 {
-    const char *name = luaL_checkstring(L, 1);
     mg_loop_t *loop = mg_lrt_loop(L);
     const mg_cfg_t *cfg = loop && loop->gen ? loop->gen->cfg : NULL;
     size_t size = 0;
@@ -405,31 +422,49 @@ static int l_open(lua_State *L)
             size = cfg->shared[i].size;
     if (size == 0 && strcmp(name, MG_SHD_RATE_LIMIT) == 0)
         size = MG_SHD_RATE_LIMIT_SIZE;
-    if (size == 0) {
-        mg_shd_t *d = cfg ? NULL : mg_shd_find(name, 0); /* --script: define() */
-        if (d == NULL)
-            return 0;
-        push_dict(L, d);
+    if (size == 0)
+        return cfg ? NULL : mg_shd_find(name, 0); /* --script: define() */
+    mg_shd_t *d = mg_shd_find(name, size);
+    if (d)
+        return d;
+    /* one process (workers = 1, --script): mapped at first use */
+    char err[256];
+    if (mg_shd_ensure(name, size, err, sizeof err) >= 0)
+        return mg_shd_find(name, size);
+    /* (a worker whose reload read a file newer than the master's) said
+     * once per name, not per call */
+    lua_pushfstring(L, "moongate.shared missing %s", name);
+    lua_pushvalue(L, -1);
+    int said = lua_rawget(L, LUA_REGISTRYINDEX) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!said) {
+        mg_log_error("gw.shared: %s", err);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    } else {
+        lua_pop(L, 1);
+    }
+    return NULL;
+}
+
+/* gw.shared(name): the dictionary the config declares under that name,
+ * nil if there is none. Outside a request (a config file or plugin module
+ * loading) it gives a handle resolved at each call instead, because the
+ * config that declares the name is not known yet. */
+static int l_open(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    if (mg_lrt_current(L) == NULL && mg_lrt_loop(L)) {
+        luaL_argcheck(L, strlen(name) < MG_SHD_NAME_MAX, 1, "name too long");
+        handle_t *h = lua_newuserdatauv(L, sizeof *h, 0);
+        memset(h, 0, sizeof *h);
+        memcpy(h->name, name, strlen(name));
+        luaL_setmetatable(L, DICT_MT);
         return 1;
     }
-    mg_shd_t *d = mg_shd_find(name, size);
-    if (d == NULL) {
-        /* one process (workers = 1, --script): created at first use */
-        char err[256];
-        if (mg_shd_ensure(name, size, err, sizeof err) < 0) {
-            /* (a worker whose reload read a file newer than the master's)
-             * said once per name, not per call */
-            lua_pushfstring(L, "missing\n%s", name);
-            if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TNIL) {
-                mg_log_error("gw.shared: %s", err);
-                lua_pushfstring(L, "missing\n%s", name);
-                lua_pushboolean(L, 1);
-                lua_rawset(L, lua_upvalueindex(1));
-            }
-            return 0;
-        }
-        d = mg_shd_find(name, size);
-    }
+    mg_shd_t *d = resolve(L, name);
+    if (d == NULL)
+        return 0;
     push_dict(L, d);
     return 1;
 }

@@ -17,6 +17,8 @@ from opshelp import post_reload, write_file
 # &ttl=..&n=..; answers {"w": worker id, "r": [tostring of each result]}.
 HANDLER = r'''
 local me
+-- taken while the config loads, as OpenResty code takes ngx.shared.NAME
+local top, ghost = gw.shared("d"), gw.shared("ghost")
 local function arg(q, name) return q:match("[?&]" .. name .. "=([^&]*)") end
 local function val(s)
   if s == nil or s == "nil" then return nil end
@@ -73,6 +75,10 @@ return {
   routes = {
     { match = { path = "/hello" }, handler = function() return 200, "hi" end },
     { match = { path = "/op" }, handler = op },
+    { match = { path = "/top" }, handler = function()
+        return 200, tostring((top:incr("top", 1, 0))) end },
+    { match = { path = "/ghost" }, handler = function()
+        return 200, tostring(ghost:get("x")) end },
     { match = { prefix = "/rl/" },
       plugins = { { "rate_limit", rate = 0.001, burst = 5 } },
       handler = function() return 200, "ok" end },
@@ -149,6 +155,17 @@ def test_types_and_ngx_return_values(gateway):
     wait_for(lambda: _ok(g2.port, "/hello"), timeout=15, what="second gateway")
     assert request(g2.port, "GET", "/tbl").status == 500
     assert request(g2.port, "GET", "/hello").status == 200
+
+
+def test_a_dict_taken_at_config_load_is_the_shared_one(gateway):
+    g = start(gateway)
+    for i in range(1, 6):
+        assert request(g.port, "GET", "/top").text() == str(i)
+    assert op(g, "op=get&k=top")["r"] == ["5"]
+    # a name the config does not declare: using the handle raises (500)
+    assert request(g.port, "GET", "/ghost").status == 500
+    assert "declares no dictionary ghost" in g.stderr_text()
+    assert request(g.port, "GET", "/top").text() == "6"
 
 
 def test_incr_is_atomic_across_workers(gateway):
