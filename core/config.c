@@ -3,6 +3,7 @@
  * found by locating the offending text in the file. */
 #include "config.h"
 #include "mg.h"
+#include "realip.h"
 #include "shdict.h"
 
 #include <arpa/inet.h>
@@ -96,6 +97,58 @@ bad:
     return -1;
 }
 
+int mg_cfg_parse_server(const char *text, mg_addr_t *out, char *err, size_t errlen)
+{
+    char host[256] = "";
+    const char *colon, *port;
+    memset(out, 0, sizeof *out);
+    snprintf(out->text, sizeof out->text, "%s", text);
+    if (text[0] == '[') {
+        const char *rb = strchr(text, ']');
+        if (rb == NULL || rb[1] != ':' || (size_t)(rb - text - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, text + 1, (size_t)(rb - text - 1));
+        port = rb + 2;
+    } else if ((colon = strrchr(text, ':')) != NULL && colon != text &&
+               (size_t)(colon - text) < sizeof host) {
+        memcpy(host, text, (size_t)(colon - text));
+        port = colon + 1;
+    } else {
+        goto bad;
+    }
+    char *end;
+    long pn = strtol(port, &end, 10);
+    if (*port < '0' || *port > '9' || *end || pn <= 0 || pn > 65535)
+        goto bad;
+    out->port = (int)pn;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->sa;
+    if (strcasecmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)pn);
+        out->len = sizeof *s4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)pn);
+        out->len = sizeof *s6;
+        return 0;
+    }
+    /* a DNS name: letters, digits, '-', '_' and dots */
+    for (const char *c = host; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.' && *c != '_')
+            goto bad;
+    if (host[0] == '\0' || host[0] == '.' || host[0] == '-' || (out->name = xstrdup(host)) == NULL)
+        goto bad;
+    return 0;
+bad:
+    snprintf(err, errlen, "invalid address '%s' (want host:port)", text);
+    return -1;
+}
+
 /* --- typed field readers; the table is at the top of the stack ---------- */
 
 static void check_keys(lua_State *L, walk_t *w, const char *where, const char *const *allowed)
@@ -183,6 +236,7 @@ static void parse_addr_field(lua_State *L, walk_t *w, const char *where, const c
 }
 
 static int locate_line(const char *file, const char *needle);
+static int opt_bool(lua_State *L, walk_t *w, const char *where, const char *key, int def);
 
 /* A listener's cert or key file: finds the config line naming it (for
  * errors found later, when the TLS context is built), then makes a relative
@@ -230,7 +284,7 @@ static void walk_listen(lua_State *L, walk_t *w)
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
         } else {
             expect_table(L, w, where, "listen");
-            static const char *const keys[] = { "addr", "tls", NULL };
+            static const char *const keys[] = { "addr", "tls", "proxy_protocol", NULL };
             check_keys(L, w, where, keys);
             lua_getfield(L, -1, "addr");
             if (lua_type(L, -1) != LUA_TSTRING)
@@ -238,6 +292,7 @@ static void walk_listen(lua_State *L, walk_t *w)
                          where);
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
             lua_pop(L, 1);
+            l->proxy_protocol = opt_bool(L, w, where, "proxy_protocol", 0);
             lua_getfield(L, -1, "tls");
             if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
                 expect_table(L, w, where, "tls");
@@ -268,12 +323,13 @@ static void walk_limits(lua_State *L, walk_t *w)
     lim->header_timeout = 10;
     lim->idle_timeout = 60;
     lim->drain_timeout = 30;
+    lim->tunnel_idle_timeout = 3600;
     lua_getfield(L, -1, "limits");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "limits", "limits");
         static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
                                             "max_body_bytes", "header_timeout", "idle_timeout",
-                                            "drain_timeout", NULL };
+                                            "drain_timeout", "tunnel_idle_timeout", NULL };
         check_keys(L, w, "limits", keys);
         lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
         lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
@@ -281,6 +337,7 @@ static void walk_limits(lua_State *L, walk_t *w)
         lim->header_timeout = opt_number(L, w, "limits", "header_timeout", 10, 0.001);
         lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
         lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
+        lim->tunnel_idle_timeout = opt_number(L, w, "limits", "tunnel_idle_timeout", 3600, 0.001);
     }
     lua_pop(L, 1);
 }
@@ -417,7 +474,13 @@ static void walk_upstreams(lua_State *L, walk_t *w)
             lua_rawgeti(L, -1, i);
             if (lua_type(L, -1) != LUA_TSTRING)
                 cfg_fail(L, w, name, "%s.servers[%d]: expected \"host:port\"", where, i);
-            parse_addr_field(L, w, where, lua_tostring(L, -1), &u->servers[u->nservers++]);
+            char aerr[256];
+            const char *text = lua_tostring(L, -1);
+            mg_addr_t *a = &u->servers[u->nservers++];
+            if (mg_cfg_parse_server(text, a, aerr, sizeof aerr) != 0)
+                cfg_fail(L, w, text, "%s.servers[%d]: %s", where, i, aerr);
+            if (a->name)
+                a->line = locate_line(cfg->file, text);
             lua_pop(L, 1);
         }
         if (ns == 0)
@@ -455,6 +518,14 @@ static void walk_upstreams(lua_State *L, walk_t *w)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+}
+
+const mg_cfg_listen_t *mg_cfg_listener(const mg_cfg_t *cfg, const char *addr)
+{
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (strcmp(cfg->listen[i].addr.text, addr) == 0)
+            return &cfg->listen[i];
+    return NULL;
 }
 
 int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name)
@@ -546,6 +617,47 @@ static void walk_match(lua_State *L, walk_t *w, const char *where, mg_cfg_route_
     lua_pop(L, 1); /* match */
 }
 
+/* A route's `upgrades`: the protocols whose Upgrade requests become
+ * tunnels (lower-cased); { "websocket" } when absent, none for {}. h2c is
+ * never tunneled (HTTP/2 is the gateway's own business). */
+static void walk_upgrades(lua_State *L, walk_t *w, const char *where, mg_cfg_route_t *r)
+{
+    lua_getfield(L, -1, "upgrades");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        r->upgrades = calloc(1, sizeof *r->upgrades);
+        if (r->upgrades == NULL)
+            luaL_error(L, "out of memory");
+        r->upgrades[0] = xstrdup("websocket");
+        r->nupgrades = 1;
+        return;
+    }
+    if (!lua_istable(L, -1))
+        cfg_fail(L, w, "upgrades", "%s.upgrades: expected a list of protocol names like "
+                 "{ \"websocket\" }", where);
+    int n = (int)luaL_len(L, -1);
+    r->upgrades = calloc((size_t)n + 1, sizeof *r->upgrades);
+    if (r->upgrades == NULL)
+        luaL_error(L, "out of memory");
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        size_t len = 0;
+        const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (p == NULL || len == 0 || len > 64 || strpbrk(p, " \t,") != NULL)
+            cfg_fail(L, w, "upgrades", "%s.upgrades[%d]: expected a protocol name like "
+                     "\"websocket\"", where, i);
+        if (strcasecmp(p, "h2c") == 0)
+            cfg_fail(L, w, "h2c", "%s.upgrades[%d]: h2c upgrades are never tunneled", where, i);
+        char *lc = xstrdup(p);
+        for (char *c = lc; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c | 0x20);
+        r->upgrades[r->nupgrades++] = lc;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void walk_routes(lua_State *L, walk_t *w)
 {
     mg_cfg_t *cfg = w->cfg;
@@ -569,7 +681,7 @@ static void walk_routes(lua_State *L, walk_t *w)
         lua_rawgeti(L, -1, i);
         expect_table(L, w, where, "routes");
         static const char *const keys[] = { "name", "match", "upstream", "handler", "plugins",
-                                            "plugin_order", NULL };
+                                            "plugin_order", "upgrades", NULL };
         check_keys(L, w, where, keys);
         r->name = opt_string(L, w, where, "name", NULL);
         if (r->name == NULL) {
@@ -578,6 +690,7 @@ static void walk_routes(lua_State *L, walk_t *w)
             r->name = xstrdup(buf);
         }
         walk_match(L, w, where, r);
+        walk_upgrades(L, w, where, r);
         char *up = opt_string(L, w, where, "upstream", NULL);
         if (up) {
             r->upstream = mg_cfg_upstream_index(cfg, up);
@@ -654,6 +767,115 @@ static void check_access_log(lua_State *L, walk_t *w, const char *where)
     fclose(f);
 }
 
+/* resolver = { "10.0.0.2", "127.0.0.1:5353", "[::1]:53", valid = 30 }: the
+ * name servers for upstream and Redis host names and gw.http (else
+ * /etc/resolv.conf), and how often kept names are resolved again. */
+static void walk_resolver(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    cfg->resolver_valid = 30;
+    lua_getfield(L, -1, "resolver");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "resolver",
+                     "resolver: expected { \"ip[:port]\", ..., valid = seconds }");
+        static const char *const keys[] = { "valid", NULL };
+        check_keys(L, w, "resolver", keys);
+        cfg->resolver_valid = opt_number(L, w, "resolver", "valid", 30, 0.1);
+        int n = (int)luaL_len(L, -1);
+        char csv[1024] = "";
+        size_t used = 0;
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            char host[64] = "", one[80];
+            const char *port = NULL;
+            if (s[0] == '[') {
+                const char *rb = strchr(s, ']');
+                if (rb && (size_t)(rb - s - 1) < sizeof host) {
+                    memcpy(host, s + 1, (size_t)(rb - s - 1));
+                    port = rb[1] == ':' ? rb + 2 : rb[1] == '\0' ? "53" : NULL;
+                }
+            } else {
+                const char *c = strchr(s, ':');
+                size_t hn = c ? (size_t)(c - s) : strlen(s);
+                if (hn < sizeof host) {
+                    memcpy(host, s, hn);
+                    port = c ? c + 1 : "53";
+                }
+            }
+            unsigned char buf[16];
+            int v6 = inet_pton(AF_INET6, host, buf) == 1;
+            char *end = NULL;
+            long pn = port ? strtol(port, &end, 10) : 0;
+            if ((!v6 && inet_pton(AF_INET, host, buf) != 1) || port == NULL || *end ||
+                pn < 1 || pn > 65535)
+                cfg_fail(L, w, s[0] ? s : "resolver",
+                         "resolver[%d]: expected a name server address like \"10.0.0.2\" or "
+                         "\"127.0.0.1:5353\"", i);
+            int k = snprintf(one, sizeof one, v6 ? "%s[%s]:%ld" : "%s%s:%ld", i > 1 ? "," : "",
+                             host, pn);
+            if (used + (size_t)k >= sizeof csv)
+                cfg_fail(L, w, "resolver", "resolver: too many name servers");
+            memcpy(csv + used, one, (size_t)k + 1);
+            used += (size_t)k;
+            lua_pop(L, 1);
+        }
+        if (n > 0)
+            cfg->resolver = xstrdup(csv);
+    }
+    lua_pop(L, 1);
+}
+
+/* trusted_proxies = { "10.0.0.0/8", "127.0.0.1", "::1/128" } */
+static void walk_trusted(lua_State *L, walk_t *w)
+{
+    lua_getfield(L, -1, "trusted_proxies");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            cfg_fail(L, w, "trusted_proxies",
+                     "trusted_proxies: expected a list of addresses or CIDRs");
+        int n = (int)luaL_len(L, -1);
+        w->cfg->trusted = calloc((size_t)n + 1, sizeof *w->cfg->trusted);
+        if (w->cfg->trusted == NULL)
+            luaL_error(L, "out of memory");
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0)
+                cfg_fail(L, w, s ? s : "trusted_proxies",
+                         "trusted_proxies[%d]: expected an address or CIDR like "
+                         "\"10.0.0.0/8\" or \"::1/128\", got %s", i,
+                         s ? lua_pushfstring(L, "'%s'", s) : luaL_typename(L, -1));
+            w->cfg->ntrusted++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+/* access_log = { path = "stdout" | PATH | false, format = "text" | "json" }
+ * (the table is at the top of the stack). */
+static void walk_access_log(lua_State *L, walk_t *w)
+{
+    static const char *const keys[] = { "path", "format", NULL };
+    check_keys(L, w, "access_log", keys);
+    int pt = field_type(L, "path");
+    if (pt == LUA_TBOOLEAN) {
+        if (opt_bool(L, w, "access_log", "path", 0))
+            cfg_fail(L, w, "path", "access_log.path: expected \"stdout\", a path or false");
+        w->cfg->access_log = NULL;
+    } else {
+        w->cfg->access_log = opt_string(L, w, "access_log", "path", "stdout");
+    }
+    char *fmt = opt_string(L, w, "access_log", "format", "text");
+    int json = strcmp(fmt, "json") == 0, text = strcmp(fmt, "text") == 0;
+    free(fmt);
+    if (!json && !text)
+        cfg_fail(L, w, "format", "access_log.format: expected \"text\" or \"json\"");
+    w->cfg->access_log_format = json; /* MG_ALOG_JSON is 1 */
+}
+
 static int walk_root(lua_State *L)
 {
     walk_t *w = lua_touserdata(L, 1);
@@ -664,7 +886,8 @@ static int walk_root(lua_State *L)
                  luaL_typename(L, 2));
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
-                                        "lua", "busy_poll", "shared", NULL };
+                                        "lua", "busy_poll", "trusted_proxies", "resolver",
+                                        "shared", NULL };
     check_keys(L, w, "config", keys);
     lua_getfield(L, 2, "workers");
     if (lua_isnil(L, -1))
@@ -699,6 +922,8 @@ static int walk_root(lua_State *L)
     }
     lua_pop(L, 1);
     walk_limits(L, w);
+    walk_trusted(L, w);
+    walk_resolver(L, w);
     lua_getfield(L, 2, "access_log");
     if (lua_isnil(L, -1))
         cfg->access_log = xstrdup("stdout");
@@ -706,8 +931,11 @@ static int walk_root(lua_State *L)
         cfg->access_log = NULL;
     else if (lua_type(L, -1) == LUA_TSTRING)
         cfg->access_log = xstrdup(lua_tostring(L, -1));
+    else if (lua_istable(L, -1))
+        walk_access_log(L, w);
     else
-        cfg_fail(L, w, "access_log", "access_log: expected \"stdout\", a path, or false");
+        cfg_fail(L, w, "access_log",
+                 "access_log: expected \"stdout\", a path, false or { path = ..., format = ... }");
     lua_pop(L, 1);
     check_access_log(L, w, cfg->access_log);
     cfg->lua_memory_limit = 128u << 20;
@@ -739,6 +967,11 @@ static int has_word(const char *line, const char *word)
             return 1;
     }
     return 0;
+}
+
+int mg_cfg_locate_line(const char *file, const char *needle)
+{
+    return locate_line(file, needle);
 }
 
 /* Finds the line of `file` the error is about; 1 if none. `needle` is a
@@ -886,6 +1119,8 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->listen);
     for (int i = 0; i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].name);
+        for (int j = 0; j < cfg->upstreams[i].nservers; j++)
+            free(cfg->upstreams[i].servers[j].name);
         free(cfg->upstreams[i].servers);
         free(cfg->upstreams[i].hash_key);
         free(cfg->upstreams[i].tls_server_name);
@@ -903,6 +1138,9 @@ void mg_cfg_free(mg_cfg_t *cfg)
             free(r->headers[j].value);
         }
         free(r->headers);
+        for (int j = 0; j < r->nupgrades; j++)
+            free(r->upgrades[j]);
+        free(r->upgrades);
         if (cfg->L) {
             luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->match_ref);
             luaL_unref(cfg->L, LUA_REGISTRYINDEX, r->chain_ref);
@@ -911,6 +1149,8 @@ void mg_cfg_free(mg_cfg_t *cfg)
     free(cfg->routes);
     free(cfg->order);
     free(cfg->access_log);
+    free(cfg->trusted);
+    free(cfg->resolver);
     free(cfg->file);
     free(cfg);
 }

@@ -1,5 +1,7 @@
 #include "loop.h"
 #include "conn.h"
+#include "cfgnames.h"
+#include "dns.h"
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
@@ -48,6 +50,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
+        w->tunnels = loop->stats.tunnels;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];
@@ -92,6 +95,9 @@ void mg_gen_unref(mg_gen_t *g)
             mg_tls_ctx_free(g->tls[i]);
         free(g->tls);
     }
+    for (int i = 0; i < g->nnames; i++)
+        mg_dns_name_unref(g->names[i]);
+    free(g->names);
     mg_cfg_free(g->cfg);
     free(g);
 }
@@ -446,7 +452,10 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)w;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    mg_log_warn("drain_timeout reached with %d requests in flight; exiting", loop->stats.active);
+    mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
+                loop->stats.active, loop->stats.tunnels);
+    if (loop->close_tunnels)
+        loop->close_tunnels(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -461,7 +470,7 @@ void mg_loop_check_drained(mg_loop_t *loop)
             c = next;
         }
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }
@@ -540,6 +549,12 @@ mg_loop_t *mg_loop_new(const char *config_file)
     loop->scratch = malloc(loop->scratch_cap);
     if (loop->scratch == NULL)
         goto fail;
+    char derr[128];
+    loop->dns = mg_dns_new(loop->ev, derr, sizeof derr);
+    if (loop->dns == NULL) {
+        mg_log_error("%s", derr);
+        goto fail;
+    }
     ev_prepare_init(&loop->prepare, prepare_cb);
     ev_prepare_start(loop->ev, &loop->prepare);
     ev_idle_init(&loop->spin, spin_cb);
@@ -563,6 +578,10 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     g->loop = loop;
     g->refs = 1;
     g->id = ++loop->next_gen_id;
+    if (loop->dns) {
+        mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid);
+        g->nnames = mg_cfgnames_hold_redis(loop->L, loop->dns, &g->names);
+    }
     g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
     if (g->ups == NULL)
         goto fail;
@@ -672,6 +691,8 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         clear_watch(loop);
+        if (loop->close_tunnels)
+            loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);
@@ -685,6 +706,8 @@ void mg_loop_free(mg_loop_t *loop)
         mg_lrt_close(loop->L);
         loop->L = NULL;
         prepare_cb(loop->ev, &loop->prepare, 0); /* frees the bindings' __gc deferred */
+        mg_dns_free(loop->dns, 1);
+        loop->dns = NULL;
         ev_loop_destroy(loop->ev);
     }
     if (loop->access_log) {
@@ -699,6 +722,7 @@ void mg_loop_free(mg_loop_t *loop)
         mg_buf_free(&r->uhead);
         free(r);
     }
+    mg_dns_free(loop->dns, 0);
     free(loop->script);
     if (loop->met_owned)
         mg_met_destroy(loop->met_shm);

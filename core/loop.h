@@ -32,6 +32,8 @@ typedef struct mg_gen {
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
     struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
     int ntls;                /* TLS listeners in cfg */
+    struct mg_dns_name **names; /* Redis host names kept resolved for it (refs), nnames */
+    int nnames;
     struct mg_loop *loop;
 } mg_gen_t;
 
@@ -56,6 +58,7 @@ typedef struct mg_stats {
     int conns;               /* open client connections */
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
+    int tunnels;             /* open tunnels (upgraded connections) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
@@ -80,6 +83,9 @@ typedef struct mg_loop {
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
+    struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
+    void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */

@@ -4,6 +4,7 @@
 #include "loop.h"
 #include "lrt.h"
 #include "master.h"
+#include "netcheck.h"
 #include "req.h"
 #include "server.h"
 
@@ -112,10 +113,14 @@ int main(int argc, char **argv)
         mg_loop_free(loop);
         return 1;
     }
+    /* host names: -t reports those that do not resolve; a start waits a
+     * moment for their first answers so the first requests have addresses */
+    int unresolved = mg_netcheck(loop, test, test ? 10.0 : 5.0, stderr);
     if (test) {
-        printf("OK\n");
+        if (unresolved == 0)
+            printf("OK\n");
         mg_loop_free(loop);
-        return 0;
+        return unresolved ? 1 : 0;
     }
     mg_srv_raise_nofile();
     int workers = loop->gen->cfg->workers;

@@ -243,8 +243,9 @@ function M.check_redis(redis)
         return nil, ("redis.%s.%s: must be %s, got %s"):format(name, k, t, type(v)), k
       end
     end
-    if type(conf.addr) ~= "string" or not conf.addr:match(":%d+$") then
-      return nil, ("redis.%s.addr: expected \"host:port\""):format(name), name
+    if type(conf.addr) ~= "string" or not (conf.addr:match(":%d+$") or
+        conf.addr:match("^unix:/.") or conf.addr:match("^/.")) then
+      return nil, ("redis.%s.addr: expected \"host:port\" or \"unix:/path\""):format(name), name
     end
   end
   return true
