@@ -113,9 +113,10 @@ static void test_expiry(void)
     int forcible;
     mg_shd_val_t v = str("v"), out;
     double ttl;
-    CHECK_INT(mg_shd_set(d, "a", 1, &v, 0.05, 0, &forcible), MG_SHD_OK);
+    CHECK_INT(mg_shd_set(d, "a", 1, &v, 30, 0, &forcible), MG_SHD_OK);
     CHECK_INT(mg_shd_ttl(d, "a", 1, &ttl), MG_SHD_OK);
-    CHECK(ttl > 0 && ttl <= 0.05);
+    CHECK(ttl > 25 && ttl <= 30);
+    CHECK_INT(mg_shd_expire(d, "a", 1, 0.05), MG_SHD_OK);
     CHECK_INT(mg_shd_set(d, "b", 1, &v, 0, 0, &forcible), MG_SHD_OK);
     CHECK_INT(mg_shd_ttl(d, "b", 1, &ttl), MG_SHD_OK);
     CHECK(ttl == 0);
