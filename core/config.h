@@ -95,12 +95,16 @@ typedef struct mg_cfg {
     int has_admin;
     mg_addr_t admin;
     mg_limits_t limits;
-    char *access_log;       /* "stdout", a path, or NULL for off */
     int access_log_format;  /* MG_ALOG_TEXT or MG_ALOG_JSON (accesslog.h) */
     char *resolver;         /* name servers "ip:port,..." (c-ares csv), or NULL: resolv.conf */
     double resolver_valid;  /* s between re-resolutions of upstream/Redis host names */
     struct mg_cidr *trusted;/* trusted_proxies (realip.h), ntrusted of them */
     int ntrusted;
+    char *access_log;       /* "stdout", "stderr", a path (resolved against the config's folder), or NULL for off */
+    char *error_log;        /* "stderr", "stdout" or a path (resolved); NULL: stderr */
+    int error_log_level;    /* MG_LOG_*, or -1 when the config sets none */
+    char **files;           /* files the config dofile'd/loadfile'd (resolved), for watch */
+    int nfiles;
     mg_cfg_upstream_t *upstreams;
     int nupstreams;
     mg_cfg_route_t *routes;

@@ -81,9 +81,9 @@ static void write_raw_error(mg_conn_t *c, int status, const char *msg)
     char body[256];
     int bn = snprintf(body, sizeof body, "{\"error\":\"%s\"}", msg);
     int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                     status, mg_status_reason(status), bn, body);
+                     status, mg_status_reason(status), mg_loop_date(c->loop), bn, body);
     mg_conn_write(c, buf, (size_t)n);
 }
 

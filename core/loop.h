@@ -94,7 +94,9 @@ typedef struct mg_loop {
     ev_prepare prepare;
     ev_idle spin;            /* busy polling: keeps the loop from sleeping */
     double last_active;      /* ev_now of the last iteration with events */
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigquit, sigusr1;
+    char http_date[48];      /* "Date: <IMF-fixdate>\r\n" for date_sec (see mg_loop_date) */
+    long long date_sec;
     ev_timer drain_timer;
     int stopping;
     int exit_code;
@@ -143,6 +145,9 @@ struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 
+/* "Date: <IMF-fixdate>\r\n" for the loop's current second, formatted once
+ * a second. Borrowed until the next call. */
+const char *mg_loop_date(mg_loop_t *loop);
 /* Runs fn(p) at the next loop iteration, outside any callback stack. */
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p);
 /* Starts a graceful stop: stop accepting, close idle conns, drain. */

@@ -270,6 +270,10 @@ static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, 
         mg_buf_append(o, e->v[i].value, e->v[i].value_len);
         mg_buf_append(o, "\r\n", 2);
     }
+    /* every answer carries Date: the upstream's (or a plugin's), else ours */
+    const mg_hdr_edit_t *de = e && e->n ? mg_edits_find(e, "date", 4) : NULL;
+    if (de ? de->value == NULL : mg_h1_find(h, "date", 4, 0) < 0)
+        mg_buf_puts(o, mg_loop_date(r->loop));
     if (r->resp_chunked)
         mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
     if (r->status == 101) {
@@ -587,6 +591,8 @@ static void up_flush(mg_upconn_t *u)
 
 static void connected(mg_upconn_t *u)
 {
+    mg_log_debug("upstream %s: connection ready, sending the request",
+                 u->req ? u->req->upstream_addr : "?");
     u->connecting = 0;
     mg_up_server_ok(u->server);
     u->last_io = ev_now(u->loop->ev);
@@ -732,6 +738,10 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         snprintf(r->upstream_addr, sizeof r->upstream_addr, "%s", up->servers[s].addr->text);
         const char *err = NULL;
         mg_upconn_t *u = mg_up_get(up, s, r, &up_ops, &err);
+        mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
+                     r->upstream_addr, r->tries + 1,
+                     u == NULL ? (err ? err : "connect failed")
+                     : u->connecting ? "connecting" : "idle keep-alive connection");
         if (u == NULL) {
             r->loop->stats.up_connect_errors++;
             if (r->tries < up->cfg->retries) {

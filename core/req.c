@@ -371,6 +371,10 @@ void mg_req_dispatch(mg_req_t *r)
     }
     const mg_cfg_route_t *rt = &cfg->routes[r->route];
     r->upstream = rt->upstream;
+    mg_log_debug("%s %.*s from %s: route %s -> %s", llhttp_method_name(h->method),
+                 (int)r->path.n, r->path.p, r->remote, rt->name,
+                 rt->chain_ref >= 0 ? "Lua chain"
+                 : rt->upstream >= 0 ? cfg->upstreams[rt->upstream].name : "-");
     if ((h->flags & MG_H1_EXPECT_100) && r->has_body && !r->http10 && r->conn) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         mg_conn_write(r->conn, cont, sizeof cont - 1);
@@ -460,6 +464,19 @@ void mg_req_end_head(mg_req_t *r, mg_buf_t *out)
         mg_buf_append(out, "\r\n", 2);
 }
 
+/* True if a handler's own headers (CRLF-separated lines) set Date. */
+static int has_date(const char *h)
+{
+    for (const char *p = h; p && *p;) {
+        if (strncasecmp(p, "date:", 5) == 0)
+            return 1;
+        p = strstr(p, "\r\n");
+        if (p)
+            p += 2;
+    }
+    return 0;
+}
+
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers)
 {
@@ -485,6 +502,8 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     mg_buf_t *out = &c->wbuf;
     size_t before = out->len;
     mg_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, mg_status_reason(status));
+    if (!has_date(extra_headers))
+        mg_buf_puts(out, mg_loop_date(r->loop));
     if (ctype)
         mg_buf_printf(out, "Content-Type: %s\r\n", ctype);
     if (status != 204 && status != 304 && !(status >= 100 && status < 200))

@@ -16,7 +16,8 @@ return {
     -- the handshake is an ordinary request: basic_auth runs on it, and a
     -- refused one never reaches the upstream; websocket is tunneled by default
     { name = "chat", match = { prefix = "/chat" }, upstream = "chat",
-      plugins = { { "basic_auth", users = { alice = "wonderland" } } } },
+      -- alice / wonderland, as `htpasswd -nbB alice wonderland` writes it
+      plugins = { { "basic_auth", users = { alice = "$2y$05$XNLV3/uBnS/tW37FHA/46uYCbQ.8Udnu3/C2Or/eUgVh03SpGfkx2" } } } },
     -- an open echo, with the log phase at tunnel close
     { name = "echo", match = { prefix = "/echo" }, upstream = "chat",
       plugins = { "ws_log" } },
