@@ -26,9 +26,13 @@ typedef struct mg_cfg_listen {
     int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
 } mg_cfg_listen_t;
 
+/* limits.underscore_headers: a request header whose name has "_" */
+enum { MG_CFG_US_ALLOW, MG_CFG_US_DROP, MG_CFG_US_REJECT };
+
 typedef struct mg_limits {
     size_t max_uri_bytes, max_header_bytes, max_body_bytes;
     double header_timeout, idle_timeout, drain_timeout;
+    int underscore_headers;   /* MG_CFG_US_*; default drop, as nginx */
 } mg_limits_t;
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };

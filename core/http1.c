@@ -168,6 +168,7 @@ static int on_message_begin(llhttp_t *p)
     h->in_msg = 1;
     h->last = SPAN_NONE;
     h->head_bytes = 0;
+    h->drop_field = 0;
     return 0;
 }
 
@@ -222,7 +223,8 @@ int mg_h1_is_token(const char *p, size_t n)
 }
 
 /* llhttp 8 lets a space inside a header name through; a name is a token
- * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. */
+ * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. An
+ * underscore is dropped or refused here (limits.underscore_headers). */
 static int on_field_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
@@ -238,7 +240,7 @@ static int on_field_complete(llhttp_t *p)
     mg_str_t n = mg_h1_name(h->head, h->head->nhdrs - 1);
     if (!mg_h1_is_token(n.p, n.n))
         return fail(h, 400, "invalid header name");
-    if (h->underscores != MG_H1_US_ALLOW && memchr(n.p, '_', n.n) != NULL) {
+    if (h->underscores != MG_H1_US_ALLOW && h->mode != FR_OFF && memchr(n.p, '_', n.n) != NULL) {
         if (h->underscores == MG_H1_US_REJECT)
             return fail(h, 400, "underscore in header name");
         h->drop_field = 1;
