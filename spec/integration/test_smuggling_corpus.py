@@ -392,6 +392,26 @@ def test_empty_lines_before_a_request_are_skipped(gateway, raw_up):
     assert [r["target"] for r in reqs] == ["/a", "/last"]
 
 
+@pytest.mark.parametrize("ntokens", [1, 8, 9, 20])
+def test_connection_listed_headers_not_forwarded(gateway, raw_up, ntokens):
+    """Names listed in Connection are hop-by-hop (RFC 9110 7.6.1), however
+    many there are; listing a framing header changes nothing upstream."""
+    gw = start(gateway, raw_up)
+    listed = ["X-L%d" % i for i in range(ntokens - 1)] + ["Content-Length"]
+    head = (b"POST /h HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, %s\r\n"
+            % ", ".join(listed).encode())
+    head += b"".join(b"%s: v\r\n" % n.encode() for n in listed[:-1])
+    data = head + b"X-Keep: k\r\nContent-Length: 5\r\n\r\nhello"
+    statuses, closed = exchange(gw.port, data, 1)
+    assert statuses == [200] and not closed
+    conns, reqs = raw_up.settle(gw.port)
+    assert [(r["target"], r["body"], r["framing"]) for r in reqs] == [
+        ("/h", b"hello", "content-length"), ("/last", b"", "none")]
+    got = names(reqs[0])
+    assert "x-keep" in got and "connection" not in got
+    assert not [n for n in got if n.startswith("x-l")], got
+
+
 # --------------------------------------------------------------------------
 # header names with underscores
 
