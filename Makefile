@@ -3,14 +3,27 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 CONFIG     ?= examples/quickstart.lua
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+PREFIX     ?= /usr/local
+# DESTDIR (staged installs, packaging) is read by `cmake --install` itself.
 
-.PHONY: all deps build asan run test test-asan unit integration bench clean
+.NOTPARALLEL:
+
+.PHONY: all deps deps-test deps-bench build asan run test test-asan unit integration bench \
+        install clean
 
 all: build
 
-# Install whatever Debian packages in .ci/packages are missing (needs root).
+# Install the missing Debian packages (needs root; never starts or stops a
+# service, see .ci/deps): .ci/packages to build and run, plus
+# .ci/packages-test for the tests, .ci/packages-bench for the benchmarks.
 deps:
-	@sh .ci/deps
+	@sh .ci/deps .ci/packages
+
+deps-test:
+	@sh .ci/deps .ci/packages .ci/packages-test
+
+deps-bench:
+	@sh .ci/deps .ci/packages .ci/packages-bench
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -23,14 +36,23 @@ asan: deps
 run: build
 	bash examples/run-quickstart.sh $(BUILD)/moongate $(CONFIG)
 
+# make install [PREFIX=/usr/local] [DESTDIR=/staging]: PREFIX/bin/moongate,
+# PREFIX/share/moongate/{lua,plugins} (found relative to the binary, so the
+# tree can be moved), the man page and the systemd unit (which names
+# PREFIX/bin/moongate).
+install: build
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+	cmake --install $(BUILD)
+
 # Every test: C unit tests (ctest), busted specs, integration tests (pytest).
-test: build
+test: deps-test build
 	sh spec/run.sh $(BUILD)
 
-test-asan: asan
+test-asan: deps-test asan
 	sh spec/run.sh $(ASAN_BUILD)
 
-bench: build
+bench: deps-bench build
 	bash bench/run.sh
 
 clean:

@@ -18,16 +18,17 @@
 #
 # Environment: as bench/lib.sh, plus BENCH_REQS [5000], BENCH_WARMUP_REQS
 # [2000], BENCH_AB_CONNS [50] (ab's -c), BENCH_TARGETS [all of: mg-plain nginx-plain mg-fa nginx-fa mg-jwt
-# nginx-lua-jwt]. Rewrites <!-- instructions:begin --> .. :end --> in
+# mg-jwt-nc nginx-lua-jwt]; mg-jwt-nc is mg-jwt with cache_ttl = 0. Rewrites <!-- instructions:begin --> .. :end --> in
 # bench/RESULTS.md. Needs valgrind and ab (apache2-utils).
 
 set -uo pipefail
 BENCH_NAME=instructions
 DEFAULT_CONNS="50"
+DEFAULT_CPU_LIMIT=0   # callgrind counts instructions: no cap, no cgroups
 : "${BENCH_READY_TIMEOUT:=60}" # valgrind starts slowly
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-ALL_TARGETS="mg-plain nginx-plain mg-fa nginx-fa mg-jwt nginx-lua-jwt"
+ALL_TARGETS="mg-plain nginx-plain mg-fa nginx-fa mg-jwt mg-jwt-nc nginx-lua-jwt"
 WANT_TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 REQS=${BENCH_REQS:-5000}
 WARM_REQS=${BENCH_WARMUP_REQS:-2000}
@@ -35,7 +36,7 @@ ABC=${BENCH_AB_CONNS:-50}
 for v in REQS WARM_REQS ABC; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v must be a positive number"; done
 bench_init
 for c in valgrind callgrind_control ab openssl "$NGINX"; do
-  command -v "$c" >/dev/null || die "$c not found (sh .ci/deps; valgrind is a Debian package)"
+  command -v "$c" >/dev/null || die "$c not found (make deps-bench; valgrind is a Debian package)"
 done
 
 # ---------------------------------------------------------------- load side
@@ -73,7 +74,8 @@ measure() {
   out=$(ab -k -n "$REQS" -c "$ABC" "${hargs[@]}" "$url" 2>&1)
   callgrind_control -d "$pid" >/dev/null 2>&1
   if ! grep -q '^Failed requests: *0' <<<"$out" || grep -q '^Non-2xx' <<<"$out"; then
-    NOTE[$t]="failed requests under ab"; return
+    NOTE[$t]="failed requests under ab: $(grep -E '^(Failed requests|Non-2xx responses|Complete requests):' <<<"$out" | tr -s ' ' | paste -sd ';' -)"
+    log "$t: ${NOTE[$t]}"; return
   fi
   dump=$WORK/cg-$proc.$pid.1
   for _ in $(seq 50); do [ -s "$dump" ] && break; sleep 0.1; done
@@ -105,14 +107,15 @@ for t in $WANT_TARGETS; do
       UPPORT="${PORT[upstream]}" BUSY_POLL=0
     under_callgrind mgp "$MOONGATE_BIN" -c "$WORK/mgp.lua"
     measure "$t" mgp / ; stop_proc mgp ;;
-  mg-fa|mg-jwt)
-    r=${t#mg-}; free_port "mg$r"
-    subst "$BENCH_DIR/peers/moongate-auth.lua.in" "$WORK/mg$r.lua" PORT="${PORT[mg$r]}" ONLY="$r" \
+  mg-fa|mg-jwt|mg-jwt-nc)
+    v=${t#mg-} r=${t#mg-}; r=${r%-nc}; ttl=300; [ "$v" = jwt-nc ] && ttl=0
+    free_port "mg$v"
+    subst "$BENCH_DIR/peers/moongate-auth.lua.in" "$WORK/mg$v.lua" PORT="${PORT[mg$v]}" ONLY="$r" \
       UPPORT="${PORT[upstream]}" RPORT="${PORT[redis]}" AUTHPORT="${PORT[authserver]}" \
-      SECRET="$SECRET" BUSY_POLL=0
-    under_callgrind "mg$r" "$MOONGATE_BIN" -c "$WORK/mg$r.lua"
-    if [ "$r" = jwt ]; then measure "$t" "mg$r" /jwt/ "$COOKIE"; else measure "$t" "mg$r" /fa/; fi
-    stop_proc "mg$r" ;;
+      SECRET="$SECRET" BUSY_POLL=0 CACHE_TTL="$ttl"
+    under_callgrind "mg$v" "$MOONGATE_BIN" -c "$WORK/mg$v.lua"
+    if [ "$r" = jwt ]; then measure "$t" "mg$v" /jwt/ "$COOKIE"; else measure "$t" "mg$v" /fa/; fi
+    stop_proc "mg$v" ;;
   nginx-plain)
     free_port ngp
     nginx_conf ngp nginx-proxy.conf.in PORT="${PORT[ngp]}" UPPORT="${PORT[upstream]}"
@@ -160,6 +163,7 @@ REPORT=$WORK/report.md
   row "plain proxy (peer: nginx proxy_pass, keepalive)" mg-plain nginx-plain
   row "ForwardAuth (peer: nginx auth_request)" mg-fa nginx-fa
   row "JWT → Redis → Basic (peer: nginx + LuaJIT, verifies every token)" mg-jwt nginx-lua-jwt
+  row "the same with \`cache_ttl = 0\` (moongate verifies every token too)" mg-jwt-nc nginx-lua-jwt
   echo
   echo "moongate's jwt route caches verified tokens (\`cache_ttl\`, default 300 s);"
   echo "the LuaJIT peer verifies the HMAC on every request."

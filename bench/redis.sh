@@ -9,7 +9,9 @@
 #              a RESP GET over ngx.socket.tcp with set_keepalive in
 #              content_by_lua_block (bench/peers/nginx-redis.conf.in)
 # Both ask the same redis-server (started here: --save '' --appendonly no,
-# pinned to the load CPU with wrk). Target printed: moongate >= 1.0x nginx-lua.
+# pinned to the load CPU with wrk). Gateways CPU-capped, moongate bracketing
+# nginx-lua (bench/lib.sh's method). Target printed: moongate >= 1.0x
+# nginx-lua (CPU per request).
 # If the moongate binary has no gw.redis yet, moongate is reported as "not
 # available" and nginx-lua is still measured.
 # Rewrites <!-- redis:begin --> .. <!-- redis:end --> in bench/RESULTS.md.
@@ -23,6 +25,7 @@ set -uo pipefail
 BENCH_NAME=redis
 LOAD_DESC="redis-server"
 DEFAULT_CONNS="50"
+PIVOTS="moongate"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RPOOL=${BENCH_NGX_REDIS_POOL:-1024}
@@ -45,7 +48,7 @@ elif [ -z "$LUA_SO" ] || [ -z "$NDK_SO" ]; then
   STATUS[nginx-lua]="lua-nginx-module not installed (apt-get install libnginx-mod-http-lua)"
 else
   free_port nginx
-  start_nginx nginx "$PROXY_CPU" nginx-redis.conf.in PORT="${PORT[nginx]}" RPORT="${PORT[redis]}" \
+  start_nginx nginx gw nginx-redis.conf.in PORT="${PORT[nginx]}" RPORT="${PORT[redis]}" \
     RPOOL="$RPOOL" NDK_MODULE="$NDK_SO" LUA_MODULE="$LUA_SO"
   TURL[nginx-lua]="http://127.0.0.1:${PORT[nginx]}/"
 fi
@@ -60,7 +63,7 @@ else
   free_port moongate
   subst "$BENCH_DIR/peers/moongate-redis.lua.in" "$WORK/moongate.lua" \
     PORT="${PORT[moongate]}" RPORT="${PORT[redis]}"
-  start_bg moongate "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/moongate.lua"
+  start_bg moongate gw "$MOONGATE_BIN" -c "$WORK/moongate.lua"
   TURL[moongate]="http://127.0.0.1:${PORT[moongate]}/"
 fi
 
@@ -101,7 +104,7 @@ REPORT="$WORK/section.md"
   echo
   echo "### moongate against nginx-lua"
   echo
-  compare_header "moongate req/s" "nginx-lua req/s" "target ≥ 1.00×"
+  compare_header moongate nginx-lua "target ≥ 1.00×"
   res=()
   for c in $CONNS; do compare_row "moongate / nginx-lua" moongate nginx-lua "$c" 1.00; res+=("$CMP_RESULT"); done
   echo
@@ -122,6 +125,7 @@ REPORT="$WORK/section.md"
   echo '```sh'
   echo "# $RUN_CMD"
   echo "ulimit -n $NOFILE; TMP=\$(mktemp -d)    # every process runs from its own copy of the template, ports substituted"
+  echo "# each gateway: $(cap_note); its processes start inside it"
   echo "${CMD[redis]}"
   echo "redis-cli -p \$RPORT set k '$VALUE'"
   [ -n "${CMD[nginx]:-}" ] && echo "${CMD[nginx]}"

@@ -9,13 +9,15 @@ set -uo pipefail
 BENCH_NAME=workers
 LOAD_DESC="the upstream"
 DEFAULT_CONNS="50 1000"
+DEFAULT_CPU_LIMIT=0   # two workers on two CPUs: uncapped, cgroups for CPU per request only
+PIVOTS="mg2"
 export BENCH_PROXY_CPU=${BENCH_PROXY_CPU:-0,1}
 export BENCH_LOAD_CPU=${BENCH_LOAD_CPU:-0,1}
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
-command -v "$NGINX" >/dev/null || die "nginx not found (sh .ci/deps)"
+command -v "$NGINX" >/dev/null || die "nginx not found (make deps-bench)"
 
 free_port upstream
 start_nginx upstream "$LOAD_CPU" upstream-echo-nginx.conf.in PORT="${PORT[upstream]}"
@@ -24,7 +26,7 @@ if ! wait_http upstream "$UP/"; then proc_failed upstream; die "upstream nginx: 
 check_http "$UP/" 200 "hello world" || die "upstream nginx: $CHECK_ERR"
 
 free_port nginx
-start_nginx nginx "$PROXY_CPU" nginx-proxy2.conf.in PORT="${PORT[nginx]}" UPPORT="${PORT[upstream]}"
+start_nginx nginx gw nginx-proxy2.conf.in PORT="${PORT[nginx]}" UPPORT="${PORT[upstream]}"
 add_target nginx2 nginx "http://127.0.0.1:${PORT[nginx]}/"
 
 add_target mg2 moongate "http://127.0.0.1:0/"
@@ -33,7 +35,7 @@ if [ -x "$MOONGATE_BIN" ]; then
   free_port moongate
   subst "$BENCH_DIR/peers/moongate2.lua.in" "$WORK/moongate.lua" \
     PORT="${PORT[moongate]}" UPPORT="${PORT[upstream]}"
-  start_bg moongate "$PROXY_CPU" "$MOONGATE_BIN" -c "$WORK/moongate.lua"
+  start_bg moongate gw "$MOONGATE_BIN" -c "$WORK/moongate.lua"
   TURL[mg2]="http://127.0.0.1:${PORT[moongate]}/"
 else
   STATUS[mg2]="not built ($MOONGATE_BIN missing)"
@@ -66,7 +68,7 @@ REPORT="$WORK/section.md"
   echo
   echo "### moongate against nginx"
   echo
-  compare_header "moongate req/s" "nginx req/s" "ratio"
+  compare_header mg2 nginx2 "ratio"
   for c in $CONNS; do compare_row "mg2 / nginx2" mg2 nginx2 "$c" ""; done
   echo
   echo "### Commands"

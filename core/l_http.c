@@ -1,5 +1,6 @@
 /* moongate.http (gw.http): request{ method, url, headers, body, timeout,
- * max_body, tls_verify } -> { status, headers, headers_list, body } or
+ * max_body, tls_verify } -> { status, headers, headers_list,
+ * repeated_headers, body } or
  * nil, err. http:// and https:// (verified against the system CA store
  * unless tls_verify = false).
  *
@@ -243,7 +244,11 @@ static void push_response(lua_State *L, const mg_hc_t *hc)
         luaL_addchar(&raw, '\0');
     }
     luaL_pushresult(&raw);
-    /* headers[lower(name)], repeated ones joined with ", " */
+    /* headers[lower(name)], repeated ones joined with ", "; and for those,
+     * repeated_headers[lower(name)] = { value1, value2, ... } (the field is
+     * there only when some name repeats: most responses cost nothing) */
+    int hi = lua_gettop(L) - 1, mi = hi + 2;
+    lua_pushnil(L); /* repeated_headers, once needed */
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
         char lower[128];
@@ -263,7 +268,24 @@ static void push_response(lua_State *L, const mg_hc_t *hc)
             luaL_pushresultsize(&b, n.n);
         }
         lua_pushvalue(L, -1);
-        if (lua_rawget(L, -4) == LUA_TSTRING) {
+        if (lua_rawget(L, hi) == LUA_TSTRING) { /* stack: name, value so far */
+            if (lua_isnil(L, mi)) {
+                lua_newtable(L);
+                lua_replace(L, mi);
+            }
+            lua_pushvalue(L, -2);
+            if (lua_rawget(L, mi) != LUA_TTABLE) { /* the second field: the first is ours */
+                lua_pop(L, 1);
+                lua_createtable(L, 2, 0);
+                lua_pushvalue(L, -2);
+                lua_rawseti(L, -2, 1);
+                lua_pushvalue(L, -3);
+                lua_pushvalue(L, -2);
+                lua_rawset(L, mi);
+            }
+            lua_pushlstring(L, v.p, v.n);
+            lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+            lua_pop(L, 1);
             lua_pushliteral(L, ", ");
             lua_pushlstring(L, v.p, v.n);
             lua_concat(L, 3);
@@ -271,8 +293,12 @@ static void push_response(lua_State *L, const mg_hc_t *hc)
             lua_pop(L, 1);
             lua_pushlstring(L, v.p, v.n);
         }
-        lua_rawset(L, -4);
+        lua_rawset(L, hi);
     }
+    if (lua_isnil(L, mi))
+        lua_pop(L, 1);
+    else
+        lua_setfield(L, hi - 1, "repeated_headers");
     /* stack: res, headers, raw */
     lua_createtable(L, 1, 1); /* this response's metatable */
     lua_insert(L, -2);

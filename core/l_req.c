@@ -124,9 +124,53 @@ static void push_headers(lua_State *L, const mg_h1_head_t *h, const mg_edits_t *
         if (e->v[i].value == NULL)
             continue;
         push_lower(L, (mg_str_t){ e->v[i].name, e->v[i].name_len });
+        if (e->multi) { /* a header set to several values: joined too */
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, t) == LUA_TSTRING) {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, e->v[i].value, e->v[i].value_len);
+                lua_concat(L, 3);
+                lua_rawset(L, t);
+                continue;
+            }
+            lua_pop(L, 1);
+        }
         lua_pushlstring(L, e->v[i].value, e->v[i].value_len);
         lua_rawset(L, t);
     }
+}
+
+/* A list value for set_header at index 3 (one header field per item):
+ * raises unless every item is a string or a number without CR, LF or NUL;
+ * returns the length. */
+static lua_Integer check_list(lua_State *L)
+{
+    lua_Integer len = (lua_Integer)lua_rawlen(L, 3);
+    for (lua_Integer i = 1; i <= len; i++) {
+        size_t vn;
+        int t = lua_rawgeti(L, 3, i);
+        const char *v = t == LUA_TNUMBER || t == LUA_TSTRING ? lua_tolstring(L, -1, &vn) : NULL;
+        if (v == NULL)
+            luaL_argerror(L, 3, "list items must be strings or numbers");
+        luaL_argcheck(L, valid_value(v, vn), 3, "header value contains CR, LF or NUL");
+        lua_pop(L, 1);
+    }
+    return len;
+}
+
+/* Sets header `n` to the checked list at index 3: one edit per item; an
+ * empty list removes the header. 0 or MG_ENOMEM. */
+static int set_list(lua_State *L, mg_edits_t *e, const char *n, size_t nn, lua_Integer len)
+{
+    int rc = len ? MG_OK : mg_edits_set(e, n, nn, NULL, 0);
+    for (lua_Integer i = 1; i <= len && rc == MG_OK; i++) {
+        size_t vn;
+        lua_rawgeti(L, 3, i);
+        const char *v = lua_tolstring(L, -1, &vn);
+        rc = i == 1 ? mg_edits_set(e, n, nn, v, vn) : mg_edits_add(e, n, nn, v, vn);
+        lua_pop(L, 1);
+    }
+    return rc;
 }
 
 /* Builds the body at idx: nil, a string, or a list of strings. */
@@ -249,10 +293,16 @@ static int l_set_header(lua_State *L)
     mg_req_t *r = check_req(L);
     size_t nn, vn;
     const char *n = check_name(L, 2, &nn);
-    if (lua_isnumber(L, 3))
-        lua_tostring(L, 3);
-    const char *v = check_value(L, 3, &vn);
-    if (mg_edits_set(&r->edits, n, nn, v, vn) != MG_OK)
+    int rc;
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        rc = set_list(L, &r->edits, n, nn, check_list(L));
+    } else {
+        if (lua_isnumber(L, 3))
+            lua_tostring(L, 3);
+        const char *v = check_value(L, 3, &vn);
+        rc = mg_edits_set(&r->edits, n, nn, v, vn);
+    }
+    if (rc != MG_OK)
         return luaL_error(L, "out of memory");
     return 0;
 }
@@ -664,7 +714,10 @@ static int res_edit(lua_State *L, int set)
     size_t nn, vn = 0;
     const char *n = check_name(L, 2, &nn);
     const char *v = NULL;
-    if (set) {
+    lua_Integer list = -1;
+    if (set && lua_type(L, 3) == LUA_TTABLE) {
+        list = check_list(L);
+    } else if (set) {
         if (lua_isnumber(L, 3))
             lua_tostring(L, 3);
         v = check_value(L, 3, &vn);
@@ -674,7 +727,9 @@ static int res_edit(lua_State *L, int set)
         lua_pushliteral(L, "response headers already sent");
         return 2;
     }
-    if (mg_edits_set(&r->res_edits, n, nn, v, vn) != MG_OK)
+    int rc = list >= 0 ? set_list(L, &r->res_edits, n, nn, list)
+                       : mg_edits_set(&r->res_edits, n, nn, v, vn);
+    if (rc != MG_OK)
         return luaL_error(L, "out of memory");
     lua_pushboolean(L, 1);
     return 1;

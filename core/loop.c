@@ -3,6 +3,7 @@
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
+#include "notify.h"
 #include "req.h"
 #include "server.h"
 #include "tls.h"
@@ -253,7 +254,7 @@ static void reopen_access_log(mg_loop_t *loop)
     open_access_log(loop);
 }
 
-int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
+static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
 {
     mg_gen_t *old = loop->gen;
     mg_gen_ref(old);
@@ -290,6 +291,18 @@ int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
     setup_watch(loop);
     mg_log_info("reloaded: generation %u", loop->gen->id);
     return 0;
+}
+
+int mg_loop_reload(mg_loop_t *loop, char *err, size_t errlen)
+{
+    /* the single process tells systemd (Type=notify) a reload is running;
+     * a worker's reload is the master's to report */
+    if (!loop->master_pid)
+        mg_notify_reloading();
+    int rc = reload_gen(loop, err, errlen);
+    if (!loop->master_pid)
+        mg_notify_ready();
+    return rc;
 }
 
 int mg_loop_request_reload(mg_loop_t *loop, char *err, size_t errlen)
@@ -458,6 +471,8 @@ void mg_loop_stop(mg_loop_t *loop)
     if (loop->stopping)
         return;
     loop->stopping = 1;
+    if (!loop->master_pid)
+        mg_notify("STOPPING=1");
     for (int i = 0; i < loop->nlisteners; i++)
         mg_srv_close(loop->listeners[i]);
     clear_watch(loop);
@@ -639,6 +654,8 @@ int mg_loop_run(mg_loop_t *loop)
     setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
                 (int)getpid(), loop->worker_index, loop->gen->id);
+    if (!loop->master_pid)
+        mg_notify_ready(); /* listeners bound: systemd's Type=notify start ends */
     ev_run(loop->ev, 0);
     mg_log_info("stopped");
     return loop->exit_code;

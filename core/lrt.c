@@ -1,5 +1,6 @@
 #include "lrt.h"
 #include "conn.h"
+#include "home.h"
 #include "l_bindings.h"
 #include "log.h"
 #include "loop.h"
@@ -12,10 +13,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
-
-#ifndef MG_SOURCE_DIR
-#define MG_SOURCE_DIR "."
-#endif
 
 
 #define HOOK_EVERY 1000  /* instructions between count-hook calls */
@@ -103,25 +100,14 @@ static void count_hook(lua_State *co, lua_Debug *ar)
     luaL_error(co, "execution timeout: plugin exceeded its instruction budget");
 }
 
-static const char *lua_dir(void)
-{
-    const char *d = getenv("MOONGATE_LUA_DIR");
-    return d ? d : MG_SOURCE_DIR "/lua";
-}
-
-static const char *plugin_dir(void)
-{
-    const char *d = getenv("MOONGATE_PLUGIN_DIR");
-    return d ? d : MG_SOURCE_DIR "/plugins";
-}
-
 static int boot(lua_State *L)
 {
     mg_loop_t *loop = lua_touserdata(L, 1);
+    const mg_home_t *home = lua_touserdata(L, 2);
     luaL_openlibs(L);
     /* package.path: the runtime first */
     lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;", lua_dir());
+    lua_pushfstring(L, "%s/?.lua;", home->lua);
     lua_getfield(L, -2, "path");
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
@@ -138,7 +124,7 @@ static int boot(lua_State *L)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate.runtime");
     lua_call(L, 1, 1);
-    lua_pushstring(L, plugin_dir());
+    lua_pushstring(L, home->plugins);
     lua_setfield(L, -2, "bundled_dir");
     lua_getfield(L, -1, "run");
     lua_setfield(L, LUA_REGISTRYINDEX, "mg_run");
@@ -153,21 +139,34 @@ static int boot(lua_State *L)
 
 lua_State *mg_lrt_new(mg_loop_t *loop)
 {
-    lua_State *L = lua_newstate(l_alloc, loop);
-    if (L == NULL)
+    mg_home_t *home = malloc(sizeof *home);
+    if (home == NULL)
         return NULL;
+    if (mg_home_find(home) != 0) {
+        mg_log_error("cannot find the bundled Lua runtime in %s: %s", home->lua, home->from);
+        free(home);
+        return NULL;
+    }
+    lua_State *L = lua_newstate(l_alloc, loop);
+    if (L == NULL) {
+        free(home);
+        return NULL;
+    }
     lua_atpanic(L, panic);
     *(mg_req_t **)lua_getextraspace(L) = NULL;
     /* match functions run on the main thread: the budget applies there too */
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     lua_pushcfunction(L, boot);
     lua_pushlightuserdata(L, loop);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        mg_log_error("cannot start the Lua runtime (from %s): %s", lua_dir(),
+    lua_pushlightuserdata(L, home);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        mg_log_error("cannot start the Lua runtime (from %s): %s", home->lua,
                      lua_tostring(L, -1));
         lua_close(L);
+        free(home);
         return NULL;
     }
+    free(home);
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run");
     loop->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run_log");

@@ -1,4 +1,5 @@
-/* moongate [-c FILE] | -t -c FILE | --version */
+/* moongate [-c FILE] | -t [-c FILE] | --script FILE [ARGS] | --version | --help */
+#include "home.h"
 #include "log.h"
 #include "loop.h"
 #include "lrt.h"
@@ -14,10 +15,52 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moongate [-c FILE]     run (FILE defaults to ./moongate.lua)\n"
-               "       moongate -t -c FILE    check the config and plugins\n"
-               "       moongate --script FILE [ARGS]  run a Lua file inside the runtime\n"
-               "       moongate --version\n");
+    fprintf(f,
+            "usage: moongate [-c FILE]              run (FILE defaults to ./moongate.lua)\n"
+            "       moongate -t [-c FILE]           check the config and its plugins\n"
+            "       moongate --script FILE [ARGS]   run a Lua file inside the runtime\n"
+            "       moongate --version | --help\n"
+            "\n"
+            "options:\n"
+            "  -c FILE          the config file (a Lua file returning a table)\n"
+            "  -t               load and check FILE and every plugin it names, print OK or\n"
+            "                   file:line: why, exit 0 or 1; serves nothing\n"
+            "  --script FILE [ARGS]\n"
+            "                   run FILE in the gateway's Lua runtime (gw.* available,\n"
+            "                   e.g. --script /usr/bin/busted for plugin tests); ARGS go to\n"
+            "                   FILE's arg table\n"
+            "  -v, --version    print the version\n"
+            "  -h, --help       print this help\n"
+            "\n"
+            "signals (in multi-worker mode, to the master: it forwards them):\n"
+            "  HUP              reload config and plugins (no connection dropped), reopen\n"
+            "                   the access log\n"
+            "  TERM, INT        graceful stop: stop accepting, finish in-flight requests\n"
+            "                   within limits.drain_timeout, exit 0\n"
+            "  second INT       stop at once\n"
+            "\n"
+            "environment:\n"
+            "  MOONGATE_LOG_LEVEL   error, warn, info (default) or debug\n"
+            "  MOONGATE_HOME        folder holding the bundled lua/ and plugins/\n"
+            "                       (default: ../share/moongate from the binary's folder)\n"
+            "  MOONGATE_LUA_DIR, MOONGATE_PLUGIN_DIR   override one of the two\n"
+            "  NOTIFY_SOCKET        set by systemd (Type=notify): READY=1, RELOADING=1 and\n"
+            "                       STOPPING=1 are sent to it\n"
+            "\n");
+    mg_home_t *home = malloc(sizeof *home);
+    if (home == NULL)
+        return;
+    int found = mg_home_find(home) == 0;
+    fprintf(f,
+            "files:\n"
+            "  Lua runtime        %s\n"
+            "  bundled plugins    %s\n"
+            "                     (%s%s)\n"
+            "  config             ./moongate.lua unless -c names another\n"
+            "\n"
+            "moongate(8) has the details; doc/ in the source tree has the manuals.\n",
+            home->lua, home->plugins, found ? "found " : "NOT FOUND: ", home->from);
+    free(home);
 }
 
 int main(int argc, char **argv)

@@ -3,6 +3,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "notify.h"
 #include "server.h"
 
 #include <errno.h>
@@ -374,6 +375,8 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
     fflush(stdout);
     for (int i = 0; i < nworkers; i++)
         spawn(m, i);
+    /* sockets bound (connections queue from now on) and workers forked */
+    mg_notify_ready();
     int exit_code = 0;
     for (;;) {
         if (m->stopping && running(m) == 0)
@@ -405,8 +408,11 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
             reap(m);
             break;
         case SIGHUP:
-            if (!m->stopping)
+            if (!m->stopping) {
+                mg_notify_reloading();
                 reload(m);
+                mg_notify_ready();
+            }
             break;
         case SIGTERM:
         case SIGINT:
@@ -418,6 +424,7 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
             if (!m->stopping) {
                 mg_log_info("signal %d: stopping %d workers gracefully", sig, running(m));
                 m->stopping = 1;
+                mg_notify("STOPPING=1");
                 /* refuse new connections now: the workers close theirs too */
                 for (int i = 0; i < m->nfds; i++)
                     close(m->fds[i]);

@@ -16,7 +16,9 @@
 typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_req mg_req_t;
 
-/* A header set (value) or removed (value NULL) by Lua. Owned strings. */
+/* A header set (value) or removed (value NULL) by Lua. Owned strings.
+ * A header set to several values (req:set_header(name, {a, b})) is one
+ * edit per value, each sent as its own field; those all have values. */
 typedef struct mg_hdr_edit {
     char *name;
     char *value;
@@ -26,6 +28,7 @@ typedef struct mg_hdr_edit {
 typedef struct mg_edits {
     mg_hdr_edit_t *v;
     int n, cap;
+    int multi; /* some name has more than one edit (mg_edits_add) */
 } mg_edits_t;
 
 /* The single pending-operation slot of a request coroutine (STYLE.md b).
@@ -143,9 +146,13 @@ void mg_req_maybe_free(mg_req_t *r);
 /* Value of the request header `name` (edits included), or p == NULL. */
 mg_str_t mg_req_header(const mg_req_t *r, const char *name);
 
-/* Header edits: set (value != NULL) or remove. 0 or MG_ENOMEM. */
+/* Header edits: set (value != NULL) or remove; replaces every earlier edit
+ * of that name. 0 or MG_ENOMEM. */
 int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);
-/* The edit for name, or NULL. */
+/* One more field with that name after mg_edits_set gave it a value (if it
+ * has none, this is mg_edits_set). 0 or MG_ENOMEM. */
+int mg_edits_add(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);
+/* The (first) edit for name, or NULL. */
 const mg_hdr_edit_t *mg_edits_find(const mg_edits_t *e, const char *name, size_t nn);
 void mg_edits_free(mg_edits_t *e);
 

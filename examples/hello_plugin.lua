@@ -6,12 +6,15 @@
 --   curl -i -H 'X-Api-Key: k-alice' localhost:8080/me  -- 200 hello alice
 --   curl -i -H 'X-Api-Key: k-bob' localhost:8080/app/  -- proxied, X-User: bob
 --   curl -i localhost:8080/app/                        -- proxied, X-User: anonymous
+-- Ports from the environment (examples/README.md), else the usual ones:
+local port = os.getenv("MOONGATE_PORT") or "8080"           -- the gateway
+local upstream_port = os.getenv("UPSTREAM_PORT") or "9000"  -- the demo upstream
 return {
-  listen = { { addr = "127.0.0.1:8080" } },
+  listen = { { addr = "127.0.0.1:" .. port } },
   access_log = "stdout",
   plugin_path = { "plugins" },         -- relative to this file: examples/plugins
   upstreams = {
-    demo = { servers = { "127.0.0.1:9000" } },
+    demo = { servers = { "127.0.0.1:" .. upstream_port } },
   },
   routes = {
     { name = "me", match = { path = "/me" },

@@ -7,14 +7,18 @@
 --   curl -i -H "Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.UixtVIMi8w4GH7-wbyRtpmwQ_4qWLVw9jH1D45rn9jI" localhost:8080/api/
 --                                       -- 200, proxied with X-User: alice
 --   curl -s localhost:9901/metrics      -- Prometheus metrics (admin listener)
+-- Ports from the environment (examples/README.md), else the usual ones:
+local port = os.getenv("MOONGATE_PORT") or "8080"           -- the gateway
+local upstream_port = os.getenv("UPSTREAM_PORT") or "9000"  -- the demo upstream
+local admin_port = os.getenv("ADMIN_PORT") or "9901"        -- the admin API
 return {
   workers = 1,
-  listen = { { addr = "127.0.0.1:8080" } },
-  admin = { addr = "127.0.0.1:9901" },
+  listen = { { addr = "127.0.0.1:" .. port } },
+  admin = { addr = "127.0.0.1:" .. admin_port },
   access_log = "stdout",
   limits = { max_body_bytes = 1048576, header_timeout = 10, idle_timeout = 60 },
   upstreams = {
-    demo = { servers = { "127.0.0.1:9000" }, keepalive = 16, connect_timeout = 1,
+    demo = { servers = { "127.0.0.1:" .. upstream_port }, keepalive = 16, connect_timeout = 1,
              read_timeout = 10, retries = 1 },
   },
   routes = {

@@ -5,18 +5,53 @@
 -- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
 -- response headers into it; anything else is the answer the client gets.
 local util = require "moongate.plugin_util"
+local rawget = rawget
 
-local HOP = {
-  ["connection"] = true, ["keep-alive"] = true, ["proxy-authenticate"] = true,
-  ["proxy-authorization"] = true, ["te"] = true, ["trailer"] = true, ["trailers"] = true,
-  ["transfer-encoding"] = true, ["upgrade"] = true, ["content-length"] = true,
-  ["host"] = true, ["proxy-connection"] = true,
+-- Not sent to the auth server: hop-by-hop headers (RFC 9110 7.6.1), and
+-- Host and Content-Length, which are the auth request's own. Like Traefik,
+-- Proxy-Authorization and Proxy-Authenticate do go (RFC 9110 11.7.2: a
+-- proxy may use them for its own authentication).
+local REQ_DROP = {
+  ["connection"] = true, ["keep-alive"] = true, ["te"] = true, ["trailer"] = true,
+  ["trailers"] = true, ["transfer-encoding"] = true, ["upgrade"] = true,
+  ["proxy-connection"] = true, ["content-length"] = true, ["host"] = true,
+}
+
+-- With trust_forward_header = false, also every X-Forwarded-* (and
+-- X-Real-Ip, X-Scheme) header the client sent, in any spelling with "_"
+-- for "-" ("x_forwarded_for", "x-forwarded_prefix"...): the ones we set are
+-- then ours alone, and a client cannot pass an X-Forwarded-Prefix of its
+-- choosing, nor fool a back end that reads "_" as "-" (CGI, WSGI). As
+-- Traefik (its managed X- headers). All spellings are listed here, so the
+-- request path does one table lookup per header.
+local REQ_DROP_UNTRUSTED = {}
+for k in pairs(REQ_DROP) do REQ_DROP_UNTRUSTED[k] = true end
+local function spellings(name, from)
+  local i = name:find("-", from, true)
+  if not i then
+    REQ_DROP_UNTRUSTED[name] = true
+    return
+  end
+  spellings(name, i + 1)
+  spellings(name:sub(1, i - 1) .. "_" .. name:sub(i + 1), i + 1)
+end
+for _, name in ipairs { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
+                        "x-forwarded-uri", "x-forwarded-for", "x-forwarded-port",
+                        "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme",
+                        "x-forwarded-tls-client-cert", "x-forwarded-tls-client-cert-info",
+                        "x-real-ip", "x-scheme" } do
+  spellings(name, 1)
+end
+
+-- Not passed from a denial to the client (as Traefik: hop-by-hop ones; the
+-- framing is the gateway's). Proxy-Authenticate and the rest go through.
+local RES_DROP = {
+  ["connection"] = true, ["keep-alive"] = true, ["te"] = true, ["trailer"] = true,
+  ["trailers"] = true, ["transfer-encoding"] = true, ["upgrade"] = true,
+  ["proxy-connection"] = true, ["content-length"] = true,
 }
 
 local NONE = {}
-
-local FORWARDED = { "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
-                    "x-forwarded-uri", "x-forwarded-for", "x-forwarded-port" }
 
 -- Traefik's regex options are Go regexps; plain header-name patterns
 -- ("^X-Auth-.*", "X-User|X-Email" is not supported) are translated to Lua
@@ -157,9 +192,10 @@ return {
       for token in connection:gmatch("[^,%s]+") do listed[token:lower()] = true end
     end
     local allow = conf._request_set
+    local drop = conf.trust_forward_header and REQ_DROP or REQ_DROP_UNTRUSTED
     local headers = req:headers() -- a fresh table, ours to edit
     for name in pairs(headers) do
-      if HOP[name] or listed[name] or (allow ~= nil and not allow[name]) then
+      if drop[name] or listed[name] or (allow ~= nil and not allow[name]) then
         headers[name] = nil -- allowed while traversing
       end
     end
@@ -168,21 +204,25 @@ return {
     local query = req.query
     if query ~= "" then uri = uri .. "?" .. query end
     local remote = req.remote_addr
-    headers["x-forwarded-method"] = req.method
     local scheme = req.scheme
-    headers["x-forwarded-proto"] = scheme
-    headers["x-forwarded-host"] = host
-    headers["x-forwarded-uri"] = uri
-    headers["x-forwarded-for"] = remote
-    headers["x-forwarded-port"] = host:match(":(%d+)$") or (scheme == "https" and "443" or "80")
+    local port = host:match(":(%d+)$") or (scheme == "https" and "443" or "80")
     if conf.trust_forward_header then
-      for i = 1, #FORWARDED do
-        local name = FORWARDED[i]
-        local theirs = req:header(name)
-        if theirs then
-          headers[name] = name == "x-forwarded-for" and (theirs .. ", " .. remote) or theirs
-        end
-      end
+      -- the client's X-Forwarded-* (those the allow-list let through) win;
+      -- we fill in the missing ones and append to X-Forwarded-For
+      local xff = headers["x-forwarded-for"]
+      headers["x-forwarded-for"] = xff and (xff .. ", " .. remote) or remote
+      headers["x-forwarded-method"] = headers["x-forwarded-method"] or req.method
+      headers["x-forwarded-proto"] = headers["x-forwarded-proto"] or scheme
+      headers["x-forwarded-host"] = headers["x-forwarded-host"] or host
+      headers["x-forwarded-uri"] = headers["x-forwarded-uri"] or uri
+      headers["x-forwarded-port"] = headers["x-forwarded-port"] or port
+    else
+      headers["x-forwarded-method"] = req.method
+      headers["x-forwarded-proto"] = scheme
+      headers["x-forwarded-host"] = host
+      headers["x-forwarded-uri"] = uri
+      headers["x-forwarded-for"] = remote
+      headers["x-forwarded-port"] = port
     end
 
     local body
@@ -201,16 +241,18 @@ return {
     if not res then return fail(conf, req, err) end
 
     if res.status >= 200 and res.status < 300 then
-      -- copied = { name1, value1, name2, value2, ... }; repeated headers
-      -- arrive joined with ", " (res.headers)
-      local copied, rh = {}, res.headers
+      -- copied = { name1, value1, name2, value2, ... }; a value is a list
+      -- when the auth server sent that header more than once: each field
+      -- reaches the upstream as sent, as in Traefik
+      local copied, rh, rep = {}, res.headers, rawget(res, "repeated_headers")
       local listed = conf.auth_response_headers
       if listed then
         for i = 1, #listed do
-          local value = rh[conf._response_lower[i]]
+          local lname = conf._response_lower[i]
+          local value = rh[lname]
           if value then
             copied[#copied + 1] = listed[i]
-            copied[#copied + 1] = value
+            copied[#copied + 1] = rep and rep[lname] or value
           end
         end
       end
@@ -218,7 +260,7 @@ return {
         for name, value in pairs(rh) do
           if not conf._response_set[name] and name:match(conf._pattern) then
             copied[#copied + 1] = name
-            copied[#copied + 1] = value
+            copied[#copied + 1] = rep and rep[name] or value
           end
         end
       end
@@ -229,23 +271,25 @@ return {
     if res.status == 401 and conf.auth_signin_url then
       return req:respond(302, "", { Location = conf.auth_signin_url })
     end
-    local out = {}
-    local list = res.headers_list
-    if not list then
-      list = {}
-      for name, value in pairs(res.headers) do list[#list + 1] = { name, value } end
-    end
-    for _, h in ipairs(list) do
-      local lname = h[1]:lower()
-      if not HOP[lname] then
-        local value = h[2]
-        if lname == "location" and not conf.preserve_location_header then
-          value = absolute_location(value, conf.address)
+    -- a denial: the auth server's headers go to the client, but hop-by-hop
+    -- and framing ones; one Location, made absolute unless preserved
+    local out, location = {}, nil
+    for _, h in ipairs(res.headers_list) do
+      local name = h[1]
+      local lname = name:lower()
+      if lname == "location" then
+        if not location then
+          location = h[2]
+          if not conf.preserve_location_header then
+            location = absolute_location(location, conf.address)
+          end
+          out[name] = location
         end
-        local cur = out[h[1]]
-        if cur == nil then out[h[1]] = value
+      elseif not RES_DROP[lname] then
+        local value, cur = h[2], out[name]
+        if cur == nil then out[name] = value
         elseif type(cur) == "table" then cur[#cur + 1] = value
-        else out[h[1]] = { cur, value } end
+        else out[name] = { cur, value } end
       end
     end
     -- a cors grant made earlier on the route (plugin_util.json_error does

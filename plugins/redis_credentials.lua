@@ -18,8 +18,14 @@ local function token_of(conf, req)
   -- find: base64 has no dots, a JWT always has two)
   if raw:find(".", 1, true) then return raw end
   local token = gw.base64.decode(raw)
-  -- `echo "$jwt" | base64` also encodes the newline
-  return token and util.trim(token)
+  if not token then return nil end
+  -- `echo "$jwt" | base64` also encodes the newline, and hyper-auth-proxy's
+  -- own clients encode the JWT in double quotes (it strips them, src/lib.rs)
+  token = util.trim(token)
+  if #token >= 2 and token:byte(1) == 34 and token:byte(-1) == 34 then
+    token = token:sub(2, -2)
+  end
+  return token
 end
 
 local function decrypt(conf, stored)
@@ -123,7 +129,16 @@ function M.access(conf, req)
     gw.log("error", "redis_credentials: credentials could not be decrypted")
     return json_error(req, 500, "credentials could not be decrypted")
   end
-  req:set_header(conf.header, "Basic " .. (conf.encode and gw.base64.encode(creds) or creds))
+  -- stored with `echo`: one trailing newline is dropped, as hyper-auth-proxy
+  -- does (set_basic_auth)
+  if creds:byte(-1) == 10 then creds = creds:sub(1, -2) end
+  if conf.encode then
+    creds = gw.base64.encode(creds)
+  elseif creds:find("[\0\r\n]") then -- as stored, they must fit in a header
+    gw.log("error", "redis_credentials: credentials contain CR, LF or NUL (encode = false)")
+    return json_error(req, 500, "invalid credentials")
+  end
+  req:set_header(conf.header, "Basic " .. creds)
   -- the token cookie stays here, also when a jwt plugin read the token
   if conf.source == "cookie" and conf.strip_cookie then
     req:remove_cookie(conf.cookie)

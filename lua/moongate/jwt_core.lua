@@ -120,6 +120,17 @@ end
 function M.jwk_to_key(jwk)
   if type(jwk) ~= "table" then return nil, "not an object" end
   if jwk.use ~= nil and jwk.use ~= "sig" then return nil, "not a signing key" end
+  -- RFC 7517 4.3: a key whose key_ops are given may do only those
+  local ops = jwk.key_ops
+  if ops ~= nil then
+    local verify = false
+    if type(ops) == "table" then
+      for _, op in ipairs(ops) do
+        if op == "verify" then verify = true end
+      end
+    end
+    if not verify then return nil, "not a verification key (key_ops)" end
+  end
   local kty, key = jwk.kty, nil
   if kty == "RSA" then
     local n, e = b64field(jwk, "n"), b64field(jwk, "e")

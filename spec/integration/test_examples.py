@@ -5,24 +5,27 @@ examples/README.md runs (its shell lines, with the ports moved to free ones)
 and every curl there answers the status its comment names; the complete
 configs and the plugin tests of doc/ pass.
 
-Each example runs from a copy of examples/ in the test's directory, with
-127.0.0.1:8080 (gateway), :9000 (demo upstream), :9901 (admin) and :6379
-(Redis) rewritten to free ports; the demo upstream is python3's http.server
-over examples/www (as `make run` starts it) where the README shows its
-output, else the echoing upstream.py, so the test can see what the upstream
-received."""
+Each example runs from a copy of examples/ in the test's directory, with its
+ports taken from the environment as the configs read them (MOONGATE_PORT,
+UPSTREAM_PORT, ADMIN_PORT, REDIS_PORT: free ports here; 8080, 9000, 9901 and
+6379 by default), and the README's commands rewritten to those ports; the demo
+upstream is python3's http.server over examples/www (as `make run` starts it)
+where the README shows its output, else the echoing upstream.py, so the test
+can see what the upstream received."""
 
 import base64
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import (REPO, Gateway, free_port, request, require_binary, stop_proc,
+from conftest import (REPO, Gateway, can_connect, free_port, request, require_binary, stop_proc,
                       wait_for, wait_listening)
 
 EXAMPLES = REPO / "examples"
@@ -41,8 +44,14 @@ class Ports:
     def __init__(self):
         self.gw, self.up, self.admin, self.redis = (free_port() for _ in range(4))
 
+    def env(self):
+        """The environment the example configs and run-quickstart.sh take
+        their ports from."""
+        return {"MOONGATE_PORT": str(self.gw), "UPSTREAM_PORT": str(self.up),
+                "ADMIN_PORT": str(self.admin), "REDIS_PORT": str(self.redis)}
+
     def rewrite(self, text):
-        """Moves the examples' fixed ports to this test's free ones."""
+        """Moves the default ports in README commands to this test's free ones."""
         text = re.sub(r"(127\.0\.0\.1|localhost):8080\b", r"\g<1>:%d" % self.gw, text)
         text = re.sub(r"(127\.0\.0\.1|localhost):9000\b", r"\g<1>:%d" % self.up, text)
         text = re.sub(r"(127\.0\.0\.1|localhost):9901\b", r"\g<1>:%d" % self.admin, text)
@@ -75,8 +84,7 @@ def example(tmp_path, ports):
         if not work.exists():
             shutil.copytree(EXAMPLES, work)
         cfg = work / name
-        cfg.write_text(ports.rewrite((EXAMPLES / name).read_text()))
-        g = Gateway(b, cfg, [ports.gw], tmp_path)
+        g = Gateway(b, cfg, [ports.gw], tmp_path, env=ports.env())
         started.append(g)
         wait_listening(ports.gw, g.proc, 15, "moongate", g.stderr_path)
         return g
@@ -245,6 +253,42 @@ def test_quickstart_upstream_gets_user(example, ports, procs):
     r = request(ports.gw, "GET", "/api/", headers=[("Authorization", "Bearer " + token),
                                                    ("X-User", "mallory")])
     assert upstream_saw(r)["x-user"] == "alice"
+
+
+def test_run_quickstart_script_takes_ports_from_env(ports, tmp_path):
+    """`make run`'s script (examples/run-quickstart.sh) starts the demo upstream
+    and moongate on the ports of the environment, not on fixed ones: a user
+    whose 8080 or 9000 is taken moves them with MOONGATE_PORT=... make run."""
+    b = require_binary()
+    env = dict(os.environ, **ports.env())
+    err = tmp_path / "run.stderr"
+    with open(tmp_path / "run.stdout", "wb") as out, open(err, "wb") as errf:
+        # a session of its own: the script, its upstream and moongate are
+        # stopped together, by this process group, at the end
+        p = subprocess.Popen(["bash", str(EXAMPLES / "run-quickstart.sh"), str(b)],
+                             cwd=str(tmp_path), env=env, stdout=out, stderr=errf,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_listening(ports.gw, p, 15, "run-quickstart.sh", err)
+        r = request(ports.gw, "GET", "/hello")
+        assert (r.status, r.body) == (200, b"Hello, World\n")
+        r = request(ports.gw, "GET", "/app/")
+        assert r.status == 200 and r.body == b"<h1>moongate demo upstream</h1>\n"
+        assert request(ports.admin, "GET", "/status").json()["workers"] == 1
+        out = (tmp_path / "run.stdout").read_text()
+        assert "demo upstream on 127.0.0.1:%d" % ports.up in out
+        assert "moongate on 127.0.0.1:%d" % ports.gw in out
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)  # Ctrl-C, as a user stops make run
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+    assert p.returncode == 0, err.read_text()
+    # the script stopped its upstream
+    wait_for(lambda: not can_connect(ports.up), what="the demo upstream to stop")
 
 
 # --------------------------------------------------------------------------

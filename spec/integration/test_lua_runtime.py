@@ -375,6 +375,38 @@ def test_set_and_remove_header_reach_the_upstream(gateway, upstream):
     assert up_header(d, "X-Seen") == "yes,nil,new,nil"
 
 
+def test_set_header_with_a_list_sends_one_field_per_value(gateway, upstream):
+    g = gateway(lua_config([route([hook(access="""
+        req:set_header("X-Group", { "g1", "g2", 3 })
+        req:set_header("X-Twice", { "a", "b" })
+        req:set_header("X-Twice", "once")          -- a plain set replaces all
+        req:set_header("X-Gone", { "a", "b" })
+        req:remove_header("X-Gone")
+        req:set_header("X-Empty", {})              -- an empty list removes
+        req:set_header("X-Replace", { "n1", "n2" })
+        local crlf = string.char(13, 10)
+        local ok, err = pcall(req.set_header, req, "X-Bad", { "ok", "bad" .. crlf .. "X-Inj: 1" })
+        local h = req:headers()
+        req:set_header("X-Seen", table.concat({ req:header("x-group"), h["x-group"],
+          h["x-twice"], tostring(h["x-gone"]), tostring(ok), tostring(req:header("x-bad")),
+          tostring(err):match("CR, LF or NUL") or tostring(err) }, "|"))
+    """, response="""
+        res:set_header("X-Res", { "r1", "r2" })
+    """)])], upstream))
+    r = request(g.port, "GET", "/echo", headers=[("X-Replace", "old"), ("X-Empty", "e"),
+                                                 ("X-Gone", "g")])
+    assert r.status == 200, r
+    d = r.json()
+    assert up_headers(d, "X-Group") == ["g1", "g2", "3"]
+    assert up_headers(d, "X-Twice") == ["once"]
+    assert up_headers(d, "X-Gone") == []
+    assert up_headers(d, "X-Empty") == []
+    assert up_headers(d, "X-Replace") == ["n1", "n2"]
+    assert up_headers(d, "X-Bad") == [] and up_headers(d, "X-Inj") == []
+    assert up_header(d, "X-Seen") == "g1|g1, g2, 3|once|nil|false|nil|CR, LF or NUL"
+    assert r.headers_all("X-Res") == ["r1", "r2"]
+
+
 def _hex_digest_lua():
     return ('local function hex(s) return (s:gsub(".", function(c) '
             'return string.format("%02x", c:byte()) end)) end ')

@@ -1,10 +1,13 @@
 """The bundled forward_auth plugin (Traefik ForwardAuth semantics) through the
 real gateway, a real auth server (authserver.py, in this process) and the
-test upstream: what the auth server receives (method, X-Forwarded-*, no
-hop-by-hop, allow-list, body), what the upstream receives on 2xx (auth
-response headers deleted then copied, by list and by pattern), denials passed
-through verbatim (Location made absolute, sign-in redirect), the body limit,
-status_on_error (refused, hanging) and the allow-decision cache."""
+test upstream: what the auth server receives (method, X-Forwarded-*, the
+client's forwarded family deleted in any spelling unless trusted, no
+hop-by-hop, Proxy-Authorization kept, allow-list, body), what the upstream
+receives on 2xx (auth response headers deleted then copied, by list and by
+pattern, a repeated one as separate fields), denials passed through (every
+header but hop-by-hop ones, Proxy-Authenticate included, one Location made
+absolute, sign-in redirect), the body limit, status_on_error (refused,
+hanging) and the allow-decision cache."""
 
 import time
 
@@ -95,7 +98,7 @@ def test_client_forwarded_headers_overwritten_unless_trusted(gateway, upstream, 
     g = fa_gateway(gateway, upstream,
                    ("/trust/", {"address": auth.url(), "trust_forward_header": True}),
                    ("/", {"address": auth.url()}))
-    spoof = [("X-Forwarded-Method", "PATCH"), ("X-Forwarded-Proto", "https"),
+    spoof = [("x-forwarded-method", "PATCH"), ("X-Forwarded-Proto", "https"),
              ("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Uri", "/admin"),
              ("X-Forwarded-For", "10.9.9.9"), ("X-Forwarded-Port", "444")]
     echo(request(g.port, "GET", "/plain?q=1", host="gw.example", headers=spoof))
@@ -118,8 +121,7 @@ def test_client_forwarded_headers_overwritten_unless_trusted(gateway, upstream, 
 
 
 HOP_BY_HOP = [("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Trailer", "X-T"),
-              ("Proxy-Authorization", "Basic cHJveHk6c2VjcmV0"),
-              ("Proxy-Authenticate", "Basic")]
+              ("Proxy-Connection", "keep-alive")]
 
 
 def test_hop_by_hop_headers_never_reach_the_auth_server(gateway, upstream, auth):
@@ -129,10 +131,70 @@ def test_hop_by_hop_headers_never_reach_the_auth_server(gateway, upstream, auth)
     names = {n.lower() for n, _ in auth.last()["headers"]}
     for n, _ in HOP_BY_HOP:
         assert n.lower() not in names, auth.last()["headers"]
-    assert "proxy-authorization" not in names
     assert values(auth.last()["headers"], "X-Kept") == ["1"]
     # what the auth server got as Connection (if anything) is its own, not the client's
     assert values(auth.last()["headers"], "Connection") in ([], ["keep-alive"], ["close"])
+
+
+def test_proxy_authorization_and_proxy_authenticate_reach_the_auth_server(
+        gateway, upstream, auth):
+    # Traefik forwards them on purpose (RFC 9110 11.7: the auth server may
+    # be the proxy's own authenticator); so does the main proxy path
+    g = fa_gateway(gateway, upstream, ("/", {"address": auth.url()}))
+    doc = echo(request(g.port, "GET", "/echo", headers=[
+        ("Proxy-Authorization", "Basic cHJveHk6c2VjcmV0"), ("Proxy-Authenticate", "Basic")]))
+    h = auth.last()["headers"]
+    assert values(h, "Proxy-Authorization") == ["Basic cHJveHk6c2VjcmV0"]
+    assert values(h, "Proxy-Authenticate") == ["Basic"]
+    assert values(doc["headers"], "Proxy-Authorization") == ["Basic cHJveHk6c2VjcmV0"]
+
+
+# The X-Forwarded-* family (and X-Real-Ip, X-Scheme) as a client may spell
+# it: underscores for dashes, in any position.
+SPOOFED = [("X_Forwarded_For", "10.6.6.6"), ("X-Forwarded_Host", "evil.example"),
+           ("X_Forwarded-Proto", "https"), ("x_forwarded_uri", "/admin"),
+           ("X_FORWARDED_METHOD", "PATCH"), ("X-Forwarded_Port", "1"),
+           ("X-Forwarded-Prefix", "/admin"), ("X_Forwarded_Prefix", "/admin"),
+           ("X-Forwarded-Server", "evil"), ("X-Forwarded-Tls-Client-Cert", "c"),
+           ("X_Forwarded_Tls_Client_Cert_Info", "i"), ("X-Real-Ip", "10.6.6.6"),
+           ("X_Real_IP", "10.6.6.6"), ("X-Scheme", "https"), ("X-Forwarded-Scheme", "https")]
+
+
+def forwarded_family(headers):
+    """{normalized name: [(name as received, value)]} of the X-Forwarded-*-like
+    headers received."""
+    out = {}
+    for n, v in headers:
+        k = n.lower().replace("_", "-")
+        if k.startswith("x-forwarded-") or k in ("x-real-ip", "x-scheme"):
+            out.setdefault(k, []).append((n.lower(), v))
+    return out
+
+
+def test_untrusted_client_forwarded_headers_in_any_spelling_never_reach_the_auth_server(
+        gateway, upstream, auth):
+    # Traefik (trustForwardHeader = false) deletes every X-Forwarded-* it
+    # manages, underscore spellings included, before setting its own
+    g = fa_gateway(gateway, upstream,
+                   ("/trust/", {"address": auth.url(), "trust_forward_header": True}),
+                   ("/", {"address": auth.url()}))
+    echo(request(g.port, "GET", "/plain", host="gw.example", headers=SPOOFED))
+    got = forwarded_family(auth.last()["headers"])
+    assert got == {
+        "x-forwarded-method": [("x-forwarded-method", "GET")],
+        "x-forwarded-proto": [("x-forwarded-proto", "http")],
+        "x-forwarded-host": [("x-forwarded-host", "gw.example")],
+        "x-forwarded-uri": [("x-forwarded-uri", "/plain")],
+        "x-forwarded-for": [("x-forwarded-for", "127.0.0.1")],
+        "x-forwarded-port": [("x-forwarded-port", "80")],
+    }, auth.last()["headers"]
+
+    # trusted: the client's (dash-spelled) ones go along
+    echo(request(g.port, "GET", "/trust/x", host="gw.example", headers=SPOOFED))
+    h = auth.last()["headers"]
+    assert values(h, "X-Forwarded-Prefix") == ["/admin"]
+    assert values(h, "X-Real-Ip") == ["10.6.6.6"]
+    assert values(h, "X-Forwarded-For") == ["127.0.0.1"]  # none sent with dashes
 
 
 def test_headers_named_in_connection_are_hop_by_hop_too(gateway, upstream, auth):
@@ -187,6 +249,52 @@ def test_auth_response_headers_regex(gateway, upstream, auth):
     assert values(h, "X-Auth-Role") == ["admin"]
     assert values(h, "X-Auth-Spoof") == []
     assert values(h, "X-Other") == []
+
+
+def test_auth_response_header_sent_twice_reaches_the_upstream_as_two_fields(
+        gateway, upstream, auth):
+    url = auth.url("/ok?h=X-Auth-Group:group1&h=X-Auth-Group:group2"
+                   "&h=X-Auth-One:a,%20b&h=X-Auth-Role:r1&h=X-Auth-Role:r2")
+    g = fa_gateway(gateway, upstream,
+                   ("/list/", {"address": url,
+                               "auth_response_headers": ["X-Auth-Group", "X-Auth-One"]}),
+                   ("/regex/", {"address": url, "auth_response_headers_regex": "^X-Auth-"}),
+                   ("/cached/", {"address": url, "cache_ttl": 30,
+                                 "cache_key": ["Authorization"],
+                                 "auth_response_headers": ["X-Auth-Group"]}))
+    spoof = [("X-Auth-Group", "admins"), ("X-Auth-Group", "root")]
+    for path in ("/list/echo", "/regex/echo", "/cached/echo", "/cached/echo"):
+        n_auth = auth.count()
+        doc = echo(request(g.port, "GET", path, headers=spoof + [("Authorization", "A")]))
+        h = doc["headers"]
+        assert values(h, "X-Auth-Group") == ["group1", "group2"], (path, h)
+        if path != "/cached/echo":
+            assert values(h, "X-Auth-One") == ["a, b"]  # one field with a comma stays one
+        if path == "/regex/echo":
+            assert values(h, "X-Auth-Role") == ["r1", "r2"]
+    assert n_auth == auth.count()  # the last one came from the cache
+
+
+def test_denial_passes_every_auth_header_but_hop_by_hop_ones(gateway, upstream, auth):
+    # Traefik copies the whole auth response head to the client, minus
+    # hop-by-hop headers; Proxy-Authenticate is the auth server's to send
+    q = ("&h=Proxy-Authenticate:Basic%20realm%3D%22proxy%22&h=WWW-Authenticate:Basic"
+         "&h=X-Reason:no&h=Keep-Alive:timeout%3D5&h=Proxy-Connection:keep-alive"
+         "&h=Location:/a&h=Location:/b&body=denied")
+    g = fa_gateway(gateway, upstream,
+                   ("/403/", {"address": auth.url("/deny?status=403" + q)}),
+                   ("/407/", {"address": auth.url("/deny?status=407" + q)}))
+    for status in (403, 407):
+        r = request(g.port, "GET", "/%d/echo" % status)
+        assert r.status == status and r.body == b"denied"
+        assert r.headers_all("Proxy-Authenticate") == ['Basic realm="proxy"']
+        assert r.headers_all("WWW-Authenticate") == ["Basic"]
+        assert r.headers_all("X-Reason") == ["no"]
+        assert not r.has("Keep-Alive") and not r.has("Proxy-Connection")
+        # one Location (Traefik sets the first, resolved against address)
+        assert r.headers_all("Location") == ["http://127.0.0.1:%d/a" % auth.port]
+        assert r.headers_all("Content-Length") == ["6"]
+    assert upstream_requests(upstream) == 0
 
 
 def test_denial_goes_to_the_client_verbatim_and_upstream_sees_nothing(

@@ -457,6 +457,39 @@ def test_jwks_keys_by_kid(gw_jwks, jwks_server, keys):
     assert_401(request(gw_jwks.port, "GET", "/", headers=bearer(tok)), "bad signature")
 
 
+def test_jwks_keys_whose_key_ops_lack_verify_are_not_used(gw_jwks, jwks_server, keys):
+    # RFC 7517 4.3 (Wycheproof JWS tc355/tc356): key_ops limit what a key may do
+    def with_ops(jwk, ops):
+        jwk = dict(jwk)
+        del jwk["use"]
+        jwk["key_ops"] = ops
+        return jwk
+
+    jwks_server.doc = {"keys": [
+        with_ops(rsa_jwk(keys["rsa"], "enc"), ["encrypt"]),
+        with_ops(rsa_jwk(keys["rsa"], "none"), []),
+        with_ops(rsa_jwk(keys["rsa"], "str"), "verify"),  # not an array
+        with_ops(rsa_jwk(keys["rsa2"], "ver"), ["sign", "verify"]),
+        dict(ec_jwk(keys["p256"], "use-enc"), use="enc"),
+    ]}
+    for kid in ("enc", "none", "str"):
+        tok = make_token({"sub": kid}, alg="RS256", key=keys["rsa"],
+                         header={"alg": "RS256", "kid": kid})
+        assert_401(request(gw_jwks.port, "GET", "/", headers=bearer(tok)),
+                   "no key for this token")
+    tok = make_token({"sub": "e"}, alg="ES256", key=keys["p256"],
+                     header={"alg": "ES256", "kid": "use-enc"})
+    assert_401(request(gw_jwks.port, "GET", "/", headers=bearer(tok)), "no key for this token")
+    # without a kid every fitting key is tried: only "ver" is, and it is another key
+    tok = make_token({"sub": "x"}, alg="RS256", key=keys["rsa"], header={"alg": "RS256"})
+    assert_401(request(gw_jwks.port, "GET", "/", headers=bearer(tok)), "bad signature")
+    # a key that may verify does
+    for header in ({"alg": "RS256", "kid": "ver"}, {"alg": "RS256"}):
+        tok = make_token({"sub": "ok"}, alg="RS256", key=keys["rsa2"], header=header)
+        hs = echo_headers(request(gw_jwks.port, "GET", "/", headers=bearer(tok)))
+        assert hdr_values(hs, "X-User") == ["ok"]
+
+
 def test_jwks_unknown_kid_refetches_once_per_10s(gw_jwks, jwks_server, keys):
     jwks_server.doc = {"keys": [rsa_jwk(keys["rsa"], "old")]}
     tok = make_token({"sub": "a"}, alg="RS256", key=keys["rsa"], header={"alg": "RS256", "kid": "old"})

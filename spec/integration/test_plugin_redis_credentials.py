@@ -140,6 +140,46 @@ def test_encode_false_sends_credentials_as_stored(rc, redis):
     assert values(h, "Authorization") == ["Basic YWxyZWFkeTplbmNvZGVk"]
 
 
+def test_jwt_in_double_quotes_inside_the_base64_is_accepted(rc, upstream):
+    # hyper-auth-proxy's own tests and clients encode "\"<jwt>\"" (it strips
+    # the quotes after decoding, src/lib.rs decode_token)
+    tok = make_token(claims())
+    for inner in ('"%s"' % tok, '"%s"\n' % tok):
+        for v in (b64(inner), '"%s"' % b64(inner)):  # quoted outside the base64 too
+            h = upstream_got(request(rc.port, "GET", "/echo",
+                                     headers=[("Cookie", "Authorization=" + v)]))
+            assert values(h, "Authorization") == [basic(CREDS)]
+            assert values(h, "Cookie") == []
+    # only a matching pair is stripped; a signature under quotes is not the token's
+    for inner in ('"%s' % tok, '%s"' % tok, '""%s""' % tok, "'%s'" % tok):
+        r = request(rc.port, "GET", "/echo", headers=[("Cookie", "Authorization=" + b64(inner))])
+        assert_json_error(r, 401)
+
+
+def test_one_trailing_newline_of_stored_credentials_is_dropped(rc, redis, upstream):
+    # stored with `echo`; hyper-auth-proxy's set_basic_auth drops one "\n"
+    hs = [("Cookie", "%s=%s" % cookie(make_token(claims())))]
+    redis.command("SET", "sess1", record("YWxpY2U6cHc=\n"))
+    h = upstream_got(request(rc.port, "GET", "/raw/echo", headers=hs))
+    assert values(h, "Authorization") == ["Basic YWxpY2U6cHc="]
+    redis.command("SET", "sess1", record(CREDS + "\n"))
+    h = upstream_got(request(rc.port, "GET", "/echo", headers=hs))
+    assert values(h, "Authorization") == [basic(CREDS)]
+
+    # anything else that cannot go in a header as stored: a clean 500
+    before = upstream.stats()["requests"]
+    for stored in ("YWxpY2U6cHc=\n\n", "YWxpY2U6cHc=\r\n", "a\r\nX-Injected: 1", "a\u0000b"):
+        redis.command("SET", "sess1", record(stored))
+        r = request(rc.port, "GET", "/raw/echo", headers=hs)
+        assert_json_error(r, 500)
+    assert upstream.stats()["requests"] == before
+    assert request(rc.port, "GET", "/echo", headers=hs).status == 200  # base64 fits
+    rc.stop()
+    err = rc.stderr_text()
+    assert "credentials contain CR, LF or NUL" in err
+    assert "traceback" not in err.lower() and "YWxpY2U6cHc" not in err
+
+
 def test_bearer_source_prefix_and_claim_options(rc, redis):
     redis.command("SET", "session:s-9", record("bob:pfx"))
     redis.command("SET", "other-7", record("carol:claim"))

@@ -135,6 +135,14 @@ describe("gw.http.request", function()
     end
     assert.same({ "a", "b" }, multi)
     assert.equal("Content-Type", r.headers_list[1][1])
+    -- the repeated names only, each with its fields
+    r = assert(gw.http.request{ url = up:url("/echo?hdr=X-Multi:a&hdr=x-multi:b,%20c"
+                                             .. "&hdr=X-Other:c&hdr=X-Multi:d") })
+    assert.same({ ["x-multi"] = { "a", "b, c", "d" } }, r.repeated_headers)
+    assert.equal("a, b, c, d", r.headers["x-multi"])
+    r = assert(gw.http.request{ url = up:url("/echo?hdr=X-One:a,%20b") })
+    assert.is_nil(r.repeated_headers)
+    assert.equal("a, b", r.headers["x-one"])
   end)
 
   it("sends repeated request headers from a list value", function()

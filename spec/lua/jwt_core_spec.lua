@@ -108,6 +108,25 @@ describe("jwt_core: one set of rules for jwt and redis_credentials", function()
       { core.verify(c, input .. "." .. b64u(gw.crypto.hmac("sha256", "k", input))) })
   end)
 
+  it("takes a JWK only for verifying: use \"sig\" and key_ops with \"verify\" (RFC 7517 4.2, 4.3)",
+     function()
+    local x = b64u(string.rep("\1", 32))
+    local function jwk(extra)
+      local k = { kty = "OKP", crv = "Ed25519", x = x }
+      for name, v in pairs(extra) do k[name] = v end
+      return core.jwk_to_key(k)
+    end
+    assert.is_table(jwk {})
+    assert.is_table(jwk { use = "sig" })
+    assert.is_table(jwk { key_ops = { "verify" } })
+    assert.is_table(jwk { key_ops = { "sign", "verify" } })
+    for _, bad in ipairs { { use = "enc" }, { key_ops = { "encrypt" } }, { key_ops = {} },
+                           { key_ops = "verify" }, { key_ops = { "sign" } },
+                           { use = "sig", key_ops = { "decrypt", "wrapKey" } } } do
+      assert.is_nil((jwk(bad)), gw.json.encode(bad))
+    end
+  end)
+
   it("redis_credentials takes the jwt plugin's public_key option (RFC 7515 A.2, RS256)", function()
     local n = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1"
       .. "Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpa"
@@ -202,17 +221,21 @@ describe("redis_credentials: access without Redis", function()
     assert.matches("no verified token", gw.json.decode(req.body).error)
   end)
 
-  it("reads the cookie as base64 of the JWT (a trailing newline too), or a bare JWT", function()
+  it("reads the cookie as base64 of the JWT (a trailing newline, quotes inside), or a bare JWT",
+     function()
     -- an unknown redis name answers 503: the token got as far as the lookup
     local c = { secret = "k", redis = "no-such-redis" }
     assert(runtime.check_conf(rc, c))
     local token = hs("HS512", "k", { sid = "s1", exp = math.floor(gw.now()) + 60 })
-    for _, v in ipairs { gw.base64.encode(token), gw.base64.encode(token .. "\n"), token } do
+    for _, v in ipairs { gw.base64.encode(token), gw.base64.encode(token .. "\n"), token,
+                         gw.base64.encode('"' .. token .. '"'),
+                         gw.base64.encode('"' .. token .. '"\n') } do
       local req = fake_req { cookies = { Authorization = v } }
       rc.access(c, req)
       assert.equals(503, req.status, v)
     end
-    for _, v in ipairs { "!!", gw.base64.encode("a.b.c"), "" } do
+    for _, v in ipairs { "!!", gw.base64.encode("a.b.c"), "", gw.base64.encode('"'),
+                         gw.base64.encode('"' .. token) } do
       local req = fake_req { cookies = { Authorization = v } }
       rc.access(c, req)
       assert.equals(401, req.status, v)
