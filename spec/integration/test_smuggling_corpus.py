@@ -183,7 +183,7 @@ class RawUpstream:
                 # the sentinel's connection (the last one with bytes) may stay
                 # open for keep-alive; all others have been closed
                 return all(c["closed"] for c in self.conns[:-1])
-        wait_for(settled, what="earlier upstream connections to close")
+        wait_for(settled, timeout=10, what="earlier upstream connections to close")
         with self.lock:
             return [dict(c) for c in self.conns[:-1]], self.requests[:-1]
 
@@ -353,7 +353,7 @@ def test_refused_chunk_split_over_reads(gateway, raw_up):
     with Client(gw.port) as c:
         c.send(TE_HEAD + b"5\r\nAAAAA")
         wait_for(lambda: raw_up.conns and b"AAAAA" in raw_up.conns[0]["data"],
-                 what="the first data to reach the upstream")
+                 timeout=10, what="the first data to reach the upstream")
         c.send(b"\r")
         c.send(b"X0\r\n\r\n" + SMUGGLED)
         r = c.read_response()
