@@ -120,13 +120,22 @@ static void reload(mg_req_t *r)
     ev_timer_start(loop->ev, &r->wait.timer);
 }
 
+/* 405 with the Allow header RFC 9110 requires. */
+static void not_allowed(mg_req_t *r, const char *allow)
+{
+    char body[96], hdr[64];
+    int n = snprintf(body, sizeof body, "{\"error\":\"method not allowed: use %s\"}", allow);
+    snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
+    mg_req_respond(r, 405, "application/json", body, (size_t)n, hdr);
+}
+
 void mg_admin_handle(mg_req_t *r)
 {
     int m = r->head->method;
     mg_str_t p = r->path;
     if (MG_STR_EQ_CI(p, "/metrics")) {
         if (m != HTTP_GET && m != HTTP_HEAD) {
-            mg_req_error(r, 405, "method not allowed");
+            not_allowed(r, "GET, HEAD");
             return;
         }
         size_t len = 0;
@@ -135,13 +144,13 @@ void mg_admin_handle(mg_req_t *r)
         free(text);
     } else if (MG_STR_EQ_CI(p, "/status")) {
         if (m != HTTP_GET && m != HTTP_HEAD) {
-            mg_req_error(r, 405, "method not allowed");
+            not_allowed(r, "GET, HEAD");
             return;
         }
         status_json(r);
     } else if (MG_STR_EQ_CI(p, "/reload")) {
         if (m != HTTP_POST) {
-            mg_req_error(r, 405, "use POST");
+            not_allowed(r, "POST");
             return;
         }
         reload(r);

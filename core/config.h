@@ -13,17 +13,23 @@
 #include <sys/socket.h>
 
 typedef struct lua_State lua_State;
+struct mg_cidr;
 
 typedef struct mg_addr {
     struct sockaddr_storage sa;
     socklen_t len;
     char text[80];          /* as written: "127.0.0.1:8080" */
+    char *name;             /* upstream servers: a host name resolved at run time (dns.h);
+                             * sa is unset then. Owned by the config; NULL: numeric */
+    int port;
+    int line;               /* config line naming it (names only, for -t) */
 } mg_addr_t;
 
 typedef struct mg_cfg_listen {
     mg_addr_t addr;
     char *tls_cert, *tls_key;  /* TLS listener: PEM files, resolved against the config's directory */
     int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
+    int proxy_protocol;     /* every connection starts with a PROXY protocol v1/v2 header */
 } mg_cfg_listen_t;
 
 /* limits.underscore_headers: a request header whose name has "_" */
@@ -33,6 +39,7 @@ typedef struct mg_limits {
     size_t max_uri_bytes, max_header_bytes, max_body_bytes;
     double header_timeout, idle_timeout, drain_timeout;
     int underscore_headers;   /* MG_CFG_US_*; default drop, as nginx */
+    double tunnel_idle_timeout; /* a tunnel with no byte either way this long closes */
 } mg_limits_t;
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
@@ -72,6 +79,8 @@ typedef struct mg_cfg_route {
     int has_handler;
     int has_plugins;
     int upstream;           /* index into upstreams, or -1 */
+    char **upgrades;        /* protocols tunneled (lower case); default { "websocket" } */
+    int nupgrades;
 } mg_cfg_route_t;
 
 typedef struct mg_cfg {
@@ -84,7 +93,16 @@ typedef struct mg_cfg {
     int has_admin;
     mg_addr_t admin;
     mg_limits_t limits;
-    char *access_log;       /* "stdout", a path, or NULL for off */
+    int access_log_format;  /* MG_ALOG_TEXT or MG_ALOG_JSON (accesslog.h) */
+    char *resolver;         /* name servers "ip:port,..." (c-ares csv), or NULL: resolv.conf */
+    double resolver_valid;  /* s between re-resolutions of upstream/Redis host names */
+    struct mg_cidr *trusted;/* trusted_proxies (realip.h), ntrusted of them */
+    int ntrusted;
+    char *access_log;       /* "stdout", "stderr", a path (resolved against the config's folder), or NULL for off */
+    char *error_log;        /* "stderr", "stdout" or a path (resolved); NULL: stderr */
+    int error_log_level;    /* MG_LOG_*, or -1 when the config sets none */
+    char **files;           /* files the config dofile'd/loadfile'd (resolved), for watch */
+    int nfiles;
     mg_cfg_upstream_t *upstreams;
     int nupstreams;
     mg_cfg_route_t *routes;
@@ -103,6 +121,14 @@ void mg_cfg_free(mg_cfg_t *cfg);
 /* Parses "host:port", "[v6]:port", ":port" or "port" (resolving names, so
  * config time only). 0, or -1 with a reason in err. */
 int mg_cfg_parse_addr(const char *text, mg_addr_t *out, char *err, size_t errlen);
+/* Like mg_cfg_parse_addr for an upstream server, without any lookup: a
+ * numeric host (or localhost) fills sa; a host name is kept in out->name
+ * for the resolver. 0, or -1 with a reason in err. */
+int mg_cfg_parse_server(const char *text, mg_addr_t *out, char *err, size_t errlen);
+/* The line of `file` that names `needle` ("key" or "key\x01value"); 1 if none. */
+int mg_cfg_locate_line(const char *file, const char *needle);
 int mg_cfg_upstream_index(const mg_cfg_t *cfg, const char *name);
+/* The listener configured with address text `addr`, or NULL. */
+const mg_cfg_listen_t *mg_cfg_listener(const mg_cfg_t *cfg, const char *addr);
 
 #endif

@@ -15,6 +15,8 @@
 #include "log.h"
 #include "loop.h"
 #include "proxy.h"
+#include "proxyproto.h"
+#include "realip.h"
 #include "req.h"
 #include "tls.h"
 
@@ -79,9 +81,9 @@ static void write_raw_error(mg_conn_t *c, int status, const char *msg)
     char body[256];
     int bn = snprintf(body, sizeof body, "{\"error\":\"%s\"}", msg);
     int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                     status, mg_status_reason(status), bn, body);
+                     status, mg_status_reason(status), mg_loop_date(c->loop), bn, body);
     mg_conn_write(c, buf, (size_t)n);
 }
 
@@ -112,6 +114,11 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
         close_clean(c);
         return;
     case T_HEADER:
+        if (c->pp_wait) {
+            mg_log_info("closing %s: no PROXY protocol header in time", c->remote);
+            mg_conn_close(c);
+            return;
+        }
         if (c->tls && !mg_tls_ready(c->tls)) {
             mg_log_info("closing %s: TLS handshake timeout", c->remote);
             mg_conn_close(c); /* no session to answer on */
@@ -399,11 +406,61 @@ static void tls_read_event(mg_conn_t *c)
         ev_feed_event(c->loop->ev, &c->rio, EV_READ);
 }
 
+/* Reads the PROXY protocol header that starts a connection on a
+ * proxy_protocol listener, before TLS and HTTP see a byte. Bytes are
+ * peeked and only the header's own are taken off the socket (what follows
+ * belongs to OpenSSL or the HTTP parser); a partial header is kept in
+ * rbuf, which is empty until the header is done. Returns 0 when the header
+ * is done (c->remote is the client it names), 1 to wait, -1 when closed. */
+static int read_proxy_header(mg_conn_t *c)
+{
+    for (;;) {
+        if (mg_buf_reserve(&c->rbuf, MG_PP_MAX) != MG_OK) {
+            mg_conn_close(c);
+            return -1;
+        }
+        size_t have = c->rbuf.len;
+        uint8_t *base = (uint8_t *)c->rbuf.base + c->rbuf.off;
+        ssize_t m = recv(c->fd, base + have, MG_PP_MAX - have, MSG_PEEK);
+        if (m < 0 && (errno == EAGAIN || errno == EINTR))
+            return 1;
+        if (m <= 0) {
+            mg_conn_close(c);
+            return -1;
+        }
+        mg_pp_result_t pp;
+        int k = mg_pp_parse(base, have + (size_t)m, &pp);
+        size_t take = k > 0 ? (size_t)k - have : (size_t)m;
+        if (k < 0 || (k == 0 && have + (size_t)m >= MG_PP_MAX)) {
+            mg_log_info("closing %s: invalid PROXY protocol header", c->remote);
+            mg_conn_close(c);
+            return -1;
+        }
+        if (recv(c->fd, base + have, take, 0) != (ssize_t)take) { /* peeked: it is there */
+            mg_conn_close(c);
+            return -1;
+        }
+        if (k == 0) {
+            c->rbuf.len += take;
+            continue;
+        }
+        mg_buf_free(&c->rbuf); /* the header's room is not kept for the connection's life */
+        c->pp_wait = 0;
+        if (!pp.local) {
+            inet_ntop(pp.family, pp.src, c->remote, sizeof c->remote);
+            c->remote_port = pp.src_port;
+        }
+        return 0;
+    }
+}
+
 static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     (void)ev;
     (void)revents;
     mg_conn_t *c = w->data;
+    if (c->pp_wait && read_proxy_header(c) != 0)
+        return;
     if (c->timeout_kind == T_LINGER) {
         linger_read(c); /* raw bytes: nothing after close_notify matters */
         return;
@@ -529,9 +586,10 @@ static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
 
 /* --- lifecycle ------------------------------------------------------------ */
 
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin,
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flags,
                     struct ssl_ctx_st *tls)
 {
+    int admin = flags & MG_CONN_F_ADMIN;
     mg_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         close(fd);
@@ -560,6 +618,22 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admi
         c->remote_port = ntohs(in6->sin6_port);
     } else {
         snprintf(c->remote, sizeof c->remote, "unix");
+    }
+    if (flags & MG_CONN_F_PROXY_PROTOCOL) {
+        /* Only a trusted balancer may say who the client is: from any
+         * other address the connection is refused (with no trusted_proxies
+         * the listener's own setting is the trust: everyone connecting
+         * must be a balancer). */
+        const mg_cfg_t *cfg = loop->gen->cfg;
+        if (cfg->ntrusted && !mg_cidr_match_text(cfg->trusted, cfg->ntrusted, c->remote)) {
+            mg_log_info("refusing %s on a proxy_protocol listener: not in trusted_proxies",
+                        c->remote);
+            mg_tls_free(c->tls);
+            free(c);
+            close(fd);
+            return;
+        }
+        c->pp_wait = 1;
     }
     ev_io_init(&c->rio, read_cb, fd, EV_READ);
     c->rio.data = c;
@@ -653,6 +727,23 @@ void mg_conn_close_idle(mg_conn_t *c)
         close_clean(c);
 }
 
+void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
+                    size_t *in_n, int *eof)
+{
+    *fd = c->fd;
+    *tls = c->tls;
+    *out = c->wbuf;
+    *eof = c->eof;
+    c->wbuf = (mg_buf_t){ 0 };
+    c->fd = -1;
+    c->tls = NULL;
+    c->req = NULL;
+    /* the parser stopped after the request: what follows is the tunnel's */
+    *in = c->rbuf.len ? mg_buf_data(&c->rbuf) : NULL; /* freed with c, later */
+    *in_n = c->rbuf.len;
+    mg_conn_close(c);
+}
+
 void mg_conn_close(mg_conn_t *c)
 {
     if (c->closed)
@@ -668,7 +759,8 @@ void mg_conn_close(mg_conn_t *c)
     ev_io_stop(loop->ev, &c->rio);
     ev_io_stop(loop->ev, &c->wio);
     ev_timer_stop(loop->ev, &c->timer);
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     c->fd = -1;
     mg_tls_free(c->tls); /* after close(): SSL_free sends nothing */
     c->tls = NULL;

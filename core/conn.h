@@ -48,14 +48,19 @@ typedef struct mg_conn {
     unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
     unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
     unsigned parse_held : 1; /* the next pipelined request waits for wbuf to drain */
+    unsigned pp_wait : 1;    /* a PROXY protocol header is still to come (rbuf holds its start) */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
 
+/* mg_conn_accept flags */
+enum { MG_CONN_F_ADMIN = 1, MG_CONN_F_PROXY_PROTOCOL = 2 };
+
 /* Takes ownership of fd (already nonblocking). With tls (borrowed; the
  * session takes its own reference) the connection speaks TLS; the
- * handshake counts against header_timeout. */
-void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int admin,
+ * handshake counts against header_timeout. flags: MG_CONN_F_*; with
+ * MG_CONN_F_PROXY_PROTOCOL a PROXY header comes first (before TLS). */
+void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flags,
                     struct ssl_ctx_st *tls);
 /* Queues bytes for the client. Returns 0 or MG_ENOMEM. */
 int mg_conn_write(mg_conn_t *c, const void *p, size_t n);
@@ -68,6 +73,13 @@ void mg_conn_close(mg_conn_t *c);
 void mg_conn_request_done(mg_conn_t *c, int keepalive);
 /* Backpressure: stop/restart reading the client (request body). */
 void mg_conn_pause_read(mg_conn_t *c, int pause);
+/* Hands the socket over (to a tunnel, after a 101): *fd, *tls and *out
+ * (the queued output: the 101 head) become the caller's; in[0..*in_n) are
+ * the bytes the client sent after its request, valid until the next loop
+ * iteration; *eof says the client already half-closed. The connection is
+ * closed without its fd; the request in flight is detached, not aborted. */
+void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
+                    size_t *in_n, int *eof);
 /* Graceful stop: close if no request is in flight. */
 void mg_conn_close_idle(mg_conn_t *c);
 

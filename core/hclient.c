@@ -7,13 +7,12 @@
  * closes the connection, and calls `done` last: done may resume Lua, which
  * may free hc (deferred) or start other exchanges.
  *
- * The resolver: getaddrinfo_a runs lookups on glibc's own threads. Its
- * completion (SIGEV_THREAD) only queues the finished lookup on a small
- * mutex-protected hub and pokes the loop with ev_async_send; everything else
- * happens on the loop thread. The hub is reference-counted so that a lookup
- * finishing after the worker shut down frees itself without touching the
- * (gone) loop. */
+ * The resolver: the loop's c-ares channel (dns.h), the same one upstream
+ * and Redis host names use. A lookup is a small heap object the origin
+ * points at while it is in flight; its answer arrives as a callback on the
+ * loop. Shutting down cancels lookups still in flight. */
 #include "hclient.h"
+#include "dns.h"
 #include "log.h"
 #include "loop.h"
 #include "tls_client.h"
@@ -22,9 +21,6 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <netdb.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,25 +46,10 @@ static const char err_write[] = "write failed";
 typedef struct mg_hc_origin mg_hc_origin_t;
 typedef struct mg_hc_lookup mg_hc_lookup_t;
 
-/* Shared between the loop thread and glibc's notification threads; the
- * only state they touch. Freed by whoever drops the last reference. */
-typedef struct mg_hc_hub {
-    pthread_mutex_t mu;
-    int refs;                   /* the ctx's own + one per lookup in flight */
-    int alive;                  /* the loop (and `async`) still exist */
-    struct ev_loop *ev;
-    ev_async *async;
-    mg_hc_lookup_t *done;       /* finished lookups for the loop thread */
-} mg_hc_hub_t;
-
 struct mg_hc_lookup {
-    struct gaicb cb;            /* glibc writes ar_result from its thread */
-    struct addrinfo hints;
-    mg_hc_hub_t *hub;
-    mg_hc_origin_t *origin;     /* loop thread only */
-    mg_hc_lookup_t *next;       /* hub->done, under hub->mu */
-    char service[8];
-    char name[];
+    mg_dns_query_t *q;          /* in flight; the resolver calls lookup_cb once */
+    mg_hc_ctx_t *ctx;
+    mg_hc_origin_t *origin;
 };
 
 /* One origin host:port with its pool. The pool's config is synthesized
@@ -94,9 +75,7 @@ struct mg_hc_ctx {
     mg_hc_origin_t *origins;
     int norigins;
     mg_hc_t *live;              /* running exchanges */
-    mg_hc_hub_t *hub;           /* created with the first lookup */
     mg_tlsc_t *tls[2];          /* https contexts, [tls_verify]; made on first use */
-    ev_async async;
     ev_cleanup cleanup;
     unsigned shut : 1;
 };
@@ -173,45 +152,7 @@ static const char *errno_text(int e)
     }
 }
 
-/* --- the resolver hub ----------------------------------------------------- */
-
-static void hub_unref_locked(mg_hc_hub_t *hub, int *last)
-{
-    *last = --hub->refs == 0;
-}
-
-static void hub_free(mg_hc_hub_t *hub)
-{
-    pthread_mutex_destroy(&hub->mu);
-    free(hub);
-}
-
-static void lookup_free(mg_hc_lookup_t *l)
-{
-    if (l->cb.ar_result)
-        freeaddrinfo(l->cb.ar_result);
-    free(l);
-}
-
-/* Runs on a glibc thread when a lookup finished. */
-static void lookup_notify(union sigval sv)
-{
-    mg_hc_lookup_t *l = sv.sival_ptr;
-    mg_hc_hub_t *hub = l->hub;
-    int last = 0;
-    pthread_mutex_lock(&hub->mu);
-    if (hub->alive) {
-        l->next = hub->done;
-        hub->done = l;
-        ev_async_send(hub->ev, hub->async);
-    } else {
-        lookup_free(l);
-        hub_unref_locked(hub, &last);
-    }
-    pthread_mutex_unlock(&hub->mu);
-    if (last)
-        hub_free(hub);
-}
+/* --- lookups ------------------------------------------------------------- */
 
 static mg_hc_t *first_waiter_of(mg_hc_origin_t *o, mg_hc_lookup_t *l)
 {
@@ -238,26 +179,26 @@ static void waiter_unlink(mg_hc_t *hc)
 
 static const char *attach(mg_hc_t *hc);
 
-/* A lookup finished (loop thread): take its address and start the
- * exchanges that waited for it. Each `done` may run Lua, which may start or
- * cancel exchanges on this origin: pick the next waiter afresh each time. */
-static void lookup_finished(mg_hc_ctx_t *ctx, mg_hc_lookup_t *l)
+/* A lookup finished: take its first address and start the exchanges that
+ * waited for it. Each `done` may run Lua, which may start or cancel
+ * exchanges on this origin: pick the next waiter afresh each time. */
+static void lookup_cb(void *data, const mg_dns_addrs_t *a, const char *why)
 {
+    mg_hc_lookup_t *l = data;
     mg_hc_origin_t *o = l->origin;
-    if (o == NULL)
-        return;
     o->lookup = NULL;
-    int rc = gai_error(&l->cb);
     const char *err = NULL;
-    const struct addrinfo *ai = rc == 0 ? l->cb.ar_result : NULL;
-    if (ai && ai->ai_addrlen <= sizeof o->addr.sa) {
-        memcpy(&o->addr.sa, ai->ai_addr, ai->ai_addrlen);
-        o->addr.len = ai->ai_addrlen;
-        o->resolved_at = ev_now(ctx->loop->ev);
+    if (why == NULL && a->n > 0) {
+        memcpy(&o->addr.sa, &a->a[0], a->len[0]);
+        o->addr.len = a->len[0];
+        if (o->addr.sa.ss_family == AF_INET)
+            ((struct sockaddr_in *)&o->addr.sa)->sin_port = htons((uint16_t)o->port);
+        else
+            ((struct sockaddr_in6 *)&o->addr.sa)->sin6_port = htons((uint16_t)o->port);
+        o->resolved_at = ev_now(l->ctx->loop->ev);
     } else {
         err = mg_hc_err_resolve;
-        mg_log_info("http client: cannot resolve %s: %s", o->host,
-                    rc ? gai_strerror(rc) : "no address");
+        mg_log_info("http client: cannot resolve %s: %s", o->host, why ? why : "no address");
     }
     mg_hc_t *hc;
     while ((hc = first_waiter_of(o, l)) != NULL) {
@@ -266,114 +207,37 @@ static void lookup_finished(mg_hc_ctx_t *ctx, mg_hc_lookup_t *l)
         if (e)
             finish(hc, e);
     }
-}
-
-static void async_cb(struct ev_loop *ev, ev_async *w, int revents)
-{
-    (void)ev;
-    (void)revents;
-    mg_hc_ctx_t *ctx = w->data;
-    mg_hc_hub_t *hub = ctx->hub;
-    pthread_mutex_lock(&hub->mu);
-    mg_hc_lookup_t *l = hub->done;
-    hub->done = NULL;
-    pthread_mutex_unlock(&hub->mu);
-    while (l) {
-        mg_hc_lookup_t *next = l->next;
-        lookup_finished(ctx, l);
-        lookup_free(l);
-        int last;
-        pthread_mutex_lock(&hub->mu);
-        hub_unref_locked(hub, &last); /* never the last: ctx holds one */
-        pthread_mutex_unlock(&hub->mu);
-        l = next;
-    }
-}
-
-static int hub_open(mg_hc_ctx_t *ctx)
-{
-    if (ctx->hub)
-        return MG_OK;
-    mg_hc_hub_t *hub = calloc(1, sizeof *hub);
-    if (hub == NULL)
-        return MG_ENOMEM;
-    if (pthread_mutex_init(&hub->mu, NULL) != 0) {
-        free(hub);
-        return MG_ENOMEM;
-    }
-    hub->refs = 1;
-    hub->alive = 1;
-    hub->ev = ctx->loop->ev;
-    hub->async = &ctx->async;
-    ctx->hub = hub;
-    ev_async_start(ctx->loop->ev, &ctx->async);
-    ev_unref(ctx->loop->ev); /* a pending lookup alone does not keep the loop running */
-    return MG_OK;
-}
-
-/* Detaches from the hub: lookups still running free themselves later. */
-static void hub_close(mg_hc_ctx_t *ctx)
-{
-    mg_hc_hub_t *hub = ctx->hub;
-    if (hub == NULL)
-        return;
-    ctx->hub = NULL;
-    int last;
-    pthread_mutex_lock(&hub->mu);
-    hub->alive = 0; /* from here on no thread touches the loop */
-    while (hub->done) {
-        mg_hc_lookup_t *l = hub->done;
-        hub->done = l->next;
-        lookup_free(l);
-        hub->refs--;
-    }
-    hub_unref_locked(hub, &last);
-    pthread_mutex_unlock(&hub->mu);
-    if (last)
-        hub_free(hub);
-    ev_ref(ctx->loop->ev);
-    ev_async_stop(ctx->loop->ev, &ctx->async);
+    free(l);
 }
 
 static const char *lookup_start(mg_hc_ctx_t *ctx, mg_hc_origin_t *o)
 {
-    if (hub_open(ctx) != MG_OK)
-        return mg_hc_err_nomem;
-    size_t n = o->host_len;
-    mg_hc_lookup_t *l = calloc(1, sizeof *l + n + 1);
+    if (ctx->loop->dns == NULL)
+        return mg_hc_err_resolve;
+    mg_hc_lookup_t *l = calloc(1, sizeof *l);
     if (l == NULL)
         return mg_hc_err_nomem;
-    memcpy(l->name, o->host, n + 1);
-    snprintf(l->service, sizeof l->service, "%d", o->port);
-    l->hints.ai_family = AF_UNSPEC;
-    l->hints.ai_socktype = SOCK_STREAM;
-    l->hints.ai_flags = AI_NUMERICSERV;
-    l->cb.ar_name = l->name;
-    l->cb.ar_service = l->service;
-    l->cb.ar_request = &l->hints;
-    l->hub = ctx->hub;
+    l->ctx = ctx;
     l->origin = o;
-    struct gaicb *list[1] = { &l->cb };
-    struct sigevent sev;
-    memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_THREAD;
-    sev.sigev_notify_function = lookup_notify;
-    sev.sigev_value.sival_ptr = l;
-    pthread_mutex_lock(&ctx->hub->mu);
-    ctx->hub->refs++;
-    pthread_mutex_unlock(&ctx->hub->mu);
-    int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &sev);
-    if (rc != 0) {
-        int last;
-        pthread_mutex_lock(&ctx->hub->mu);
-        hub_unref_locked(ctx->hub, &last);
-        pthread_mutex_unlock(&ctx->hub->mu);
+    const char *why = NULL;
+    l->q = mg_dns_query(ctx->loop->dns, o->host, lookup_cb, l, &why);
+    if (l->q == NULL) {
         free(l);
-        mg_log_info("http client: cannot resolve %s: %s", o->host, gai_strerror(rc));
-        return rc == EAI_MEMORY || rc == EAI_AGAIN ? mg_hc_err_nomem : mg_hc_err_resolve;
+        mg_log_info("http client: cannot resolve %s: %s", o->host, why);
+        return strcmp(why, "out of memory") == 0 ? mg_hc_err_nomem : mg_hc_err_resolve;
     }
     o->lookup = l;
     return NULL;
+}
+
+/* Cancels the origin's lookup in flight: its answer goes nowhere. */
+static void lookup_cancel(mg_hc_origin_t *o)
+{
+    if (o->lookup == NULL)
+        return;
+    mg_dns_cancel(o->lookup->q);
+    free(o->lookup);
+    o->lookup = NULL;
 }
 
 /* --- origins -------------------------------------------------------------- */
@@ -406,10 +270,9 @@ static int origin_unused(const mg_hc_origin_t *o)
            o->waiters == NULL;
 }
 
-/* An origin with a lookup in flight is only freed after the hub closed:
- * the lookup then belongs to its notification, which frees it. */
 static void origin_free(mg_hc_origin_t *o)
 {
+    lookup_cancel(o);
     mg_up_close(&o->up);
     free(o->host);
     free(o);
@@ -526,7 +389,6 @@ static void ctx_shutdown(mg_hc_ctx_t *ctx)
     mg_defer_t *mark = ctx->loop->deferred;
     while (ctx->live)
         mg_hc_cancel(ctx->live);
-    hub_close(ctx);
     while (ctx->origins) {
         mg_hc_origin_t *o = ctx->origins;
         ctx->origins = o->next;
@@ -556,8 +418,6 @@ mg_hc_ctx_t *mg_hc_ctx_new(mg_loop_t *loop)
     if (ctx == NULL)
         return NULL;
     ctx->loop = loop;
-    ev_async_init(&ctx->async, async_cb);
-    ctx->async.data = ctx;
     ev_cleanup_init(&ctx->cleanup, cleanup_cb);
     ctx->cleanup.data = ctx;
     ev_cleanup_start(loop->ev, &ctx->cleanup);

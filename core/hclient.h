@@ -5,8 +5,8 @@
  * synthesized config this module owns, so an https pool never hands out a
  * plain connection, nor a verified-https pool an unverified one. Responses are parsed by http1 in response mode. Names resolve
  * without blocking the loop: numeric addresses and "localhost" at once,
- * anything else with glibc's getaddrinfo_a, whose completion wakes the loop
- * through an ev_async.
+ * anything else through the loop's c-ares resolver (dns.h), the one
+ * upstream and Redis host names use.
  *
  * Lifetime: an exchange (mg_hc_t) belongs to its caller. It ends exactly once:
  * either its `done` callback runs (from a top-level libev callback, never

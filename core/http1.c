@@ -269,6 +269,7 @@ static int on_headers_complete(llhttp_t *p)
     h->gate = 1;
     h->last = SPAN_NONE;
     hd->method = p->method;
+    hd->flags |= MG_H1_HEAD_READ;
     hd->status = p->status_code;
     hd->http_major = p->http_major;
     hd->http_minor = p->http_minor;

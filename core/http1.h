@@ -28,6 +28,7 @@ enum {
     MG_H1_KEEPALIVE = 1 << 2,      /* connection may be reused after this message */
     MG_H1_EXPECT_100 = 1 << 3,     /* Expect: 100-continue */
     MG_H1_HAS_TE = 1 << 4,         /* any Transfer-Encoding header */
+    MG_H1_HEAD_READ = 1 << 5,      /* the head was parsed: method and version are valid */
 };
 
 /* One message head. `store` owns every byte the offsets point at. */

@@ -21,6 +21,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "pwhash.h"
+
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/bn.h>
@@ -520,12 +522,45 @@ static int l_equal(lua_State *L)
     return 1;
 }
 
+/* password_verify(hash, password) → boolean, or nil, err for a hash in no
+ * known format. htpasswd hashes (pwhash.h); synchronous: a bcrypt hash
+ * costs what its cost factor says. */
+static int l_password_verify(lua_State *L)
+{
+    size_t pn;
+    const char *hash = luaL_checkstring(L, 1);
+    const char *pw = luaL_checklstring(L, 2, &pn);
+    int r = mg_pw_verify(hash, pw, pn);
+    if (r < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, mg_pw_format(hash) ? "hashing failed" : "unknown hash format");
+        return 2;
+    }
+    lua_pushboolean(L, r);
+    return 1;
+}
+
+/* password_format(hash) → "bcrypt", "sha256-crypt", "sha512-crypt",
+ * "md5-crypt", "apr1", "sha1", or nil: checks a hash's shape at config time. */
+static int l_password_format(lua_State *L)
+{
+    static const char *const names[] = { NULL, "bcrypt", "sha256-crypt", "sha512-crypt",
+                                         "md5-crypt", "apr1", "sha1" };
+    const char *n = names[mg_pw_format(luaL_checkstring(L, 1))];
+    if (n)
+        lua_pushstring(L, n);
+    else
+        luaL_pushfail(L);
+    return 1;
+}
+
 int luaopen_moongate_crypto(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "hmac", l_hmac },       { "digest", l_digest },   { "verify", l_verify },
         { "encrypt", l_encrypt }, { "decrypt", l_decrypt }, { "random", l_random },
-        { "equal", l_equal },     { NULL, NULL },
+        { "equal", l_equal },     { "password_verify", l_password_verify },
+        { "password_format", l_password_format }, { NULL, NULL },
     };
 
     if (luaL_newmetatable(L, PKEY_MT)) {

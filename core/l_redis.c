@@ -89,6 +89,7 @@ static mg_rds_pool_t *pool_for(lua_State *L, int idx, const char *what, int stri
         }
     }
     mg_rds_opts_t o;
+    o.dns = mg_lrt_loop(L)->dns;
     if (lua_getfield(L, idx, "addr") != LUA_TSTRING)
         luaL_error(L, "%s.addr: expected \"host:port\"", what);
     o.addr = lua_tostring(L, -1); /* kept on the stack until the pool exists */

@@ -530,6 +530,26 @@ static int l__stage_replies(lua_State *L)
     return 0;
 }
 
+/* req:_log_request_id(id): the request_id plugin tells the core the id it
+ * settled on, for the access log. A copy is kept (at most 128 bytes, the
+ * plugin's own limit); the last call wins. */
+static int l__log_request_id(lua_State *L)
+{
+    mg_req_t *r = check_req(L);
+    size_t n;
+    const char *id = luaL_checklstring(L, 2, &n);
+    if (n > 128)
+        n = 128;
+    char *copy = malloc(n + 1);
+    if (copy == NULL)
+        return luaL_error(L, "out of memory");
+    memcpy(copy, id, n);
+    copy[n] = '\0';
+    free(r->request_id);
+    r->request_id = copy;
+    return 0;
+}
+
 /* The held answer's res object, or nothing. */
 static int l__staged(lua_State *L)
 {
@@ -658,7 +678,13 @@ static int req_index(lua_State *L)
         }
     } else if (strcmp(k, "http_version") == 0)
         lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
-    else if (strcmp(k, "route") == 0)
+    else if (strcmp(k, "upgrade") == 0) {
+        mg_str_t u = mg_req_upgrade(r);
+        if (u.p)
+            push_lower(L, u);
+        else
+            lua_pushnil(L);
+    } else if (strcmp(k, "route") == 0)
         lua_pushstring(L, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "");
     else
         lua_pushnil(L);
@@ -787,6 +813,7 @@ void mg_lreq_register(lua_State *L)
         { "_send_head", l__send_head },
         { "_wait_done", l__wait_done },
         { "_res", l__res },
+        { "_log_request_id", l__log_request_id },
         { NULL, NULL },
     };
     static const luaL_Reg res_methods[] = {

@@ -1,5 +1,7 @@
 #include "log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,19 +10,95 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Set once at startup, read-only afterwards (not mutable process state). */
+/* Process-wide by nature (see log.h): the level, the destination and the
+ * path to reopen. Changed only at startup, on reload and on SIGUSR1, from
+ * the loop's own callbacks, never concurrently. */
 static int mg_log_level = MG_LOG_INFO;
+static int mg_log_env_level = -1;  /* MOONGATE_LOG_LEVEL, when set */
+static int mg_log_fd = STDERR_FILENO;
+static char *mg_log_path;          /* the file's path; NULL for stderr/stdout */
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
-void mg_log_init(void)
+int mg_log_level_parse(const char *name)
+{
+    for (int i = 0; name && i < 4; i++)
+        if (strcasecmp(name, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int mg_log_init(char *err, size_t errlen)
 {
     const char *v = getenv("MOONGATE_LOG_LEVEL");
-    if (v == NULL)
-        return;
-    for (int i = 0; i < 4; i++)
-        if (strcasecmp(v, level_names[i]) == 0)
-            mg_log_level = i;
+    if (v == NULL || v[0] == '\0')
+        return 0;
+    int l = mg_log_level_parse(v);
+    if (l < 0) {
+        snprintf(err, errlen, "MOONGATE_LOG_LEVEL: '%s' is not a level (debug, info, warn, error)",
+                 v);
+        return -1;
+    }
+    mg_log_env_level = mg_log_level = l;
+    return 0;
+}
+
+static int open_log(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        snprintf(err, errlen, "error_log: cannot open %s: %s", path, strerror(errno));
+    return fd;
+}
+
+int mg_log_configure(const char *path, int level, char *err, size_t errlen)
+{
+    int fd;
+    char *copy = NULL;
+    if (path == NULL || strcmp(path, "stderr") == 0) {
+        fd = STDERR_FILENO;
+    } else if (strcmp(path, "stdout") == 0) {
+        fd = STDOUT_FILENO;
+    } else {
+        copy = strdup(path);
+        if (copy == NULL) {
+            snprintf(err, errlen, "error_log: out of memory");
+            return -1;
+        }
+        fd = open_log(path, err, errlen);
+        if (fd < 0) {
+            free(copy);
+            return -1;
+        }
+    }
+    if (mg_log_path)
+        close(mg_log_fd);
+    free(mg_log_path);
+    mg_log_path = copy;
+    mg_log_fd = fd;
+    mg_log_level = mg_log_env_level >= 0 ? mg_log_env_level : level >= 0 ? level : MG_LOG_INFO;
+    return 0;
+}
+
+int mg_log_reopen(void)
+{
+    if (mg_log_path == NULL)
+        return 0;
+    char err[512];
+    int fd = open_log(mg_log_path, err, sizeof err);
+    if (fd < 0) {
+        mg_log_error("%s (still writing to the old file)", err);
+        return -1;
+    }
+    /* dup2 swaps the file under the same descriptor in one step: a line is
+     * written whole to the old file or to the new one */
+    if (dup2(fd, mg_log_fd) < 0) {
+        close(mg_log_fd);
+        mg_log_fd = fd;
+        return 0;
+    }
+    close(fd);
+    return 0;
 }
 
 int mg_log_enabled(int level)
@@ -64,6 +142,6 @@ void mg_log(int level, const char *fmt, ...)
         len = sizeof line - 2;
     line[len++] = '\n';
     /* One write(2) per line keeps lines from several workers whole. */
-    ssize_t w = write(STDERR_FILENO, line, len);
+    ssize_t w = write(mg_log_fd, line, len);
     (void)w;
 }

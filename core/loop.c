@@ -1,5 +1,7 @@
 #include "loop.h"
 #include "conn.h"
+#include "cfgnames.h"
+#include "dns.h"
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -48,6 +51,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->active = loop->stats.active;
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
+        w->tunnels = loop->stats.tunnels;
         w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
         w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
         w->up_retries = loop->stats.up_retries + loop->met_base[2];
@@ -57,6 +61,26 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
                 idle += loop->gen->ups[i].nidle;
         w->up_idle = idle;
     }
+}
+
+const char *mg_loop_date(mg_loop_t *loop)
+{
+    double now = loop->ev ? ev_now(loop->ev) : ev_time();
+    long long sec = (long long)now;
+    if (sec != loop->date_sec) { /* once a second, not per response */
+        static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+        static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(loop->http_date, sizeof loop->http_date,
+                 "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday % 7],
+                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+        loop->date_sec = sec;
+    }
+    return loop->http_date;
 }
 
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p)
@@ -92,6 +116,9 @@ void mg_gen_unref(mg_gen_t *g)
             mg_tls_ctx_free(g->tls[i]);
         free(g->tls);
     }
+    for (int i = 0; i < g->nnames; i++)
+        mg_dns_name_unref(g->names[i]);
+    free(g->names);
     mg_cfg_free(g->cfg);
     free(g);
 }
@@ -147,6 +174,21 @@ static void on_stop_signal(struct ev_loop *ev, ev_signal *w, int revents)
     }
     mg_log_info("signal %d: stopping gracefully", w->signum);
     mg_loop_stop(loop);
+}
+
+/* SIGUSR1 (logrotate's postrotate): reopen the access and error logs by
+ * their paths. What was buffered goes to the old file first, so a line is
+ * in the old file or the new one, never lost. */
+static void reopen_access_log(mg_loop_t *loop);
+
+static void on_usr1(struct ev_loop *ev, ev_signal *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    mg_loop_t *loop = mg_loop_of(ev);
+    mg_log_reopen();
+    reopen_access_log(loop);
+    mg_log_info("signal USR1: reopened the log files");
 }
 
 static void on_hup(struct ev_loop *ev, ev_signal *w, int revents)
@@ -240,18 +282,30 @@ static void setup_watch(mg_loop_t *loop);
 static void add_plugin_watches(mg_loop_t *loop);
 static int open_access_log(mg_loop_t *loop);
 
-/* A reload reopens the access log, so it can be rotated (logrotate's
- * postrotate: kill -HUP) and can move to the path the new config names. */
+/* A reload and SIGUSR1 reopen the access log, so it can be rotated
+ * (logrotate's postrotate: kill -USR1) and can move to the path the new
+ * config names. The new file is opened before the old one is closed: if
+ * it cannot be, lines keep going to the old one. */
 static void reopen_access_log(mg_loop_t *loop)
 {
-    if (loop->access_log) {
-        fflush(loop->access_log);
-        if (loop->access_log_owned)
-            fclose(loop->access_log);
-    }
+    FILE *old = loop->access_log;
+    int old_owned = loop->access_log_owned;
+    if (old)
+        fflush(old);
+    const char *where = loop->gen->cfg->access_log;
+    if (old && !old_owned && where &&
+        ((old == stdout && strcmp(where, "stdout") == 0) ||
+         (old == stderr && strcmp(where, "stderr") == 0)))
+        return; /* nothing to reopen (and stdio's buffer stays as it is) */
     loop->access_log = NULL;
     loop->access_log_owned = 0;
-    open_access_log(loop);
+    if (open_access_log(loop) != 0 && old) {
+        loop->access_log = old; /* open_access_log logged why */
+        loop->access_log_owned = old_owned;
+        return;
+    }
+    if (old && old_owned && old != loop->access_log)
+        fclose(old);
 }
 
 static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
@@ -287,6 +341,10 @@ static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
     }
     if (loop->met)
         loop->met->generation = loop->gen->id;
+    /* checked by the config walk; a failure here keeps the old error log */
+    if (mg_log_configure(loop->gen->cfg->error_log, loop->gen->cfg->error_log_level, err,
+                         errlen) != 0)
+        mg_log_error("%s", err);
     reopen_access_log(loop);
     setup_watch(loop);
     mg_log_info("reloaded: generation %u", loop->gen->id);
@@ -409,6 +467,8 @@ static void setup_watch(mg_loop_t *loop)
     if (loop->gen->cfg->watch) {
         ev_init(&loop->watch_debounce, watch_fire);
         add_watch(loop, loop->config_file);
+        for (int i = 0; i < loop->gen->cfg->nfiles; i++)
+            add_watch(loop, loop->gen->cfg->files[i]);
         add_plugin_watches(loop);
         for (int i = 0; i < loop->nwatch; i++)
             for (int k = 0; k < nkeep; k++)
@@ -446,7 +506,10 @@ static void drain_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)w;
     (void)revents;
     mg_loop_t *loop = mg_loop_of(ev);
-    mg_log_warn("drain_timeout reached with %d requests in flight; exiting", loop->stats.active);
+    mg_log_warn("drain_timeout reached with %d requests in flight and %d tunnels; exiting",
+                loop->stats.active, loop->stats.tunnels);
+    if (loop->close_tunnels)
+        loop->close_tunnels(loop);
     ev_break(ev, EVBREAK_ALL);
 }
 
@@ -461,7 +524,7 @@ void mg_loop_check_drained(mg_loop_t *loop)
             c = next;
         }
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0)
+        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }
@@ -540,6 +603,12 @@ mg_loop_t *mg_loop_new(const char *config_file)
     loop->scratch = malloc(loop->scratch_cap);
     if (loop->scratch == NULL)
         goto fail;
+    char derr[128];
+    loop->dns = mg_dns_new(loop->ev, derr, sizeof derr);
+    if (loop->dns == NULL) {
+        mg_log_error("%s", derr);
+        goto fail;
+    }
     ev_prepare_init(&loop->prepare, prepare_cb);
     ev_prepare_start(loop->ev, &loop->prepare);
     ev_idle_init(&loop->spin, spin_cb);
@@ -563,6 +632,10 @@ int mg_loop_load(mg_loop_t *loop, char *err, size_t errlen)
     g->loop = loop;
     g->refs = 1;
     g->id = ++loop->next_gen_id;
+    if (loop->dns) {
+        mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid);
+        g->nnames = mg_cfgnames_hold_redis(loop->L, loop->dns, &g->names);
+    }
     g->ups = calloc((size_t)cfg->nupstreams + 1, sizeof *g->ups);
     if (g->ups == NULL)
         goto fail;
@@ -621,6 +694,18 @@ int mg_loop_run(mg_loop_t *loop)
 {
     if (open_access_log(loop) != 0)
         return 1;
+    /* before the listeners: once a client can connect, a signal an
+     * operator sends finds its handler (a SIGHUP must not kill us) */
+    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
+    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
+    ev_signal_init(&loop->sigquit, on_stop_signal, SIGQUIT);
+    ev_signal_init(&loop->sigusr1, on_usr1, SIGUSR1);
+    ev_signal_start(loop->ev, &loop->sigterm);
+    ev_signal_start(loop->ev, &loop->sigint);
+    ev_signal_start(loop->ev, &loop->sighup);
+    ev_signal_start(loop->ev, &loop->sigquit);
+    ev_signal_start(loop->ev, &loop->sigusr1);
     {
         char err[512];
         if (sync_listeners(loop, err, sizeof err) != 0) {
@@ -645,12 +730,6 @@ int mg_loop_run(mg_loop_t *loop)
         loop->met_base[1] = loop->met->up_timeouts;
         loop->met_base[2] = loop->met->up_retries;
     }
-    ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);
-    ev_signal_init(&loop->sigint, on_stop_signal, SIGINT);
-    ev_signal_init(&loop->sighup, on_hup, SIGHUP);
-    ev_signal_start(loop->ev, &loop->sigterm);
-    ev_signal_start(loop->ev, &loop->sigint);
-    ev_signal_start(loop->ev, &loop->sighup);
     setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,
                 (int)getpid(), loop->worker_index, loop->gen->id);
@@ -672,6 +751,8 @@ void mg_loop_free(mg_loop_t *loop)
         }
         loop->nlisteners = 0;
         clear_watch(loop);
+        if (loop->close_tunnels)
+            loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
         prepare_cb(loop->ev, &loop->prepare, 0);
@@ -681,10 +762,14 @@ void mg_loop_free(mg_loop_t *loop)
         ev_signal_stop(loop->ev, &loop->sigterm);
         ev_signal_stop(loop->ev, &loop->sigint);
         ev_signal_stop(loop->ev, &loop->sighup);
+        ev_signal_stop(loop->ev, &loop->sigquit);
+        ev_signal_stop(loop->ev, &loop->sigusr1);
         /* Lua first: __gc handlers of bindings may stop their watchers */
         mg_lrt_close(loop->L);
         loop->L = NULL;
         prepare_cb(loop->ev, &loop->prepare, 0); /* frees the bindings' __gc deferred */
+        mg_dns_free(loop->dns, 1);
+        loop->dns = NULL;
         ev_loop_destroy(loop->ev);
     }
     if (loop->access_log) {
@@ -699,6 +784,7 @@ void mg_loop_free(mg_loop_t *loop)
         mg_buf_free(&r->uhead);
         free(r);
     }
+    mg_dns_free(loop->dns, 0);
     free(loop->script);
     if (loop->met_owned)
         mg_met_destroy(loop->met_shm);

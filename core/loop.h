@@ -32,6 +32,8 @@ typedef struct mg_gen {
     mg_up_t *ups;            /* one per cfg->upstreams[i] */
     struct ssl_ctx_st **tls; /* one per cfg->listen[i]: NULL for plain TCP (owned refs) */
     int ntls;                /* TLS listeners in cfg */
+    struct mg_dns_name **names; /* Redis host names kept resolved for it (refs), nnames */
+    int nnames;
     struct mg_loop *loop;
 } mg_gen_t;
 
@@ -56,6 +58,7 @@ typedef struct mg_stats {
     int conns;               /* open client connections */
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
+    int tunnels;             /* open tunnels (upgraded connections) */
     uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
@@ -80,6 +83,9 @@ typedef struct mg_loop {
     int met_owned;
     uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
+    struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
+    void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */
     FILE *access_log;        /* NULL when off */
     int access_log_owned;
     char *scratch;           /* shared read buffer for upstream and client reads */
@@ -88,7 +94,9 @@ typedef struct mg_loop {
     ev_prepare prepare;
     ev_idle spin;            /* busy polling: keeps the loop from sleeping */
     double last_active;      /* ev_now of the last iteration with events */
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigquit, sigusr1;
+    char http_date[48];      /* "Date: <IMF-fixdate>\r\n" for date_sec (see mg_loop_date) */
+    long long date_sec;
     ev_timer drain_timer;
     int stopping;
     int exit_code;
@@ -137,6 +145,9 @@ struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 
+/* "Date: <IMF-fixdate>\r\n" for the loop's current second, formatted once
+ * a second. Borrowed until the next call. */
+const char *mg_loop_date(mg_loop_t *loop);
 /* Runs fn(p) at the next loop iteration, outside any callback stack. */
 void mg_loop_defer(mg_loop_t *loop, void (*fn)(void *), void *p);
 /* Starts a graceful stop: stop accepting, close idle conns, drain. */

@@ -467,7 +467,7 @@ void mg_lrt_resume(mg_req_t *r, int nargs)
             lua_gc(loop->L, LUA_GCCOLLECT, 0);
     } else {
         drop_thread(r, 1);
-        if (!r->done && r->up == NULL && !r->held) {
+        if (!r->done && r->up == NULL && !r->held && !r->tunnel) {
             mg_log_error("route %s: the request coroutine ended without a response",
                          r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?");
             mg_req_error(r, 500, "internal error");

@@ -4,6 +4,7 @@
 #include "loop.h"
 #include "lrt.h"
 #include "master.h"
+#include "netcheck.h"
 #include "req.h"
 #include "server.h"
 
@@ -24,7 +25,8 @@ static void usage(FILE *f)
             "options:\n"
             "  -c FILE          the config file (a Lua file returning a table)\n"
             "  -t               load and check FILE and every plugin it names, print OK or\n"
-            "                   file:line: why, exit 0 or 1; serves nothing\n"
+            "                   every error as file:line: path: why, exit 0 or 1; serves\n"
+            "                   nothing\n"
             "  --script FILE [ARGS]\n"
             "                   run FILE in the gateway's Lua runtime (gw.* available,\n"
             "                   e.g. --script /usr/bin/busted for plugin tests); ARGS go to\n"
@@ -34,13 +36,15 @@ static void usage(FILE *f)
             "\n"
             "signals (in multi-worker mode, to the master: it forwards them):\n"
             "  HUP              reload config and plugins (no connection dropped), reopen\n"
-            "                   the access log\n"
-            "  TERM, INT        graceful stop: stop accepting, finish in-flight requests\n"
+            "                   the logs\n"
+            "  TERM, INT, QUIT  graceful stop: stop accepting, finish in-flight requests\n"
             "                   within limits.drain_timeout, exit 0\n"
             "  second INT       stop at once\n"
+            "  USR1             reopen the access and error log files (logrotate)\n"
             "\n"
             "environment:\n"
-            "  MOONGATE_LOG_LEVEL   error, warn, info (default) or debug\n"
+            "  MOONGATE_LOG_LEVEL   error, warn, info (default) or debug; overrides\n"
+            "                       error_log.level; anything else stops the start\n"
             "  MOONGATE_HOME        folder holding the bundled lua/ and plugins/\n"
             "                       (default: ../share/moongate from the binary's folder)\n"
             "  MOONGATE_LUA_DIR, MOONGATE_PLUGIN_DIR   override one of the two\n"
@@ -77,7 +81,11 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(argv[i], "--script") == 0 && i + 1 < argc) {
             /* run a Lua file inside the loop: tests and tools */
-            mg_log_init();
+            char lerr[256];
+            if (mg_log_init(lerr, sizeof lerr) != 0) {
+                fprintf(stderr, "moongate: %s\n", lerr);
+                return 1;
+            }
             signal(SIGPIPE, SIG_IGN);
             mg_loop_t *loop = mg_loop_new(file);
             if (loop == NULL)
@@ -99,23 +107,37 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    mg_log_init();
+    char err[8192];
+    if (mg_log_init(err, sizeof err) != 0) {
+        fprintf(stderr, "moongate: %s\n", err);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN); /* until the loop reopens logs on it */
     mg_loop_t *loop = mg_loop_new(file);
     if (loop == NULL) {
         fprintf(stderr, "moongate: cannot initialise\n");
         return 1;
     }
-    char err[2048];
     if (mg_loop_load(loop, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         mg_loop_free(loop);
         return 1;
     }
+    /* host names: -t reports those that do not resolve; a start waits a
+     * moment for their first answers so the first requests have addresses */
+    int unresolved = mg_netcheck(loop, test, test ? 10.0 : 5.0, stderr);
     if (test) {
-        printf("OK\n");
+        if (unresolved == 0)
+            printf("OK\n");
         mg_loop_free(loop);
-        return 0;
+        return unresolved ? 1 : 0;
+    }
+    if (mg_log_configure(loop->gen->cfg->error_log, loop->gen->cfg->error_log_level, err,
+                         sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        mg_loop_free(loop);
+        return 1;
     }
     mg_srv_raise_nofile();
     int workers = loop->gen->cfg->workers;

@@ -92,6 +92,9 @@ static void worker_main(master_t *m, int idx)
 {
     pid_t master_pid = getppid();
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the master */
+    /* a USR1 before the loop's handler is up must not kill the worker (its
+     * logs are opened by path after this anyway) */
+    signal(SIGUSR1, SIG_IGN);
     sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
     /* The worker is the master's loop, forked: it starts on the last config
      * the master accepted (already loaded, plugins included), even if the
@@ -311,6 +314,8 @@ static void reload(master_t *m)
     }
     mg_gen_unref(old);
     const mg_cfg_t *cfg = m->cfg_loop->gen->cfg;
+    if (mg_log_configure(cfg->error_log, cfg->error_log_level, err, sizeof err) != 0)
+        mg_log_error("%s", err);
     m->shm->generation = m->cfg_loop->gen->id;
     int nworkers = want_workers(cfg);
     if (nworkers != m->nworkers) {
@@ -344,6 +349,17 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
         return 1;
     m->cfg_loop = cfg_loop;
     m->nworkers = nworkers;
+    /* blocked before the listeners are bound: once a client can connect,
+     * a signal is taken by the loop below, never by its default action */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, &m->oldmask);
     char err[512];
     if (bind_set(m, cfg_loop->gen->cfg, m->fds, m->addrs, m->admin, &m->nfds, err, sizeof err)) {
         mg_log_error("%s", err);
@@ -363,13 +379,6 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
     }
     m->shm->started = ev_time();
     m->shm->generation = cfg_loop->gen->id;
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGCHLD);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigprocmask(SIG_BLOCK, &set, &m->oldmask);
     mg_log_info("moongate %s master (pid %d) starting %d workers", MG_VERSION, (int)getpid(),
                 nworkers);
     fflush(stdout);
@@ -414,8 +423,14 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
                 mg_notify_ready();
             }
             break;
+        case SIGUSR1: /* logrotate: every process reopens its own files */
+            mg_log_reopen();
+            mg_log_info("signal USR1: reopening the log files in %d workers", running(m));
+            signal_all(m, SIGUSR1);
+            break;
         case SIGTERM:
         case SIGINT:
+        case SIGQUIT:
             if (m->stopping && sig == SIGINT) {
                 mg_log_info("second SIGINT: stopping workers now");
                 signal_all(m, SIGINT);

@@ -162,7 +162,7 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
     }
     uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0, ce = 0, to = 0, re = 0, restarts = 0;
     double sum = 0;
-    int64_t conns = 0, active = 0, idle = 0, busy = 0;
+    int64_t conns = 0, active = 0, idle = 0, busy = 0, tunnels = 0;
     for (int wi = 0; wi < n; wi++) {
         const mg_met_worker_t *w = &m->w[wi];
         for (int b = 0; b <= MG_MET_BUCKETS; b++)
@@ -177,6 +177,7 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
         active += w->active;
         idle += w->up_idle;
         busy += w->lua_busy;
+        tunnels += w->tunnels;
     }
     put(&o, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
             "# TYPE moongate_request_duration_seconds histogram\n");
@@ -205,6 +206,9 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
     put(&o, "# HELP moongate_requests_active Requests in flight.\n"
             "# TYPE moongate_requests_active gauge\nmoongate_requests_active %lld\n",
         (long long)active);
+    put(&o, "# HELP moongate_tunnels_active Open tunnels (WebSocket and other upgrades).\n"
+            "# TYPE moongate_tunnels_active gauge\nmoongate_tunnels_active %lld\n",
+        (long long)tunnels);
     /* aborts must bring this back to 0 too: a request whose wait was not
      * cancelled keeps its coroutine */
     put(&o, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"

@@ -30,6 +30,7 @@ typedef struct mg_met_worker {
     int64_t conns, active, up_idle;      /* gauges, refreshed each loop iteration */
     int64_t lua_mem;
     int64_t lua_busy;                    /* request coroutines alive (log phases too) */
+    int64_t tunnels;                     /* open tunnels (WebSocket and other upgrades) */
     uint32_t generation;
     uint32_t overflow;                   /* (route, status) pairs that found no slot */
     mg_met_key_t keys[MG_MET_KEYS];

@@ -10,6 +10,7 @@
 #include "lrt.h"
 #include "loop.h"
 #include "req.h"
+#include "tunnel.h"
 #include "upstream.h"
 
 #include <errno.h>
@@ -126,6 +127,24 @@ static int forwardable(const mg_h1_head_t *h, const conn_tokens_t *ct, mg_str_t 
 
 static int is_framing(mg_str_t n);
 
+/* Whether the route tunnels `proto` (its `upgrades`; the name part before a
+ * "/version" counts too). h2c never is. */
+static int upgrade_allowed(const mg_cfg_route_t *rt, mg_str_t proto)
+{
+    mg_str_t name = proto;
+    const char *slash = memchr(proto.p, '/', proto.n);
+    if (slash)
+        name.n = (size_t)(slash - proto.p);
+    if (MG_STR_EQ_CI(name, "h2c"))
+        return 0;
+    for (int i = 0; i < rt->nupgrades; i++) {
+        size_t n = strlen(rt->upgrades[i]);
+        if (mg_str_eq_ci(proto, rt->upgrades[i], n) || mg_str_eq_ci(name, rt->upgrades[i], n))
+            return 1;
+    }
+    return 0;
+}
+
 /* Serializes the request for the upstream into r->uhead: the original
  * headers minus hop-by-hop ones, Lua's edits (set_header/remove_header win
  * over originals and over our X-Forwarded-*), X-Forwarded-For (appended to
@@ -149,6 +168,17 @@ static void build_request_head(mg_req_t *r)
         mg_buf_append(o, r->path.p, (size_t)(url.p + url.n - r->path.p));
     }
     mg_buf_append(o, " HTTP/1.1\r\n", 11);
+    /* An upgrade the route tunnels goes up with its two headers; any other
+     * loses them (they are hop-by-hop) and goes up as plain HTTP. */
+    mg_str_t proto = mg_req_upgrade(r);
+    r->upgrading = proto.p && r->route >= 0 &&
+                   upgrade_allowed(&r->gen->cfg->routes[r->route], proto);
+    r->websocket = r->upgrading && MG_STR_EQ_CI(proto, "websocket");
+    if (r->upgrading) {
+        mg_buf_puts(o, "Connection: upgrade\r\nUpgrade: ");
+        mg_buf_append(o, proto.p, proto.n);
+        mg_buf_append(o, "\r\n", 2);
+    }
     conn_tokens_t ct;
     connection_tokens(h, &ct);
     for (int i = 0; i < h->nhdrs; i++) {
@@ -174,7 +204,9 @@ static void build_request_head(mg_req_t *r)
                 mg_buf_append(o, ", ", 2);
             }
         }
-        mg_buf_puts(o, r->remote);
+        /* the peer (after a PROXY header), not the client found in
+         * X-Forwarded-For: the chain keeps every hop once */
+        mg_buf_puts(o, r->conn ? r->conn->remote : r->remote);
         mg_buf_append(o, "\r\n", 2);
     }
     if (!(e->n && mg_edits_find(e, "x-forwarded-proto", 17)))
@@ -284,9 +316,23 @@ static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, 
         mg_buf_append(o, e->v[i].value, e->v[i].value_len);
         mg_buf_append(o, "\r\n", 2);
     }
+    /* every answer carries Date: the upstream's (or a plugin's), else ours */
+    const mg_hdr_edit_t *de = e && e->n ? mg_edits_find(e, "date", 4) : NULL;
+    if (de ? de->value == NULL : mg_h1_find(h, "date", 4, 0) < 0)
+        mg_buf_puts(o, mg_loop_date(r->loop));
     if (r->resp_chunked)
         mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
-    mg_req_end_head(r, o);
+    if (r->status == 101) {
+        /* the switch: the upstream's Upgrade (hop-by-hop, so not copied
+         * above) and our Connection: upgrade */
+        int ui = mg_h1_find(h, "upgrade", 7, 0);
+        mg_str_t uv = ui >= 0 ? mg_h1_value(h, ui) : mg_req_upgrade(r);
+        mg_buf_append(o, "Upgrade: ", 9);
+        mg_buf_append(o, uv.p, uv.n);
+        mg_buf_puts(o, "\r\nConnection: upgrade\r\n\r\n");
+    } else {
+        mg_req_end_head(r, o);
+    }
     r->resp_bytes += o->len - before;
 }
 
@@ -296,12 +342,13 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     mg_req_t *r = u->req;
     if (r == NULL)
         return -1;
-    if (h->status >= 100 && h->status < 200) {
-        if (h->status == 101) {
-            u->h1.err_status = 502;
-            u->h1.err_reason = "upstream switched protocols";
-            return -1;
-        }
+    if (h->status == 101 && (!r->upgrading || !r->body_done)) {
+        /* a switch nobody asked for (or before the request ended) */
+        u->h1.err_status = 502;
+        u->h1.err_reason = "upstream switched protocols";
+        return -1;
+    }
+    if (h->status >= 100 && h->status < 200 && h->status != 101) {
         /* Interim responses are dropped, the final one follows. Every
          * byte re-arms the read timeout, so an upstream sending 100s
          * forever would hold the request forever: bound them. */
@@ -316,7 +363,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     if (c == NULL)
         return -1;
     int head_req = r->head->method == HTTP_HEAD;
-    int no_body = head_req || h->status == 204 || h->status == 304;
+    int no_body = head_req || h->status == 204 || h->status == 304 || h->status == 101;
     r->status = h->status;
     if (!no_body && !(h->flags & MG_H1_HAS_CL)) {
         if (r->http10)
@@ -336,11 +383,11 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         /* response plugins edit the head before it goes out */
         r->held = 1;
         mg_lrt_wake(r);
-        return head_req ? 1 : 0;
+        return (head_req || h->status == 101) ? 1 : 0;
     }
     r->resp_started = 1;
     write_head(r, h, NULL, &c->wbuf);
-    return head_req ? 1 : 0;
+    return (head_req || h->status == 101) ? 1 : 0;
 }
 
 static void pause_upstream(mg_upconn_t *u, int pause)
@@ -393,6 +440,67 @@ static int r_on_done(void *ud)
 
 static const mg_h1_cb_t resp_cbs = { r_on_begin, r_on_head, r_on_body, r_on_done };
 
+/* --- upgrades: the exchange becomes a tunnel ------------------------------- */
+
+/* The tunnel ended: the request ends with it (access log, log phase),
+ * with the bytes relayed each way. */
+static void tunnel_done(void *ud, const uint64_t bytes[2], const char *why)
+{
+    (void)why;
+    mg_req_t *r = ud;
+    r->tun_bytes[MG_TUN_UP] = bytes[MG_TUN_UP];
+    r->tun_bytes[MG_TUN_DOWN] = bytes[MG_TUN_DOWN];
+    r->resp_bytes += bytes[MG_TUN_DOWN];
+    r->loop->stats.active++; /* a tunnel is not a request in flight; finish counts it out */
+    mg_req_finish(r);
+}
+
+/* The 101 head is queued for the client: both connections leave their
+ * owners (the upstream one never returns to the pool) and become one
+ * tunnel. in[0..n): bytes the upstream sent after its 101. */
+static void start_tunnel(mg_req_t *r, const char *in, size_t n)
+{
+    mg_loop_t *loop = r->loop;
+    mg_upconn_t *u = r->up;
+    mg_conn_t *c = r->conn;
+    mg_tun_end_t ce = { 0 }, ue = { 0 };
+    r->up = NULL;
+    r->conn = NULL;
+    r->tunnel = 1;
+    r->resp_started = 1;
+    mg_up_detach(u, &ue.fd, &ue.ssl, &ue.out);
+    ue.in = in;
+    ue.in_n = n;
+    mg_conn_detach(c, &ce.fd, &ce.tls, &ce.out, &ce.in, &ce.in_n, &ce.eof);
+    mg_buf_free(&r->uhead); /* no retry from here: an idle tunnel keeps no buffer */
+    loop->stats.active--;
+    double idle = r->gen->cfg->limits.tunnel_idle_timeout;
+    if (mg_tun_start(loop, &ce, &ue, r->websocket, idle, tunnel_done, r) == NULL) {
+        static const uint64_t none[2] = { 0, 0 };
+        mg_log_error("out of memory starting a tunnel");
+        tunnel_done(r, none, "out of memory");
+    }
+}
+
+/* The upstream answered 101 and its head is parsed; in[0..n) is what
+ * followed it in the same read. */
+static void switched(mg_upconn_t *u, const char *in, size_t n)
+{
+    mg_req_t *r = u->req;
+    if (r->held) {
+        /* response plugins run first: the bytes wait with the head */
+        if (mg_buf_append(&r->hold, in, n) != MG_OK) {
+            up_fail(u, FAIL_RESET, "out of memory");
+            return;
+        }
+        pause_upstream(u, 1);
+        return;
+    }
+    if (r->conn == NULL)
+        return;
+    start_tunnel(r, in, n);
+}
+
 /* The response is complete and queued: end the exchange. */
 static void exchange_done(mg_upconn_t *u, int leftover)
 {
@@ -423,7 +531,21 @@ void mg_proxy_send_held(mg_req_t *r)
     mg_conn_t *c = r->conn;
     if (c == NULL)
         return;
+    int switched = r->up && r->up->resp_done && r->upgrading && r->res_head &&
+                   r->res_head->status == 101;
+    if (switched && r->status != 101)
+        r->keepalive = 0; /* a plugin turned the switch down: the body ends at close */
     write_head(r, r->res_head, &r->res_edits, &c->wbuf);
+    if (switched) {
+        if (r->status == 101) {
+            start_tunnel(r, mg_buf_data(&r->hold), r->hold.len);
+        } else {
+            mg_proxy_abort(r);
+            mg_req_finish(r);
+        }
+        mg_buf_free(&r->hold);
+        return;
+    }
     if (r->hold.len) {
         r->resp_bytes += r->hold.len;
         mg_buf_append(&c->wbuf, mg_buf_data(&r->hold), r->hold.len);
@@ -479,6 +601,10 @@ static void up_on_read(mg_upconn_t *u)
         up_fail(u, FAIL_GARBAGE, u->h1.err_reason ? u->h1.err_reason : "invalid response");
         return;
     }
+    if (u->resp_done && r->upgrading && r->status == 101) {
+        switched(u, loop->scratch + k, (size_t)(n - k));
+        return;
+    }
     if (u->resp_done) {
         exchange_done(u, k < n);
     }
@@ -511,6 +637,8 @@ static void up_flush(mg_upconn_t *u)
 
 static void connected(mg_upconn_t *u)
 {
+    mg_log_debug("upstream %s: connection ready, sending the request",
+                 u->req ? u->req->upstream_addr : "?");
     u->connecting = 0;
     mg_up_server_ok(u->server);
     u->last_io = ev_now(u->loop->ev);
@@ -656,6 +784,10 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         snprintf(r->upstream_addr, sizeof r->upstream_addr, "%s", up->servers[s].addr->text);
         const char *err = NULL;
         mg_upconn_t *u = mg_up_get(up, s, r, &up_ops, &err);
+        mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
+                     r->upstream_addr, r->tries + 1,
+                     u == NULL ? (err ? err : "connect failed")
+                     : u->connecting ? "connecting" : "idle keep-alive connection");
         if (u == NULL) {
             r->loop->stats.up_connect_errors++;
             if (r->tries < up->cfg->retries) {

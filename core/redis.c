@@ -14,11 +14,13 @@
  * NIL shell to free. The result is the same as with the option: the waiter
  * owns the reply and frees it with freeReplyObject. */
 #include "redis.h"
+#include "dns.h"
 #include "log.h"
 #include "redis_ev.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,8 +47,10 @@ typedef struct mg_rds_conn {
 
 struct mg_rds_pool {
     struct ev_loop *ev;
-    char host[INET_ADDRSTRLEN];
+    char host[256];          /* as configured (a name, an address, or the socket path) */
     int port;
+    char unix_path[108];     /* "" for TCP */
+    mg_dns_name_t *dns;      /* host is a name: its kept resolution (a ref) */
     char *password;
     int db, size;
     double timeout, connect_timeout;
@@ -286,36 +290,66 @@ static void conn_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 
 /* --- pool ----------------------------------------------------------------- */
 
-mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char *err,
-                               size_t errlen)
+int mg_rds_parse_addr(const char *addr, mg_rds_addr_t *out, char *err, size_t errlen)
 {
-    const char *colon = o->addr ? strrchr(o->addr, ':') : NULL;
-    if (colon == NULL || colon == o->addr) {
-        snprintf(err, errlen, "addr: expected \"host:port\", got \"%s\"", o->addr ? o->addr : "");
-        return NULL;
+    memset(out, 0, sizeof *out);
+    if (addr == NULL)
+        addr = "";
+    const char *path = strncmp(addr, "unix:", 5) == 0 ? addr + 5 : addr[0] == '/' ? addr : NULL;
+    if (path) {
+        if (path[0] != '/' || strlen(path) >= sizeof out->unix_path) {
+            snprintf(err, errlen, "addr: expected \"unix:/absolute/path\", got \"%s\"", addr);
+            return -1;
+        }
+        snprintf(out->unix_path, sizeof out->unix_path, "%s", path);
+        return 0;
+    }
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr) {
+        snprintf(err, errlen, "addr: expected \"host:port\" or \"unix:/path\", got \"%s\"",
+                 addr);
+        return -1;
     }
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || end == colon + 1 || port < 1 || port > 65535) {
-        snprintf(err, errlen, "addr: bad port in \"%s\"", o->addr);
-        return NULL;
+        snprintf(err, errlen, "addr: bad port in \"%s\"", addr);
+        return -1;
     }
-    char host[256];
-    size_t hn = (size_t)(colon - o->addr);
-    if (hn >= sizeof host) {
-        snprintf(err, errlen, "addr: host name too long in \"%s\"", o->addr);
-        return NULL;
+    const char *h = addr;
+    size_t hn = (size_t)(colon - addr);
+    if (h[0] == '[' && hn >= 2 && h[hn - 1] == ']') {
+        h++;
+        hn -= 2;
     }
-    memcpy(host, o->addr, hn);
-    host[hn] = 0;
-    /* Resolve now, without DNS: hiredis would call getaddrinfo on every
-     * connect, which may block on a name. */
-    if (strcmp(host, "localhost") == 0)
-        strcpy(host, "127.0.0.1");
-    struct in_addr a;
-    if (inet_pton(AF_INET, host, &a) != 1) {
-        snprintf(err, errlen, "addr: host \"%s\" must be an IPv4 address or localhost "
-                              "(name lookups would block the worker)", host);
+    if (hn == 0 || hn >= sizeof out->host) {
+        snprintf(err, errlen, "addr: bad host in \"%s\"", addr);
+        return -1;
+    }
+    memcpy(out->host, h, hn);
+    out->port = (int)port;
+    if (strcmp(out->host, "localhost") == 0)
+        strcpy(out->host, "127.0.0.1");
+    unsigned char b[16];
+    if (inet_pton(AF_INET, out->host, b) == 1 || inet_pton(AF_INET6, out->host, b) == 1)
+        return 0;
+    for (const char *c = out->host; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '-' && *c != '.' && *c != '_') {
+            snprintf(err, errlen, "addr: bad host in \"%s\"", addr);
+            return -1;
+        }
+    out->is_name = 1;
+    return 0;
+}
+
+mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char *err,
+                               size_t errlen)
+{
+    mg_rds_addr_t a;
+    if (mg_rds_parse_addr(o->addr, &a, err, errlen) != 0)
+        return NULL;
+    if (a.is_name && o->dns == NULL) {
+        snprintf(err, errlen, "addr: no resolver for host \"%s\"", a.host);
         return NULL;
     }
     if (o->size < 1 || !(o->timeout > 0) || !(o->connect_timeout > 0) || o->db < 0) {
@@ -327,9 +361,12 @@ mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char 
         goto oom;
     if (o->password && (p->password = strdup(o->password)) == NULL)
         goto oom;
+    if (a.is_name && (p->dns = mg_dns_name(o->dns, a.host)) == NULL)
+        goto oom;
     p->ev = ev;
-    inet_ntop(AF_INET, &a, p->host, sizeof p->host);
-    p->port = (int)port;
+    snprintf(p->host, sizeof p->host, "%s", a.unix_path[0] ? a.unix_path : a.host);
+    snprintf(p->unix_path, sizeof p->unix_path, "%s", a.unix_path);
+    p->port = a.port;
     p->db = o->db;
     p->size = o->size;
     p->timeout = o->timeout;
@@ -383,6 +420,8 @@ void mg_rds_pool_free(mg_rds_pool_t *p, int loop_alive)
         c->ac = NULL;
         conn_free(c);
     }
+    if (loop_alive)
+        mg_dns_name_unref(p->dns); /* the resolver goes with the loop otherwise */
     free(p->password);
     free(p);
 }
@@ -419,7 +458,30 @@ static mg_rds_conn_t *conn_open(mg_rds_pool_t *p)
         snprintf(p->err, sizeof p->err, "out of memory");
         return NULL;
     }
-    redisAsyncContext *ac = redisAsyncConnect(p->host, p->port);
+    redisAsyncContext *ac;
+    if (p->unix_path[0]) {
+        ac = redisAsyncConnectUnix(p->unix_path);
+    } else if (p->dns) {
+        /* hiredis would look the name up itself, blocking: connect to the
+         * resolver's latest numeric answer instead */
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        const char *why = NULL;
+        char ip[INET6_ADDRSTRLEN];
+        if (mg_dns_name_addr(p->dns, p->port, &ss, &sl, &why) != 0) {
+            snprintf(c->err, sizeof c->err, "%s", why);
+            pool_failed(p, c->err);
+            free(c);
+            return NULL;
+        }
+        const void *ia = ss.ss_family == AF_INET
+                             ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                             : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+        inet_ntop(ss.ss_family, ia, ip, sizeof ip);
+        ac = redisAsyncConnect(ip, p->port);
+    } else {
+        ac = redisAsyncConnect(p->host, p->port);
+    }
     if (ac == NULL || ac->err) {
         set_err(c->err, sizeof c->err, ac ? ac->errstr : "out of memory");
         mg_log_warn("redis %s:%d: connect failed: %s", p->host, p->port, c->err);

@@ -5,8 +5,10 @@
  * AUTH and SELECT on connect. No Lua and no request here: a waiter is a
  * callback plus `void *` (STYLE.md a), and its handle is a heap *ticket*
  * that outlives the waiter when the waiter gives up (STYLE.md b, "Redis is
- * a special case"). Nothing here blocks: hosts are numeric IPv4 addresses or
- * "localhost", resolved when the pool is created. */
+ * a special case"). Nothing here blocks: a numeric address is used as is,
+ * a host name through the loop's resolver (dns.h: resolved in the
+ * background, kept fresh; connects use the latest answer), and
+ * "unix:/path" or "/path" is a unix socket. */
 #ifndef MG_REDIS_H
 #define MG_REDIS_H
 
@@ -14,13 +16,27 @@
 
 struct ev_loop;
 struct redisReply;
+struct mg_dns;
+
+/* A parsed Redis address. */
+typedef struct mg_rds_addr {
+    char host[256];          /* numeric address or host name ("" for a unix socket) */
+    int port;
+    int is_name;             /* host needs the resolver */
+    char unix_path[108];     /* "" for TCP */
+} mg_rds_addr_t;
+
+/* "host:port", "[v6]:port", "unix:/path" or "/path". 0, or -1 with a
+ * reason in err. */
+int mg_rds_parse_addr(const char *addr, mg_rds_addr_t *out, char *err, size_t errlen);
 
 typedef struct mg_rds_pool mg_rds_pool_t;
 typedef struct mg_rds_ticket mg_rds_ticket_t;
 
 /* What a pool connects to. Strings are copied by mg_rds_pool_new. */
 typedef struct mg_rds_opts {
-    const char *addr;        /* "host:port"; host is an IPv4 address or localhost */
+    const char *addr;        /* as mg_rds_parse_addr takes it */
+    struct mg_dns *dns;      /* resolver for host names (borrowed; outlives the pool) */
     const char *password;    /* AUTH on connect, or NULL */
     int db;                  /* SELECT on connect when not 0 */
     int size;                /* most connections open at once (>= 1) */
@@ -34,8 +50,7 @@ typedef struct mg_rds_opts {
 typedef void (*mg_rds_done_fn)(mg_rds_ticket_t *t, void *data);
 
 /* A new pool on the loop; no connection is opened until the first command.
- * NULL with a message in err (bad address, a host name that would need a
- * DNS lookup, out of memory). */
+ * NULL with a message in err (bad address, out of memory). */
 mg_rds_pool_t *mg_rds_pool_new(struct ev_loop *ev, const mg_rds_opts_t *o, char *err,
                                size_t errlen);
 /* The pool's configured per-call timeout (s). */

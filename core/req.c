@@ -6,11 +6,13 @@
  * has its response. */
 #include "req.h"
 #include "conn.h"
+#include "accesslog.h"
 #include "admin.h"
 #include "log.h"
 #include "metrics.h"
 #include "lrt.h"
 #include "proxy.h"
+#include "realip.h"
 #include "router.h"
 
 #include <stdio.h>
@@ -208,6 +210,53 @@ mg_str_t mg_req_header(const mg_req_t *r, const char *name)
     return mg_h1_value(r->head, i);
 }
 
+/* True if the comma-separated list v holds the token tok (case-insensitive). */
+static int list_has(mg_str_t v, const char *tok, size_t tn)
+{
+    size_t a = 0;
+    while (a < v.n) {
+        while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+            a++;
+        size_t b = a;
+        while (b < v.n && v.p[b] != ',')
+            b++;
+        size_t e = b;
+        while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+            e--;
+        if (e > a && mg_str_eq_ci((mg_str_t){ v.p + a, e - a }, tok, tn))
+            return 1;
+        a = b;
+    }
+    return 0;
+}
+
+mg_str_t mg_req_upgrade(const mg_req_t *r)
+{
+    const mg_h1_head_t *h = r->head;
+    mg_str_t none = { NULL, 0 };
+    if (h == NULL)
+        return none;
+    int i = mg_h1_find(h, "upgrade", 7, 0);
+    if (i < 0)
+        return none;
+    int asked = 0;
+    for (int c = mg_h1_find(h, "connection", 10, 0); c >= 0 && !asked;
+         c = mg_h1_find(h, "connection", 10, c + 1))
+        asked = list_has(mg_h1_value(h, c), "upgrade", 7);
+    if (!asked)
+        return none;
+    mg_str_t v = mg_h1_value(h, i);
+    size_t a = 0;
+    while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+        a++;
+    size_t b = a;
+    while (b < v.n && v.p[b] != ',' && v.p[b] != ' ' && v.p[b] != '\t')
+        b++;
+    if (b == a)
+        return none;
+    return (mg_str_t){ v.p + a, b - a };
+}
+
 static mg_str_t header_cb(void *ud, const char *name)
 {
     return mg_req_header(ud, name);
@@ -253,6 +302,8 @@ void mg_req_dispatch(mg_req_t *r)
     mg_h1_head_t *h = r->head;
     const mg_cfg_t *cfg = r->gen->cfg;
     r->http10 = h->http_major == 1 && h->http_minor == 0;
+    if (cfg->ntrusted)
+        mg_rip_apply(cfg->trusted, cfg->ntrusted, h, r->remote); /* X-Forwarded-For */
     r->keepalive = (h->flags & MG_H1_KEEPALIVE) && !r->loop->stopping;
     r->has_body = (h->flags & MG_H1_CHUNKED) || ((h->flags & MG_H1_HAS_CL) && h->content_length);
     if (!r->has_body)
@@ -320,6 +371,10 @@ void mg_req_dispatch(mg_req_t *r)
     }
     const mg_cfg_route_t *rt = &cfg->routes[r->route];
     r->upstream = rt->upstream;
+    mg_log_debug("%s %.*s from %s: route %s -> %s", llhttp_method_name(h->method),
+                 (int)r->path.n, r->path.p, r->remote, rt->name,
+                 rt->chain_ref >= 0 ? "Lua chain"
+                 : rt->upstream >= 0 ? cfg->upstreams[rt->upstream].name : "-");
     if ((h->flags & MG_H1_EXPECT_100) && r->has_body && !r->http10 && r->conn) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         mg_conn_write(r->conn, cont, sizeof cont - 1);
@@ -409,6 +464,19 @@ void mg_req_end_head(mg_req_t *r, mg_buf_t *out)
         mg_buf_append(out, "\r\n", 2);
 }
 
+/* True if a handler's own headers (CRLF-separated lines) set Date. */
+static int has_date(const char *h)
+{
+    for (const char *p = h; p && *p;) {
+        if (strncasecmp(p, "date:", 5) == 0)
+            return 1;
+        p = strstr(p, "\r\n");
+        if (p)
+            p += 2;
+    }
+    return 0;
+}
+
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers)
 {
@@ -434,6 +502,8 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     mg_buf_t *out = &c->wbuf;
     size_t before = out->len;
     mg_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, mg_status_reason(status));
+    if (!has_date(extra_headers))
+        mg_buf_puts(out, mg_loop_date(r->loop));
     if (ctype)
         mg_buf_printf(out, "Content-Type: %s\r\n", ctype);
     if (status != 204 && status != 304 && !(status >= 100 && status < 200))
@@ -510,18 +580,29 @@ static void access_log(mg_req_t *r)
     FILE *f = r->loop->access_log;
     if (f == NULL)
         return;
-    char ts[32];
-    double now = ev_now(r->loop->ev);
-    mg_log_time(now, ts);
-    const char *method = r->head->url_len ? llhttp_method_name(r->head->method) : "-";
-    mg_str_t url = mg_h1_url(r->head);
-    if (url.n == 0)
-        url = MG_STR("-");
-    const char *route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : "-";
-    fprintf(f, "%s %s %s %.*s %d %llu %s %.3f %s\n", ts, r->remote, method,
-            (int)(url.n > 2048 ? 2048 : url.n), url.p, r->aborted ? 499 : r->status,
-            (unsigned long long)r->resp_bytes, r->upstream_addr[0] ? r->upstream_addr : "-",
-            ev_time() - r->t_start, route);
+    const mg_h1_head_t *h = r->head;
+    int parsed = (h->flags & MG_H1_HEAD_READ) != 0; /* else llhttp's method 0 means nothing */
+    mg_alog_entry_t e = {
+        .time = ev_now(r->loop->ev),
+        .remote = r->remote,
+        .method = parsed ? llhttp_method_name(h->method) : "-",
+        .path = h->url_len ? mg_h1_url(h) : (mg_str_t){ NULL, 0 },
+        .status = r->aborted ? 499 : r->status,
+        .bytes_sent = r->resp_bytes,
+        .upstream = r->upstream_addr[0] ? r->upstream_addr : NULL,
+        .duration = ev_time() - r->t_start,
+        .route = r->route >= 0 ? r->gen->cfg->routes[r->route].name : NULL,
+        .request_id = { r->request_id, r->request_id ? strlen(r->request_id) : 0 },
+        .http_major = parsed ? h->http_major : 0,
+        .http_minor = parsed ? h->http_minor : 0,
+        .tunnel = r->tunnel,
+        .tunnel_up = r->tun_bytes[0],
+        .tunnel_down = r->tun_bytes[1],
+    };
+    int ua = parsed ? mg_h1_find(h, "user-agent", 10, 0) : -1;
+    if (ua >= 0)
+        e.user_agent = mg_h1_value(h, ua);
+    mg_alog_write(f, r->gen->cfg->access_log_format, &e);
 }
 
 void mg_req_finish(mg_req_t *r)
@@ -619,6 +700,7 @@ static void req_free(void *p)
     mg_edits_free(&r->edits);
     mg_edits_free(&r->res_edits);
     free(r->path_override);
+    free(r->request_id);
     mg_gen_unref(r->gen);
     mg_loop_t *loop = r->loop;
     if (loop->nfree_reqs < FREE_REQS_MAX && r->uhead.cap <= 4096 && !r->script) {

@@ -86,6 +86,10 @@ struct mg_req {
     uint64_t tried;           /* servers already tried (bit per index) */
     mg_buf_t uhead;           /* the request head as sent upstream */
     unsigned req_chunked : 1; /* body goes up chunk-encoded */
+    unsigned upgrading : 1;   /* went up with Upgrade: a 101 answer makes a tunnel */
+    unsigned websocket : 1;   /* ... and the protocol is websocket */
+    unsigned tunnel : 1;      /* the connections became a tunnel (ends at its close) */
+    uint64_t tun_bytes[2];    /* bytes the tunnel relayed: client->upstream, upstream->client */
     mg_h1_head_t *res_head;   /* held response head (response plugins) */
     mg_buf_t hold;            /* held response body bytes, framed */
 
@@ -111,6 +115,7 @@ struct mg_req {
     mg_edits_t edits;         /* request header edits */
     mg_edits_t res_edits;     /* response header edits */
     char *path_override;      /* req:set_path */
+    char *request_id;         /* the request_id plugin's id, for the access log (owned) */
     struct mg_req *next_free; /* loop->free_reqs */
     uint64_t reload_ok0, reload_failed0; /* POST /reload: counters when asked */
 };
@@ -143,6 +148,10 @@ void mg_req_finish(mg_req_t *r);
 void mg_req_abort(mg_req_t *r);
 /* Frees r once it is done and no coroutine holds it. */
 void mg_req_maybe_free(mg_req_t *r);
+/* The protocol the client asks to upgrade to (the first one its Upgrade
+ * header lists, as sent), only when its Connection header carries the
+ * `upgrade` token; else p == NULL. */
+mg_str_t mg_req_upgrade(const mg_req_t *r);
 /* Value of the request header `name` (edits included), or p == NULL. */
 mg_str_t mg_req_header(const mg_req_t *r, const char *name);
 

@@ -72,6 +72,9 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
     /* the current generation's context: a reload's new certificate serves
      * new connections, old ones keep theirs */
     struct ssl_ctx_st *tls = l->admin ? NULL : mg_gen_tls(l->loop->gen, l->addr.text);
+    const mg_cfg_listen_t *lc = l->admin ? NULL : mg_cfg_listener(l->loop->gen->cfg, l->addr.text);
+    int flags = (l->admin ? MG_CONN_F_ADMIN : 0) |
+                (lc && lc->proxy_protocol ? MG_CONN_F_PROXY_PROTOCOL : 0);
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -91,7 +94,7 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss, l->admin, tls);
+        mg_conn_accept(l->loop, fd, (struct sockaddr *)&ss, flags, tls);
     }
 }
 

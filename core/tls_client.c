@@ -282,6 +282,15 @@ void mg_tlsc_close(struct ssl_st *s, int peer_gone)
     SSL_free(s);
 }
 
+void mg_tlsc_shutdown(struct ssl_st *s)
+{
+    if (s == NULL || !SSL_is_init_finished(s) || (SSL_get_shutdown(s) & SSL_SENT_SHUTDOWN))
+        return;
+    ERR_clear_error();
+    SSL_shutdown(s);
+    ERR_clear_error();
+}
+
 void mg_tlsc_session_free(struct ssl_session_st *sess)
 {
     SSL_SESSION_free(sess);

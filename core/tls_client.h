@@ -67,6 +67,9 @@ int mg_tlsc_idle_ok(struct ssl_st *s, void *scratch, size_t n);
 /* Sends close_notify when the connection is healthy (best effort, never
  * waits) and frees s. The caller closes the fd. NULL-tolerant. */
 void mg_tlsc_close(struct ssl_st *s, int peer_gone);
+/* Sends close_notify (best effort, never waits) without freeing s: a
+ * half-close; reading goes on. NULL-tolerant. */
+void mg_tlsc_shutdown(struct ssl_st *s);
 /* Releases a cached session. NULL-tolerant. */
 void mg_tlsc_session_free(struct ssl_session_st *sess);
 

@@ -12,6 +12,7 @@
  * way round (tls_rd_ww/tls_wr_wr). */
 #include "upstream.h"
 #include "conn.h"
+#include "dns.h"
 #include "log.h"
 #include "loop.h"
 #include "req.h"
@@ -42,6 +43,13 @@ int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg)
     for (int i = 0; i < cfg->nservers; i++) {
         up->servers[i].up = up;
         up->servers[i].addr = &cfg->servers[i];
+        /* a host name: resolved (and kept fresh) by the loop's resolver;
+         * connects use its latest answer */
+        if (cfg->servers[i].name && loop->dns &&
+            (up->servers[i].dns = mg_dns_name(loop->dns, cfg->servers[i].name)) == NULL) {
+            mg_up_close(up);
+            return MG_ENOMEM;
+        }
     }
     if (cfg->tls) {
         char err[512];
@@ -103,6 +111,7 @@ void mg_up_close(mg_up_t *up)
             mg_up_conn_close(sv->idle);
         free(sv->tls_name);
         mg_tlsc_session_free(sv->tls_sess);
+        mg_dns_name_unref(sv->dns);
     }
     free(up->servers);
     up->servers = NULL;
@@ -315,6 +324,9 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
 {
     mg_up_server_t *sv = &up->servers[s];
     mg_loop_t *loop = up->loop;
+    /* a kept connection to an address the name no longer has goes */
+    while (sv->dns && sv->idle && sv->idle->dns_gen != mg_dns_name_gen(sv->dns))
+        mg_up_conn_close(sv->idle);
     if (sv->idle) {
         mg_upconn_t *u = sv->idle;
         sv->idle = u->next;
@@ -329,7 +341,19 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
         sv->active++;
         return u;
     }
-    int fd = socket(sv->addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const struct sockaddr *sa = (const struct sockaddr *)&sv->addr->sa;
+    socklen_t salen = sv->addr->len;
+    struct sockaddr_storage resolved;
+    if (sv->addr->name) {
+        if (sv->dns == NULL) {
+            *err = "host name without a resolver";
+            return NULL;
+        }
+        if (mg_dns_name_addr(sv->dns, sv->addr->port, &resolved, &salen, err) != 0)
+            return NULL;
+        sa = (const struct sockaddr *)&resolved;
+    }
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = strerror(errno);
         return NULL;
@@ -345,7 +369,8 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, mg_req_t *req, const mg_upconn_ops_t 
     u->loop = loop;
     u->server = sv;
     u->fd = fd;
-    int rc = connect(fd, (const struct sockaddr *)&sv->addr->sa, sv->addr->len);
+    u->dns_gen = sv->dns ? mg_dns_name_gen(sv->dns) : 0;
+    int rc = connect(fd, sa, salen);
     if (rc != 0 && errno != EINPROGRESS) {
         *err = strerror(errno);
         close(fd);
@@ -516,6 +541,18 @@ void mg_up_conn_close(mg_upconn_t *u)
         close(u->fd);
     u->fd = -1;
     mg_loop_defer(loop, upconn_free, u);
+}
+
+void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out)
+{
+    *fd = u->fd;
+    *ssl = u->ssl;
+    *out = u->wbuf;
+    u->fd = -1;
+    u->ssl = NULL;
+    u->wbuf = (mg_buf_t){ 0 };
+    u->req = NULL;
+    mg_up_conn_close(u);
 }
 
 static void upconn_free(void *p)

@@ -25,6 +25,7 @@ struct ssl_session_st;
 typedef struct mg_up_server {
     mg_up_t *up;
     const mg_addr_t *addr;
+    struct mg_dns_name *dns;   /* addr is a host name: its kept resolution (a ref), else NULL */
     int active;                /* connections in use */
     mg_upconn_t *idle;         /* idle keep-alive connections (LIFO) */
     int nidle;
@@ -71,6 +72,7 @@ struct mg_upconn {
     mg_req_t *req;             /* the exchange it serves; NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
+    unsigned dns_gen;          /* the server name's answer count when connected (dns.h) */
     unsigned interim;          /* 1xx responses seen in this exchange */
     struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
     unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
@@ -156,5 +158,9 @@ void mg_up_arm_timer(mg_upconn_t *u, double secs);
 void mg_up_release(mg_upconn_t *u);
 /* Closes and frees later; idempotent. */
 void mg_up_conn_close(mg_upconn_t *u);
+/* Hands the socket over to a tunnel after a 101: *fd, *ssl and *out (the
+ * request bytes not yet written) become the caller's, and u is closed
+ * without them (never back to the pool). */
+void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out);
 
 #endif

@@ -1,10 +1,14 @@
 -- basic_auth: HTTP Basic authentication (RFC 7617) against a user list in
--- the config: users = { alice = "password", bob = "sha256:<hex>" } (also
--- "sha512:<hex>"). Passwords are compared as digests with gw.crypto.equal,
--- so the time taken says nothing about the password, and an unknown user
--- costs the same as a known one. On success the user name is in
--- req.ctx.user (and the header `user_header`, which clients cannot spoof);
--- otherwise 401 with WWW-Authenticate: Basic realm="...". doc/plugins/basic_auth.md.
+-- the config. Users are "name:hash" lines as htpasswd writes them (bcrypt
+-- $2y$/$2b$/$2a$, $apr1$, {SHA}, $5$, $6$, $1$), as Traefik takes them, or
+-- "sha256:<hex>"/"sha512:<hex>" digests; plain passwords only with
+-- plaintext = true. Hashes are checked by gw.crypto.password_verify (kept
+-- code: libxcrypt, OpenSSL) and compared in constant time; an unknown user
+-- costs the same work as a known one. A success with a slow hash is
+-- remembered for cache_ttl seconds (per worker), so bcrypt is not paid on
+-- every request. On success the user name is in req.ctx.user (and the
+-- header `user_header`, which clients cannot spoof); otherwise 401 with
+-- WWW-Authenticate: Basic realm="...". doc/plugins/basic_auth.md.
 local gw = gw
 local util = require "moongate.plugin_util"
 
@@ -18,6 +22,8 @@ local M = {
     hide_credentials = { type = "boolean", default = false },
     user_header = { type = "string|boolean", default = "X-Consumer-Username" },
     anonymous = "string",  -- as Kong: let a failed request through as this user
+    plaintext = { type = "boolean", default = false }, -- allow plain passwords
+    cache_ttl = { type = "number", default = 60 },     -- remember successes (slow hashes)
   },
 }
 
@@ -54,26 +60,50 @@ local function unhex(h)
   return (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end))
 end
 
+-- What a user's secret is: { kind = "hash", hash = ... } (password_verify),
+-- { kind = "digest", alg, digest } (sha256:/sha512: hex, or a plain password
+-- hashed at load with plaintext = true), or nil, why.
+local function secret_entry(conf, name, secret)
+  if type(secret) ~= "string" then
+    return nil, ("users.%s: expected a password hash (htpasswd)"):format(name)
+  end
+  local fmt = gw.crypto.password_format(secret)
+  if fmt then
+    return { kind = "hash", hash = secret, slow = fmt ~= "sha1" }
+  end
+  local alg, hexd = secret:match("^(sha%d+):(%x+)$")
+  if alg then
+    local len = ({ sha256 = 64, sha512 = 128 })[alg]
+    if not len or #hexd ~= len then
+      return nil, ("users.%s: expected sha256:<64 hex> or sha512:<128 hex>"):format(name)
+    end
+    return { kind = "digest", alg = alg, digest = unhex(hexd:lower()) }
+  end
+  if conf.plaintext then
+    return { kind = "digest", alg = "sha256", digest = gw.crypto.digest("sha256", secret) }
+  end
+  -- never take a hash we cannot read (or anything else) as the password itself
+  if secret:match("^%$") or secret:match("^{") then
+    return nil, ("users.%s: unsupported or malformed password hash (bcrypt $2y$/$2b$/$2a$, "
+      .. "$apr1$, {SHA}, $5$, $6$ or $1$, as htpasswd writes them)"):format(name)
+  end
+  return nil, ("users.%s: not a password hash; write one with htpasswd -nB %s "
+    .. "(or set plaintext = true to allow plain passwords)"):format(name, name)
+end
+
 function M.check(conf)
   if conf.users and conf.credentials then return nil, "set users or credentials, not both" end
   local given, err = user_map(conf.users or conf.credentials or {})
   if not given then return nil, err end
   local users = {}
   local n = 0
-  for name, secret in pairs(given) do
-    if type(secret) ~= "string" then
-      return nil, ("users.%s: expected a password or \"sha256:<hex>\""):format(name)
-    end
-    local alg, hexd = secret:match("^(sha%d+):(%x+)$")
-    if alg then
-      local len = ({ sha256 = 64, sha512 = 128 })[alg]
-      if not len or #hexd ~= len then
-        return nil, ("users.%s: expected sha256:<64 hex> or sha512:<128 hex>"):format(name)
-      end
-      users[name] = { alg = alg, digest = unhex(hexd:lower()) }
-    else
-      users[name] = { alg = "sha256", digest = gw.crypto.digest("sha256", secret) }
-    end
+  local names = {}
+  for name in pairs(given) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local entry, why = secret_entry(conf, name, given[name])
+    if not entry then return nil, why end
+    users[name] = entry
     n = n + 1
   end
   if n == 0 then return nil, "users: at least one user is needed" end
@@ -83,11 +113,24 @@ function M.check(conf)
   if conf.user_header and not conf.user_header:match(util.TOKEN) then
     return nil, "user_header: not a valid header name"
   end
+  if conf.cache_ttl < 0 then return nil, "cache_ttl: must be at least 0" end
   conf._users = users
   -- as Kong, APISIX and Traefik send it: Basic realm="..."
   conf._challenge = { ["WWW-Authenticate"] = ('Basic realm="%s"'):format(conf.realm) }
-  conf._dummy = { alg = "sha256", digest = gw.crypto.digest("sha256", gw.crypto.random(16)) }
+  -- an unknown user is checked against the first user's secret (same work)
+  conf._dummy = users[names[1]]
+  -- cache keys are MACs under a key of this config: no password is kept,
+  -- and a reload (new key) forgets every success
+  conf._cache_key = gw.crypto.random(32)
   return true
+end
+
+-- True if `password` is `entry`'s. Constant-time compares inside.
+local function verify(entry, password)
+  if entry.kind == "hash" then
+    return gw.crypto.password_verify(entry.hash, password) == true
+  end
+  return gw.crypto.equal(gw.crypto.digest(entry.alg, password), entry.digest)
 end
 
 local function pass(conf, req, user)
@@ -116,9 +159,14 @@ function M.access(conf, req)
   if not user then return deny(conf, req, "malformed credentials") end
   local entry = conf._users[user]
   local known = entry ~= nil
-  entry = entry or conf._dummy
-  local ok = gw.crypto.equal(gw.crypto.digest(entry.alg, password), entry.digest)
+  local key
+  if known and entry.slow and conf.cache_ttl > 0 then
+    key = "basic_auth\0" .. gw.crypto.hmac("sha256", conf._cache_key, user .. "\0" .. password)
+    if gw.cache:get(key) then return pass(conf, req, user) end
+  end
+  local ok = verify(entry or conf._dummy, password)
   if not (ok and known) then return deny(conf, req, "invalid credentials") end
+  if key then gw.cache:set(key, true, conf.cache_ttl) end
   pass(conf, req, user)
 end
 

@@ -71,6 +71,7 @@ function M.access(conf, req)
     req:set_header(conf.header_name, id)
   end
   req.ctx.request_id = id
+  if req._log_request_id then req:_log_request_id(id) end -- the access log's request_id
 end
 
 function M.response(conf, req, res)

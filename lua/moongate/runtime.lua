@@ -30,6 +30,55 @@ local function find_plugin(dirs, name)
   return nil
 end
 
+-- "did you mean": the candidate nearest to word by edit distance, if it is
+-- close enough to be a likely misspelling (1 edit for short words, 2 from 5
+-- letters, 3 from 9).
+local function distance(a, b)
+  if #a > 64 or #b > 64 then return 99 end
+  local row = {}
+  for j = 0, #b do row[j] = j end
+  for i = 1, #a do
+    local diag = row[0]
+    row[0] = i
+    for j = 1, #b do
+      local up = row[j]
+      local cost = a:sub(i, i):lower() == b:sub(j, j):lower() and 0 or 1
+      row[j] = math.min(diag + cost, up + 1, row[j - 1] + 1)
+      diag = up
+    end
+  end
+  return row[#b]
+end
+
+function M.suggest(word, candidates)
+  if type(word) ~= "string" then return nil end
+  local limit = #word >= 9 and 3 or #word >= 5 and 2 or 1
+  local best, bd = nil, limit + 1
+  for _, c in ipairs(candidates) do
+    local d = distance(word, c)
+    if d < bd and d < #word then best, bd = c, d end
+  end
+  return best
+end
+
+local function did_you_mean(word, candidates)
+  local hint = M.suggest(word, candidates)
+  return hint and (" (did you mean '%s'?)"):format(hint) or ""
+end
+
+-- Plugin names on plugin_path (M.listdir is set by the C config loader).
+local function plugin_names(dirs)
+  local names = {}
+  for _, dir in ipairs(dirs) do
+    for _, f in ipairs(M.listdir and M.listdir(dir) or {}) do
+      local n = f:match("^(.+)%.lua$")
+      if n then names[#names + 1] = n end
+    end
+  end
+  table.sort(names)
+  return names
+end
+
 local function plugin_dirs(config, file)
   local base = dirname(file)
   local dirs = {}
@@ -99,7 +148,11 @@ function M.check_conf(plugin, conf)
   for k, v in pairs(conf) do
     local spec = schema[k]
     if spec == nil then
-      return nil, ("unknown option '%s'"):format(tostring(k)), tostring(k)
+      local keys = {}
+      for name in pairs(schema) do keys[#keys + 1] = name end
+      table.sort(keys)
+      return nil, ("unknown option '%s'%s"):format(tostring(k), did_you_mean(k, keys)),
+        tostring(k)
     end
     local t = type(spec) == "table" and (spec.type or "any") or spec
     if not type_ok(t, v) then
@@ -133,47 +186,70 @@ end
 
 local loaded_files
 
-local function build_route(route, i, dirs, loaded)
+-- Builds one route's chain. Every error goes into errs as
+-- { message, path (the config path, for the line), needle }; returns the
+-- chain, or nil if this route had any.
+local function build_route(route, i, dirs, loaded, errs)
   local where = ("routes[%d]"):format(i)
+  local nerr = #errs
+  local function fail(message, path, needle)
+    errs[#errs + 1] = { message = message, path = path, needle = needle }
+  end
   local plugins = route.plugins or {}
   if type(plugins) ~= "table" then
-    return nil, where .. ".plugins: expected a list", "plugins"
+    fail(where .. ".plugins: expected a list", where .. ".plugins", "plugins")
+    return nil
   end
   local order = route.plugin_order
   if order ~= nil and order ~= "priority" and order ~= "listed" then
-    return nil, where .. ".plugin_order: expected \"priority\" or \"listed\"", "plugin_order"
+    fail(where .. ".plugin_order: expected \"priority\" or \"listed\"", where .. ".plugin_order",
+      "plugin_order")
   end
   local entries = {}
   for j, entry in ipairs(plugins) do
     local pw = ("%s.plugins[%d]"):format(where, j)
     local name = type(entry) == "string" and entry or (type(entry) == "table" and entry[1])
+    local plugin
     if type(name) ~= "string" then
-      return nil, pw .. ": expected { \"name\", option = value, ... }", "plugins"
+      fail(pw .. ": expected { \"name\", option = value, ... }", pw, "plugins")
+      goto next
     end
-    local plugin = loaded[name]
+    plugin = loaded[name]
     if not plugin then
       local path = find_plugin(dirs, name)
       if not path then
-        return nil, ("%s: plugin '%s' not found in plugin_path"):format(pw, name), name
+        fail(("%s: plugin '%s' not found in plugin_path%s"):format(pw, name,
+          did_you_mean(name, plugin_names(dirs))), pw, name)
+        goto next
       end
       local err
       plugin, err = load_plugin(path, name)
-      if not plugin then return nil, ("%s (%s): %s"):format(pw, name, err), name end
+      if not plugin then
+        fail(("%s (%s): %s"):format(pw, name, err), pw, name)
+        goto next
+      end
       loaded_files[#loaded_files + 1] = path
       loaded[name] = plugin
     end
-    local conf = {}
-    if type(entry) == "table" then
-      for k, v in pairs(entry) do
-        if k ~= 1 then conf[k] = v end
+    do
+      local conf = {}
+      if type(entry) == "table" then
+        for k, v in pairs(entry) do
+          if k ~= 1 then conf[k] = v end
+        end
+      end
+      local ok, err, needle = M.check_conf(plugin, conf)
+      if not ok then
+        local at = pw
+        if type(needle) == "string" and conf[needle] ~= nil then at = pw .. "." .. needle end
+        fail(("%s (%s): %s"):format(pw, name, err), at, needle or name)
+      else
+        entries[#entries + 1] = { plugin = plugin, conf = conf, name = name, index = j }
       end
     end
-    local ok, err, needle = M.check_conf(plugin, conf)
-    if not ok then
-      return nil, ("%s (%s): %s"):format(pw, name, err), needle or name
-    end
-    entries[#entries + 1] = { plugin = plugin, conf = conf, name = name, index = j }
+    ::next::
   end
+  if #errs > nerr then return nil end
   if order ~= "listed" then
     table.sort(entries, function(a, b)
       local pa, pb = a.plugin.priority or 0, b.plugin.priority or 0
@@ -197,30 +273,32 @@ local function build_route(route, i, dirs, loaded)
   return chain
 end
 
--- Returns chains (a list, false for routes that need no Lua), or
--- nil, message, needle (text locating the line in the config file).
+-- Returns chains (a list, false for routes that need no Lua), or nil,
+-- message, needle (text locating the line in the config file) of the first
+-- error, and the list of every error ({ message, path, needle }).
 M.redis_conf = {}
 
 function M.build(config, file)
   local dirs, err, needle = plugin_dirs(config, file)
-  if not dirs then return nil, err, needle end
+  if not dirs then
+    return nil, err, needle, { { message = err, path = "plugin_path", needle = needle } }
+  end
+  local errs = {}
   if config.redis ~= nil then
     local ok, rerr, rneedle = M.check_redis(config.redis)
-    if not ok then return nil, rerr, rneedle end
+    if not ok then errs[#errs + 1] = { message = rerr, needle = rneedle } end
   end
   local loaded = {}
   local chains = {}
   loaded_files = {}
-  for i, route in ipairs(config.routes or {}) do
-    if route.plugins or route.handler then
-      local chain
-      chain, err, needle = build_route(route, i, dirs, loaded)
-      if not chain then return nil, err, needle end
-      chains[i] = chain
+  for i, route in ipairs(type(config.routes) == "table" and config.routes or {}) do
+    if type(route) == "table" and (route.plugins or route.handler) then
+      chains[i] = build_route(route, i, dirs, loaded, errs) or false
     else
       chains[i] = false
     end
   end
+  if #errs > 0 then return nil, errs[1].message, errs[1].needle, errs end
   M.redis_conf = config.redis or {}
   M.loaded_files = loaded_files
   return chains
@@ -243,8 +321,9 @@ function M.check_redis(redis)
         return nil, ("redis.%s.%s: must be %s, got %s"):format(name, k, t, type(v)), k
       end
     end
-    if type(conf.addr) ~= "string" or not conf.addr:match(":%d+$") then
-      return nil, ("redis.%s.addr: expected \"host:port\""):format(name), name
+    if type(conf.addr) ~= "string" or not (conf.addr:match(":%d+$") or
+        conf.addr:match("^unix:/.") or conf.addr:match("^/.")) then
+      return nil, ("redis.%s.addr: expected \"host:port\" or \"unix:/path\""):format(name), name
     end
   end
   return true

@@ -15,7 +15,7 @@
 
 typedef struct cfgfile {
     char path[64];
-    char err[512];
+    char err[2048];
     lua_State *L;
     mg_cfg_t *cfg;   /* NULL when loading failed; err says why */
 } cfgfile_t;

@@ -44,7 +44,7 @@ static void test_unknown_keys(void)
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  listne = 5,\n"
                 "}\n",
-                3, "config: unknown option 'listne'");
+                3, "listne: unknown option (did you mean 'listen'?)");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  upstreams = { app = { servers = { \"127.0.0.1:9000\" } } },\n"
@@ -54,7 +54,7 @@ static void test_unknown_keys(void)
                 "      upstrem = \"app\" },\n"
                 "  },\n"
                 "}\n",
-                7, "routes[2]: unknown option 'upstrem'");
+                7, "routes[2].upstrem: unknown option (did you mean 'upstream'?)");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  upstreams = { app = { servers = { \"127.0.0.1:9000\" } } },\n"
@@ -63,12 +63,12 @@ static void test_unknown_keys(void)
                 "                methdos = { \"GET\" } }, upstream = \"app\" },\n"
                 "  },\n"
                 "}\n",
-                6, "routes[1].match: unknown option 'methdos'");
+                6, "routes[1].match.methdos: unknown option (did you mean 'methods'?)");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  limits = { max_body = 10 },\n"
                 "}\n",
-                3, "limits: unknown option 'max_body'");
+                3, "limits.max_body: unknown option");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  limits = {\n"
@@ -85,7 +85,7 @@ static void test_unknown_keys(void)
                 "  upstreams = { app = { servers = { \"127.0.0.1:9000\" },\n"
                 "                        keep_alive = 4 } },\n"
                 "}\n",
-                4, "upstreams.app: unknown option 'keep_alive'");
+                4, "upstreams.app.keep_alive: unknown option (did you mean 'keepalive'?)");
 }
 
 static void test_unknown_upstream(void)
@@ -209,7 +209,7 @@ static void test_wrong_types(void)
                 "      handler = function() end },\n"
                 "  },\n"
                 "}\n",
-                6, "routes[1]: a route has an upstream or a handler, not both");
+                6, "routes[1].handler: a route has an upstream or a handler, not both");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
                 "  routes = {\n"
@@ -537,8 +537,48 @@ static void test_parse_addr(void)
               "(127.0.0.1:0000000000000080 -> port 8)");
 }
 
+/* Every error, each at the line of its key, in line order; route names
+ * unique; the line of a route whose upstream came out nil. */
+static void test_every_error(void)
+{
+    cfgfile_t f;
+    mg_cfg_t *cfg = cfgfile_load(&f, "return {\n"
+                                     "  listen = { \"127.0.0.1:8080\" },\n"
+                                     "  upstreams = {\n"
+                                     "    app = { servers = { \"127.0.0.1\" },\n"
+                                     "            keeplive = 4 },\n"
+                                     "  },\n"
+                                     "  limits = { idle_timeout = \"x\" },\n"
+                                     "  routes = {\n"
+                                     "    { name = \"api\", match = { prefix = \"/a/\" }, upstream = \"app\" },\n"
+                                     "    { name = \"api\", match = { prefix = \"/b/\" },\n"
+                                     "      upstream = os.getenv(\"MOONGATE_TEST_NOPE\") },\n"
+                                     "  },\n"
+                                     "}\n");
+    mgt_report(cfg == NULL, __FILE__, __LINE__, "config refused");
+    static const char *const want[] = {
+        ":4: upstreams.app.servers[1]: invalid address '127.0.0.1'",
+        ":5: upstreams.app.keeplive: unknown option (did you mean 'keepalive'?)",
+        ":7: limits.idle_timeout: expected a number, got string",
+        ":10: routes[2]: a route needs an upstream or a handler",
+        ":10: routes[2].name: 'api' is already the name of routes[1]",
+    };
+    const char *at = f.err;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *hit = strstr(at, want[i]);
+        if (!mgt_report(hit != NULL, __FILE__, __LINE__, "every error, in line order"))
+            fprintf(stderr, "     want \"%s\" after %zu bytes in:\n%s\n", want[i],
+                    (size_t)(at - f.err), f.err);
+        else
+            at = hit + strlen(want[i]);
+    }
+    cfgfile_close(&f);
+    mg_cfg_free(cfg);
+}
+
 int main(void)
 {
+    RUN(test_every_error);
     RUN(test_unknown_keys);
     RUN(test_unknown_upstream);
     RUN(test_wrong_types);

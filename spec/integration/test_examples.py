@@ -238,7 +238,8 @@ def test_readme_tour(example, ports, procs, tmp_path):
     # one access-log line per request on stdout, as the README shows it
     wait_for(lambda: " GET /whoami 200 " in g.stdout_text(), what="access log line")
     line = [l for l in g.stdout_text().splitlines() if " GET /whoami 200 " in l][0]
-    assert re.fullmatch(r"\S+Z 127\.0\.0\.1 GET /whoami 200 \d+ - \d+\.\d{3} whoami", line)
+    assert re.fullmatch(r"\S+Z 127\.0\.0\.1 GET /whoami 200 \d+ - \d+\.\d{3} whoami - "
+                        r'(-|"[^"]*")', line), line
 
     # reload with the admin API, as the README says
     r = request(ports.admin, "POST", "/reload")

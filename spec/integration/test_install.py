@@ -252,7 +252,7 @@ def test_help_lists_every_option_the_signals_and_the_runtime_folders(run_moongat
     out = p.stdout_text
     for opt in accepted_options():
         assert re.search(r"(^|[\s,\[|])%s\b" % re.escape(opt), out), opt
-    for sig in ("HUP", "TERM", "INT"):
+    for sig in ("HUP", "TERM", "INT", "QUIT", "USR1"):
         assert re.search(r"^\s+.*\b%s\b" % sig, out, re.M), sig
     for var in ("MOONGATE_HOME", "MOONGATE_LOG_LEVEL", "NOTIFY_SOCKET"):
         assert var in out

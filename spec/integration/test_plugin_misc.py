@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -250,8 +251,8 @@ def gw_basic(gateway, upstream):
     hashed = hashlib.sha256(b"hunter2").hexdigest()
     return gateway(gw_config(upstream, [
         route("/b/", '{ "basic_auth", users = { alice = "wonderland", bob = "sha256:%s" }, '
-                     'realm = "staff" }' % hashed),
-        route("/hide/", '{ "basic_auth", users = { alice = "wonderland" }, '
+                     'realm = "staff", plaintext = true }' % hashed),
+        route("/hide/", '{ "basic_auth", users = { alice = "wonderland" }, plaintext = true, '
                         'hide_credentials = true, user_header = "X-User" }'),
     ]))
 
@@ -296,6 +297,56 @@ def test_basic_auth_hide_credentials(gw_basic):
     assert values(hs, "Authorization") == []
     assert values(hs, "X-User") == ["alice"]
     assert_basic_401(request(gw_basic.port, "GET", "/hide/"), "moongate")
+
+
+def htpasswd_line(user, pw, how):
+    if how in ("-B", "-m", "-s"):
+        out = subprocess.run(["htpasswd", "-nb", how, user, pw], capture_output=True, check=True)
+        return out.stdout.decode().strip()
+    out = subprocess.run(["openssl", "passwd", how, pw], capture_output=True, check=True)
+    return "%s:%s" % (user, out.stdout.decode().strip())
+
+
+HTPASSWD = [("bc", "bcrypt pw", "-B"), ("apr", "apr1 pw", "-m"), ("sha", "sha1 pw", "-s"),
+            ("five", "sha-256 pw", "-5"), ("six", "sha-512 pw", "-6"), ("one", "md5 pw", "-1")]
+
+
+def test_basic_auth_htpasswd_hashes(gateway, upstream):
+    """users as htpasswd writes them (as Traefik takes them): the password
+    opens, the hash string itself never does."""
+    lines = [htpasswd_line(u, pw, how) for u, pw, how in HTPASSWD]
+    # Traefik's documented example: user test, password test
+    lines.append("test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/")
+    users = ", ".join('"%s"' % l.replace("$", "$$") for l in lines)
+    g = gateway(gw_config(upstream, [route("/h/", '{ "basic_auth", users = { %s } }' % users)]))
+    before = upstream.stats()["requests"]
+    for (user, pw, _), line in zip(HTPASSWD + [("test", "test", "")], lines):
+        hs = upstream_headers(request(g.port, "GET", "/h/", headers=basic(user, pw)))
+        assert values(hs, "X-Consumer-Username") == [user], line
+        the_hash = line.split(":", 1)[1]
+        for wrong in (the_hash, pw + "x", pw[:-1], ""):
+            r = request(g.port, "GET", "/h/", headers=basic(user, wrong))
+            assert_basic_401(r, "moongate")
+    # the wrong user with a right password
+    assert_basic_401(request(g.port, "GET", "/h/", headers=basic("six", "bcrypt pw")), "moongate")
+    assert upstream.stats()["requests"] == before + len(lines)
+    # a success is remembered per worker (cache_ttl): a second bcrypt login works too
+    hs = upstream_headers(request(g.port, "GET", "/h/", headers=basic("bc", "bcrypt pw")))
+    assert values(hs, "X-Consumer-Username") == ["bc"]
+
+
+@pytest.mark.parametrize("users,why", [
+    ('{ "alice:wonderland" }', "users.alice: not a password hash"),
+    ('{ alice = "wonderland" }', "users.alice: not a password hash"),
+    ('{ "alice:$apr1$short" }', "users.alice: unsupported or malformed password hash"),
+    ('{ "alice:{SHA}nope" }', "users.alice: unsupported or malformed password hash"),
+])
+def test_basic_auth_plain_password_needs_plaintext(run_moongate, upstream, users, why):
+    cfg = gw_config(upstream, [route("/h/", '{ "basic_auth", users = %s }' % users)])
+    p = run_moongate("-t", "-c", "$CFG", config=cfg)
+    assert p.returncode == 1, p.stdout_text
+    assert why in p.stderr_text, p.stderr_text
+    assert re.search(r"moongate\.lua:\d+: ", p.stderr_text)
 
 
 # --------------------------------------------------------------------------

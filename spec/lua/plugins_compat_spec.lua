@@ -171,7 +171,7 @@ describe("basic_auth", function()
   end
 
   it("answers 401 JSON with WWW-Authenticate: Basic realm=\"...\"", function()
-    local c = conf_of(ba, { users = { alice = "pw" }, realm = "staff" })
+    local c = conf_of(ba, { users = { alice = "pw" }, realm = "staff", plaintext = true })
     local req = fake_req()
     ba.access(c, req)
     json_error(req, 401)
@@ -183,7 +183,7 @@ describe("basic_auth", function()
       { "alice:pw:with:colons", { username = "bob", password = "hunter2" } },
     } do
       for _, key in ipairs { "users", "credentials" } do
-        local c = conf_of(ba, { [key] = users })
+        local c = conf_of(ba, { [key] = users, plaintext = true })
         local req = fake_req { headers = auth("alice", "pw:with:colons") }
         ba.access(c, req)
         assert.is_nil(req.status)
@@ -201,7 +201,7 @@ describe("basic_auth", function()
   end)
 
   it("anonymous (as Kong): a failed request goes on as that user, marked", function()
-    local c = conf_of(ba, { users = { alice = "pw" }, anonymous = "guest" })
+    local c = conf_of(ba, { users = { alice = "pw" }, anonymous = "guest", plaintext = true })
     local req = fake_req { headers = { ["X-Anonymous-Consumer"] = "false",
                                        ["X-Consumer-Username"] = "root" } }
     ba.access(c, req)

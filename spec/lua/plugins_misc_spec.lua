@@ -69,10 +69,20 @@ describe("basic_auth: configuration", function()
   local ba = plugin("basic_auth")
   it("takes plain and hashed passwords and refuses bad hashes", function()
     local conf = { users = { a = "pw", b = "sha256:" .. ("ab"):rep(32) }, realm = "r",
-                   user_header = "X-User" }
+                   user_header = "X-User", plaintext = true, cache_ttl = 60 }
     assert(ba.check(conf))
     assert.equals(gw.crypto.digest("sha256", "pw"), conf._users.a.digest)
-    assert.is_nil((ba.check { users = { a = "sha256:abc" }, realm = "r" }))
+    assert.is_nil((ba.check { users = { a = "sha256:abc" }, realm = "r", cache_ttl = 60 }))
+    -- a plain password needs plaintext = true
+    local ok, err = ba.check { users = { a = "pw" }, realm = "r", cache_ttl = 60 }
+    assert.is_nil(ok)
+    assert.matches("not a password hash", err)
+    -- a hash we cannot read is never taken as a password, plaintext or not
+    for _, bad in ipairs { "$apr1$short", "$2y$05$tooshort", "{SHA}abc", "$argon2id$v=19$x" } do
+      ok, err = ba.check { users = { a = bad }, realm = "r", plaintext = false, cache_ttl = 60 }
+      assert.is_nil(ok, bad)
+      assert.matches("hash", err)
+    end
     -- a digest of the wrong length is refused, not taken as a literal password
     assert.is_nil((ba.check { users = { a = "sha256:" .. ("ab"):rep(31) }, realm = "r" }))
     assert.is_nil((ba.check { users = { a = "sha1:" .. ("ab"):rep(20) }, realm = "r" }))
