@@ -6,6 +6,7 @@
 #include "log.h"
 #include "mg.h"
 #include "realip.h"
+#include "shdict.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -556,6 +557,48 @@ static void walk_upstream_tls(lua_State *L, walk_t *w, const char *where, mg_cfg
             cfg_fail(L, w, "tls_ca", "%s.tls_ca: '%s' holds no PEM certificate", where,
                      u->tls_ca);
     }
+}
+
+/* shared = { name = bytes }: gw.shared dictionaries. */
+static void walk_shared(lua_State *L, walk_t *w)
+{
+    mg_cfg_t *cfg = w->cfg;
+    lua_getfield(L, -1, "shared");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    expect_table(L, w, "shared", "shared");
+    cfg->shared = calloc(MG_SHD_MAX_DICTS, sizeof *cfg->shared);
+    if (cfg->shared == NULL)
+        luaL_error(L, "out of memory");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            cfg_fail(L, w, "shared", "shared: expected name = bytes pairs");
+        const char *name = lua_tostring(L, -2);
+        size_t nlen = strlen(name);
+        int ok = nlen > 0 && nlen < MG_SHD_NAME_MAX;
+        for (size_t i = 0; ok && i < nlen; i++)
+            ok = isalnum((unsigned char)name[i]) || strchr("_.-", name[i]) != NULL;
+        if (!ok)
+            cfg_fail(L, w, name,
+                     "shared.%s: a name is 1 to %d letters, digits, '_', '.' or '-'", name,
+                     MG_SHD_NAME_MAX - 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < (lua_Integer)MG_SHD_MIN_SIZE ||
+            (uint64_t)lua_tointeger(L, -1) > (uint64_t)MG_SHD_MAX_SIZE)
+            cfg_fail(L, w, name, "shared.%s: expected a size in bytes from %d to %llu", name,
+                     (int)MG_SHD_MIN_SIZE, (unsigned long long)MG_SHD_MAX_SIZE);
+        if (cfg->nshared == MG_SHD_MAX_DICTS - 1) /* one is rate_limit's */
+            cfg_fail(L, w, name, "shared: at most %d dictionaries", MG_SHD_MAX_DICTS - 1);
+        mg_cfg_shared_t *s = &cfg->shared[cfg->nshared++];
+        s->size = (size_t)lua_tointeger(L, -1);
+        s->name = xstrdup(name);
+        if (s->name == NULL)
+            luaL_error(L, "out of memory");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 /* One upstream (its table on top; its name in w->item_name). */
@@ -1183,14 +1226,15 @@ static int walk_root(lua_State *L)
     static const char *const keys[] = { "workers", "listen", "admin", "limits", "access_log",
                                         "redis", "upstreams", "plugin_path", "routes", "watch",
                                         "lua", "busy_poll", "error_log", "trusted_proxies",
-                                        "resolver", NULL };
+                                        "resolver", "shared", NULL };
     check_keys(L, w, "", keys);
     cfg->lua_memory_limit = 128u << 20;
     cfg->lua_max_instructions = 50000000;
     static const walk_step_t steps[] = { walk_workers, walk_listen,     walk_watch,
                                          walk_admin,   walk_limits,     walk_trusted,
                                          walk_resolver, walk_access_log,
-                                         walk_error_log, walk_lua,      walk_upstreams,
+                                         walk_error_log, walk_lua,      walk_shared,
+                                         walk_upstreams,
                                          walk_routes };
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
         protect(L, w, steps[i]);
@@ -1483,6 +1527,9 @@ void mg_cfg_free(mg_cfg_t *cfg)
 {
     if (cfg == NULL)
         return;
+    for (int i = 0; i < cfg->nshared; i++)
+        free(cfg->shared[i].name);
+    free(cfg->shared);
     for (int i = 0; i < cfg->nlisten; i++) {
         free(cfg->listen[i].tls_cert);
         free(cfg->listen[i].tls_key);

@@ -83,6 +83,12 @@ typedef struct mg_cfg_route {
     int nupgrades;
 } mg_cfg_route_t;
 
+/* One gw.shared dictionary (core/shdict.h). */
+typedef struct mg_cfg_shared {
+    char *name;
+    size_t size;            /* bytes */
+} mg_cfg_shared_t;
+
 typedef struct mg_cfg {
     char *file;
     int workers;            /* 0 = "auto" */
@@ -111,6 +117,8 @@ typedef struct mg_cfg {
     lua_State *L;           /* the state holding the refs (borrowed) */
     size_t lua_memory_limit;     /* bytes of Lua heap per worker */
     long lua_max_instructions;   /* per resume, before a plugin is stopped */
+    mg_cfg_shared_t *shared;     /* `shared = { name = bytes }` */
+    int nshared;
 } mg_cfg_t;
 
 /* Loads and checks FILE in L. Returns a new config, or NULL with

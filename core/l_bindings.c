@@ -12,6 +12,7 @@ void mg_lbindings_preload(lua_State *L)
         { "moongate.base64", luaopen_moongate_base64 },
         { "moongate.redis", luaopen_moongate_redis },
         { "moongate.http", luaopen_moongate_http },
+        { "moongate.shared", luaopen_moongate_shared },
         { NULL, NULL },
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

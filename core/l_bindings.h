@@ -20,6 +20,9 @@ int luaopen_moongate_redis(lua_State *L);
 /* gw.http.request: nonblocking HTTP/1.1 client (core/l_http.c). */
 int luaopen_moongate_http(lua_State *L);
 
+/* gw.shared: dictionaries in shared memory (core/l_shared.c). */
+int luaopen_moongate_shared(lua_State *L);
+
 /* Puts every module above in package.preload. */
 void mg_lbindings_preload(lua_State *L);
 

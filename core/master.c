@@ -5,6 +5,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "server.h"
+#include "shdict.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -85,6 +86,31 @@ fail:
     return -1;
 }
 
+/* --- shared dictionaries -------------------------------------------------- */
+
+/* Maps the config's gw.shared dictionaries (and rate_limit's) that are not
+ * mapped yet, before workers are forked so they all share them. The count
+ * created, or -1. */
+static int ensure_shared(const mg_cfg_t *cfg, char *err, size_t errlen)
+{
+    int created = 0;
+    int rc = mg_shd_ensure(MG_SHD_RATE_LIMIT, MG_SHD_RATE_LIMIT_SIZE, err, errlen);
+    if (rc < 0)
+        return -1;
+    created += rc;
+    for (int i = 0; i < cfg->nshared; i++) {
+        int resized = mg_shd_find(cfg->shared[i].name, 0) != NULL;
+        rc = mg_shd_ensure(cfg->shared[i].name, cfg->shared[i].size, err, errlen);
+        if (rc < 0)
+            return -1;
+        if (rc > 0 && resized)
+            mg_log_warn("shared dictionary %s: new size %zu; it starts empty",
+                        cfg->shared[i].name, cfg->shared[i].size);
+        created += rc;
+    }
+    return created;
+}
+
 /* --- workers ------------------------------------------------------------- */
 
 static void worker_main(master_t *m, int idx) __attribute__((noreturn));
@@ -92,6 +118,7 @@ static void worker_main(master_t *m, int idx)
 {
     pid_t master_pid = getppid();
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the master */
+    mg_shd_forked();
     /* a USR1 before the loop's handler is up must not kill the worker (its
      * logs are opened by path after this anyway) */
     signal(SIGUSR1, SIG_IGN);
@@ -299,8 +326,10 @@ static void reload(master_t *m)
     char err[1024];
     mg_gen_t *old = m->cfg_loop->gen;
     mg_gen_ref(old);
+    int new_dicts = 0; /* a new shared dictionary: workers forked from now on have it */
     if (mg_loop_load(m->cfg_loop, err, sizeof err) != 0 ||
-        can_bind_new(m, m->cfg_loop->gen->cfg, err, sizeof err) != 0) {
+        can_bind_new(m, m->cfg_loop->gen->cfg, err, sizeof err) != 0 ||
+        (new_dicts = ensure_shared(m->cfg_loop->gen->cfg, err, sizeof err)) < 0) {
         if (m->cfg_loop->gen != old) { /* back to the last good config */
             mg_gen_t *bad = m->cfg_loop->gen;
             m->cfg_loop->gen = old;
@@ -318,7 +347,7 @@ static void reload(master_t *m)
         mg_log_error("%s", err);
     m->shm->generation = m->cfg_loop->gen->id;
     int nworkers = want_workers(cfg);
-    if (nworkers != m->nworkers) {
+    if (nworkers != m->nworkers || new_dicts > 0) {
         int fds[MAX_FDS], admin[MAX_FDS], n;
         mg_addr_t addrs[MAX_FDS];
         if (bind_set(m, cfg, fds, addrs, admin, &n, err, sizeof err) != 0) {
@@ -379,6 +408,12 @@ int mg_master_run(mg_loop_t *cfg_loop, int nworkers)
     }
     m->shm->started = ev_time();
     m->shm->generation = cfg_loop->gen->id;
+    if (ensure_shared(cfg_loop->gen->cfg, err, sizeof err) < 0) {
+        mg_log_error("%s", err);
+        mg_met_destroy(m->shm);
+        free(m);
+        return 1;
+    }
     mg_log_info("moongate %s master (pid %d) starting %d workers", MG_VERSION, (int)getpid(),
                 nworkers);
     fflush(stdout);

@@ -3,9 +3,11 @@
 -- limit: 429 with Retry-After and RateLimit-Limit/-Remaining/-Reset, which
 -- allowed responses carry too. doc/plugins/rate_limit.md has the details.
 --
--- scope "local": one bucket per key per worker, in a bounded LRU whose
--- entries expire when their bucket would be full again (a missing bucket is
--- a full one, so eviction never under-counts for long).
+-- scope "local": one bucket per key for the whole instance, in a shared
+-- dictionary (gw.shared) every worker takes from atomically (dict:take);
+-- the built-in one, or the one `dict` names. Entries expire when their
+-- bucket would be full again (a missing bucket is a full one, so LRU
+-- eviction of a full dictionary never under-counts for long).
 -- scope "redis": one atomic script per request (EVALSHA, EVAL when Redis
 -- does not know the script yet), with Redis's clock, so every gateway of a
 -- fleet shares the buckets.
@@ -27,9 +29,12 @@ local M = {
     headers = { type = "boolean", default = true },
     status = { type = "integer", default = 429 },
     message = { type = "string", default = "rate limit exceeded" },
-    max_keys = { type = "integer", default = 100000 },
+    max_keys = { type = "integer", default = 100000 }, -- accepted; the dictionary's size bounds it
+    dict = "string",
   },
 }
+
+local RATE_LIMIT_DICT = require("moongate.shared").RATE_LIMIT
 
 -- KEYS[1] bucket; ARGV rate, burst. Returns { allowed (0/1), tokens left
 -- (as a string: Redis truncates Lua numbers to integers) }.
@@ -53,7 +58,9 @@ return { allowed, tostring(tokens) }
 ]]
 
 local script_sha
-local buckets, buckets_max
+-- instances in config order: the same file gives every worker (and the next
+-- generation) the same bucket names, so they share and keep them
+local instances = 0
 
 local function hex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
@@ -79,15 +86,12 @@ function M.check(conf)
   if conf.scope == "redis" then
     script_sha = script_sha or hex(gw.crypto.digest("sha1", SCRIPT))
   end
-  -- local buckets live in this module, which each config generation loads
-  -- afresh, so a reload starts them over; a namespace shares them
-  if not buckets or conf.max_keys > buckets_max then
-    -- (config load: no bucket exists yet, nothing is lost)
-    buckets = require("moongate.cache").new(conf.max_keys)
-    buckets_max = conf.max_keys
-  end
+  -- a namespace shares buckets between instances; otherwise each instance
+  -- has its own, named by its place in the config and its settings (a
+  -- reload that changes them starts them over)
+  instances = instances + 1
   conf._prefix = conf.namespace and ("ns\0" .. conf.namespace)
-    or ("c\0" .. gw.crypto.random(8))
+    or ("c" .. instances .. "\0" .. conf.rate .. "/" .. conf.burst)
   return true
 end
 
@@ -111,24 +115,11 @@ local function caller(conf, req)
   return v
 end
 
--- Local token bucket: returns allowed, tokens left.
+-- Local token bucket: returns allowed, tokens left; nil, why on failure.
 local function take_local(conf, key)
-  key = conf._prefix .. "\0" .. key
-  local now = gw.now()
-  local b = buckets:get(key)
-  local tokens
-  if b then
-    tokens = math.min(conf.burst, b.tokens + math.max(0, now - b.ts) * conf.rate)
-  else
-    b = {}
-    tokens = conf.burst
-  end
-  local allowed = tokens >= 1
-  if allowed then tokens = tokens - 1 end
-  b.tokens, b.ts = tokens, now
-  -- expires when it would be full again: a missing bucket is a full one
-  buckets:set(key, b, (conf.burst - tokens) / conf.rate + 1)
-  return allowed, tokens
+  local dict = gw.shared(conf.dict or RATE_LIMIT_DICT)
+  if not dict then return nil, "no shared dictionary " .. conf.dict end
+  return dict:take(conf._prefix .. "\0" .. key, conf.rate, conf.burst)
 end
 
 local function take_redis(conf, key)
@@ -152,29 +143,29 @@ end
 function M.access(conf, req)
   local key = caller(conf, req)
   local allowed, tokens
-  if conf.scope == "redis" then
-    local err
+  if conf.scope == "local" then
+    allowed, tokens = take_local(conf, key)
+  else
     -- pcall: an unknown redis name raises; that is an outage here too
     local ok
     ok, allowed, tokens = pcall(take_redis, conf, (conf.namespace or req.route or "") .. ":" .. key)
     if not ok then allowed, tokens = nil, allowed end
-    if allowed == nil then
-      err = tokens
-      -- one line per 10 s, not one per request, while Redis is down
-      local now = gw.now()
-      local say = not conf._warned or now - conf._warned >= 10
-      if say then conf._warned = now end
-      if conf.fault_tolerant then
-        if say then
-          gw.log("warn", "rate_limit: redis failed, letting requests through: ", tostring(err))
-        end
-        return
+  end
+  if allowed == nil then
+    local err = tokens
+    local what = conf.scope == "local" and "shared dictionary" or "redis"
+    -- one line per 10 s, not one per request, while Redis is down
+    local now = gw.now()
+    local say = not conf._warned or now - conf._warned >= 10
+    if say then conf._warned = now end
+    if conf.fault_tolerant then
+      if say then
+        gw.log("warn", "rate_limit: ", what, " failed, letting requests through: ", tostring(err))
       end
-      if say then gw.log("error", "rate_limit: redis failed: ", tostring(err)) end
-      return util.json_error(req, 503, "rate limiter unavailable")
+      return
     end
-  else
-    allowed, tokens = take_local(conf, key)
+    if say then gw.log("error", "rate_limit: ", what, " failed: ", tostring(err)) end
+    return util.json_error(req, 503, "rate limiter unavailable")
   end
   local h = {
     ["RateLimit-Limit"] = tostring(math.floor(conf.burst)),

@@ -33,6 +33,7 @@ local okc, crypto = pcall(require, "moongate.crypto")
 if okc then gw.crypto = crypto end
 gw.redis = require("moongate.redis").open
 gw.http = require "moongate.http"
+gw.shared = require("moongate.shared").open
 
 gw.cache = require("moongate.cache").new(10000)
 
