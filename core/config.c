@@ -471,13 +471,15 @@ static void walk_limits(lua_State *L, walk_t *w)
     lim->header_timeout = 10;
     lim->idle_timeout = 60;
     lim->drain_timeout = 30;
+    lim->underscore_headers = MG_CFG_US_DROP;
     lim->tunnel_idle_timeout = 3600;
     lua_getfield(L, -1, "limits");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "limits", "limits");
         static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
                                             "max_body_bytes", "header_timeout", "idle_timeout",
-                                            "drain_timeout", "tunnel_idle_timeout", NULL };
+                                            "drain_timeout", "tunnel_idle_timeout",
+                                            "underscore_headers", NULL };
         check_keys(L, w, "limits", keys);
         lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
         lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
@@ -486,6 +488,20 @@ static void walk_limits(lua_State *L, walk_t *w)
         lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
         lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
         lim->tunnel_idle_timeout = opt_number(L, w, "limits", "tunnel_idle_timeout", 3600, 0.001);
+        lua_getfield(L, -1, "underscore_headers");
+        if (!lua_isnil(L, -1)) {
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            if (strcmp(v, "drop") == 0)
+                lim->underscore_headers = MG_CFG_US_DROP;
+            else if (strcmp(v, "allow") == 0)
+                lim->underscore_headers = MG_CFG_US_ALLOW;
+            else if (strcmp(v, "reject") == 0)
+                lim->underscore_headers = MG_CFG_US_REJECT;
+            else
+                cfg_fail(L, w, "underscore_headers",
+                         "limits.underscore_headers: expected \"drop\", \"allow\" or \"reject\"");
+        }
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
 }

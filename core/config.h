@@ -32,9 +32,13 @@ typedef struct mg_cfg_listen {
     int proxy_protocol;     /* every connection starts with a PROXY protocol v1/v2 header */
 } mg_cfg_listen_t;
 
+/* limits.underscore_headers: a request header whose name has "_" */
+enum { MG_CFG_US_ALLOW, MG_CFG_US_DROP, MG_CFG_US_REJECT };
+
 typedef struct mg_limits {
     size_t max_uri_bytes, max_header_bytes, max_body_bytes;
     double header_timeout, idle_timeout, drain_timeout;
+    int underscore_headers;   /* MG_CFG_US_*; default drop, as nginx */
     double tunnel_idle_timeout; /* a tunnel with no byte either way this long closes */
 } mg_limits_t;
 

@@ -643,6 +643,11 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
     c->timer.data = c;
     const mg_limits_t *lim = &loop->gen->cfg->limits;
     mg_h1_init(&c->h1, HTTP_REQUEST, &req_cbs, c, lim->max_uri_bytes, lim->max_header_bytes);
+    _Static_assert((int)MG_CFG_US_DROP == (int)MG_H1_US_DROP &&
+                       (int)MG_CFG_US_REJECT == (int)MG_H1_US_REJECT &&
+                       (int)MG_CFG_US_ALLOW == (int)MG_H1_US_ALLOW,
+                   "underscore policy numbers");
+    c->h1.underscores = (unsigned char)lim->underscore_headers;
     c->next = loop->conns;
     if (loop->conns)
         loop->conns->prev = c;

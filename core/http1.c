@@ -5,6 +5,14 @@
 
 enum { SPAN_NONE, SPAN_URL, SPAN_STATUS, SPAN_FIELD, SPAN_VALUE };
 
+/* Which bytes a request parser expects next (mg_h1_t.mode). */
+enum {
+    FR_OFF,   /* a response parser: llhttp alone */
+    FR_HEAD,  /* a request head, or the empty lines before one */
+    FR_RAW,   /* a Content-Length body (or none): llhttp counts it */
+    FR_CHUNK, /* a chunked body: checked by h1frame.c first */
+};
+
 static mg_h1_t *H(llhttp_t *p) { return (mg_h1_t *)p->data; }
 
 int mg_h1_find(const mg_h1_head_t *h, const char *name, size_t n, int from)
@@ -160,6 +168,7 @@ static int on_message_begin(llhttp_t *p)
     h->in_msg = 1;
     h->last = SPAN_NONE;
     h->head_bytes = 0;
+    h->drop_field = 0;
     return 0;
 }
 
@@ -174,6 +183,14 @@ static int on_value_complete(llhttp_t *p)
     if (h->in_body || hd == NULL || hd->nhdrs == 0)
         return 0;
     mg_h1_hdr_t *e = &hd->hdrs[hd->nhdrs - 1];
+    if (h->drop_field) {
+        /* the field is the last thing in the store: it goes entirely */
+        h->drop_field = 0;
+        hd->store.len = e->name_off;
+        hd->nhdrs--;
+        h->last = SPAN_NONE;
+        return 0;
+    }
     if (h->last != SPAN_VALUE) {
         e->value_off = (uint32_t)hd->store.len;
         e->value_len = 0;
@@ -188,16 +205,11 @@ static int on_value_complete(llhttp_t *p)
     return 0;
 }
 
-/* RFC 9110 tchar; read-only, so not process state */
-static const unsigned char tchar[256] = {
-    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1,
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
-    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-};
+extern const unsigned char mg_h1f_tchar[256]; /* h1frame.c, read-only */
 
 static inline int is_tchar(unsigned char c)
 {
-    return tchar[c];
+    return mg_h1f_tchar[c];
 }
 
 int mg_h1_is_token(const char *p, size_t n)
@@ -211,7 +223,8 @@ int mg_h1_is_token(const char *p, size_t n)
 }
 
 /* llhttp 8 lets a space inside a header name through; a name is a token
- * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. */
+ * (RFC 9110), and "Transfer Encoding" is a classic smuggling probe. An
+ * underscore is dropped or refused here (limits.underscore_headers). */
 static int on_field_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
@@ -227,6 +240,11 @@ static int on_field_complete(llhttp_t *p)
     mg_str_t n = mg_h1_name(h->head, h->head->nhdrs - 1);
     if (!mg_h1_is_token(n.p, n.n))
         return fail(h, 400, "invalid header name");
+    if (h->underscores != MG_H1_US_ALLOW && h->mode != FR_OFF && memchr(n.p, '_', n.n) != NULL) {
+        if (h->underscores == MG_H1_US_REJECT)
+            return fail(h, 400, "underscore in header name");
+        h->drop_field = 1;
+    }
     return 0;
 }
 
@@ -244,6 +262,11 @@ static int on_headers_complete(llhttp_t *p)
     mg_h1_head_t *hd = h->head;
     if (hd == NULL)
         return fail(h, 400, "bad request");
+    /* llhttp ended the head where the strict check did not (a lenient
+     * line ending): refused before the owner sees anything */
+    if (h->mode != FR_OFF && !h->at_end)
+        return fail(h, 400, "malformed request head");
+    h->gate = 1;
     h->last = SPAN_NONE;
     hd->method = p->method;
     hd->flags |= MG_H1_HEAD_READ;
@@ -303,6 +326,15 @@ static int on_headers_complete(llhttp_t *p)
     /* Upgrade (websocket, h2c) is not proxied: the upgrade headers are
      * dropped as hop-by-hop and the message is handled as plain HTTP. */
     p->upgrade = 0;
+    if (h->mode != FR_OFF) {
+        /* r == 1: llhttp ends the message here, whatever the framing */
+        if (r != 1 && (p->flags & F_CHUNKED)) {
+            h->mode = FR_CHUNK;
+            mg_h1f_chunked_start(&h->frame);
+        } else {
+            h->mode = FR_RAW;
+        }
+    }
     return r == 1 ? 1 : 0;
 }
 
@@ -320,6 +352,13 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 static int on_message_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
+    if (h->mode == FR_CHUNK && !h->at_end)
+        return fail(h, 400, "malformed chunked body");
+    if (h->mode != FR_OFF) {
+        h->gate = 1;
+        h->mode = FR_HEAD;
+        mg_h1f_head_start(&h->frame);
+    }
     h->in_body = 0;
     h->in_msg = 0;
     h->head = NULL;
@@ -330,8 +369,13 @@ static int on_message_complete(llhttp_t *p)
             fail(h, 500, "internal error");
         return -1;
     }
-    if (r == 1)
-        return 0;
+    if (r == 1) {
+        if (h->mode == FR_OFF)
+            return 0;
+        /* the next head must go through the framing check first */
+        h->ipaused = 1;
+        return HPE_PAUSED;
+    }
     h->paused = 1;
     return HPE_PAUSED;
 }
@@ -360,6 +404,10 @@ void mg_h1_init(mg_h1_t *h, int type, const mg_h1_cb_t *cb, void *ud, size_t max
     h->ud = ud;
     h->max_uri = max_uri;
     h->max_header = max_header;
+    if (type == HTTP_REQUEST) {
+        h->mode = FR_HEAD;
+        mg_h1f_head_start(&h->frame);
+    }
 }
 
 static int map_error(mg_h1_t *h, llhttp_errno_t e)
@@ -397,12 +445,90 @@ static int map_error(mg_h1_t *h, llhttp_errno_t e)
     return -1;
 }
 
+/* Runs llhttp over p[0..n) (n > 0). Returns the bytes consumed (fewer than
+ * n after a pause) or -1. A pause of our own at a message end (the owner
+ * said go on) is resumed here. */
+static ssize_t exec(mg_h1_t *h, const char *p, size_t n)
+{
+    llhttp_errno_t e = llhttp_execute(&h->p, p, n);
+    if (e == HPE_OK)
+        return (ssize_t)n;
+    if (e == HPE_PAUSED && (h->paused || h->ipaused)) {
+        ssize_t k = llhttp_get_error_pos(&h->p) - p;
+        if (h->ipaused) {
+            h->ipaused = 0;
+            llhttp_resume(&h->p);
+        }
+        return k;
+    }
+    return map_error(h, e);
+}
+
+/* Feeds llhttp p[0..n), all of it checked; n > 0. With `last`, the final
+ * byte ends the head or the chunked body, and llhttp must end it on that
+ * byte and not before (on_headers_complete / on_message_complete check
+ * at_end). Returns 0 or -1. */
+static int exec_checked(mg_h1_t *h, const char *p, size_t n, int last)
+{
+    size_t k = last ? n - 1 : n;
+    if (k > 0) {
+        ssize_t r = exec(h, p, k);
+        if (r < 0)
+            return -1;
+        if ((size_t)r != k)
+            return fail(h, 400, "malformed request");
+    }
+    if (!last)
+        return 0;
+    h->at_end = 1;
+    h->gate = 0;
+    ssize_t r = exec(h, p + k, 1);
+    h->at_end = 0;
+    if (r < 0)
+        return -1;
+    if (r != 1 || !h->gate)
+        return fail(h, 400, "malformed request");
+    return 0;
+}
+
+/* A request parser: each byte is checked (h1frame.c) before llhttp sees
+ * it, except Content-Length bodies, which have no framing bytes. */
+static ssize_t feed_request(mg_h1_t *h, const char *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n && !h->paused) {
+        if (h->mode == FR_RAW) {
+            ssize_t k = exec(h, p + off, n - off);
+            if (k < 0)
+                return -1;
+            off += (size_t)k;
+            continue;
+        }
+        size_t used;
+        int st = h->mode == FR_HEAD ? mg_h1f_head(&h->frame, p + off, n - off, &used)
+                                    : mg_h1f_chunked(&h->frame, p + off, n - off, &used);
+        if (st == MG_H1F_BAD) {
+            /* what came before the bad byte is parsed first, so a limit
+             * or an llhttp error in it wins however the bytes arrive */
+            if (used > 0 && exec_checked(h, p + off, used, 0) < 0)
+                return -1;
+            return fail(h, 400, h->frame.why);
+        }
+        if (exec_checked(h, p + off, used, st == MG_H1F_END) < 0)
+            return -1;
+        off += used;
+    }
+    return (ssize_t)off;
+}
+
 ssize_t mg_h1_feed(mg_h1_t *h, const char *p, size_t n)
 {
     if (h->paused)
         return 0;
     if (h->err_status)
         return -1;
+    if (h->mode != FR_OFF)
+        return n ? feed_request(h, p, n) : 0;
     llhttp_errno_t e = llhttp_execute(&h->p, p, n);
     if (e == HPE_OK)
         return (ssize_t)n;

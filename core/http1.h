@@ -12,6 +12,7 @@
 #include <llhttp.h>
 
 #include "buf.h"
+#include "h1frame.h"
 #include "mg.h"
 
 #define MG_H1_MAX_HEADERS 128
@@ -80,8 +81,18 @@ typedef struct mg_h1_cb {
     int (*on_done)(void *ud);
 } mg_h1_cb_t;
 
+/* What a request parser does with a header field whose name has an
+ * underscore (limits.underscore_headers): Transfer_Encoding is
+ * Transfer-Encoding to a back end that maps "_" to "-" (CGI, WSGI). */
+enum {
+    MG_H1_US_ALLOW = 0,  /* keep it */
+    MG_H1_US_DROP = 1,   /* leave it out of the head, as nginx does */
+    MG_H1_US_REJECT = 2, /* 400 */
+};
+
 typedef struct mg_h1 {
     llhttp_t p;
+    mg_h1f_t frame;          /* requests: strict framing of the raw bytes */
     const mg_h1_cb_t *cb;
     void *ud;
     mg_h1_head_t *head;      /* borrowed from on_begin until on_head returns */
@@ -94,6 +105,13 @@ typedef struct mg_h1 {
     unsigned paused : 1;     /* paused after on_done */
     unsigned in_body : 1;    /* between on_head and on_done */
     unsigned in_msg : 1;     /* between on_begin and on_done */
+    unsigned ipaused : 1;    /* paused by us at a message end, resumed in feed */
+    unsigned at_end : 1;     /* feeding the byte the framing check says ends
+                              * the head or the chunked body */
+    unsigned gate : 1;       /* llhttp ended the head or body on that byte */
+    unsigned drop_field : 1; /* the field being parsed is left out */
+    unsigned char mode;      /* requests: which bytes come next (http1.c) */
+    unsigned char underscores; /* MG_H1_US_*, requests only; set after init */
 } mg_h1_t;
 
 void mg_h1_init(mg_h1_t *h, int type /* HTTP_REQUEST / HTTP_RESPONSE */, const mg_h1_cb_t *cb,
@@ -101,7 +119,11 @@ void mg_h1_init(mg_h1_t *h, int type /* HTTP_REQUEST / HTTP_RESPONSE */, const m
 
 /* Parses up to n bytes. Returns the number consumed (less than n when the
  * parser paused after a message), or -1 on error with err_status/err_reason
- * set (400 malformed, 414, 431, or the callback's own). */
+ * set (400 malformed, 414, 431, or the callback's own). A request parser
+ * hands llhttp only bytes that pass the strict framing check (h1frame.h):
+ * a bare CR or LF in the head, line folding, or a chunked body that is not
+ * byte for byte RFC 9112 is a 400, and the body delivered before it stops
+ * at the first byte that is wrong. */
 ssize_t mg_h1_feed(mg_h1_t *h, const char *p, size_t n);
 /* Allows the next message after a pause. */
 void mg_h1_resume(mg_h1_t *h);

@@ -74,10 +74,54 @@ static int connection_lists(const mg_h1_head_t *h, int first, mg_str_t name)
     return 0;
 }
 
-/* Whether a header from either side is forwarded to the other. */
-static int forwardable(const mg_h1_head_t *h, int first_connection, mg_str_t n)
+/* The names a head's Connection headers list, gathered once per head
+ * rather than re-tokenized for every header (a hot path: every request and
+ * response head). More than 8: the per-header scan above. */
+typedef struct conn_tokens {
+    int first;      /* index of the first Connection header, -1: none */
+    int n;          /* tokens in t, or -1 when there were too many */
+    mg_str_t t[8];
+} conn_tokens_t;
+
+static void connection_tokens(const mg_h1_head_t *h, conn_tokens_t *ct)
 {
-    return !is_hop_by_hop(n) && !connection_lists(h, first_connection, n);
+    ct->first = mg_h1_find(h, "connection", 10, 0);
+    ct->n = 0;
+    for (int i = ct->first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1)) {
+        mg_str_t v = mg_h1_value(h, i);
+        size_t a = 0;
+        while (a < v.n) {
+            while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+                a++;
+            size_t b = a;
+            while (b < v.n && v.p[b] != ',')
+                b++;
+            size_t e = b;
+            while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+                e--;
+            if (e > a) {
+                if (ct->n == (int)MG_ARRAY_LEN(ct->t)) {
+                    ct->n = -1;
+                    return;
+                }
+                ct->t[ct->n++] = (mg_str_t){ v.p + a, e - a };
+            }
+            a = b;
+        }
+    }
+}
+
+/* Whether a header from either side is forwarded to the other. */
+static int forwardable(const mg_h1_head_t *h, const conn_tokens_t *ct, mg_str_t n)
+{
+    if (is_hop_by_hop(n))
+        return 0;
+    if (ct->n < 0)
+        return !connection_lists(h, ct->first, n);
+    for (int i = 0; i < ct->n; i++)
+        if (ct->t[i].n == n.n && mg_str_eq_ci(n, ct->t[i].p, ct->t[i].n))
+            return 0;
+    return 1;
 }
 
 static int is_framing(mg_str_t n);
@@ -134,10 +178,11 @@ static void build_request_head(mg_req_t *r)
         mg_buf_append(o, proto.p, proto.n);
         mg_buf_append(o, "\r\n", 2);
     }
-    int conn = mg_h1_find(h, "connection", 10, 0);
+    conn_tokens_t ct;
+    connection_tokens(h, &ct);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, conn, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
+        if (!forwardable(h, &ct, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
             MG_STR_EQ_CI(n, "x-forwarded-proto") || MG_STR_EQ_CI(n, "x-forwarded-host") ||
             MG_STR_EQ_CI(n, "x-forwarded-for"))
             continue;
@@ -248,10 +293,11 @@ static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, 
     else
         mg_buf_puts(o, mg_status_reason(r->status));
     mg_buf_append(o, "\r\n", 2);
-    int conn = mg_h1_find(h, "connection", 10, 0);
+    conn_tokens_t ct;
+    connection_tokens(h, &ct);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, conn, n))
+        if (!forwardable(h, &ct, n))
             continue;
         if (e && e->n && !is_framing(n) && mg_edits_find(e, n.p, n.n))
             continue;

@@ -3,7 +3,9 @@
  * Input: two control bytes, then the bytes a peer sends.
  *   byte 0: bit 0 response mode; bit 1 on_done returns 1 (go on) instead of
  *           pausing; bit 2 on_head returns 1 (no body: a response to HEAD);
- *           bit 3 mg_h1_eof at the end; bits 4-5 pick the size limits
+ *           bit 3 mg_h1_eof at the end; bits 4-5 pick the size limits;
+ *           bits 6-7 the request parser's underscore_headers policy
+ *           (0 allow, 1 drop, 2 reject, 3 drop)
  *   byte 1: seed for the read sizes of the split run
  *
  * Each input is parsed three ways, as conn.c and proxy.c feed the parser:
@@ -16,6 +18,14 @@
  * names are tokens, that an accepted request has no length ambiguity and
  * respects the limits; at message end, that the head did not change after
  * on_head (trailers) and that a Content-Length body had exactly that size.
+ *
+ * The re-framing oracle: every request message the parser accepts is
+ * written out again as the gateway would forward it (the head as parsed,
+ * one chunk per body piece as proxy.c re-chunks, or the Content-Length
+ * body) and parsed again by a fresh request parser with the same policy.
+ * The second parse must see exactly one message that ends exactly where
+ * the written bytes end, with the same head and the same body: what the
+ * parser accepted has one meaning, and the upstream gets that meaning.
  *
  * Built two ways: with -DMG_FUZZ_LIBFUZZER under clang's libFuzzer (cmake
  * -DMG_FUZZ=ON), and as a plain program (the `fuzz_http1_smoke` ctest)
@@ -81,6 +91,12 @@ typedef struct run {
     size_t rdn;
     uint64_t body;    /* body bytes of the current message */
     int in_msg;
+    int us;           /* underscore policy (MG_H1_US_*) */
+    int oracle;       /* 1: re-frame and re-parse each accepted request;
+                       * 2: only record the body (the second parse) */
+    tx_t bodyb;       /* body bytes of the current message */
+    tx_t framed;      /* the body as it would be forwarded */
+    int nmsg;         /* messages completed */
 } run_t;
 
 /* The head in text form, checking its invariants on the way. */
@@ -127,6 +143,8 @@ static mg_h1_head_t *cb_begin(void *ud)
     INVARIANT(!r->in_msg);
     r->in_msg = 1;
     r->body = 0;
+    r->bodyb.n = 0;
+    r->framed.n = 0;
     return &r->head;
 }
 
@@ -142,6 +160,12 @@ static int cb_head(void *ud, mg_h1_head_t *h)
         INVARIANT(!((h->flags & MG_H1_HAS_CL) && (h->flags & MG_H1_HAS_TE)));
         INVARIANT(!(h->flags & MG_H1_HAS_TE) || (h->flags & MG_H1_CHUNKED));
         INVARIANT(h->host_count <= 1);
+        /* "drop" and "reject" let no underscore name through */
+        if (r->us != MG_H1_US_ALLOW)
+            for (int i = 0; i < h->nhdrs; i++) {
+                mg_str_t nm = mg_h1_name(h, i);
+                INVARIANT(memchr(nm.p, '_', nm.n) == NULL);
+            }
     }
     return r->head_ret;
 }
@@ -157,7 +181,75 @@ static int cb_body(void *ud, const char *p, size_t n)
         tx_put(&r->tx, "body:", 5);
     r->body += n;
     tx_put(&r->tx, p, n);
+    if (r->oracle) {
+        tx_put(&r->bodyb, p, n);
+        if (r->head.flags & MG_H1_CHUNKED) {
+            tx_fmt(&r->framed, "%zx\r\n", n);
+            tx_put(&r->framed, p, n);
+            tx_put(&r->framed, "\r\n", 2);
+        } else {
+            tx_put(&r->framed, p, n);
+        }
+    }
     return 0;
+}
+
+static const mg_h1_cb_t CB;
+
+/* The oracle (see the top): `r` has just completed a request message. */
+static void reframe_check(run_t *r)
+{
+    const mg_h1_head_t *h = &r->head;
+    tx_t w = { 0 };
+    tx_fmt(&w, "%s ", llhttp_method_name((llhttp_method_t)h->method));
+    tx_put(&w, h->store.base + h->url_off, h->url_len);
+    tx_fmt(&w, " HTTP/%d.%d\r\n", h->http_major, h->http_minor);
+    for (int i = 0; i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        tx_put(&w, n.p, n.n);
+        tx_put(&w, ": ", 2);
+        tx_put(&w, v.p, v.n);
+        tx_put(&w, "\r\n", 2);
+    }
+    tx_put(&w, "\r\n", 2);
+    if (r->framed.n)
+        tx_put(&w, r->framed.p, r->framed.n);
+    if ((h->flags & MG_H1_CHUNKED) && r->head_ret == 0)
+        tx_put(&w, "0\r\n\r\n", 5);
+
+    static run_t o; /* the second parse; never nested deeper */
+    mg_h1_t p2;
+    o.type = HTTP_REQUEST;
+    o.done_ret = 0;
+    o.head_ret = r->head_ret;
+    o.max_uri = o.max_header = 0;
+    o.in_msg = 0;
+    o.oracle = 0;
+    o.nmsg = 0;
+    o.tx.n = 0;
+    o.bodyb.n = 0;
+    tx_put(&o.tx, "", 0);
+    mg_h1_init(&p2, HTTP_REQUEST, &CB, &o, 0, 0);
+    p2.underscores = (unsigned char)r->us;
+    o.rd = w.p;
+    o.rdn = w.n;
+    o.oracle = 2;
+    ssize_t k = mg_h1_feed(&p2, w.p, w.n);
+    o.oracle = 0;
+    int ok = k == (ssize_t)w.n && o.nmsg == 1 && mg_h1_is_paused(&p2) &&
+             o.seen.n == r->seen.n && memcmp(o.seen.p, r->seen.p, o.seen.n) == 0 &&
+             o.bodyb.n == r->bodyb.n && (o.bodyb.n == 0 || memcmp(o.bodyb.p, r->bodyb.p, o.bodyb.n) == 0);
+    if (!ok) {
+        fprintf(stderr,
+                "fuzz_http1: re-framing oracle failed (fed %zu, consumed %zd, messages %d%s%s)\n"
+                "--- forwarded\n%.*s\n--- first parse\n%s--- second parse\n%s",
+                w.n, k, o.nmsg, k < 0 ? ", error " : "", k < 0 ? p2.err_reason : "", (int)w.n,
+                w.p, r->tx.p, o.tx.p);
+        abort();
+    }
+    mg_h1_head_free(&o.head);
+    memset(&o.head, 0, sizeof o.head);
+    free(w.p);
 }
 
 static int cb_done(void *ud)
@@ -179,6 +271,9 @@ static int cb_done(void *ud)
         r->head.status != 204 && r->head.status != 304 && r->head.status / 100 != 1)
         INVARIANT(r->body == r->head.content_length);
     tx_fmt(&r->tx, "%sdone\n", r->body ? "\n" : "");
+    r->nmsg++;
+    if (r->oracle == 1 && r->type == HTTP_REQUEST)
+        reframe_check(r);
     return r->done_ret;
 }
 
@@ -192,7 +287,11 @@ static const size_t LIMITS[4][2] = {
  * byte at a time, else pseudo-random), like conn.c: a read is parsed where
  * it lies; what is left after a pause is copied to a buffer of its own and
  * fed after mg_h1_resume. Fills r->tx. */
-static void run_once(run_t *r, unsigned ctl, const unsigned char *p, size_t n, unsigned seed)
+static const unsigned char US_POLICY[4] = { MG_H1_US_ALLOW, MG_H1_US_DROP, MG_H1_US_REJECT,
+                                            MG_H1_US_DROP };
+
+static void run_once(run_t *r, unsigned ctl, const unsigned char *p, size_t n, unsigned seed,
+                     int oracle)
 {
     mg_h1_t h;
     r->type = ctl & 1 ? HTTP_RESPONSE : HTTP_REQUEST;
@@ -201,9 +300,14 @@ static void run_once(run_t *r, unsigned ctl, const unsigned char *p, size_t n, u
     r->max_uri = LIMITS[(ctl >> 4) & 3][0];
     r->max_header = LIMITS[(ctl >> 4) & 3][1];
     r->in_msg = 0;
+    r->nmsg = 0;
+    r->us = US_POLICY[(ctl >> 6) & 3];
+    r->oracle = oracle;
     r->tx.n = 0;
     tx_put(&r->tx, "", 0); /* allocated and terminated even when empty */
     mg_h1_init(&h, r->type, &CB, r, r->max_uri, r->max_header);
+    if (r->type == HTTP_REQUEST)
+        h.underscores = (unsigned char)r->us;
     unsigned x = seed * 2654435761u + 1;
     size_t off = 0;
     int failed = 0;
@@ -277,15 +381,48 @@ static void run_once(run_t *r, unsigned ctl, const unsigned char *p, size_t n, u
  * and the syntax error first in the other, so 400 against 431 or 414 at
  * the same point is the same refusal. 414 against 431 is not: the URI
  * limit wins however the bytes arrive. */
+/* The offset of a transcript's last line (it ends with a newline). */
+static size_t last_line(const tx_t *t)
+{
+    if (t->n == 0)
+        return 0;
+    size_t i = t->n - 1; /* the final newline */
+    while (i > 0 && t->p[i - 1] != '\n')
+        i--;
+    return i;
+}
+
 static int same(const tx_t *a, const tx_t *b)
 {
     if (a->n == b->n && memcmp(a->p, b->p, a->n) == 0)
         return 1;
-    const char *ea = strstr(a->p, "error "), *eb = strstr(b->p, "error ");
-    if (ea == NULL || eb == NULL || ea - a->p != eb - b->p || memcmp(a->p, b->p, (size_t)(ea - a->p)))
+    /* an error is always the last line; the transcripts may hold NULs
+     * (reason phrases, bodies), so no str* functions before it */
+    size_t la = last_line(a), lb = last_line(b);
+    if (la != lb || a->n - la < 10 || b->n - lb < 10 || memcmp(a->p, b->p, la) != 0 ||
+        memcmp(a->p + la, "error ", 6) != 0 || memcmp(b->p + lb, "error ", 6) != 0)
         return 0;
-    int sa = atoi(ea + 6), sb = atoi(eb + 6);
+    int sa = atoi(a->p + la + 6), sb = atoi(b->p + lb + 6);
     return sa == sb || sa == 400 || sb == 400;
+}
+
+/* A transcript on stderr, NULs and other control bytes escaped. */
+static void dump_tx(const char *title, const tx_t *t)
+{
+    fprintf(stderr, "--- %s\n", title);
+    for (size_t i = 0; i < t->n; i++) {
+        unsigned char c = (unsigned char)t->p[i];
+        if (c == '\n' || (c >= 0x20 && c < 0x7f))
+            fputc(c, stderr);
+        else
+            fprintf(stderr, "\\x%02x", c);
+    }
+}
+
+static void dump_both(const tx_t *a, const tx_t *b)
+{
+    dump_tx("whole", a);
+    dump_tx("other", b);
 }
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
@@ -298,22 +435,22 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     const unsigned char *p = data + 2;
     size_t n = size - 2;
     static run_t a, b;
-    run_once(&a, ctl, p, n, 0);
-    run_once(&b, ctl, p, n, seed < 2 ? seed + 2 : seed);
+    run_once(&a, ctl, p, n, 0, 1);
+    run_once(&b, ctl, p, n, seed < 2 ? seed + 2 : seed, 0);
 #ifndef MG_FUZZ_LIBFUZZER
     if (getenv("FUZZ_HTTP1_PRINT"))
         printf("%s", a.tx.p);
 #endif
     if (!same(&a.tx, &b.tx)) {
-        fprintf(stderr, "fuzz_http1: split run differs\n--- whole\n%s--- split (seed %u)\n%s",
-                a.tx.p, seed, b.tx.p);
+        fprintf(stderr, "fuzz_http1: split run differs (seed %u)\n", seed);
+        dump_both(&a.tx, &b.tx);
         abort();
     }
     if (n <= 2048) {
-        run_once(&b, ctl, p, n, 1);
+        run_once(&b, ctl, p, n, 1, 0);
         if (!same(&a.tx, &b.tx)) {
-            fprintf(stderr, "fuzz_http1: byte-by-byte run differs\n--- whole\n%s--- bytes\n%s",
-                    a.tx.p, b.tx.p);
+            fprintf(stderr, "fuzz_http1: byte-by-byte run differs\n");
+            dump_both(&a.tx, &b.tx);
             abort();
         }
     }
@@ -321,6 +458,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 }
 
 #ifndef MG_FUZZ_LIBFUZZER
+#include <dirent.h>
+
 /* Seeds: each starts with its two control bytes. */
 #define S(ctl, seed, s) { ctl, seed, s, sizeof(s) - 1 }
 static const struct seed {
@@ -365,6 +504,7 @@ static const struct seed {
     S(0x0b, 8, "HTTP/1.1 200 OK\r\nX: \x00y\r\n\r\n"),
 };
 
+/* Runs one input file in its own mode, and in every mode of byte 0. */
 static int run_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -376,14 +516,41 @@ static int run_file(const char *path)
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
     LLVMFuzzerTestOneInput(buf, n);
+    if (n >= 2)
+        for (unsigned ctl = 0; ctl < 256; ctl++) {
+            buf[0] = (unsigned char)ctl;
+            LLVMFuzzerTestOneInput(buf, n);
+        }
     return 0;
+}
+
+/* A file, or every file in a directory (the checked-in seed corpus). */
+static int run_path(const char *path, int *nfiles)
+{
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        (*nfiles)++;
+        return run_file(path);
+    }
+    int bad = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        (*nfiles)++;
+        bad |= run_file(p);
+    }
+    closedir(d);
+    return bad;
 }
 
 int main(int argc, char **argv)
 {
-    int bad = 0;
+    int bad = 0, nfiles = 0;
     for (int i = 1; i < argc; i++)
-        bad |= run_file(argv[i]);
+        bad |= run_path(argv[i], &nfiles);
     for (size_t i = 0; i < sizeof SEEDS / sizeof SEEDS[0]; i++) {
         static unsigned char buf[4096];
         const struct seed *s = &SEEDS[i];
@@ -391,15 +558,15 @@ int main(int argc, char **argv)
         buf[1] = s->seed;
         memcpy(buf + 2, s->s, s->n);
         /* each seed also in every mode and with every split seed 0..15 */
-        for (unsigned ctl = 0; ctl < 64; ctl++)
+        for (unsigned ctl = 0; ctl < 256; ctl++)
             for (unsigned sd = 0; sd < 16; sd++) {
                 buf[0] = (unsigned char)ctl;
                 buf[1] = (unsigned char)(sd ? sd : s->seed);
                 LLVMFuzzerTestOneInput(buf, s->n + 2);
             }
     }
-    printf("fuzz_http1: %zu seeds in 64 modes x 16 splits: ok\n",
-           sizeof SEEDS / sizeof SEEDS[0]);
+    printf("fuzz_http1: %zu seeds in 256 modes x 16 splits, %d files in 256 modes: ok\n",
+           sizeof SEEDS / sizeof SEEDS[0], nfiles);
     return bad;
 }
 #endif

@@ -71,6 +71,17 @@ static void test_unknown_keys(void)
                 3, "limits.max_body: unknown option");
     EXPECT_FAIL("return {\n"
                 "  listen = { \"127.0.0.1:8080\" },\n"
+                "  limits = {\n"
+                "    underscore_headers = \"ignore\" },\n"
+                "}\n",
+                4, "limits.underscore_headers: expected \"drop\", \"allow\" or \"reject\"");
+    EXPECT_FAIL("return {\n"
+                "  listen = { \"127.0.0.1:8080\" },\n"
+                "  limits = { underscore_headers = true },\n"
+                "}\n",
+                3, "limits.underscore_headers: expected \"drop\", \"allow\" or \"reject\"");
+    EXPECT_FAIL("return {\n"
+                "  listen = { \"127.0.0.1:8080\" },\n"
                 "  upstreams = { app = { servers = { \"127.0.0.1:9000\" },\n"
                 "                        keep_alive = 4 } },\n"
                 "}\n",
@@ -352,6 +363,7 @@ static void test_defaults(void)
     CHECK(cfg->limits.header_timeout == 10);
     CHECK(cfg->limits.idle_timeout == 60);
     CHECK(cfg->limits.drain_timeout == 30);
+    CHECK_INT(cfg->limits.underscore_headers, MG_CFG_US_DROP);
     CHECK_INT(cfg->nupstreams, 1);
     const mg_cfg_upstream_t *u = &cfg->upstreams[0];
     CHECK_STR(u->name, "app");
@@ -387,7 +399,8 @@ static void test_full_config(void)
             "  access_log = false,\n"
             "  lua = { memory_limit = 2097152 },\n"
             "  limits = { max_uri_bytes = 100, max_header_bytes = 1000, max_body_bytes = 0,\n"
-            "             header_timeout = 1.5, idle_timeout = 2, drain_timeout = 0 },\n"
+            "             header_timeout = 1.5, idle_timeout = 2, drain_timeout = 0,\n"
+            "             underscore_headers = \"reject\" },\n"
             "  upstreams = {\n"
             "    lc = { servers = { \"127.0.0.1:9000\" }, balance = \"least_conn\",\n"
             "           keepalive = 0, retries = 3, connect_timeout = 0.25 },\n"
@@ -415,6 +428,7 @@ static void test_full_config(void)
     CHECK_INT(cfg->limits.max_body_bytes, 0);
     CHECK(cfg->limits.header_timeout == 1.5);
     CHECK(cfg->limits.drain_timeout == 0);
+    CHECK_INT(cfg->limits.underscore_headers, MG_CFG_US_REJECT);
     int lc = mg_cfg_upstream_index(cfg, "lc"), h = mg_cfg_upstream_index(cfg, "h");
     CHECK(lc >= 0 && h >= 0 && lc != h);
     CHECK_INT(mg_cfg_upstream_index(cfg, "nope"), -1);
