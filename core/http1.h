@@ -132,5 +132,8 @@ void mg_h1_resume(mg_h1_t *h);
 int mg_h1_eof(mg_h1_t *h);
 /* Tells a response parser that the request was HEAD (no body follows). */
 static inline int mg_h1_is_paused(const mg_h1_t *h) { return h->paused; }
+/* True if the comma-separated header value v (Connection, Upgrade) holds the
+ * token tok, compared case-insensitively, blanks around items ignored. */
+int mg_h1_list_has(mg_str_t v, const char *tok, size_t tn);
 
 #endif

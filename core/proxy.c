@@ -54,23 +54,9 @@ static int is_hop_by_hop(mg_str_t n)
  * none), looked up once per head rather than once per header. */
 static int connection_lists(const mg_h1_head_t *h, int first, mg_str_t name)
 {
-    for (int i = first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1)) {
-        mg_str_t v = mg_h1_value(h, i);
-        size_t a = 0;
-        while (a < v.n) {
-            while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
-                a++;
-            size_t b = a;
-            while (b < v.n && v.p[b] != ',')
-                b++;
-            size_t e = b;
-            while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-                e--;
-            if (e > a && mg_str_eq_ci(name, v.p + a, e - a))
-                return 1;
-            a = b;
-        }
-    }
+    for (int i = first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1))
+        if (mg_h1_list_has(mg_h1_value(h, i), name.p, name.n))
+            return 1;
     return 0;
 }
 

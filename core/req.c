@@ -223,26 +223,6 @@ uint32_t mg_req_hash(const mg_req_t *r, const char *key)
     return mg_up_hash(v.p, v.n);
 }
 
-/* True if the comma-separated list v holds the token tok (case-insensitive). */
-static int list_has(mg_str_t v, const char *tok, size_t tn)
-{
-    size_t a = 0;
-    while (a < v.n) {
-        while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
-            a++;
-        size_t b = a;
-        while (b < v.n && v.p[b] != ',')
-            b++;
-        size_t e = b;
-        while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-            e--;
-        if (e > a && mg_str_eq_ci((mg_str_t){ v.p + a, e - a }, tok, tn))
-            return 1;
-        a = b;
-    }
-    return 0;
-}
-
 mg_str_t mg_req_upgrade(const mg_req_t *r)
 {
     const mg_h1_head_t *h = r->head;
@@ -255,7 +235,7 @@ mg_str_t mg_req_upgrade(const mg_req_t *r)
     int asked = 0;
     for (int c = mg_h1_find(h, "connection", 10, 0); c >= 0 && !asked;
          c = mg_h1_find(h, "connection", 10, c + 1))
-        asked = list_has(mg_h1_value(h, c), "upgrade", 7);
+        asked = mg_h1_list_has(mg_h1_value(h, c), "upgrade", 7);
     if (!asked)
         return none;
     mg_str_t v = mg_h1_value(h, i);
