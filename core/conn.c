@@ -142,7 +142,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
             close_clean(c); /* idle keep-alive connection */
             return;
         }
-        if (c->wbuf.len > 0 || (r && !r->body_done && !c->read_paused)) {
+        if (c->wbuf.len > 0 || (r && !r->body_done && !c->src.paused)) {
             mg_log_info("closing %s: client idle for %.1fs", c->remote,
                         limits(c)->idle_timeout);
             mg_conn_close(c);
@@ -171,10 +171,17 @@ static mg_h1_head_t *on_begin(void *ud)
     mg_conn_t *c = ud;
     if (c->req != NULL || c->closed || c->closing)
         return NULL;
-    mg_req_t *r = mg_req_new(c);
+    mg_req_t *r = mg_req_new(c->loop, c->spare);
     if (r == NULL)
         return NULL;
+    c->spare = NULL; /* the request's now */
     c->req = r;
+    r->w = &c->w;
+    r->src = &c->src;
+    memcpy(r->remote, c->remote, sizeof r->remote);
+    memcpy(r->peer, c->remote, sizeof r->peer);
+    r->https = c->https;
+    r->admin_listener = c->admin;
     if (c->timeout_kind != T_HEADER)
         set_timeout(c, T_HEADER, limits(c)->header_timeout);
     return r->head;
@@ -258,7 +265,7 @@ static void conn_process(mg_conn_t *c)
         mg_conn_flush(c);
         return;
     }
-    if (!c->closed && !c->rio_on && !c->read_paused && !c->closing &&
+    if (!c->closed && !c->rio_on && !c->src.paused && !c->closing &&
         c->rbuf.len < MG_CONN_RBUF_MAX && !c->eof)
         rio_start(c);
 }
@@ -606,6 +613,8 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
         c->https = 1;
     }
     c->admin = admin ? 1 : 0;
+    c->w.ops = &mg_conn_writer_ops;
+    c->src.ops = &mg_conn_src_ops;
     c->loop = loop;
     c->fd = fd;
     if (sa->sa_family == AF_INET) {
@@ -712,7 +721,7 @@ void mg_conn_pause_read(mg_conn_t *c, int pause)
 {
     if (c->closed)
         return;
-    c->read_paused = pause ? 1 : 0;
+    c->src.paused = pause ? 1 : 0;
     if (pause && c->rio_on) {
         ev_io_stop(c->loop->ev, &c->rio);
         c->rio_on = 0;
@@ -753,7 +762,8 @@ void mg_conn_close(mg_conn_t *c)
     mg_req_t *r = c->req;
     c->req = NULL;
     if (r) {
-        r->conn = NULL;
+        r->w = NULL;
+        r->src = NULL;
         mg_req_abort(r);
     }
     ev_io_stop(loop->ev, &c->rio);

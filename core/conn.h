@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "http1.h"
+#include "writer.h"
 
 struct sockaddr;
 typedef struct mg_loop mg_loop_t;
@@ -16,7 +17,7 @@ typedef struct mg_listener mg_listener_t;
 struct ssl_ctx_st;
 
 /* Above this many queued output bytes the producer (upstream) pauses. */
-#define MG_CONN_WBUF_HIGH (256 * 1024)
+#define MG_CONN_WBUF_HIGH MG_WRITER_HIGH
 #define MG_CONN_WBUF_LOW (64 * 1024)
 #define MG_CONN_RBUF_MAX (64 * 1024)
 
@@ -32,6 +33,8 @@ typedef struct mg_conn {
     mg_h1_t h1;
     mg_h1_head_t *spare;     /* head store reused across requests */
     mg_req_t *req;           /* the request being parsed or served */
+    mg_writer_t w;           /* its response writer (h1writer.c) */
+    mg_reqsrc_t src;         /* its request source; src.paused: body reading paused */
     char remote[64];         /* client IP as text */
     int remote_port;
     struct mg_tls *tls;      /* TLS session on a TLS listener; NULL for plain TCP */
@@ -39,7 +42,6 @@ typedef struct mg_conn {
     unsigned closing : 1;    /* close once wbuf is flushed */
     unsigned closed : 1;     /* fd closed, memory freed later */
     unsigned eof : 1;        /* client half-closed */
-    unsigned read_paused : 1;/* backpressure from the upstream side */
     unsigned in_process : 1; /* re-entrancy guard for mg_conn_process */
     unsigned wio_on : 1;
     unsigned rio_on : 1;
@@ -48,6 +50,8 @@ typedef struct mg_conn {
     unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
     unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
     unsigned parse_held : 1; /* the next pipelined request waits for wbuf to drain */
+    unsigned resp_chunked : 1; /* the response in progress is chunk-encoded */
+    unsigned resp_close : 1; /* ... or ends with the connection (HTTP/1.0 client) */
     unsigned pp_wait : 1;    /* a PROXY protocol header is still to come (rbuf holds its start) */
 } mg_conn_t;
 
@@ -82,5 +86,10 @@ void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, c
                     size_t *in_n, int *eof);
 /* Graceful stop: close if no request is in flight. */
 void mg_conn_close_idle(mg_conn_t *c);
+
+/* The connection as its request's response writer and request source
+ * (h1writer.c). */
+extern const mg_writer_ops_t mg_conn_writer_ops;
+extern const mg_reqsrc_ops_t mg_conn_src_ops;
 
 #endif

@@ -7,7 +7,6 @@
  * end, ...) are not methods: they live in a separate table that only
  * lua/moongate/runtime.lua receives, once, at boot (mg_lreq_push_ops), and
  * each checks that it runs on its request's own coroutine. */
-#include "conn.h"
 #include "log.h"
 #include "lrt.h"
 #include "proxy.h"
@@ -496,8 +495,7 @@ static int l_body(lua_State *L)
     mg_lrt_check_yield(L, r, "req:body()");
     r->want_body = 1;
     mg_lrt_wait(r, MG_WAIT_BODY, body_cancel);
-    if (r->conn && r->conn->read_paused)
-        mg_conn_pause_read(r->conn, 0);
+    mg_req_pause_body(r, 0);
     return lua_yieldk(L, 0, (lua_KContext)r, body_k);
 }
 

@@ -5,7 +5,7 @@
  * sides first, then releases or closes u, then finishes or fails r. Nothing
  * touches r or u after that: they may be freed (deferred) by then. */
 #include "proxy.h"
-#include "conn.h"
+#include "h1fields.h"
 #include "log.h"
 #include "loop.h"
 #include "req.h"
@@ -41,76 +41,6 @@ static const mg_cfg_upstream_t *ucfg(mg_upconn_t *u)
 
 /* --- the request head for the upstream ------------------------------------ */
 
-static int is_hop_by_hop(mg_str_t n)
-{
-    return MG_STR_EQ_CI(n, "connection") || MG_STR_EQ_CI(n, "keep-alive") ||
-           MG_STR_EQ_CI(n, "proxy-connection") || MG_STR_EQ_CI(n, "te") ||
-           MG_STR_EQ_CI(n, "trailer") || MG_STR_EQ_CI(n, "transfer-encoding") ||
-           MG_STR_EQ_CI(n, "upgrade");
-}
-
-/* True if `name` is one of the comma-separated tokens of a Connection
- * header; `first` is the index of the head's first Connection header (-1:
- * none), looked up once per head rather than once per header. */
-static int connection_lists(const mg_h1_head_t *h, int first, mg_str_t name)
-{
-    for (int i = first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1))
-        if (mg_h1_list_has(mg_h1_value(h, i), name.p, name.n))
-            return 1;
-    return 0;
-}
-
-/* The names a head's Connection headers list, gathered once per head
- * rather than re-tokenized for every header (a hot path: every request and
- * response head). More than 8: the per-header scan above. */
-typedef struct conn_tokens {
-    int first;      /* index of the first Connection header, -1: none */
-    int n;          /* tokens in t, or -1 when there were too many */
-    mg_str_t t[8];
-} conn_tokens_t;
-
-static void connection_tokens(const mg_h1_head_t *h, conn_tokens_t *ct)
-{
-    ct->first = mg_h1_find(h, "connection", 10, 0);
-    ct->n = 0;
-    for (int i = ct->first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1)) {
-        mg_str_t v = mg_h1_value(h, i);
-        size_t a = 0;
-        while (a < v.n) {
-            while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
-                a++;
-            size_t b = a;
-            while (b < v.n && v.p[b] != ',')
-                b++;
-            size_t e = b;
-            while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-                e--;
-            if (e > a) {
-                if (ct->n == (int)MG_ARRAY_LEN(ct->t)) {
-                    ct->n = -1;
-                    return;
-                }
-                ct->t[ct->n++] = (mg_str_t){ v.p + a, e - a };
-            }
-            a = b;
-        }
-    }
-}
-
-/* Whether a header from either side is forwarded to the other. */
-static int forwardable(const mg_h1_head_t *h, const conn_tokens_t *ct, mg_str_t n)
-{
-    if (is_hop_by_hop(n))
-        return 0;
-    if (ct->n < 0)
-        return !connection_lists(h, ct->first, n);
-    for (int i = 0; i < ct->n; i++)
-        if (ct->t[i].n == n.n && mg_str_eq_ci(n, ct->t[i].p, ct->t[i].n))
-            return 0;
-    return 1;
-}
-
-static int is_framing(mg_str_t n);
 
 /* Whether the route tunnels `proto` (its `upgrades`; the name part before a
  * "/version" counts too). h2c never is. */
@@ -164,11 +94,11 @@ static void build_request_head(mg_req_t *r)
         mg_buf_append(o, proto.p, proto.n);
         mg_buf_append(o, "\r\n", 2);
     }
-    conn_tokens_t ct;
-    connection_tokens(h, &ct);
+    mg_h1f_tokens_t ct;
+    mg_h1f_tokens(h, &ct);
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, &ct, n) || is_framing(n) || MG_STR_EQ_CI(n, "expect") ||
+        if (!mg_h1f_forwardable(h, &ct, n) || mg_h1f_framing(n) || MG_STR_EQ_CI(n, "expect") ||
             MG_STR_EQ_CI(n, "x-forwarded-proto") || MG_STR_EQ_CI(n, "x-forwarded-host") ||
             MG_STR_EQ_CI(n, "x-forwarded-for"))
             continue;
@@ -191,7 +121,7 @@ static void build_request_head(mg_req_t *r)
         }
         /* the peer (after a PROXY header), not the client found in
          * X-Forwarded-For: the chain keeps every hop once */
-        mg_buf_puts(o, r->conn ? r->conn->remote : r->remote);
+        mg_buf_puts(o, r->peer);
         mg_buf_append(o, "\r\n", 2);
     }
     if (!(e->n && mg_edits_find(e, "x-forwarded-proto", 17)))
@@ -208,7 +138,7 @@ static void build_request_head(mg_req_t *r)
     }
     for (int i = 0; i < e->n; i++) {
         mg_str_t n = { e->v[i].name, e->v[i].name_len };
-        if (e->v[i].value == NULL || is_framing(n) || is_hop_by_hop(n) ||
+        if (e->v[i].value == NULL || mg_h1f_framing(n) || mg_h1f_hop_by_hop(n) ||
             MG_STR_EQ_CI(n, "expect"))
             continue;
         mg_buf_append(o, n.p, n.n);
@@ -260,65 +190,19 @@ fail:
     return NULL;
 }
 
-static int is_framing(mg_str_t n)
+/* Queues the client's response head: h's status line and fields, with
+ * the edits e (or NULL); the writer frames it. MG_ENOMEM: nothing was
+ * queued. */
+static int send_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e)
 {
-    return MG_STR_EQ_CI(n, "content-length") || MG_STR_EQ_CI(n, "transfer-encoding") ||
-           MG_STR_EQ_CI(n, "connection");
-}
-
-/* Writes the client's response head: the upstream's status and headers
- * (minus hop-by-hop ones), Lua's edits, and our framing. */
-static void write_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e, mg_buf_t *o)
-{
-    size_t before = o->len;
-    mg_buf_append(o, "HTTP/1.1 ", 9);
-    mg_buf_putu(o, (unsigned)r->status);
-    mg_buf_append(o, " ", 1);
+    mg_resp_head_t rh = { .status = r->status, .fields = h, .edits = e };
     if (h->reason_len && r->status == h->status)
-        mg_buf_append(o, h->store.base + h->reason_off, h->reason_len);
-    else
-        mg_buf_puts(o, mg_status_reason(r->status));
-    mg_buf_append(o, "\r\n", 2);
-    conn_tokens_t ct;
-    connection_tokens(h, &ct);
-    for (int i = 0; i < h->nhdrs; i++) {
-        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        if (!forwardable(h, &ct, n))
-            continue;
-        if (e && e->n && !is_framing(n) && mg_edits_find(e, n.p, n.n))
-            continue;
-        mg_buf_append(o, n.p, n.n);
-        mg_buf_append(o, ": ", 2);
-        mg_buf_append(o, v.p, v.n);
-        mg_buf_append(o, "\r\n", 2);
-    }
-    for (int i = 0; e && i < e->n; i++) {
-        mg_str_t n = { e->v[i].name, e->v[i].name_len };
-        if (e->v[i].value == NULL || is_framing(n) || is_hop_by_hop(n))
-            continue;
-        mg_buf_append(o, n.p, n.n);
-        mg_buf_append(o, ": ", 2);
-        mg_buf_append(o, e->v[i].value, e->v[i].value_len);
-        mg_buf_append(o, "\r\n", 2);
-    }
-    /* every answer carries Date: the upstream's (or a plugin's), else ours */
-    const mg_hdr_edit_t *de = e && e->n ? mg_edits_find(e, "date", 4) : NULL;
-    if (de ? de->value == NULL : mg_h1_find(h, "date", 4, 0) < 0)
-        mg_buf_puts(o, mg_loop_date(r->loop));
-    if (r->resp_chunked)
-        mg_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
-    if (r->status == 101) {
-        /* the switch: the upstream's Upgrade (hop-by-hop, so not copied
-         * above) and our Connection: upgrade */
-        int ui = mg_h1_find(h, "upgrade", 7, 0);
-        mg_str_t uv = ui >= 0 ? mg_h1_value(h, ui) : mg_req_upgrade(r);
-        mg_buf_append(o, "Upgrade: ", 9);
-        mg_buf_append(o, uv.p, uv.n);
-        mg_buf_puts(o, "\r\nConnection: upgrade\r\n\r\n");
-    } else {
-        mg_req_end_head(r, o);
-    }
-    r->resp_bytes += o->len - before;
+        rh.reason = (mg_str_t){ h->store.base + h->reason_off, h->reason_len };
+    ssize_t k = r->w->ops->head(r->w, r, &rh, NULL, 0);
+    if (k < 0)
+        return MG_ENOMEM;
+    r->resp_bytes += (uint64_t)k;
+    return MG_OK;
 }
 
 static int r_on_head(void *ud, mg_h1_head_t *h)
@@ -344,18 +228,10 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         }
         return 0;
     }
-    mg_conn_t *c = r->conn;
-    if (c == NULL)
+    if (r->w == NULL)
         return -1;
     int head_req = r->head->method == HTTP_HEAD;
-    int no_body = head_req || h->status == 204 || h->status == 304 || h->status == 101;
     r->status = h->status;
-    if (!no_body && !(h->flags & MG_H1_HAS_CL)) {
-        if (r->http10)
-            r->resp_close = 1; /* HTTP/1.0 clients read to EOF */
-        else
-            r->resp_chunked = 1;
-    }
     if ((r->hold_head || r->keep_res_head) && r->res_head == NULL) {
         r->res_head = head_copy(h);
         if (r->res_head == NULL) {
@@ -370,10 +246,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         mg_req_wake(r);
         return (head_req || h->status == 101) ? 1 : 0;
     }
-    size_t mark = c->wbuf.len;
-    write_head(r, h, NULL, &c->wbuf);
-    if (c->wbuf.failed) { /* nothing of the head goes out (buf.h) */
-        mg_buf_rollback(&c->wbuf, mark);
+    if (send_head(r, h, NULL) != MG_OK) { /* nothing of the head went out */
         r->resp_bytes = 0;
         u->h1.err_status = 500;
         u->h1.err_reason = "out of memory";
@@ -393,26 +266,26 @@ static int r_on_body(void *ud, const char *p, size_t n)
 {
     mg_upconn_t *u = ud;
     mg_req_t *r = u->req;
-    if (r == NULL || r->conn == NULL)
+    if (r == NULL || r->w == NULL)
         return -1;
-    mg_buf_t *o = r->held ? &r->hold : &r->conn->wbuf;
-    size_t before = o->len;
-    if (r->resp_chunked) {
-        mg_buf_putx(o, n);
-        mg_buf_append(o, "\r\n", 2);
-        mg_buf_append(o, p, n);
-        mg_buf_append(o, "\r\n", 2);
-    } else {
-        mg_buf_append(o, p, n);
+    if (r->held) { /* raw bytes: framed when the held head goes out */
+        if (mg_buf_append(&r->hold, p, n) != MG_OK) {
+            u->h1.err_reason = "out of memory";
+            return -1;
+        }
+        r->resp_body_bytes += n;
+        if (r->hold.len > MG_WRITER_HIGH)
+            pause_upstream(u, 1);
+        return 0;
     }
-    if (o->failed) { /* the rest cannot follow a missing piece: the exchange fails */
+    ssize_t k = r->w->ops->body(r->w, p, n);
+    if (k < 0) { /* the rest cannot follow a missing piece: the exchange fails */
         u->h1.err_reason = "out of memory";
         return -1;
     }
-    if (!r->held)
-        r->resp_bytes += o->len - before;
+    r->resp_bytes += (uint64_t)k;
     r->resp_body_bytes += n;
-    if (o->len > MG_CONN_WBUF_HIGH)
+    if (r->w->full)
         pause_upstream(u, 1);
     return 0;
 }
@@ -425,13 +298,11 @@ static int r_on_done(void *ud)
         return -1;
     if (!r->resp_started && !r->held)
         return 1; /* an interim 1xx ended: parse the final response */
-    if (r->resp_chunked && r->held) {
-        if (mg_buf_append(&r->hold, "0\r\n\r\n", 5) != MG_OK)
+    if (!r->held && r->w) {
+        ssize_t k = r->w->ops->end(r->w, NULL);
+        if (k < 0)
             return -1;
-    } else if (r->resp_chunked && r->conn) {
-        if (mg_buf_append(&r->conn->wbuf, "0\r\n\r\n", 5) != MG_OK)
-            return -1;
-        r->resp_bytes += 5;
+        r->resp_bytes += (uint64_t)k;
     }
     u->resp_done = 1;
     return 0;
@@ -461,16 +332,17 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
 {
     mg_loop_t *loop = r->loop;
     mg_upconn_t *u = r->up;
-    mg_conn_t *c = r->conn;
+    mg_writer_t *w = r->w;
     mg_tun_end_t ce = { 0 }, ue = { 0 };
     r->up = NULL;
-    r->conn = NULL;
+    r->w = NULL;
+    r->src = NULL;
     r->tunnel = 1;
     r->resp_started = 1;
     mg_up_detach(u, &ue.fd, &ue.ssl, &ue.out);
     ue.in = in;
     ue.in_n = n;
-    mg_conn_detach(c, &ce.fd, &ce.tls, &ce.out, &ce.in, &ce.in_n, &ce.eof);
+    w->ops->take_over(w, &ce);
     mg_buf_free(&r->uhead); /* no retry from here: an idle tunnel keeps no buffer */
     loop->stats.active--;
     double idle = r->gen->cfg->limits.tunnel_idle_timeout;
@@ -495,7 +367,7 @@ static void switched(mg_upconn_t *u, const char *in, size_t n)
         pause_upstream(u, 1);
         return;
     }
-    if (r->conn == NULL)
+    if (r->w == NULL)
         return;
     start_tunnel(r, in, n);
 }
@@ -516,9 +388,15 @@ static void exchange_done(mg_upconn_t *u, int leftover)
         r->resp_complete = 1; /* finished when the Lua response phase sends it */
         return;
     }
-    if (r->resp_close && r->conn)
-        r->conn->closing = 1;
     mg_req_finish(r);
+}
+
+/* The held response could not be queued: the connection ends. */
+static void held_failed(mg_req_t *r, mg_writer_t *w)
+{
+    mg_buf_free(&r->hold);
+    mg_log_error("out of memory sending a held response; closing the connection");
+    w->ops->abort(w); /* aborts r */
 }
 
 void mg_proxy_send_held(mg_req_t *r)
@@ -527,23 +405,18 @@ void mg_proxy_send_held(mg_req_t *r)
         return;
     r->held = 0;
     r->resp_started = 1;
-    mg_conn_t *c = r->conn;
-    if (c == NULL)
+    mg_writer_t *w = r->w;
+    if (w == NULL)
         return;
-    size_t mark = c->wbuf.len;
     int switched = r->up && r->up->resp_done && r->upgrading && r->res_head &&
                    r->res_head->status == 101;
     if (switched && r->status != 101)
         r->keepalive = 0; /* a plugin turned the switch down: the body ends at close */
-    write_head(r, r->res_head, &r->res_edits, &c->wbuf);
+    if (send_head(r, r->res_head, &r->res_edits) != MG_OK) { /* no head goes out half */
+        held_failed(r, w);
+        return;
+    }
     if (switched) {
-        if (c->wbuf.failed) { /* the head does not go out half (buf.h) */
-            mg_buf_rollback(&c->wbuf, mark);
-            mg_buf_free(&r->hold);
-            mg_log_error("out of memory sending a held response; closing the connection");
-            mg_conn_close(c); /* aborts r */
-            return;
-        }
         if (r->status == 101) {
             start_tunnel(r, mg_buf_data(&r->hold), r->hold.len);
         } else {
@@ -554,25 +427,27 @@ void mg_proxy_send_held(mg_req_t *r)
         return;
     }
     if (r->hold.len) {
-        r->resp_bytes += r->hold.len;
-        mg_buf_append(&c->wbuf, mg_buf_data(&r->hold), r->hold.len);
+        ssize_t k = w->ops->body(w, mg_buf_data(&r->hold), r->hold.len);
         mg_buf_free(&r->hold);
-    }
-    if (c->wbuf.failed) { /* neither head nor body goes out half (buf.h) */
-        mg_buf_rollback(&c->wbuf, mark);
-        mg_log_error("out of memory sending a held response; closing the connection");
-        mg_conn_close(c); /* aborts r */
-        return;
+        if (k < 0) {
+            held_failed(r, w);
+            return;
+        }
+        r->resp_bytes += (uint64_t)k;
     }
     if (r->resp_complete) {
-        if (r->resp_close)
-            c->closing = 1;
+        ssize_t k = w->ops->end(w, NULL);
+        if (k < 0) {
+            held_failed(r, w);
+            return;
+        }
+        r->resp_bytes += (uint64_t)k;
         mg_req_finish(r);
         return;
     }
     if (r->up)
         pause_upstream(r->up, 0);
-    mg_conn_flush(c);
+    w->ops->flush(w);
 }
 
 /* --- I/O ------------------------------------------------------------------ */
@@ -597,10 +472,10 @@ static void up_on_read(mg_upconn_t *u)
     if (n == 0) {
         if (u->got_any && mg_h1_eof(&u->h1) == 0 && u->resp_done) {
             u->closed_by_peer = 1;
-            mg_conn_t *c = r->conn;
+            mg_writer_t *w = r->w;
             exchange_done(u, 1);
-            if (c && !c->closed)
-                mg_conn_flush(c);
+            if (w)
+                w->ops->flush(w);
             return;
         }
         up_fail(u, FAIL_RESET, u->got_any ? "upstream closed mid-response"
@@ -608,7 +483,7 @@ static void up_on_read(mg_upconn_t *u)
         return;
     }
     u->got_any = 1;
-    mg_conn_t *c = r->conn;
+    mg_writer_t *w = r->w;
     ssize_t k = mg_h1_feed(&u->h1, loop->scratch, (size_t)n);
     if (k < 0) {
         up_fail(u, FAIL_GARBAGE, u->h1.err_reason ? u->h1.err_reason : "invalid response");
@@ -621,8 +496,8 @@ static void up_on_read(mg_upconn_t *u)
     if (u->resp_done) {
         exchange_done(u, k < n);
     }
-    if (c && !c->closed)
-        mg_conn_flush(c);
+    if (w)
+        w->ops->flush(w);
 }
 
 static void up_flush(mg_upconn_t *u)
@@ -644,8 +519,8 @@ static void up_flush(mg_upconn_t *u)
     }
     mg_up_want_write(u, u->wbuf.len > 0);
     mg_req_t *r = u->req;
-    if (r && r->conn && r->conn->read_paused && u->wbuf.len < UP_WBUF_LOW)
-        mg_conn_pause_read(r->conn, 0);
+    if (r && u->wbuf.len < UP_WBUF_LOW)
+        mg_req_pause_body(r, 0);
 }
 
 static void connected(mg_upconn_t *u)
@@ -740,8 +615,8 @@ static void up_fail(mg_upconn_t *u, int kind, const char *why)
     if (r->resp_started) {
         mg_log_warn("upstream %s: %s after the response started", r->upstream_addr, why);
         mg_up_conn_close(u);
-        if (r->conn)
-            mg_conn_close(r->conn); /* aborts r */
+        if (r->w)
+            mg_req_cut(r); /* aborts r */
         else
             mg_req_abort(r);
         return;
@@ -863,8 +738,8 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
         up_fail(u, FAIL_RESET, "out of memory queueing the request body");
         return;
     }
-    if (u->wbuf.len > UP_WBUF_HIGH && r->conn)
-        mg_conn_pause_read(r->conn, 1);
+    if (u->wbuf.len > UP_WBUF_HIGH)
+        mg_req_pause_body(r, 1);
     if (!u->connecting)
         up_flush(u);
 }

@@ -5,7 +5,6 @@
  * coroutine holds it any more: a log phase may still run after the client
  * has its response. */
 #include "req.h"
-#include "conn.h"
 #include "accesslog.h"
 #include "log.h"
 #include "metrics.h"
@@ -62,105 +61,12 @@ const char *mg_status_reason(int status)
     }
 }
 
-/* --- header edits --------------------------------------------------------- */
-
-const mg_hdr_edit_t *mg_edits_find(const mg_edits_t *e, const char *name, size_t nn)
-{
-    for (int i = 0; i < e->n; i++)
-        if (e->v[i].name_len == nn && strncasecmp(e->v[i].name, name, nn) == 0)
-            return &e->v[i];
-    return NULL;
-}
-
-static char *dupn(const char *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (s) {
-        memcpy(s, p, n);
-        s[n] = '\0';
-    }
-    return s;
-}
-
-/* Appends an edit (value may be NULL). */
-static int edits_append(mg_edits_t *e, const char *name, size_t nn, const char *value,
-                        size_t vn)
-{
-    if (e->n == e->cap) {
-        int cap = e->cap ? e->cap * 2 : 4;
-        mg_hdr_edit_t *a = realloc(e->v, sizeof *a * (size_t)cap);
-        if (a == NULL)
-            return MG_ENOMEM;
-        e->v = a;
-        e->cap = cap;
-    }
-    char *n = dupn(name, nn);
-    char *v = value ? dupn(value, vn) : NULL;
-    if (n == NULL || (value && v == NULL)) {
-        free(n);
-        free(v);
-        return MG_ENOMEM;
-    }
-    e->v[e->n++] = (mg_hdr_edit_t){ n, v, nn, vn };
-    return MG_OK;
-}
-
-int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn)
-{
-    mg_hdr_edit_t *slot = (mg_hdr_edit_t *)mg_edits_find(e, name, nn);
-    if (slot == NULL)
-        return edits_append(e, name, nn, value, vn);
-    char *v = NULL;
-    if (value && (v = dupn(value, vn)) == NULL)
-        return MG_ENOMEM;
-    free(slot->value);
-    slot->value = v;
-    slot->value_len = vn;
-    if (e->multi) { /* the other values of a multi-valued header go */
-        int w = (int)(slot - e->v) + 1;
-        for (int i = w; i < e->n; i++) {
-            mg_hdr_edit_t *x = &e->v[i];
-            if (x->name_len == nn && strncasecmp(x->name, name, nn) == 0) {
-                free(x->name);
-                free(x->value);
-            } else {
-                e->v[w++] = *x;
-            }
-        }
-        e->n = w;
-    }
-    return MG_OK;
-}
-
-int mg_edits_add(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn)
-{
-    const mg_hdr_edit_t *first = mg_edits_find(e, name, nn);
-    if (first == NULL || first->value == NULL)
-        return mg_edits_set(e, name, nn, value, vn);
-    int rc = edits_append(e, name, nn, value, vn);
-    if (rc == MG_OK)
-        e->multi = 1;
-    return rc;
-}
-
-void mg_edits_free(mg_edits_t *e)
-{
-    for (int i = 0; i < e->n; i++) {
-        free(e->v[i].name);
-        free(e->v[i].value);
-    }
-    free(e->v);
-    e->v = NULL;
-    e->n = e->cap = e->multi = 0;
-}
-
 /* --- creation and dispatch ------------------------------------------------ */
 
 #define FREE_REQS_MAX 256
 
-mg_req_t *mg_req_new(mg_conn_t *c)
+mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head)
 {
-    mg_loop_t *loop = c->loop;
     mg_req_t *r = loop->free_reqs;
     if (r) {
         /* reuse a finished request; keep its upstream-head buffer */
@@ -173,25 +79,21 @@ mg_req_t *mg_req_new(mg_conn_t *c)
     } else if ((r = calloc(1, sizeof *r)) == NULL) {
         return NULL;
     }
-    r->loop = c->loop;
-    r->conn = c;
-    r->gen = c->loop->gen;
+    r->loop = loop;
+    r->gen = loop->gen;
     mg_gen_ref(r->gen);
     r->route = -1;
     r->upstream = -1;
     r->co_ref = -2; /* LUA_NOREF */
-    memcpy(r->remote, c->remote, sizeof r->remote);
-    r->https = c->https;
-    if (c->spare) {
-        r->head = c->spare;
-        c->spare = NULL;
+    if (head) {
+        r->head = head;
     } else if ((r->head = calloc(1, sizeof *r->head)) == NULL) {
         mg_gen_unref(r->gen);
         free(r);
         return NULL;
     }
     r->t_start = ev_time(); /* not the loop's cached time: latencies are sub-ms */
-    c->loop->stats.active++;
+    loop->stats.active++;
     return r;
 }
 
@@ -310,7 +212,7 @@ void mg_req_dispatch(mg_req_t *r)
         mg_req_error(r, 413, "request body too large");
         return;
     }
-    if (r->conn && r->conn->admin && r->loop->admin_handler) {
+    if (r->admin_listener && r->loop->admin_handler) {
         r->admin = 1;
         r->loop->admin_handler(r);
         return;
@@ -368,10 +270,8 @@ void mg_req_dispatch(mg_req_t *r)
                  (int)r->path.n, r->path.p, r->remote, rt->name,
                  rt->chain_ref >= 0 ? "Lua chain"
                  : rt->upstream >= 0 ? cfg->upstreams[rt->upstream].name : "-");
-    if ((h->flags & MG_H1_EXPECT_100) && r->has_body && !r->http10 && r->conn) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        mg_conn_write(r->conn, cont, sizeof cont - 1);
-        mg_conn_flush(r->conn);
+    if ((h->flags & MG_H1_EXPECT_100) && r->has_body && !r->http10 && r->w) {
+        r->w->ops->interim(r->w, 100);
         if (r->done)
             return;
     }
@@ -398,8 +298,8 @@ void mg_req_proxy(mg_req_t *r)
     if (r->body_buf.len) {
         mg_proxy_body(r, mg_buf_data(&r->body_buf), r->body_buf.len);
         mg_buf_free(&r->body_buf);
-        if (r->conn && r->conn->read_paused && r->up)
-            mg_conn_pause_read(r->conn, 0);
+        if (r->up)
+            mg_req_pause_body(r, 0);
     }
     if (r->body_done && r->has_body && r->up)
         mg_proxy_body_done(r);
@@ -411,8 +311,8 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
     if (r->body_bytes > r->gen->cfg->limits.max_body_bytes) {
         if (!r->resp_started) {
             mg_req_error(r, 413, "request body too large");
-        } else if (r->conn) {
-            mg_conn_close(r->conn);
+        } else {
+            mg_req_cut(r);
         }
         return;
     }
@@ -428,8 +328,8 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
         mg_req_error(r, 500, "out of memory");
         return;
     }
-    if (r->body_buf.len > BODY_HOLD_HIGH && !r->want_body && r->conn)
-        mg_conn_pause_read(r->conn, 1);
+    if (r->body_buf.len > BODY_HOLD_HIGH && !r->want_body)
+        mg_req_pause_body(r, 1);
 }
 
 void mg_req_body_done(mg_req_t *r)
@@ -447,29 +347,6 @@ void mg_req_body_done(mg_req_t *r)
 
 /* --- responses ------------------------------------------------------------- */
 
-void mg_req_end_head(mg_req_t *r, mg_buf_t *out)
-{
-    if (!r->keepalive || !r->body_done || r->resp_close)
-        mg_buf_append(out, "Connection: close\r\n\r\n", 21);
-    else if (r->http10)
-        mg_buf_append(out, "Connection: keep-alive\r\n\r\n", 26);
-    else
-        mg_buf_append(out, "\r\n", 2);
-}
-
-/* True if a handler's own headers (CRLF-separated lines) set Date. */
-static int has_date(const char *h)
-{
-    for (const char *p = h; p && *p;) {
-        if (strncasecmp(p, "date:", 5) == 0)
-            return 1;
-        p = strstr(p, "\r\n");
-        if (p)
-            p += 2;
-    }
-    return 0;
-}
-
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers)
 {
@@ -480,42 +357,28 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     if (r->held) { /* an error before a held upstream response went out */
         r->held = 0;
         mg_buf_free(&r->hold);
-        r->resp_chunked = r->resp_close = 0;
         r->resp_bytes = 0;
     }
-    mg_conn_t *c = r->conn;
     r->status = status;
     r->resp_started = 1;
-    if (c == NULL) {
+    if (r->w == NULL) {
         mg_req_finish(r);
         return;
     }
     int no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
                   r->head->method == HTTP_HEAD;
-    mg_buf_t *out = &c->wbuf;
-    size_t before = out->len;
-    mg_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, mg_status_reason(status));
-    if (!has_date(extra_headers))
-        mg_buf_puts(out, mg_loop_date(r->loop));
-    if (ctype)
-        mg_buf_printf(out, "Content-Type: %s\r\n", ctype);
-    if (status != 204 && status != 304 && !(status >= 100 && status < 200))
-        mg_buf_printf(out, "Content-Length: %zu\r\n", n);
-    if (extra_headers)
-        mg_buf_append(out, extra_headers, strlen(extra_headers));
-    mg_req_end_head(r, out);
-    if (!no_body)
-        mg_buf_append(out, body, n);
-    if (out->failed) {
-        /* one check for head and body (buf.h): nothing of this response
-         * goes out, and the connection ends after what was queued before */
-        mg_buf_rollback(out, before);
+    mg_resp_head_t h = { .status = status, .ctype = ctype, .extra = extra_headers, .length = n };
+    ssize_t k = r->w->ops->head(r->w, r, &h, body ? body : "", n);
+    if (k < 0) {
+        /* nothing of this response goes out, and the connection ends
+         * after what was queued before */
         mg_log_error("out of memory queueing a %d response; closing the connection", status);
         r->keepalive = 0;
-        c->closing = 1;
+        r->w->ops->close(r->w);
+        k = 0;
     }
-    r->resp_bytes = out->len - before;
-    r->resp_body_bytes = no_body || out->len == before ? 0 : n;
+    r->resp_bytes = (uint64_t)k;
+    r->resp_body_bytes = no_body || k == 0 ? 0 : n;
     mg_req_finish(r);
 }
 
@@ -526,7 +389,7 @@ static int no_length(int status)
 
 mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n)
 {
-    if (r->done || r->resp_started || r->conn == NULL)
+    if (r->done || r->resp_started || r->w == NULL)
         return NULL;
     if (r->up)
         mg_proxy_abort(r);
@@ -544,6 +407,8 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
     if ((ctype && mg_h1_head_add(h, "Content-Type", 12, ctype, strlen(ctype)) != MG_OK) ||
         (!no_length(status) && mg_h1_head_add(h, "Content-Length", 14, num, (size_t)nl) != MG_OK))
         return NULL;
+    if (!no_length(status))
+        h->flags |= MG_H1_HAS_CL; /* the writer frames it by its length */
     return h;
 }
 
@@ -554,7 +419,6 @@ int mg_req_stage_end(mg_req_t *r, const char *body, size_t n)
         mg_buf_append(&r->hold, body, n) != MG_OK)
         return MG_ENOMEM; /* mg_req_respond drops whatever was held */
     r->status = status;
-    r->resp_chunked = r->resp_close = 0;
     r->resp_complete = 1;
     r->resp_body_bytes = r->hold.len;
     r->held = 1;
@@ -602,16 +466,14 @@ static void access_log(mg_req_t *r)
  * can read it any more). */
 static void release_conn(mg_req_t *r, int spare_head)
 {
-    mg_conn_t *c = r->conn;
-    if (!r->done || c == NULL || r->in_lua)
+    mg_reqsrc_t *src = r->src;
+    if (!r->done || src == NULL || r->in_lua)
         return;
-    int keepalive = r->keepalive && r->body_done && !r->resp_close;
-    r->conn = NULL;
-    if (spare_head && c->spare == NULL) {
-        c->spare = r->head; /* reuse the head store for the next request */
-        r->head = NULL;
-    }
-    mg_conn_request_done(c, keepalive);
+    int keepalive = r->keepalive && r->body_done;
+    r->w = NULL;
+    r->src = NULL;
+    if (src->ops->done(src, keepalive, spare_head ? r->head : NULL))
+        r->head = NULL; /* the source reuses the head store for its next request */
 }
 
 void mg_req_release_conn(mg_req_t *r)
@@ -635,10 +497,9 @@ void mg_req_finish(mg_req_t *r)
             mg_met_request(loop->met, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "",
                            r->status, ev_time() - r->t_start);
     }
-    mg_conn_t *c = r->conn;
-    if (c) {
+    if (r->w) {
         if (!r->body_done)
-            c->closing = 1; /* the rest of the body will not be read */
+            r->w->ops->close(r->w); /* the rest of the body will not be read */
         /* inside Lua, conn goes on once lua_resume returned (req_lua.c):
          * it must not parse the next request under a running coroutine */
         release_conn(r, r->co == NULL);
@@ -669,7 +530,8 @@ void mg_req_abort(mg_req_t *r)
             mg_met_request(r->loop->met, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "",
                            499, ev_now(r->loop->ev) - r->t_start);
     }
-    r->conn = NULL;
+    r->w = NULL;
+    r->src = NULL;
     if (r->lua_abort)
         r->lua_abort(r);
     mg_req_maybe_free(r);

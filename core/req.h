@@ -10,26 +10,13 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "edits.h"
 #include "http1.h"
 #include "loop.h"
+#include "writer.h"
 
 typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_req mg_req_t;
-
-/* A header set (value) or removed (value NULL) by Lua. Owned strings.
- * A header set to several values (req:set_header(name, {a, b})) is one
- * edit per value, each sent as its own field; those all have values. */
-typedef struct mg_hdr_edit {
-    char *name;
-    char *value;
-    size_t name_len, value_len;
-} mg_hdr_edit_t;
-
-typedef struct mg_edits {
-    mg_hdr_edit_t *v;
-    int n, cap;
-    int multi; /* some name has more than one edit (mg_edits_add) */
-} mg_edits_t;
 
 /* What a request coroutine waits for (the pending-operation slot). */
 enum {
@@ -54,15 +41,19 @@ typedef struct mg_wait {
 
 struct mg_req {
     mg_loop_t *loop;
-    mg_conn_t *conn;          /* NULL once the client is gone or the request finished (a
-                               * request finished inside Lua keeps it until Lua returned:
-                               * mg_req_release_conn) */
+    /* The client side: the response writer and the request source (its
+     * body). NULL once the client is gone or the request finished (a
+     * request finished inside Lua keeps them until Lua returned:
+     * mg_req_release_conn). */
+    mg_writer_t *w;
+    mg_reqsrc_t *src;
     mg_gen_t *gen;            /* generation this request runs on (ref held) */
     mg_h1_head_t *head;       /* owned; returned to conn->spare when done */
     int route;                /* index into gen->cfg->routes, or -1 */
     mg_str_t path, query;     /* views into head->store */
     double t_start;
-    char remote[64];
+    char remote[64];          /* the client (after trusted_proxies' X-Forwarded-For) */
+    char peer[64];            /* the address that connected (after a PROXY header) */
 
     /* request body, as it arrives from the client */
     uint64_t body_bytes;
@@ -72,6 +63,7 @@ struct mg_req {
     unsigned http10 : 1;      /* client spoke HTTP/1.0 */
     unsigned https : 1;       /* came over a TLS listener (req.scheme, X-Forwarded-Proto) */
     unsigned keepalive : 1;   /* client wants to keep the connection */
+    unsigned admin_listener : 1; /* came in on the admin listener */
     unsigned want_body : 1;   /* req:body() waits for the rest */
 
     /* response */
@@ -79,8 +71,6 @@ struct mg_req {
     uint64_t resp_body_bytes; /* body bytes queued to the client */
     uint64_t resp_bytes;      /* all bytes queued (head + body) */
     unsigned resp_started : 1;/* status decided: no more error pages possible */
-    unsigned resp_chunked : 1;/* we chunk-encode the body for the client */
-    unsigned resp_close : 1;  /* close-delimited body for the client */
     unsigned done : 1;        /* finished (or aborted); freed once Lua lets go */
     unsigned aborted : 1;
     unsigned hold_head : 1;   /* response plugins run before the head goes out */
@@ -134,8 +124,10 @@ struct mg_req {
     uint64_t reload_ok0, reload_failed0; /* POST /reload: counters when asked */
 };
 
-/* Creates a request for conn on the current generation. */
-mg_req_t *mg_req_new(mg_conn_t *c);
+/* Creates a request on the current generation; `head` (or NULL: a new
+ * one) becomes its head store. The caller sets its client side (w, src,
+ * remote, peer, https, admin_listener). */
+mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head);
 /* The head is complete: route and start Lua, a handler or the proxy. */
 void mg_req_dispatch(mg_req_t *r);
 void mg_req_body(mg_req_t *r, const char *p, size_t n);
@@ -157,8 +149,18 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
 int mg_req_stage_end(mg_req_t *r, const char *body, size_t n);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
-/* Appends the Connection header as needed and the blank line. */
-void mg_req_end_head(mg_req_t *r, mg_buf_t *out);
+/* Body reading: stop (1) or go on (0); no-op without a client. */
+static inline void mg_req_pause_body(mg_req_t *r, int pause)
+{
+    if (r->src && !pause != !r->src->paused)
+        r->src->ops->pause(r->src, pause);
+}
+/* Cuts the client off now (a response that cannot be completed): aborts r. */
+static inline void mg_req_cut(mg_req_t *r)
+{
+    if (r->w)
+        r->w->ops->abort(r->w);
+}
 /* Response fully queued: log it and release the connection for the next
  * (once Lua has returned, if it runs now). */
 void mg_req_finish(mg_req_t *r);
@@ -196,16 +198,6 @@ mg_str_t mg_req_header(const mg_req_t *r, const char *name);
 /* The balancing hash of r for an upstream's hash_key ("uri",
  * "header:NAME" or "remote_addr"); a missing header hashes as "". */
 uint32_t mg_req_hash(const mg_req_t *r, const char *key);
-
-/* Header edits: set (value != NULL) or remove; replaces every earlier edit
- * of that name. 0 or MG_ENOMEM. */
-int mg_edits_set(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);
-/* One more field with that name after mg_edits_set gave it a value (if it
- * has none, this is mg_edits_set). 0 or MG_ENOMEM. */
-int mg_edits_add(mg_edits_t *e, const char *name, size_t nn, const char *value, size_t vn);
-/* The (first) edit for name, or NULL. */
-const mg_hdr_edit_t *mg_edits_find(const mg_edits_t *e, const char *name, size_t nn);
-void mg_edits_free(mg_edits_t *e);
 
 const char *mg_status_reason(int status);
 

@@ -5,7 +5,6 @@
  * started), the route's log phase runs after an error, the connection goes
  * on to its next request once Lua has returned, and the request is freed
  * when nothing holds it any more. */
-#include "conn.h"
 #include "log.h"
 #include "lrt.h"
 #include "req.h"
@@ -30,8 +29,8 @@ static void answer_failure(mg_req_t *r)
         r->held = 0;
         mg_buf_free(&r->hold);
         mg_req_error(r, 500, "internal error");
-    } else if (!r->done && r->conn) {
-        mg_conn_close(r->conn);
+    } else if (!r->done) {
+        mg_req_cut(r);
     }
 }
 
