@@ -663,7 +663,7 @@ static int op_proxy(lua_State *L)
         mg_lrt_check_yield(L, r, "proxy");
     r->hold_head = hold;
     r->keep_res_head = lua_toboolean(L, 3);
-    mg_req_proxy(r);
+    mg_proxy_run(r);
     if (!hold || r->done)
         return 0;
     if (r->held)

@@ -114,6 +114,10 @@ typedef struct mg_loop {
     /* Answers a request that came in on the admin listener (registered by
      * main: the admin API sits above the request layer). */
     void (*admin_handler)(struct mg_req *r);
+    /* Proxies a request to its upstream (registered by worker.c: the proxy
+     * sits above the request layer, which reaches it only through this and
+     * the exchange's ops on the request). */
+    void (*proxy_handler)(struct mg_req *r);
     /* Lua runtime */
     struct mg_req *cur_req;  /* the request whose coroutine runs now */
     size_t lua_mem;          /* bytes allocated by the Lua state */

@@ -709,9 +709,14 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
     }
 }
 
+static const mg_req_exchange_ops_t exchange_ops = {
+    mg_proxy_body, mg_proxy_body_done, mg_proxy_abort,
+};
+
 void mg_proxy_start(mg_req_t *r, int upstream)
 {
     r->upstream = upstream;
+    r->upx = &exchange_ops;
     r->on_drained = client_drained;
     build_request_head(r);
     if (r->uhead.failed) { /* one check for the whole head (buf.h) */
@@ -771,4 +776,27 @@ void mg_proxy_abort(mg_req_t *r)
     r->up = NULL;
     u->req = NULL;
     mg_up_conn_close(u);
+}
+
+void mg_proxy_run(mg_req_t *r)
+{
+    if (r->done)
+        return;
+    if (r->upstream < 0) {
+        mg_log_error("route %s: no upstream to proxy to", r->gen->cfg->routes[r->route].name);
+        mg_req_error(r, 500, "internal error");
+        return;
+    }
+    mg_proxy_start(r, r->upstream);
+    if (r->done || r->up == NULL)
+        return;
+    /* body bytes that arrived while Lua ran */
+    if (r->body_buf.len) {
+        mg_proxy_body(r, mg_buf_data(&r->body_buf), r->body_buf.len);
+        mg_buf_free(&r->body_buf);
+        if (r->up)
+            mg_req_pause_body(r, 0);
+    }
+    if (r->body_done && r->has_body && r->up)
+        mg_proxy_body_done(r);
 }

@@ -8,6 +8,10 @@
 
 typedef struct mg_req mg_req_t;
 
+/* Proxies r to r->upstream (the route's, or the one Lua chose), with the
+ * body bytes that arrived while Lua ran (loop->proxy_handler). May finish
+ * r (error response). */
+void mg_proxy_run(mg_req_t *r);
 /* Starts proxying r to route's upstream. May finish r (error response). */
 void mg_proxy_start(mg_req_t *r, int upstream);
 void mg_proxy_body(mg_req_t *r, const char *p, size_t n);

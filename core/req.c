@@ -8,7 +8,6 @@
 #include "accesslog.h"
 #include "log.h"
 #include "metrics.h"
-#include "proxy.h"
 #include "realip.h"
 #include "router.h"
 #include "upstream.h"
@@ -279,30 +278,7 @@ void mg_req_dispatch(mg_req_t *r)
         mg_req_lua_start(r, rt->chain_ref);
         return;
     }
-    mg_req_proxy(r);
-}
-
-void mg_req_proxy(mg_req_t *r)
-{
-    if (r->done)
-        return;
-    if (r->upstream < 0) {
-        mg_log_error("route %s: no upstream to proxy to", r->gen->cfg->routes[r->route].name);
-        mg_req_error(r, 500, "internal error");
-        return;
-    }
-    mg_proxy_start(r, r->upstream);
-    if (r->done || r->up == NULL)
-        return;
-    /* body bytes that arrived while Lua ran */
-    if (r->body_buf.len) {
-        mg_proxy_body(r, mg_buf_data(&r->body_buf), r->body_buf.len);
-        mg_buf_free(&r->body_buf);
-        if (r->up)
-            mg_req_pause_body(r, 0);
-    }
-    if (r->body_done && r->has_body && r->up)
-        mg_proxy_body_done(r);
+    r->loop->proxy_handler(r);
 }
 
 void mg_req_body(mg_req_t *r, const char *p, size_t n)
@@ -317,7 +293,7 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
         return;
     }
     if (r->up) {
-        mg_proxy_body(r, p, n);
+        r->upx->body(r, p, n);
         return;
     }
     if (r->co == NULL)
@@ -338,7 +314,7 @@ void mg_req_body_done(mg_req_t *r)
         return;
     r->body_done = 1;
     if (r->up)
-        mg_proxy_body_done(r);
+        r->upx->body_done(r);
     if (r->want_body) {
         r->want_body = 0;
         mg_req_wake(r);
@@ -353,7 +329,7 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     if (r->done || r->resp_started)
         return;
     if (r->up)
-        mg_proxy_abort(r);
+        r->upx->cancel(r);
     if (r->held) { /* an error before a held upstream response went out */
         r->held = 0;
         mg_buf_free(&r->hold);
@@ -392,7 +368,7 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
     if (r->done || r->resp_started || r->w == NULL)
         return NULL;
     if (r->up)
-        mg_proxy_abort(r);
+        r->upx->cancel(r);
     mg_h1_head_t *h = r->res_head;
     if (h == NULL && (h = calloc(1, sizeof *h)) == NULL)
         return NULL;
@@ -487,7 +463,7 @@ void mg_req_finish(mg_req_t *r)
         return;
     r->done = 1;
     if (r->up)
-        mg_proxy_abort(r);
+        r->upx->cancel(r);
     mg_loop_t *loop = r->loop;
     loop->stats.requests++;
     loop->stats.active--;
@@ -522,7 +498,7 @@ void mg_req_abort(mg_req_t *r)
     r->done = 1;
     r->aborted = 1;
     if (r->up)
-        mg_proxy_abort(r);
+        r->upx->cancel(r);
     r->loop->stats.active--;
     if (r->head && (r->head->nhdrs || r->head->url_len) && !r->admin) {
         access_log(r);

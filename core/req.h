@@ -1,8 +1,9 @@
 /* The request object: its head (views into an owned store), routing result,
  * body accounting, response state, Lua state (coroutine, the one
  * pending-operation slot, header edits) and access-log data. Dispatches to
- * the Lua runtime, a handler or the proxy; builds responses and asks conn to
- * write them. */
+ * the Lua runtime, a handler or the proxy (loop->proxy_handler); answers
+ * through the response writer its client side gave it (writer.h), never
+ * through a connection's buffers. */
 #ifndef MG_REQ_H
 #define MG_REQ_H
 
@@ -17,6 +18,15 @@
 
 typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_req mg_req_t;
+
+/* The upstream exchange producing r's response (set by proxy.c, which sits
+ * above the request): while r->up is set the request body goes to it, and
+ * it is cancelled when the request ends first. */
+typedef struct mg_req_exchange_ops {
+    void (*body)(mg_req_t *r, const char *p, size_t n);
+    void (*body_done)(mg_req_t *r);
+    void (*cancel)(mg_req_t *r);
+} mg_req_exchange_ops_t;
 
 /* What a request coroutine waits for (the pending-operation slot). */
 enum {
@@ -80,6 +90,7 @@ struct mg_req {
 
     /* upstream */
     mg_upconn_t *up;          /* the exchange in progress */
+    const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
@@ -132,8 +143,6 @@ mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head);
 void mg_req_dispatch(mg_req_t *r);
 void mg_req_body(mg_req_t *r, const char *p, size_t n);
 void mg_req_body_done(mg_req_t *r);
-/* Starts proxying to the route's upstream (or the one Lua chose). */
-void mg_req_proxy(mg_req_t *r);
 
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,

@@ -10,6 +10,7 @@
 #include "lrt.h"
 #include "metrics.h"
 #include "notify.h"
+#include "proxy.h"
 #include "req.h"
 #include "server.h"
 #include "upstream.h"
@@ -92,6 +93,7 @@ mg_loop_t *mg_loop_new(const char *config_file)
     if (loop == NULL)
         return NULL;
     loop->config_file = config_file;
+    loop->proxy_handler = mg_proxy_run;
     loop->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOENV);
     if (loop->ev == NULL)
         goto fail;
