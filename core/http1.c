@@ -559,19 +559,10 @@ int mg_h1_eof(mg_h1_t *h)
 
 int mg_h1_list_has(mg_str_t v, const char *tok, size_t tn)
 {
-    size_t a = 0;
-    while (a < v.n) {
-        while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
-            a++;
-        size_t b = a;
-        while (b < v.n && v.p[b] != ',')
-            b++;
-        size_t e = b;
-        while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
-            e--;
-        if (e > a && mg_str_eq_ci((mg_str_t){ v.p + a, e - a }, tok, tn))
+    size_t at = 0;
+    mg_str_t t;
+    while (mg_h1_list_next(v, &at, &t))
+        if (mg_str_eq_ci(t, tok, tn))
             return 1;
-        a = b;
-    }
     return 0;
 }

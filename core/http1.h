@@ -132,6 +132,30 @@ void mg_h1_resume(mg_h1_t *h);
 int mg_h1_eof(mg_h1_t *h);
 /* Tells a response parser that the request was HEAD (no body follows). */
 static inline int mg_h1_is_paused(const mg_h1_t *h) { return h->paused; }
+/* The next item of the comma-separated header value v from *at on, blanks
+ * around it dropped: 1 and *tok, or 0 at the end. Start with *at = 0. */
+static inline int mg_h1_list_next(mg_str_t v, size_t *at, mg_str_t *tok)
+{
+    size_t a = *at;
+    while (a < v.n) {
+        while (a < v.n && (v.p[a] == ' ' || v.p[a] == '\t' || v.p[a] == ','))
+            a++;
+        size_t b = a;
+        while (b < v.n && v.p[b] != ',')
+            b++;
+        size_t e = b;
+        while (e > a && (v.p[e - 1] == ' ' || v.p[e - 1] == '\t'))
+            e--;
+        if (e > a) {
+            *at = b;
+            *tok = (mg_str_t){ v.p + a, e - a };
+            return 1;
+        }
+        a = b;
+    }
+    *at = a;
+    return 0;
+}
 /* True if the comma-separated header value v (Connection, Upgrade) holds the
  * token tok, compared case-insensitively, blanks around items ignored. */
 int mg_h1_list_has(mg_str_t v, const char *tok, size_t tn);
