@@ -17,6 +17,7 @@
 #include "proxyproto.h"
 #include "realip.h"
 #include "req.h"
+#include "resphase.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -101,7 +102,7 @@ static void conn_fail(mg_conn_t *c, int status, const char *msg)
 {
     c->closing = 1;
     mg_req_t *r = c->req;
-    if (r && !r->resp_started) {
+    if (r && !mg_rs_sent(r)) {
         mg_req_error(r, status, msg);
     } else if (r) {
         mg_conn_close(c); /* mid-response: nothing sensible to send */

@@ -11,6 +11,7 @@
 #include "lrt.h"
 #include "proxy.h"
 #include "req.h"
+#include "resphase.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -555,7 +556,7 @@ static int l_set_upstream(lua_State *L)
 static int l_respond(lua_State *L)
 {
     mg_req_t *r = check_req(L);
-    if (r->done || r->resp_started) {
+    if (r->done || mg_rs_sent(r)) {
         lua_pushnil(L);
         lua_pushliteral(L, "response already sent");
         return 2;
@@ -583,7 +584,7 @@ static mg_req_t *check_own(lua_State *L, const char *what)
 static int op_done(lua_State *L)
 {
     mg_req_t *r = check_own(L, "done");
-    lua_pushboolean(L, r->done || r->resp_started || r->held);
+    lua_pushboolean(L, r->done || mg_rs_decided(r));
     return 1;
 }
 
@@ -600,7 +601,7 @@ static int op_stage_replies(lua_State *L)
 
 static int staged(lua_State *L, mg_req_t *r)
 {
-    if (!r->held || r->done || r->resp_started)
+    if (!mg_rs_held(r) || r->done)
         return 0;
     push_res(L, r, 1);
     return 1;
@@ -616,9 +617,9 @@ static int op_staged(lua_State *L)
 static int op_reply(lua_State *L)
 {
     mg_req_t *r = check_own(L, "reply");
-    if (r->done || r->resp_started)
+    if (r->done || mg_rs_sent(r))
         return 0;
-    if (r->held) { /* the handler answered with req:respond: its return is ignored */
+    if (mg_rs_held(r)) { /* the handler answered with req:respond: its return is ignored */
         lua_settop(L, 1);
         return staged(L, r);
     }
@@ -644,7 +645,7 @@ static int proxy_k(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     mg_req_t *r = (mg_req_t *)ctx;
-    if (!r->held)
+    if (!mg_rs_held(r))
         return 0; /* the exchange failed and was answered */
     push_res(L, r, 1);
     return 1;
@@ -656,17 +657,17 @@ static int proxy_k(lua_State *L, int status, lua_KContext ctx)
 static int op_proxy(lua_State *L)
 {
     mg_req_t *r = check_own(L, "proxy");
-    if (r->done || r->resp_started || r->up || r->held)
+    if (r->done || mg_rs_decided(r) || r->up)
         return 0;
     int hold = lua_toboolean(L, 2);
     if (hold)
         mg_lrt_check_yield(L, r, "proxy");
-    r->hold_head = hold;
+    mg_rs_proxy(r, hold);
     r->keep_res_head = lua_toboolean(L, 3);
     mg_proxy_run(r);
     if (!hold || r->done)
         return 0;
-    if (r->held)
+    if (mg_rs_held(r))
         return proxy_k(L, LUA_OK, (lua_KContext)r);
     mg_lrt_wait(r, MG_WAIT_HEAD, NULL);
     return lua_yieldk(L, 0, (lua_KContext)r, proxy_k);
@@ -694,10 +695,9 @@ static int op_wait_done(lua_State *L)
     mg_req_t *r = check_own(L, "wait_done");
     if (r->done)
         return 0;
-    if (!r->resp_started && r->up == NULL)
+    if (!mg_rs_sent(r) && r->up == NULL)
         return luaL_error(L, "wait_done: the response has not been started");
     mg_lrt_check_yield(L, r, "wait_done");
-    r->waiting_done = 1;
     mg_lrt_wait(r, MG_WAIT_DONE, NULL);
     return lua_yieldk(L, 0, (lua_KContext)r, done_k);
 }
@@ -811,7 +811,7 @@ static int res_edit(lua_State *L, int set)
             lua_tostring(L, 3);
         v = check_value(L, 3, &vn);
     }
-    if (!r->held) {
+    if (!mg_rs_held(r)) {
         lua_pushnil(L);
         lua_pushliteral(L, "response headers already sent");
         return 2;
@@ -849,7 +849,7 @@ static int res_newindex(lua_State *L)
         return luaL_error(L, "res.%s cannot be set", k);
     lua_Integer s = luaL_checkinteger(L, 3);
     luaL_argcheck(L, s >= 200 && s <= 999, 3, "status must be 200..999");
-    if (!r->held)
+    if (!mg_rs_held(r))
         return luaL_error(L, "response status already sent");
     r->status = (int)s;
     return 0;

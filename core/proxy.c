@@ -9,6 +9,7 @@
 #include "log.h"
 #include "loop.h"
 #include "req.h"
+#include "resphase.h"
 #include "tunnel.h"
 #include "upstream.h"
 
@@ -232,7 +233,8 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         return -1;
     int head_req = r->head->method == HTTP_HEAD;
     r->status = h->status;
-    if ((r->hold_head || r->keep_res_head) && r->res_head == NULL) {
+    int hold = r->rs == MG_RS_HOLDING;
+    if ((hold || r->keep_res_head) && r->res_head == NULL) {
         r->res_head = head_copy(h);
         if (r->res_head == NULL) {
             u->h1.err_status = 500;
@@ -240,9 +242,8 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
             return -1;
         }
     }
-    if (r->hold_head) {
+    if (mg_rs_upstream_head(r)) {
         /* response plugins edit the head before it goes out */
-        r->held = 1;
         mg_req_wake(r);
         return (head_req || h->status == 101) ? 1 : 0;
     }
@@ -252,7 +253,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
         u->h1.err_reason = "out of memory";
         return -1;
     }
-    r->resp_started = 1;
+    mg_rs_send(r);
     return (head_req || h->status == 101) ? 1 : 0;
 }
 
@@ -268,7 +269,7 @@ static int r_on_body(void *ud, const char *p, size_t n)
     mg_req_t *r = u->req;
     if (r == NULL || r->w == NULL)
         return -1;
-    if (r->held) { /* raw bytes: framed when the held head goes out */
+    if (mg_rs_held(r)) { /* raw bytes: framed when the held head goes out */
         if (mg_buf_append(&r->hold, p, n) != MG_OK) {
             u->h1.err_reason = "out of memory";
             return -1;
@@ -296,9 +297,9 @@ static int r_on_done(void *ud)
     mg_req_t *r = u->req;
     if (r == NULL)
         return -1;
-    if (!r->resp_started && !r->held)
+    if (!mg_rs_decided(r))
         return 1; /* an interim 1xx ended: parse the final response */
-    if (!r->held && r->w) {
+    if (mg_rs_sent(r) && r->w) {
         ssize_t k = r->w->ops->end(r->w, NULL);
         if (k < 0)
             return -1;
@@ -338,7 +339,7 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
     r->w = NULL;
     r->src = NULL;
     r->tunnel = 1;
-    r->resp_started = 1;
+    mg_rs_send(r);
     mg_up_detach(u, &ue.fd, &ue.ssl, &ue.out);
     ue.in = in;
     ue.in_n = n;
@@ -358,7 +359,7 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
 static void switched(mg_upconn_t *u, const char *in, size_t n)
 {
     mg_req_t *r = u->req;
-    if (r->held) {
+    if (mg_rs_held(r)) {
         /* response plugins run first: the bytes wait with the head */
         if (mg_buf_append(&r->hold, in, n) != MG_OK) {
             up_fail(u, FAIL_RESET, "out of memory");
@@ -384,8 +385,8 @@ static void exchange_done(mg_upconn_t *u, int leftover)
         mg_up_release(u);
     else
         mg_up_conn_close(u);
-    if (r->held) {
-        r->resp_complete = 1; /* finished when the Lua response phase sends it */
+    if (mg_rs_held(r)) {
+        mg_rs_held_complete(r); /* finished when the Lua response phase sends it */
         return;
     }
     mg_req_finish(r);
@@ -401,10 +402,9 @@ static void held_failed(mg_req_t *r, mg_writer_t *w)
 
 void mg_proxy_send_held(mg_req_t *r)
 {
-    if (!r->held || r->done)
+    if (!mg_rs_held(r) || r->done)
         return;
-    r->held = 0;
-    r->resp_started = 1;
+    int complete = mg_rs_send(r);
     mg_writer_t *w = r->w;
     if (w == NULL)
         return;
@@ -435,7 +435,7 @@ void mg_proxy_send_held(mg_req_t *r)
         }
         r->resp_bytes += (uint64_t)k;
     }
-    if (r->resp_complete) {
+    if (complete) {
         ssize_t k = w->ops->end(w, NULL);
         if (k < 0) {
             held_failed(r, w);
@@ -612,7 +612,7 @@ static void up_fail(mg_upconn_t *u, int kind, const char *why)
     }
     if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
         loop->stats.up_timeouts++;
-    if (r->resp_started) {
+    if (mg_rs_sent(r)) {
         mg_log_warn("upstream %s: %s after the response started", r->upstream_addr, why);
         mg_up_conn_close(u);
         if (r->w)

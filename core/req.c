@@ -5,6 +5,7 @@
  * coroutine holds it any more: a log phase may still run after the client
  * has its response. */
 #include "req.h"
+#include "resphase.h"
 #include "accesslog.h"
 #include "log.h"
 #include "metrics.h"
@@ -285,7 +286,7 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
 {
     r->body_bytes += n;
     if (r->body_bytes > r->gen->cfg->limits.max_body_bytes) {
-        if (!r->resp_started) {
+        if (!mg_rs_sent(r)) {
             mg_req_error(r, 413, "request body too large");
         } else {
             mg_req_cut(r);
@@ -326,17 +327,16 @@ void mg_req_body_done(mg_req_t *r)
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
                     const char *extra_headers)
 {
-    if (r->done || r->resp_started)
+    if (r->done || mg_rs_sent(r))
         return;
     if (r->up)
         r->upx->cancel(r);
-    if (r->held) { /* an error before a held upstream response went out */
-        r->held = 0;
-        mg_buf_free(&r->hold);
+    if (mg_rs_held(r)) { /* an error before a held upstream response went out */
+        mg_rs_drop_held(r);
         r->resp_bytes = 0;
     }
     r->status = status;
-    r->resp_started = 1;
+    mg_rs_send(r);
     if (r->w == NULL) {
         mg_req_finish(r);
         return;
@@ -365,7 +365,7 @@ static int no_length(int status)
 
 mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n)
 {
-    if (r->done || r->resp_started || r->w == NULL)
+    if (r->done || mg_rs_sent(r) || r->w == NULL)
         return NULL;
     if (r->up)
         r->upx->cancel(r);
@@ -395,9 +395,8 @@ int mg_req_stage_end(mg_req_t *r, const char *body, size_t n)
         mg_buf_append(&r->hold, body, n) != MG_OK)
         return MG_ENOMEM; /* mg_req_respond drops whatever was held */
     r->status = status;
-    r->resp_complete = 1;
     r->resp_body_bytes = r->hold.len;
-    r->held = 1;
+    mg_rs_staged(r);
     return MG_OK;
 }
 
@@ -483,7 +482,6 @@ void mg_req_finish(mg_req_t *r)
     /* a coroutine waiting on this request's progress goes on now */
     if (r->wait.armed && (r->wait.kind == MG_WAIT_DONE || r->wait.kind == MG_WAIT_BODY ||
                           r->wait.kind == MG_WAIT_HEAD)) {
-        r->waiting_done = 0;
         r->want_body = 0;
         mg_req_wake(r);
     }

@@ -80,12 +80,9 @@ struct mg_req {
     int status;
     uint64_t resp_body_bytes; /* body bytes queued to the client */
     uint64_t resp_bytes;      /* all bytes queued (head + body) */
-    unsigned resp_started : 1;/* status decided: no more error pages possible */
     unsigned done : 1;        /* finished (or aborted); freed once Lua lets go */
     unsigned aborted : 1;
-    unsigned hold_head : 1;   /* response plugins run before the head goes out */
-    unsigned held : 1;        /* head and body held in res_head/hold */
-    unsigned resp_complete : 1; /* upstream response ended while held */
+    unsigned rs : 3;          /* the response phase: MG_RS_* (resphase.h) */
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
@@ -121,7 +118,6 @@ struct mg_req {
     unsigned lua_dead : 1;    /* aborted while in Lua: clean up after resume */
     unsigned killed : 1;      /* instruction budget exhausted */
     unsigned log_after_error : 1; /* the log phase runs in a second coroutine after a Lua error */
-    unsigned waiting_done : 1;/* the log phase waits for the response to end */
     unsigned freeing : 1;     /* free scheduled */
     unsigned keep_res_head : 1; /* copy the response head for the log phase */
     unsigned script : 1;      /* `moongate --script`: not an HTTP request */

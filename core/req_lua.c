@@ -8,6 +8,7 @@
 #include "log.h"
 #include "lrt.h"
 #include "req.h"
+#include "resphase.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -25,9 +26,8 @@ static void wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
  * yet, else the connection is cut (a half-sent response cannot be fixed). */
 static void answer_failure(mg_req_t *r)
 {
-    if (!r->done && !r->resp_started) {
-        r->held = 0;
-        mg_buf_free(&r->hold);
+    if (!r->done && !mg_rs_sent(r)) {
+        mg_rs_drop_held(r);
         mg_req_error(r, 500, "internal error");
     } else if (!r->done) {
         mg_req_cut(r);
@@ -42,7 +42,7 @@ static void settle(mg_req_t *r, int out, int ctx_ref)
         mg_req_release_conn(r); /* finished inside Lua: conn goes on now */
         if (out == MG_LRT_WAITING)
             return;
-        if (out == MG_LRT_FINISHED && !r->done && r->up == NULL && !r->held && !r->tunnel) {
+        if (out == MG_LRT_FINISHED && !r->done && r->up == NULL && !mg_rs_held(r) && !r->tunnel) {
             mg_log_error("route %s: the request coroutine ended without a response",
                          r->route >= 0 ? r->gen->cfg->routes[r->route].name : "?");
             mg_req_error(r, 500, "internal error");
