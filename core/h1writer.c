@@ -11,6 +11,7 @@
 #include "tunnel.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 

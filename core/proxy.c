@@ -42,7 +42,6 @@ static const mg_cfg_upstream_t *ucfg(mg_upconn_t *u)
 
 /* --- the request head for the upstream ------------------------------------ */
 
-
 /* Whether the route tunnels `proto` (its `upgrades`; the name part before a
  * "/version" counts too). h2c never is. */
 static int upgrade_allowed(const mg_cfg_route_t *rt, mg_str_t proto)
