@@ -1,9 +1,11 @@
 """The response phase runs for every answer a route gives: the upstream's, a
 handler's, and a plugin's req:respond (as Kong runs header_filter after
 kong.response.exit), so headers/cors/request_id/rate_limit decorate them."""
+import hashlib
+
 import pytest
 
-from conftest import request
+from conftest import Client, pattern_sha256, request
 
 CONFIG = """
 local seen = {}
@@ -42,6 +44,11 @@ return {
       handler = function() return 200, "no response plugins", { ["X-A"] = "1" } end },
     { match = { prefix = "/up/" }, upstream = "app",
       plugins = { { "headers", response = { set = { ["X-Gw"] = "up" } } } } },
+    -- upstream answers held while a response plugin yields: their bytes
+    -- wait unframed and are framed by the writer when the head goes out
+    { match = { prefix = "/chunked/" }, upstream = "app", plugins = { { "edit" } } },
+    { match = { prefix = "/close/" }, upstream = "app", plugins = { { "edit" } } },
+    { match = { prefix = "/echo" }, upstream = "app", plugins = { { "edit" } } },
   },
 }
 """
@@ -134,3 +141,29 @@ def test_keepalive_sequence_of_held_answers(gw):
             c.request("GET", path)
             r = c.read_response()
             assert r.status == status, (path, r)
+
+
+def test_held_chunked_answer_is_framed_once_and_keeps_the_connection(gw):
+    # 600000 bytes: more than the writer's high mark arrive while held
+    n = 600000
+    with Client(gw.port) as c:
+        c.request("GET", "/chunked/%d?chunk=1000" % n)
+        r = c.read_response()
+        assert r.status == 200 and r.chunked and r.header("x-status-seen") == "200"
+        assert r.body_len == n and hashlib.sha256(r.body).hexdigest() == pattern_sha256(n)
+        c.request("HEAD", "/chunked/%d" % n)
+        r = c.read_response(method="HEAD")
+        assert r.status == 200 and r.body_len == 0 and r.header("x-status-seen") == "200"
+        c.request("GET", "/echo?after=held")
+        r = c.read_response()
+        assert r.json()["path"] == "/echo?after=held" and r.header("x-status-seen") == "200"
+
+
+@pytest.mark.parametrize("kind", ["chunked", "close"])
+def test_held_answer_to_http10_client_ends_with_the_connection(gw, kind):
+    n = 300000
+    with Client(gw.port) as c:
+        c.request("GET", "/%s/%d" % (kind, n), version="HTTP/1.0")
+        r = c.read_response()
+        assert r.status == 200 and not r.chunked and r.header("x-status-seen") == "200"
+        assert r.body_len == n and hashlib.sha256(r.body).hexdigest() == pattern_sha256(n)
