@@ -1,4 +1,5 @@
 #include "admin.h"
+#include "health.h"
 #include "log.h"
 #include "worker.h"
 #include "metrics.h"
@@ -51,8 +52,10 @@ static void status_json(mg_req_t *r)
             mg_buf_printf(&b, "}");
         }
     }
-    mg_buf_printf(&b, ",\"connections\":%d,\"requests_active\":%d,\"lua_memory\":%zu}\n",
+    mg_buf_printf(&b, ",\"connections\":%d,\"requests_active\":%d,\"lua_memory\":%zu,",
                   loop->stats.conns, loop->stats.active, loop->lua_mem);
+    mg_health_status_json(loop, &b);
+    mg_buf_puts(&b, "}\n");
     mg_req_respond(r, 200, "application/json", b.base, b.len, NULL);
     mg_buf_free(&b);
 }
@@ -140,7 +143,11 @@ void mg_admin_handle(mg_req_t *r)
         }
         size_t len = 0;
         char *text = r->loop->met_shm ? mg_met_render(r->loop->met_shm, MG_VERSION, &len) : NULL;
-        mg_req_respond(r, 200, "text/plain; version=0.0.4", text ? text : "", len, NULL);
+        mg_buf_t b = { 0 };
+        mg_buf_append(&b, text ? text : "", len);
+        mg_health_metrics(r->loop, &b);
+        mg_req_respond(r, 200, "text/plain; version=0.0.4", b.base ? b.base : "", b.len, NULL);
+        mg_buf_free(&b);
         free(text);
     } else if (MG_STR_EQ_CI(p, "/status")) {
         if (m != HTTP_GET && m != HTTP_HEAD) {
