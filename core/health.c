@@ -44,8 +44,10 @@ struct hc_up {
 };
 
 typedef struct mg_health {
-    unsigned bound_id;         /* generation whose servers are bound; 0: none */
-    mg_gen_t *gen;             /* the prober's generation (a reference), NULL: not probing */
+    mg_gen_t *bound;           /* generation whose servers are bound (a reference, so the
+                                * pointer compare in mg_health_sync cannot be fooled by a
+                                * new generation at a freed one's address); NULL: none */
+    int probing;               /* the prober runs, for `bound` */
     hc_up_t *ups;
     int nups;
 } mg_health_t;
@@ -109,10 +111,9 @@ static mg_met_health_t *slot_of(const mg_up_server_t *sv)
 
 /* Points the balancer of the current generation's checked servers at
  * their shared state. */
-static void bind_gen(mg_loop_t *loop, mg_health_t *h)
+static void bind_gen(mg_loop_t *loop)
 {
     mg_gen_t *g = loop->gen;
-    h->bound_id = g->id;
     for (int i = 0; i < g->cfg->nupstreams; i++) {
         const mg_cfg_upstream_t *cfg = &g->cfg->upstreams[i];
         mg_up_t *up = &g->ups[i];
@@ -331,9 +332,7 @@ static void prober_stop(mg_health_t *h, mg_loop_t *loop)
     free(h->ups);
     h->ups = NULL;
     h->nups = 0;
-    if (h->gen)
-        mg_gen_unref(h->gen);
-    h->gen = NULL;
+    h->probing = 0;
 }
 
 /* Was slot checked by the prober being replaced? */
@@ -347,13 +346,14 @@ static int was_checked(const hc_up_t *ups, int nups, const mg_met_health_t *sl)
 }
 
 /* Starts checking the current generation's upstreams; the previous
- * prober's checks end. A server it checked keeps its state; one it did
- * not (new to the config, or its checks were off) starts up. */
+ * prober's checks end (its generation must still be alive). A server it
+ * checked keeps its state; one it did not (new to the config, or its
+ * checks were off) starts up. */
 static void prober_start(mg_health_t *h, mg_loop_t *loop)
 {
     mg_gen_t *g = loop->gen;
     hc_up_t *old = h->ups;
-    int nold = h->nups, had = h->gen != NULL;
+    int nold = h->nups, had = h->probing;
     h->ups = NULL;
     h->nups = 0;
     int n = 0;
@@ -406,8 +406,7 @@ static void prober_start(mg_health_t *h, mg_loop_t *loop)
     prober_stop(h, loop);
     h->ups = ups;
     h->nups = n;
-    h->gen = g;
-    mg_gen_ref(g);
+    h->probing = 1;
 }
 
 void mg_health_sync(mg_loop_t *loop)
@@ -415,26 +414,21 @@ void mg_health_sync(mg_loop_t *loop)
     if (loop->gen == NULL || loop->met_shm == NULL)
         return;
     mg_health_t *h = loop->health;
-    if (h == NULL) {
-        int any = 0;
-        for (int i = 0; i < loop->gen->cfg->nupstreams; i++)
-            any |= loop->gen->cfg->upstreams[i].health.on;
-        if (!any)
-            return; /* nothing to do until a config with checks comes */
-        h = loop->health = calloc(1, sizeof *h);
-        if (h == NULL)
-            return;
-    }
-    if (h->bound_id != loop->gen->id)
-        bind_gen(loop, h);
+    if (h == NULL && (h = loop->health = calloc(1, sizeof *h)) == NULL)
+        return; /* tried again next iteration */
     int prober = loop->worker_index == 0 && !loop->stopping;
-    if (!prober) {
-        if (h->gen)
-            prober_stop(h, loop);
-        return;
+    if (h->bound != loop->gen) {
+        mg_gen_t *old = h->bound;
+        h->bound = loop->gen;
+        mg_gen_ref(h->bound);
+        bind_gen(loop);
+        if (prober)
+            prober_start(h, loop);
+        if (old)
+            mg_gen_unref(old); /* after the old checks ended: they use its config */
     }
-    if (h->gen != loop->gen)
-        prober_start(h, loop);
+    if (!prober && h->probing)
+        prober_stop(h, loop);
 }
 
 void mg_health_free(mg_loop_t *loop)
@@ -443,6 +437,8 @@ void mg_health_free(mg_loop_t *loop)
     if (h == NULL)
         return;
     prober_stop(h, loop);
+    if (h->bound)
+        mg_gen_unref(h->bound);
     free(h);
     loop->health = NULL;
 }

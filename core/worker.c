@@ -186,10 +186,10 @@ void mg_loop_free(mg_loop_t *loop)
             loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
-        mg_health_free(loop);
         prepare_cb(loop->ev, &loop->prepare, 0);
         mg_gen_unref(loop->gen);
         loop->gen = NULL;
+        mg_health_free(loop); /* after loop->gen went: the prepare below starts no prober */
         prepare_cb(loop->ev, &loop->prepare, 0);
         ev_signal_stop(loop->ev, &loop->sigterm);
         ev_signal_stop(loop->ev, &loop->sigint);
