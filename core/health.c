@@ -292,6 +292,8 @@ static void probe_start(hc_probe_t *p)
     const char *err = NULL;
     p->nst = 0;
     mg_upconn_t *u = mg_up_get(&hu->pool, p->s, p, &probe_ops, &err);
+    if (u == NULL && err && strcmp(err, "host name not resolved yet") == 0)
+        return; /* a name added by a reload, its first answer still out: no verdict */
     if (u == NULL) {
         probe_done(p, err ? err : "connect failed");
         return;

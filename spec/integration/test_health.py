@@ -424,3 +424,27 @@ def test_check_accepts_health_tables(run_moongate):
             '  routes = { { match = { prefix = "/" }, upstream = "a" } },\n}\n')
     p = run_moongate("-t", "-c", "$CFG", config=text)
     assert p.returncode == 0, p.stdout_text + p.stderr_text
+
+
+def test_host_name_server_is_checked_at_its_current_address(gateway, origins):
+    """A server written as a host name is checked where the resolver's latest
+    answer points: moving the name to an address nobody listens on takes it
+    down, without a reload."""
+    from conftest import Raw
+    from dnshelp import FakeDNS
+    dns = FakeDNS({"app.test": ["127.0.0.1"]})
+    a, b = origins("A"), origins("B")
+    try:
+        name = "app.test:%d" % a.port
+        g = start(gateway, config(
+            admin={"addr": "127.0.0.1:$PORT1"}, resolver=[dns.addr, Raw("valid = 0.3")],
+            upstreams={"app": {"servers": [name, b.addr], "health": HEALTH}},
+            routes=[{"match": {"prefix": "/"}, "upstream": "app"}]))
+        wait_for(lambda: a.counts()[0] >= 2, what="checks of the named server")
+        assert server_state(g, name)["state"] == "up"
+        dns.records["app.test"] = ["127.0.0.2"]  # nothing listens there on a's port
+        wait_for(lambda: server_state(g, name)["state"] == "down", timeout=10,
+                 what="the named server down at its new address")
+        assert bodies(g.port, 10) == ["B"] * 10
+    finally:
+        dns.stop()
