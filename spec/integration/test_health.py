@@ -448,3 +448,30 @@ def test_host_name_server_is_checked_at_its_current_address(gateway, origins):
         assert bodies(g.port, 10) == ["B"] * 10
     finally:
         dns.stop()
+
+
+def test_restarted_worker0_keeps_state_and_checking(gateway, origins):
+    """The prober runs in worker 0; when it dies the master's new worker 0
+    finds the state in shared memory and checks on."""
+    import os
+    import signal
+    from opshelp import holds_socket, listening_inode
+    a, b = origins("A"), origins("B")
+    b.health_status = 500
+    g = start(gateway, health_config([a, b], workers=2,
+                                     health={"interval": 0.2, "fall": 2, "rise": 2}))
+    wait_for(lambda: len(children(g.pid)) == 2, what="two workers")
+    wait_state(g, b, "down")
+    inode = listening_inode(g.admin_port)
+    w0 = [p for p in children(g.pid) if holds_socket(p, inode)]
+    assert len(w0) == 1
+    os.kill(w0[0], signal.SIGKILL)
+    wait_for(lambda: len(children(g.pid)) == 2 and w0[0] not in children(g.pid),
+             what="worker 0 restarted")
+    wait_for(lambda: status(g)["workers"] == 2, what="/status answers")
+    assert server_state(g, b.addr)["state"] == "down"
+    served_b = b.counts()[1]
+    assert bodies(g.port, 10) == ["A"] * 10
+    assert b.counts()[1] == served_b
+    b.health_status = 200
+    wait_state(g, b, "up")
