@@ -10,22 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* JSON string escaping for the few strings we put in answers. */
-static void json_str(mg_buf_t *b, const char *s)
-{
-    mg_buf_append(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            mg_buf_printf(b, "\\%c", c);
-        else if (c < 0x20)
-            mg_buf_printf(b, "\\u%04x", c);
-        else
-            mg_buf_append(b, s, 1);
-    }
-    mg_buf_append(b, "\"", 1);
-}
-
 static void status_json(mg_req_t *r)
 {
     mg_loop_t *loop = r->loop;
@@ -48,7 +32,7 @@ static void status_json(mg_req_t *r)
         if (m->last_reload_ok)
             mg_buf_printf(&b, "null}");
         else {
-            json_str(&b, m->last_reload_error);
+            mg_buf_json_str(&b, m->last_reload_error);
             mg_buf_printf(&b, "}");
         }
     }
@@ -67,7 +51,7 @@ static void answer_reload(mg_req_t *r, int ok, unsigned gen, const char *err)
         mg_buf_printf(&b, "{\"ok\":true,\"generation\":%u}\n", gen);
     } else {
         mg_buf_printf(&b, "{\"ok\":false,\"error\":");
-        json_str(&b, err);
+        mg_buf_json_str(&b, err);
         mg_buf_printf(&b, "}\n");
     }
     mg_req_respond(r, ok ? 200 : 400, "application/json", b.base, b.len, NULL);

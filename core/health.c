@@ -447,21 +447,6 @@ void mg_health_free(mg_loop_t *loop)
 
 /* --- admin ------------------------------------------------------------------ */
 
-static void json_str(mg_buf_t *b, const char *s)
-{
-    mg_buf_append(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            mg_buf_printf(b, "\\%c", c);
-        else if (c < 0x20)
-            mg_buf_printf(b, "\\u%04x", c);
-        else
-            mg_buf_append(b, s, 1);
-    }
-    mg_buf_append(b, "\"", 1);
-}
-
 /* Prometheus label value escaping. */
 static void label(mg_buf_t *b, const char *s)
 {
@@ -493,12 +478,12 @@ void mg_health_status_json(mg_loop_t *loop, mg_buf_t *b)
         const mg_up_t *up = &g->ups[i];
         if (i)
             mg_buf_puts(b, ",");
-        json_str(b, g->cfg->upstreams[i].name);
+        mg_buf_json_str(b, g->cfg->upstreams[i].name);
         mg_buf_puts(b, ":{\"servers\":[");
         for (int s = 0; up->servers && s < up->nservers; s++) {
             const mg_up_server_t *sv = &up->servers[s];
             mg_buf_puts(b, s ? ",{\"server\":" : "{\"server\":");
-            json_str(b, sv->addr->text);
+            mg_buf_json_str(b, sv->addr->text);
             mg_buf_printf(b, ",\"state\":\"%s\",\"check\":\"%s\"",
                           server_up(loop, up, s) ? "up" : "down",
                           sv->hdown ? "active" : "passive");
@@ -512,7 +497,7 @@ void mg_health_status_json(mg_loop_t *loop, mg_buf_t *b)
                     mg_buf_puts(b, "null");
                 mg_buf_puts(b, ",\"last_error\":");
                 if (sl->last_error[0])
-                    json_str(b, sl->last_error);
+                    mg_buf_json_str(b, sl->last_error);
                 else
                     mg_buf_puts(b, "null");
             }
