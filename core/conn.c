@@ -17,7 +17,6 @@
 #include "proxyproto.h"
 #include "realip.h"
 #include "req.h"
-#include "resphase.h"
 #include "tls.h"
 
 #include <arpa/inet.h>

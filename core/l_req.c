@@ -11,7 +11,6 @@
 #include "lrt.h"
 #include "proxy.h"
 #include "req.h"
-#include "resphase.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -9,7 +9,6 @@
 #include "log.h"
 #include "loop.h"
 #include "req.h"
-#include "resphase.h"
 #include "tunnel.h"
 #include "upstream.h"
 

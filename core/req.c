@@ -5,7 +5,6 @@
  * coroutine holds it any more: a log phase may still run after the client
  * has its response. */
 #include "req.h"
-#include "resphase.h"
 #include "accesslog.h"
 #include "log.h"
 #include "metrics.h"

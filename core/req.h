@@ -206,4 +206,7 @@ uint32_t mg_req_hash(const mg_req_t *r, const char *key);
 
 const char *mg_status_reason(int status);
 
+/* The response phase's states and transitions (r->rs). */
+#include "resphase.h"
+
 #endif

@@ -8,7 +8,6 @@
 #include "log.h"
 #include "lrt.h"
 #include "req.h"
-#include "resphase.h"
 
 #include <lauxlib.h>
 #include <lua.h>

@@ -32,7 +32,13 @@
 #ifndef MG_RESPHASE_H
 #define MG_RESPHASE_H
 
-#include "req.h"
+/* Part of the request module: included at the end of req.h, where mg_req_t
+ * is complete (so it does not include req.h back). */
+#ifndef MG_REQ_H
+#error "resphase.h is included through req.h"
+#endif
+
+#include "buf.h"
 
 enum { MG_RS_OPEN, MG_RS_HOLDING, MG_RS_HELD, MG_RS_HELD_DONE, MG_RS_SENT };
 
