@@ -54,6 +54,17 @@ static mg_req_t *check_req(lua_State *L)
     return check_handle(L, &req_tag, REQ_MT);
 }
 
+mg_req_t *mg_lreq_to(lua_State *L, int idx)
+{
+    handle_t *h = lua_touserdata(L, idx);
+    if (h == NULL || lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof *h ||
+        h->tag != &req_tag)
+        return NULL;
+    if (h->r == NULL)
+        luaL_error(L, "request finished");
+    return h->r;
+}
+
 static void **new_handle(lua_State *L, mg_req_t *r, const char *tag, const char *mt, int nuv)
 {
     handle_t *h = lua_newuserdatauv(L, sizeof *h, nuv);
