@@ -199,7 +199,10 @@ static void nameset_fill(lua_State *L, nameset_t *s, int idx, const char *field)
 
 /* gw.http.template: what a request needs that does not change per call,
  * parsed once. */
+static const char tpl_tag = 't';
+
 typedef struct {
+    const char *tag;  /* &tpl_tag: only C writes userdata memory */
     char *url;        /* owned copy; u points into it */
     url_parts_t u;
     char method[33];  /* upper-cased */
@@ -270,45 +273,64 @@ static void note_given(http_state_t *st, const char *name, size_t nn)
     st->given[st->ngiven++] = (mg_str_t){ name, nn };
 }
 
-/* Adds the caller's headers (table at hidx). Framing headers are ours.
+/* One header of the caller's, its value at vidx (a string, a number or a
+ * list of them). Framing headers are ours. Returns whether it was Host.
+ * May raise. */
+static int add_given(lua_State *L, http_state_t *st, const char *name, size_t nn, int vidx,
+                     int note)
+{
+    if (!mg_h1_is_token(name, nn))
+        luaL_error(L, "gw.http.request: invalid header name '%s'", name);
+    if (note)
+        note_given(st, name, nn);
+    if ((nn == 14 && strcasecmp(name, "content-length") == 0) ||
+        (nn == 17 && strcasecmp(name, "transfer-encoding") == 0))
+        return 0;
+    if (header_value_ok(L, vidx)) {
+        add_header(L, st, name, nn, vidx);
+    } else if (lua_type(L, vidx) == LUA_TTABLE) {
+        lua_Integer len = luaL_len(L, vidx);
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, vidx, i);
+            if (!header_value_ok(L, -1))
+                luaL_error(L, "gw.http.request: header %s: values must be strings", name);
+            add_header(L, st, name, nn, lua_gettop(L));
+            lua_pop(L, 1);
+        }
+    } else {
+        luaL_error(L, "gw.http.request: header %s: value must be a string", name);
+    }
+    return nn == 4 && strcasecmp(name, "host") == 0;
+}
+
+/* Adds the caller's headers (table at hidx): { name = value }, or the list
+ * { name1, value1, name2, value2, ... } (in that order; no hashing).
  * Returns whether a Host header was given. With `note`, remembers the
  * names (views into the table's keys, alive while it is on the stack).
  * May raise. */
 static int add_headers(lua_State *L, http_state_t *st, int hidx, int note)
 {
     int has_host = 0;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, hidx);
+    if (n > 0) {
+        for (lua_Integer i = 1; i <= n; i += 2) {
+            if (lua_rawgeti(L, hidx, i) != LUA_TSTRING)
+                luaL_error(L, "gw.http.request: header names must be strings");
+            size_t nn;
+            const char *name = lua_tolstring(L, -1, &nn);
+            lua_rawgeti(L, hidx, i + 1);
+            has_host |= add_given(L, st, name, nn, lua_gettop(L), note);
+            lua_pop(L, 2); /* the name stays anchored by the table */
+        }
+        return has_host;
+    }
     lua_pushnil(L);
     while (lua_next(L, hidx) != 0) {
         if (lua_type(L, -2) != LUA_TSTRING)
             luaL_error(L, "gw.http.request: header names must be strings");
         size_t nn;
         const char *name = lua_tolstring(L, -2, &nn);
-        if (!mg_h1_is_token(name, nn))
-            luaL_error(L, "gw.http.request: invalid header name '%s'", name);
-        if (note)
-            note_given(st, name, nn);
-        if ((nn == 14 && strcasecmp(name, "content-length") == 0) ||
-            (nn == 17 && strcasecmp(name, "transfer-encoding") == 0)) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (nn == 4 && strcasecmp(name, "host") == 0)
-            has_host = 1;
-        int vidx = lua_gettop(L);
-        if (header_value_ok(L, vidx)) {
-            add_header(L, st, name, nn, vidx);
-        } else if (lua_type(L, vidx) == LUA_TTABLE) {
-            lua_Integer len = luaL_len(L, vidx);
-            for (lua_Integer i = 1; i <= len; i++) {
-                lua_geti(L, vidx, i);
-                if (!header_value_ok(L, -1))
-                    luaL_error(L, "gw.http.request: header %s: values must be strings", name);
-                add_header(L, st, name, nn, lua_gettop(L));
-                lua_pop(L, 1);
-            }
-        } else {
-            luaL_error(L, "gw.http.request: header %s: value must be a string", name);
-        }
+        has_host |= add_given(L, st, name, nn, lua_gettop(L), note);
         lua_pop(L, 1);
     }
     return has_host;
@@ -887,7 +909,10 @@ static int tpl_gc(lua_State *L)
 
 static tpl_t *check_tpl(lua_State *L)
 {
-    tpl_t *t = luaL_checkudata(L, 1, TPL_MT);
+    tpl_t *t = lua_touserdata(L, 1);
+    if (t == NULL || lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof *t ||
+        t->tag != &tpl_tag)
+        luaL_typeerror(L, 1, "gw.http template");
     if (t->url == NULL)
         luaL_error(L, "gw.http template: not usable");
     return t;
@@ -900,7 +925,8 @@ static int l_template(lua_State *L)
     lua_settop(L, 1);
     tpl_t *t = lua_newuserdatauv(L, sizeof *t, 0); /* 2 */
     memset(t, 0, sizeof *t);
-    luaL_setmetatable(L, TPL_MT); /* from here on its __gc frees what it holds */
+    luaL_setmetatable(L, TPL_MT);
+    t->tag = &tpl_tag; /* from here on its __gc frees what it holds */
 
     call_t c;
     memset(&c, 0, sizeof c);

@@ -344,7 +344,7 @@ static int l_set_header(lua_State *L)
     if (lua_type(L, 3) == LUA_TTABLE) {
         rc = set_list(L, &r->edits, n, nn, check_list(L));
     } else {
-        if (lua_isnumber(L, 3))
+        if (lua_type(L, 3) == LUA_TNUMBER) /* a numeric string is a string already */
             lua_tostring(L, 3);
         const char *v = check_value(L, 3, &vn);
         rc = mg_edits_set(&r->edits, n, nn, v, vn);

@@ -239,18 +239,18 @@ return {
       local theirs = client_forwarded(conf, req)
       local xff = theirs["x-forwarded-for"]
       headers = {
-        ["x-forwarded-for"] = xff and (xff .. ", " .. remote) or remote,
-        ["x-forwarded-method"] = theirs["x-forwarded-method"] or req.method,
-        ["x-forwarded-proto"] = theirs["x-forwarded-proto"] or scheme,
-        ["x-forwarded-host"] = theirs["x-forwarded-host"] or host,
-        ["x-forwarded-uri"] = theirs["x-forwarded-uri"] or uri,
-        ["x-forwarded-port"] = theirs["x-forwarded-port"] or port,
+        "x-forwarded-method", theirs["x-forwarded-method"] or req.method,
+        "x-forwarded-proto", theirs["x-forwarded-proto"] or scheme,
+        "x-forwarded-host", theirs["x-forwarded-host"] or host,
+        "x-forwarded-uri", theirs["x-forwarded-uri"] or uri,
+        "x-forwarded-for", xff and (xff .. ", " .. remote) or remote,
+        "x-forwarded-port", theirs["x-forwarded-port"] or port,
       }
     else
-      headers = {
-        ["x-forwarded-method"] = req.method, ["x-forwarded-proto"] = scheme,
-        ["x-forwarded-host"] = host, ["x-forwarded-uri"] = uri,
-        ["x-forwarded-for"] = remote, ["x-forwarded-port"] = port,
+      headers = { -- a list: no hashing, sent in this order
+        "x-forwarded-method", req.method, "x-forwarded-proto", scheme,
+        "x-forwarded-host", host, "x-forwarded-uri", uri,
+        "x-forwarded-for", remote, "x-forwarded-port", port,
       }
     end
 
