@@ -242,20 +242,42 @@ static int header_value_ok(lua_State *L, int idx)
     return t == LUA_TSTRING || t == LUA_TNUMBER;
 }
 
+/* "name: value\r\n", with one reservation. */
+static void put_line(http_state_t *st, const char *n, size_t nn, const char *v, size_t vn)
+{
+    size_t need = nn + vn + 4;
+    if (mg_buf_room(&st->head) < need && mg_buf_reserve(&st->head, need) != MG_OK) {
+        st->oom = 1;
+        return;
+    }
+    char *w = mg_buf_data(&st->head) + st->head.len;
+    memcpy(w, n, nn);
+    w += nn;
+    *w++ = ':';
+    *w++ = ' ';
+    memcpy(w, v, vn);
+    w += vn;
+    *w++ = '\r';
+    *w = '\n';
+    st->head.len += need;
+}
+
 /* may raise */
 static void add_header(lua_State *L, http_state_t *st, const char *name, size_t nn, int vidx)
 {
-    lua_pushvalue(L, vidx); /* tolstring converts numbers in place: use a copy */
+    int copy = lua_type(L, vidx) == LUA_TNUMBER;
+    if (copy) /* tolstring converts numbers in place: use a copy */
+        lua_pushvalue(L, vidx);
     size_t vn;
-    const char *v = lua_tolstring(L, -1, &vn);
-    for (size_t i = 0; i < vn; i++)
-        if (v[i] == '\r' || v[i] == '\n' || v[i] == 0)
+    const char *v = lua_tolstring(L, copy ? -1 : vidx, &vn);
+    for (size_t i = 0; i < vn; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c <= '\r' && (c == '\r' || c == '\n' || c == 0))
             luaL_error(L, "gw.http.request: header %s has a line break or NUL in its value", name);
-    put(st, name, nn);
-    put(st, ": ", 2);
-    put(st, v, vn);
-    put(st, "\r\n", 2);
-    lua_pop(L, 1);
+    }
+    put_line(st, name, nn, v, vn);
+    if (copy)
+        lua_pop(L, 1);
 }
 
 static void note_given(http_state_t *st, const char *name, size_t nn)
@@ -359,10 +381,7 @@ static void forward_one(http_state_t *st, const call_t *c, mg_str_t conn, mg_str
         return;
     if (MG_STR_EQ_CI(n, "host"))
         *has_host = 1;
-    put(st, n.p, n.n);
-    put(st, ": ", 2);
-    put(st, v.p, v.n);
-    put(st, "\r\n", 2);
+    put_line(st, n.p, n.n, v.p, v.n);
 }
 
 /* The request's header fields as plugins see them (edits applied), each
@@ -458,10 +477,39 @@ static int next_pair(const char **p, const char *end, mg_str_t *n, mg_str_t *v)
     return 1;
 }
 
-/* The raw head of the response at idx (kept in its metatable), or NULL. */
+/* With lazy_headers the response is a read-only userdata: status, body
+ * and the head as "name\0value\0" pairs in one block, the Lua values
+ * built from it on first use kept in its user values. */
+static const char resp_tag = 'r';
+
+typedef struct {
+    const char *tag; /* &resp_tag */
+    int status;
+    size_t rawlen, bodylen;
+    char data[];     /* raw head, then body */
+} resp_t;
+
+enum { UV_HEADERS = 1, UV_REPEATED, UV_LIST, UV_N = UV_LIST };
+
+static resp_t *to_resp(lua_State *L, int idx)
+{
+    resp_t *u = lua_touserdata(L, idx);
+    if (u == NULL || lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) < sizeof *u ||
+        u->tag != &resp_tag)
+        return NULL;
+    return u;
+}
+
+/* The raw head of the response at idx (kept in its metatable, or in the
+ * lazy response's block), or NULL. */
 static const char *raw_head(lua_State *L, int idx, size_t *rn)
 {
-    if (!lua_getmetatable(L, idx))
+    const resp_t *u = to_resp(L, idx);
+    if (u) {
+        *rn = u->rawlen;
+        return u->data;
+    }
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
         return NULL;
     lua_rawgeti(L, -1, 1);
     const char *raw = lua_tolstring(L, -1, rn);
@@ -469,9 +517,9 @@ static const char *raw_head(lua_State *L, int idx, size_t *rn)
     return raw;
 }
 
-/* Sets res.headers (and res.repeated_headers, when some name came more
- * than once) for the response at ri from its raw head. May raise (OOM). */
-static void build_headers(lua_State *L, int ri, const char *raw, size_t rn)
+/* Pushes the headers table and the repeated_headers table (nil when no
+ * name came more than once) of a raw head. May raise (OOM). */
+static void build_headers(lua_State *L, const char *raw, size_t rn)
 {
     const char *p = raw, *end = raw + rn;
     mg_str_t n, v;
@@ -529,12 +577,20 @@ static void build_headers(lua_State *L, int ri, const char *raw, size_t rn)
         }
         lua_rawset(L, hi);
     }
-    if (lua_isnil(L, mi))
+}
+
+/* Sets res.headers (and res.repeated_headers, when some name came more
+ * than once) for the response table at ri. May raise (OOM). */
+static void set_headers(lua_State *L, int ri, const char *raw, size_t rn)
+{
+    build_headers(L, raw, rn);
+    if (lua_isnil(L, -1))
         lua_pop(L, 1);
     else
         lua_setfield(L, ri, "repeated_headers");
     lua_setfield(L, ri, "headers");
 }
+
 
 /* res:header(name): the value of a response header as received (fields of
  * a repeated name joined with ", "), or nil; when the name came more than
@@ -542,7 +598,6 @@ static void build_headers(lua_State *L, int ri, const char *raw, size_t rn)
  * of headers is built. */
 static int res_header(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
     size_t nn, rn;
     const char *name = luaL_checklstring(L, 2, &nn);
     const char *raw = raw_head(L, 1, &rn);
@@ -581,6 +636,22 @@ static int res_header(lua_State *L)
     return 2;
 }
 
+/* Pushes res.headers_list of a raw head. May raise (OOM). */
+static void build_list(lua_State *L, const char *raw, size_t rn)
+{
+    const char *p = raw, *end = raw + rn;
+    mg_str_t n, v;
+    lua_newtable(L);
+    for (lua_Integer i = 1; next_pair(&p, end, &n, &v); i++) {
+        lua_createtable(L, 2, 0);
+        lua_pushlstring(L, n.p, n.n);
+        lua_rawseti(L, -2, 1);
+        lua_pushlstring(L, v.p, v.n);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, i);
+    }
+}
+
 /* The response's fields that are not stored in it: headers_list (built on
  * first use: most callers never read it, and a list of { name, value }
  * pairs is two allocations per header), headers and repeated_headers with
@@ -613,25 +684,100 @@ static int response_index(lua_State *L)
         if (lua_rawget(L, 1) != LUA_TNIL) /* built: none repeated */
             return 0;
         lua_pop(L, 1);
-        build_headers(L, 1, raw, rn);
+        set_headers(L, 1, raw, rn);
         lua_pushvalue(L, 2);
         lua_rawget(L, 1);
         return 1;
     }
-    const char *p = raw, *end = raw + rn;
-    mg_str_t n, v;
-    lua_newtable(L);
-    for (lua_Integer i = 1; next_pair(&p, end, &n, &v); i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushlstring(L, n.p, n.n);
-        lua_rawseti(L, -2, 1);
-        lua_pushlstring(L, v.p, v.n);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, i);
-    }
+    build_list(L, raw, rn);
     lua_pushvalue(L, -1);
     lua_setfield(L, 1, "headers_list");
     return 1;
+}
+
+/* __index of the lazy response. */
+static int lazy_index(lua_State *L)
+{
+    resp_t *u = to_resp(L, 1);
+    size_t kn;
+    const char *k = lua_tolstring(L, 2, &kn);
+    if (u == NULL || k == NULL)
+        return 0;
+    switch (kn) {
+    case 4:
+        if (memcmp(k, "body", 4) == 0) {
+            lua_pushlstring(L, u->data + u->rawlen, u->bodylen);
+            return 1;
+        }
+        break;
+    case 6:
+        if (memcmp(k, "status", 6) == 0) {
+            lua_pushinteger(L, u->status);
+            return 1;
+        }
+        if (memcmp(k, "header", 6) == 0) {
+            lua_pushcfunction(L, res_header);
+            return 1;
+        }
+        break;
+    case 7:
+    case 16:
+        if (kn == 7 ? memcmp(k, "headers", 7) == 0 : memcmp(k, "repeated_headers", 16) == 0) {
+            int slot = kn == 7 ? UV_HEADERS : UV_REPEATED;
+            if (lua_getiuservalue(L, 1, slot) != LUA_TNIL) {
+                if (lua_type(L, -1) == LUA_TBOOLEAN) /* built: none repeated */
+                    lua_pushnil(L);
+                return 1;
+            }
+            build_headers(L, u->data, u->rawlen);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushboolean(L, 0);
+            }
+            lua_setiuservalue(L, 1, UV_REPEATED);
+            lua_setiuservalue(L, 1, UV_HEADERS);
+            return lazy_index(L); /* now stored */
+        }
+        break;
+    case 12:
+        if (memcmp(k, "headers_list", 12) == 0) {
+            if (lua_getiuservalue(L, 1, UV_LIST) == LUA_TNIL) {
+                build_list(L, u->data, u->rawlen);
+                lua_pushvalue(L, -1);
+                lua_setiuservalue(L, 1, UV_LIST);
+            }
+            return 1;
+        }
+        break;
+    }
+    return 0;
+}
+
+/* Pushes the lazy response for a finished exchange. May raise (OOM). */
+static void push_lazy(lua_State *L, const mg_h1_head_t *h, const mg_buf_t *body)
+{
+    size_t rn = 0;
+    for (int i = 0; i < h->nhdrs; i++)
+        rn += mg_h1_name(h, i).n + mg_h1_value(h, i).n + 2;
+    resp_t *u = lua_newuserdatauv(L, sizeof *u + rn + body->len, UV_N);
+    u->tag = &resp_tag;
+    u->status = h->status;
+    u->rawlen = rn;
+    u->bodylen = body->len;
+    char *w = u->data;
+    for (int i = 0; i < h->nhdrs; i++) {
+        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
+        memcpy(w, n.p, n.n);
+        w += n.n;
+        *w++ = '\0';
+        memcpy(w, v.p, v.n);
+        w += v.n;
+        *w++ = '\0';
+    }
+    if (body->len)
+        memcpy(w, mg_buf_data(body), body->len);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &resp_tag);
+    lua_setmetatable(L, -2);
 }
 
 /* Pushes the response table for a finished exchange. May raise (OOM). */
@@ -639,6 +785,10 @@ static void push_response(lua_State *L, const mg_hc_t *hc, int lazy)
 {
     const mg_h1_head_t *h = mg_hc_head(hc);
     const mg_buf_t *body = mg_hc_body(hc);
+    if (lazy) {
+        push_lazy(L, h, body);
+        return;
+    }
     lua_createtable(L, 0, 4);
     int ri = lua_gettop(L);
     lua_pushinteger(L, h->status);
@@ -666,14 +816,12 @@ static void push_response(lua_State *L, const mg_hc_t *hc, int lazy)
     lua_pushcfunction(L, response_index);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, ri);
-    if (!lazy) {
-        size_t n;
-        lua_getmetatable(L, ri);
-        lua_rawgeti(L, -1, 1);
-        const char *r = lua_tolstring(L, -1, &n);
-        build_headers(L, ri, r, n);
-        lua_pop(L, 2);
-    }
+    size_t n;
+    lua_getmetatable(L, ri);
+    lua_rawgeti(L, -1, 1);
+    const char *r = lua_tolstring(L, -1, &n);
+    set_headers(L, ri, r, n);
+    lua_pop(L, 2);
 }
 
 static int request_k(lua_State *L, int status, lua_KContext kctx)
@@ -1060,6 +1208,15 @@ int luaopen_moongate_http(lua_State *L)
         lua_setfield(L, -2, "__index");
         lua_pushliteral(L, "gw.http template");
         lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &resp_tag) == LUA_TNIL) { /* lazy responses */
+        lua_createtable(L, 0, 2);
+        lua_pushcfunction(L, lazy_index);
+        lua_setfield(L, -2, "__index");
+        lua_pushliteral(L, "gw.http response");
+        lua_setfield(L, -2, "__metatable");
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &resp_tag);
     }
     lua_pop(L, 1);
     lua_createtable(L, 0, 2);

@@ -5,7 +5,6 @@
 -- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
 -- response headers into it; anything else is the answer the client gets.
 local util = require "moongate.plugin_util"
-local rawget = rawget
 local pairs = pairs
 
 -- Not sent to the auth server: hop-by-hop headers (RFC 9110 7.6.1), and
@@ -271,7 +270,8 @@ return {
     }
     if not res then return fail(conf, req, err) end
 
-    if res.status >= 200 and res.status < 300 then
+    local status = res.status
+    if status >= 200 and status < 300 then
       local listed = conf.auth_response_headers
       if not key and not conf._pattern then
         -- deleting then copying a listed header is setting it, or deleting
@@ -300,7 +300,7 @@ return {
       end
       if conf._pattern then
         local rh = res.headers
-        local rep = rawget(res, "repeated_headers")
+        local rep = res.repeated_headers
         for name, value in pairs(rh) do
           if not conf._response_set[name] and name:match(conf._pattern) then
             copied[#copied + 1] = name
@@ -312,7 +312,7 @@ return {
       return copy_auth_headers(conf, req, copied)
     end
 
-    if res.status == 401 and conf.auth_signin_url then
+    if status == 401 and conf.auth_signin_url then
       return req:respond(302, "", { Location = conf.auth_signin_url })
     end
     -- a denial: the auth server's headers go to the client, but hop-by-hop
@@ -344,7 +344,7 @@ return {
         if out[k] == nil then out[k] = v end
       end
     end
-    return req:respond(res.status, res.body or "", out)
+    return req:respond(status, res.body, out)
   end,
 
   _regex_to_pattern = regex_to_pattern,
