@@ -358,10 +358,31 @@ static int add_headers(lua_State *L, http_state_t *st, int hidx, int note)
     return has_host;
 }
 
+/* Never forwarded: the hop-by-hop fields (RFC 9110 7.6.1) and the
+ * framing, which is this exchange's own. */
+static int hop_or_framing(mg_str_t n)
+{
+    switch (n.n) {
+    case 2:
+        return MG_STR_EQ_CI(n, "te");
+    case 7:
+        return MG_STR_EQ_CI(n, "trailer") || MG_STR_EQ_CI(n, "upgrade");
+    case 10:
+        return MG_STR_EQ_CI(n, "connection") || MG_STR_EQ_CI(n, "keep-alive");
+    case 14:
+        return MG_STR_EQ_CI(n, "content-length");
+    case 16:
+        return MG_STR_EQ_CI(n, "proxy-connection");
+    case 17:
+        return MG_STR_EQ_CI(n, "transfer-encoding");
+    }
+    return 0;
+}
+
 /* Whether the forwarded field `n` goes to the server. */
 static int forwards(const http_state_t *st, const call_t *c, mg_str_t conn, mg_str_t n)
 {
-    if (MG_STR_EQ_CI(n, "content-length") || MG_STR_EQ_CI(n, "transfer-encoding"))
+    if (hop_or_framing(n))
         return 0;
     if (c->tpl && (nameset_has(&c->tpl->drop, n.p, n.n) ||
                    (c->tpl->only.v && !nameset_has(&c->tpl->only, n.p, n.n))))
