@@ -120,6 +120,15 @@ local function copy_auth_headers(conf, req, copied)
   end
 end
 
+-- The auth call's arguments: the X-Forwarded-* we set (a flat list, sent
+-- in this order; they replace what the client sent under those names) and
+-- the call's options. gw.http reads its arguments before it yields, so
+-- these two tables, refilled for each request, serve every request in
+-- turn: none is built per request.
+local XF = { "x-forwarded-method", "", "x-forwarded-proto", "", "x-forwarded-host", "",
+             "x-forwarded-uri", "", "x-forwarded-for", "", "x-forwarded-port", "" }
+local CALL = { headers = XF }
+
 -- The port X-Forwarded-Port names: Host's, if it has one. Remembered per
 -- Host value (a few per route in practice; the memo starts over when it
 -- grows large).
@@ -231,28 +240,6 @@ return {
     local remote = req.remote_addr
     local scheme = req.scheme
     local port = port_of(host) or (scheme == "https" and "443" or "80")
-    local headers -- set here, they replace what the client sent
-    if conf.trust_forward_header then
-      -- the client's X-Forwarded-* (those the allow-list let through) win;
-      -- we fill in the missing ones and append to X-Forwarded-For
-      local theirs = client_forwarded(conf, req)
-      local xff = theirs["x-forwarded-for"]
-      headers = {
-        "x-forwarded-method", theirs["x-forwarded-method"] or req.method,
-        "x-forwarded-proto", theirs["x-forwarded-proto"] or scheme,
-        "x-forwarded-host", theirs["x-forwarded-host"] or host,
-        "x-forwarded-uri", theirs["x-forwarded-uri"] or uri,
-        "x-forwarded-for", xff and (xff .. ", " .. remote) or remote,
-        "x-forwarded-port", theirs["x-forwarded-port"] or port,
-      }
-    else
-      headers = { -- a list: no hashing, sent in this order
-        "x-forwarded-method", req.method, "x-forwarded-proto", scheme,
-        "x-forwarded-host", host, "x-forwarded-uri", uri,
-        "x-forwarded-for", remote, "x-forwarded-port", port,
-      }
-    end
-
     local body
     if conf.forward_body then
       body = req:body()
@@ -261,13 +248,31 @@ return {
       end
     end
 
+    -- from here to the call nothing yields: XF and CALL are this request's
+    local xf = XF
+    if conf.trust_forward_header then
+      -- the client's X-Forwarded-* (those the allow-list let through) win;
+      -- we fill in the missing ones and append to X-Forwarded-For
+      local theirs = client_forwarded(conf, req)
+      local xff = theirs["x-forwarded-for"]
+      xf[2] = theirs["x-forwarded-method"] or req.method
+      xf[4] = theirs["x-forwarded-proto"] or scheme
+      xf[6] = theirs["x-forwarded-host"] or host
+      xf[8] = theirs["x-forwarded-uri"] or uri
+      xf[10] = xff and (xff .. ", " .. remote) or remote
+      xf[12] = theirs["x-forwarded-port"] or port
+    else
+      xf[2], xf[4], xf[6], xf[8], xf[10], xf[12] = req.method, scheme, host, uri, remote, port
+    end
+
     -- the client's headers go along from C (no table of them is built),
     -- filtered by the template's drop and allow lists and the client's
     -- Connection header
-    local res, err = (conf._http or template(conf)):request {
-      method = conf.preserve_request_method and req.method or nil,
-      forward = req, headers = headers, body = body,
-    }
+    local call = CALL
+    call.method = conf.preserve_request_method and req.method or nil
+    call.forward, call.body = req, body
+    local res, err = (conf._http or template(conf)):request(call)
+    call.forward, call.body = nil, nil -- not kept alive by the next request's table
     if not res then return fail(conf, req, err) end
 
     local status = res.status
