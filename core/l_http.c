@@ -490,10 +490,16 @@ static int next_pair(const char **p, const char *end, mg_str_t *n, mg_str_t *v)
 {
     if (*p >= end)
         return 0;
+    size_t left = (size_t)(end - *p);
     n->p = *p;
-    n->n = strlen(*p);
+    n->n = strnlen(*p, left);
+    if (n->n >= left) /* not ours (a metatable someone edited): stop */
+        return 0;
     v->p = n->p + n->n + 1;
-    v->n = strlen(v->p);
+    left -= n->n + 1;
+    v->n = strnlen(v->p, left);
+    if (v->n >= left)
+        return 0;
     *p = v->p + v->n + 1;
     return 1;
 }

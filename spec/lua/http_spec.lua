@@ -470,6 +470,16 @@ describe("gw.http templates, forward and lazy responses", function()
     end
   end)
 
+  it("res:header reads nothing past a head someone replaced", function()
+    local r = assert(gw.http.request{ url = up:url("/echo") })
+    local header = r.header
+    getmetatable(r)[1] = "no-separator" -- a table response keeps its head there
+    assert.is_nil(r:header("no-separator"))
+    assert.is_nil(header(setmetatable({}, { "a\0b" }), "a")) -- no closing NUL
+    assert.equal("b", header(setmetatable({}, { "a\0b\0" }), "A"))
+    assert.has_error(function() header({}, "a") end, "res:header: not a gw.http response")
+  end)
+
   it("with lazy_headers returns a read-only response that builds its tables on first use", function()
     local r = assert(gw.http.request{ url = up:url("/echo?hdr=X-Multi:a&hdr=X-Multi:b"),
                                       lazy_headers = true })
@@ -539,3 +549,4 @@ describe("gw.http templates, forward and lazy responses", function()
     assert.equal("none", e.framing)
   end)
 end)
+
