@@ -53,6 +53,17 @@ static mg_req_t *check_req(lua_State *L)
     return check_handle(L, &req_tag, REQ_MT);
 }
 
+mg_req_t *mg_lreq_to(lua_State *L, int idx)
+{
+    handle_t *h = lua_touserdata(L, idx);
+    if (h == NULL || lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof *h ||
+        h->tag != &req_tag)
+        return NULL;
+    if (h->r == NULL)
+        luaL_error(L, "request finished");
+    return h->r;
+}
+
 static void **new_handle(lua_State *L, mg_req_t *r, const char *tag, const char *mt, int nuv)
 {
     handle_t *h = lua_newuserdatauv(L, sizeof *h, nuv);
@@ -332,7 +343,7 @@ static int l_set_header(lua_State *L)
     if (lua_type(L, 3) == LUA_TTABLE) {
         rc = set_list(L, &r->edits, n, nn, check_list(L));
     } else {
-        if (lua_isnumber(L, 3))
+        if (lua_type(L, 3) == LUA_TNUMBER) /* a numeric string is a string already */
             lua_tostring(L, 3);
         const char *v = check_value(L, 3, &vn);
         rc = mg_edits_set(&r->edits, n, nn, v, vn);
@@ -708,48 +719,93 @@ static int op_res(lua_State *L)
     return 1;
 }
 
+/* The req fields, by name; 0: not a field. */
+enum { RF_METHOD = 1, RF_PATH, RF_QUERY, RF_REMOTE, RF_SCHEME, RF_CTX, RF_VERSION, RF_UPGRADE, RF_ROUTE };
+
+static int field_of(const char *k, size_t n)
+{
+#define IS(lit) (n == sizeof(lit) - 1 && memcmp(k, lit, n) == 0)
+    switch (n) {
+    case 3:
+        return IS("ctx") ? RF_CTX : 0;
+    case 4:
+        return IS("path") ? RF_PATH : 0;
+    case 5:
+        return IS("query") ? RF_QUERY : IS("route") ? RF_ROUTE : 0;
+    case 6:
+        return IS("method") ? RF_METHOD : IS("scheme") ? RF_SCHEME : 0;
+    case 7:
+        return IS("upgrade") ? RF_UPGRADE : 0;
+    case 11:
+        return IS("remote_addr") ? RF_REMOTE : 0;
+    case 12:
+        return IS("http_version") ? RF_VERSION : 0;
+    }
+    return 0;
+#undef IS
+}
+
+/* Fields are told apart by length and bytes first (the common reads cost
+ * no method-table lookup), then the methods. */
 static int req_index(lua_State *L)
 {
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
-        return 1;
-    mg_req_t *r = check_req(L);
     size_t n;
-    const char *k = lua_tolstring(L, 2, &n);
-    if (k == NULL)
-        return 0;
-    if (strcmp(k, "method") == 0)
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
+    int f = k ? field_of(k, n) : 0;
+    if (f == 0) {
+        lua_pushvalue(L, 2);
+        if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+            return 1;
+        check_req(L);
+        lua_pushnil(L);
+        return 1;
+    }
+    mg_req_t *r = check_req(L);
+    switch (f) {
+    case RF_METHOD:
         lua_pushstring(L, llhttp_method_name(r->head->method));
-    else if (strcmp(k, "path") == 0) {
+        break;
+    case RF_PATH:
         if (r->path_override)
             lua_pushstring(L, r->path_override);
         else
             lua_pushlstring(L, r->path.p, r->path.n);
-    } else if (strcmp(k, "query") == 0)
+        break;
+    case RF_QUERY:
         lua_pushlstring(L, r->query.p, r->query.n);
-    else if (strcmp(k, "remote_addr") == 0)
+        break;
+    case RF_REMOTE:
         lua_pushstring(L, r->remote);
-    else if (strcmp(k, "scheme") == 0)
-        lua_pushstring(L, r->https ? "https" : "http");
-    else if (strcmp(k, "ctx") == 0) {
+        break;
+    case RF_SCHEME:
+        if (r->https)
+            lua_pushliteral(L, "https");
+        else
+            lua_pushliteral(L, "http");
+        break;
+    case RF_CTX:
         if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
             lua_pop(L, 1);
             lua_newtable(L);
             lua_pushvalue(L, -1);
             lua_setiuservalue(L, 1, 1);
         }
-    } else if (strcmp(k, "http_version") == 0)
+        break;
+    case RF_VERSION:
         lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
-    else if (strcmp(k, "upgrade") == 0) {
+        break;
+    case RF_UPGRADE: {
         mg_str_t u = mg_req_upgrade(r);
         if (u.p)
             push_lower(L, u);
         else
             lua_pushnil(L);
-    } else if (strcmp(k, "route") == 0)
+        break;
+    }
+    case RF_ROUTE:
         lua_pushstring(L, r->route >= 0 ? r->gen->cfg->routes[r->route].name : "");
-    else
-        lua_pushnil(L);
+        break;
+    }
     return 1;
 }
 

@@ -77,5 +77,9 @@ void mg_lreq_register(lua_State *L);
 void mg_lreq_push_ops(lua_State *L);
 /* Pushes a new req object for r (a userdata with ctx/res slots). */
 void mg_lreq_push(lua_State *co, mg_req_t *r);
+/* The request of the req object at idx (for bindings that take one), or
+ * NULL if the value is not a req object. Raises "request finished" when
+ * its request has ended. */
+mg_req_t *mg_lreq_to(lua_State *L, int idx);
 
 #endif

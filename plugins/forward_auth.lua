@@ -5,7 +5,7 @@
 -- X-Forwarded-*). A 2xx lets it through, after copying the listed auth
 -- response headers into it; anything else is the answer the client gets.
 local util = require "moongate.plugin_util"
-local rawget = rawget
+local pairs = pairs
 
 -- Not sent to the auth server: hop-by-hop headers (RFC 9110 7.6.1), and
 -- Host and Content-Length, which are the auth request's own. Like Traefik,
@@ -50,8 +50,6 @@ local RES_DROP = {
   ["trailers"] = true, ["transfer-encoding"] = true, ["upgrade"] = true,
   ["proxy-connection"] = true, ["content-length"] = true,
 }
-
-local NONE = {}
 
 -- Traefik's regex options are Go regexps; plain header-name patterns
 -- ("^X-Auth-.*", "X-User|X-Email" is not supported) are translated to Lua
@@ -122,6 +120,59 @@ local function copy_auth_headers(conf, req, copied)
   end
 end
 
+-- The auth call's arguments: the X-Forwarded-* we set (a flat list, sent
+-- in this order; they replace what the client sent under those names) and
+-- the call's options. gw.http reads its arguments before it yields, so
+-- these two tables, refilled for each request, serve every request in
+-- turn: none is built per request.
+local XF = { "x-forwarded-method", "", "x-forwarded-proto", "", "x-forwarded-host", "",
+             "x-forwarded-uri", "", "x-forwarded-for", "", "x-forwarded-port", "" }
+local CALL = { headers = XF }
+
+-- The port X-Forwarded-Port names: Host's, if it has one. Remembered per
+-- Host value (a few per route in practice; the memo starts over when it
+-- grows large).
+local ports, nports = {}, 0
+local function port_of(host)
+  local p = ports[host]
+  if p == nil then
+    p = host:match(":(%d+)$") or false
+    if nports >= 1024 then ports, nports = {}, 0 end
+    ports[host], nports = p, nports + 1
+  end
+  return p or nil
+end
+
+-- With trust_forward_header: the client's X-Forwarded-* that would reach
+-- the auth server (allowed by auth_request_headers, not named by its
+-- Connection header), lower-case names, repeated ones joined with ", ".
+local function client_forwarded(conf, req)
+  local theirs = req:headers()
+  local allow = conf._request_set
+  local connection = req:header("connection")
+  for name in pairs(theirs) do
+    if allow ~= nil and not allow[name] then theirs[name] = nil end
+  end
+  if connection then
+    for token in connection:gmatch("[^,%s]+") do theirs[token:lower()] = nil end
+  end
+  return theirs
+end
+
+-- The auth request's template (url, options and the header filters parsed
+-- once), made on first use in the worker.
+local function template(conf)
+  local drop = {}
+  for name in pairs(conf.trust_forward_header and REQ_DROP or REQ_DROP_UNTRUSTED) do
+    drop[#drop + 1] = name
+  end
+  conf._http = gw.http.template {
+    url = conf.address, timeout = conf.timeout, tls_verify = conf.tls_verify,
+    forward_drop = drop, forward_only = conf.auth_request_headers, lazy_headers = true,
+  }
+  return conf._http
+end
+
 -- The auth server could not be asked: status_on_error, with the short JSON
 -- body of every gateway error (Traefik sends an empty body).
 local function fail(conf, req, why)
@@ -161,8 +212,6 @@ return {
     end
     conf._response_set = lower_set(conf.auth_response_headers)
     conf._response_list = conf.auth_response_headers or {} -- no table per request
-    conf._response_lower = {}
-    for i, name in ipairs(conf._response_list) do conf._response_lower[i] = name:lower() end
     conf._request_set = conf.auth_request_headers and lower_set(conf.auth_request_headers)
     if conf.cache_ttl and not conf.cache_key then
       return nil, "cache_ttl needs cache_key (the headers that identify the caller)"
@@ -184,47 +233,13 @@ return {
       if copied then return copy_auth_headers(conf, req, copied) end
     end
 
-    -- headers the client's Connection header names are hop-by-hop too
-    local listed = NONE
-    local connection = req:header("connection")
-    if connection then
-      listed = {}
-      for token in connection:gmatch("[^,%s]+") do listed[token:lower()] = true end
-    end
-    local allow = conf._request_set
-    local drop = conf.trust_forward_header and REQ_DROP or REQ_DROP_UNTRUSTED
-    local headers = req:headers() -- a fresh table, ours to edit
-    for name in pairs(headers) do
-      if drop[name] or listed[name] or (allow ~= nil and not allow[name]) then
-        headers[name] = nil -- allowed while traversing
-      end
-    end
     local host = req:header("host") or ""
     local uri = req.path
     local query = req.query
     if query ~= "" then uri = uri .. "?" .. query end
     local remote = req.remote_addr
     local scheme = req.scheme
-    local port = host:match(":(%d+)$") or (scheme == "https" and "443" or "80")
-    if conf.trust_forward_header then
-      -- the client's X-Forwarded-* (those the allow-list let through) win;
-      -- we fill in the missing ones and append to X-Forwarded-For
-      local xff = headers["x-forwarded-for"]
-      headers["x-forwarded-for"] = xff and (xff .. ", " .. remote) or remote
-      headers["x-forwarded-method"] = headers["x-forwarded-method"] or req.method
-      headers["x-forwarded-proto"] = headers["x-forwarded-proto"] or scheme
-      headers["x-forwarded-host"] = headers["x-forwarded-host"] or host
-      headers["x-forwarded-uri"] = headers["x-forwarded-uri"] or uri
-      headers["x-forwarded-port"] = headers["x-forwarded-port"] or port
-    else
-      headers["x-forwarded-method"] = req.method
-      headers["x-forwarded-proto"] = scheme
-      headers["x-forwarded-host"] = host
-      headers["x-forwarded-uri"] = uri
-      headers["x-forwarded-for"] = remote
-      headers["x-forwarded-port"] = port
-    end
-
+    local port = port_of(host) or (scheme == "https" and "443" or "80")
     local body
     if conf.forward_body then
       body = req:body()
@@ -233,30 +248,64 @@ return {
       end
     end
 
-    local res, err = gw.http.request {
-      method = conf.preserve_request_method and req.method or "GET",
-      url = conf.address, headers = headers, body = body, timeout = conf.timeout,
-      tls_verify = conf.tls_verify,
-    }
+    -- from here to the call nothing yields: XF and CALL are this request's
+    local xf = XF
+    if conf.trust_forward_header then
+      -- the client's X-Forwarded-* (those the allow-list let through) win;
+      -- we fill in the missing ones and append to X-Forwarded-For
+      local theirs = client_forwarded(conf, req)
+      local xff = theirs["x-forwarded-for"]
+      xf[2] = theirs["x-forwarded-method"] or req.method
+      xf[4] = theirs["x-forwarded-proto"] or scheme
+      xf[6] = theirs["x-forwarded-host"] or host
+      xf[8] = theirs["x-forwarded-uri"] or uri
+      xf[10] = xff and (xff .. ", " .. remote) or remote
+      xf[12] = theirs["x-forwarded-port"] or port
+    else
+      xf[2], xf[4], xf[6], xf[8], xf[10], xf[12] = req.method, scheme, host, uri, remote, port
+    end
+
+    -- the client's headers go along from C (no table of them is built),
+    -- filtered by the template's drop and allow lists and the client's
+    -- Connection header
+    local call = CALL
+    call.method = conf.preserve_request_method and req.method or nil
+    call.forward, call.body = req, body
+    local res, err = (conf._http or template(conf)):request(call)
+    call.forward, call.body = nil, nil -- not kept alive by the next request's table
     if not res then return fail(conf, req, err) end
 
-    if res.status >= 200 and res.status < 300 then
+    local status = res.status
+    if status >= 200 and status < 300 then
+      local listed = conf.auth_response_headers
+      if not key and not conf._pattern then
+        -- deleting then copying a listed header is setting it, or deleting
+        -- it when the auth server sent none
+        if listed then
+          for i = 1, #listed do
+            local value, values = res:header(listed[i])
+            if value then req:set_header(listed[i], values or value)
+            else req:remove_header(listed[i]) end
+          end
+        end
+        return
+      end
       -- copied = { name1, value1, name2, value2, ... }; a value is a list
       -- when the auth server sent that header more than once: each field
       -- reaches the upstream as sent, as in Traefik
-      local copied, rh, rep = {}, res.headers, rawget(res, "repeated_headers")
-      local listed = conf.auth_response_headers
+      local copied = {}
       if listed then
         for i = 1, #listed do
-          local lname = conf._response_lower[i]
-          local value = rh[lname]
+          local value, values = res:header(listed[i])
           if value then
             copied[#copied + 1] = listed[i]
-            copied[#copied + 1] = rep and rep[lname] or value
+            copied[#copied + 1] = values or value
           end
         end
       end
       if conf._pattern then
+        local rh = res.headers
+        local rep = res.repeated_headers
         for name, value in pairs(rh) do
           if not conf._response_set[name] and name:match(conf._pattern) then
             copied[#copied + 1] = name
@@ -268,7 +317,7 @@ return {
       return copy_auth_headers(conf, req, copied)
     end
 
-    if res.status == 401 and conf.auth_signin_url then
+    if status == 401 and conf.auth_signin_url then
       return req:respond(302, "", { Location = conf.auth_signin_url })
     end
     -- a denial: the auth server's headers go to the client, but hop-by-hop
@@ -300,7 +349,7 @@ return {
         if out[k] == nil then out[k] = v end
       end
     end
-    return req:respond(res.status, res.body or "", out)
+    return req:respond(status, res.body, out)
   end,
 
   _regex_to_pattern = regex_to_pattern,

@@ -161,3 +161,58 @@ def test_concurrent_calls_share_one_name_lookup(gateway, upstream):
         assert e["path"] == "/echo?i=%d" % i
         assert ["Host", "%s:%d" % (name, upstream.port)] in e["headers"]
     assert upstream.stats()["requests"] == n
+
+
+# A handler that forwards its request's headers to the upstream (echo) with
+# gw.http: through a template with drop and allow lists, after editing the
+# request the way an earlier plugin would.
+FORWARD_HANDLER = """function(req)
+  req:set_header("X-Edited", "by-plugin")
+  req:remove_header("X-Removed")
+  req:set_header("X-Listed-Edit", {"e1", "e2"})
+  local t = gw.http.template{ url = "http://127.0.0.1:%d/echo",
+    forward_drop = { "X-Drop", "Host" },
+    forward_only = req.path == "/only" and { "x-keep", "X-Edited", "host" } or nil,
+    lazy_headers = req.path == "/lazy" }
+  local r, err = t:request{ forward = req, headers = { "X-Over", "ours" } }
+  if not r then return 502, "error: " .. err end
+  return r.status, r.body, { ["X-Lazy"] = type(r) }
+end"""
+
+
+def test_forward_sends_the_request_headers_as_plugins_see_them(gateway, upstream):
+    g = gateway(config(routes=[{"name": "fwd", "match": {"prefix": "/"},
+                                "handler": Raw(FORWARD_HANDLER % upstream.port)}]))
+    hdrs = [("X-Keep", "k"), ("X-Rep", "1"), ("X-Rep", "2"), ("X-Removed", "r"),
+            ("X-Edited", "client"), ("X-Drop", "d"), ("Connection", "X-Hop"),
+            ("X-Hop", "h"), ("X-Over", "client"), ("Keep-Alive", "timeout=5"),
+            ("Content-Type", "text/plain")]
+    for path in ("/all", "/lazy"):
+        r = request(g.port, "POST", path, host="client.example", headers=hdrs, body="abc")
+        assert r.status == 200, r.body
+        assert r.header("x-lazy") == ("userdata" if path == "/lazy" else "table")
+        e = r.json()
+        got = e["headers"]
+
+        def vals(name):
+            return [v for n, v in got if n.lower() == name.lower()]
+        assert vals("X-Keep") == ["k"]
+        assert vals("X-Rep") == ["1", "2"]  # each field as received
+        assert ["X-Rep", "1"] in got  # names as the client spelled them
+        assert vals("X-Removed") == []
+        assert vals("X-Edited") == ["by-plugin"]
+        assert vals("X-Listed-Edit") == ["e1", "e2"]
+        assert vals("X-Drop") == []
+        assert vals("X-Hop") == []  # named by Connection
+        assert vals("Keep-Alive") == []
+        assert vals("X-Over") == ["ours"]
+        assert vals("Content-Type") == ["text/plain"]
+        assert vals("Host") == ["127.0.0.1:%d" % upstream.port]
+        assert vals("Content-Length") in ([], ["0"])  # the client's body is not sent
+        assert e["method"] == "GET" and e["body"] == ""
+
+    r = request(g.port, "GET", "/only", host="client.example", headers=hdrs)
+    got = r.json()["headers"]
+    names = sorted(n.lower() for n, _ in got)
+    # only the allowed ones (Host is dropped: the url's), and the headers table
+    assert names == ["host", "x-edited", "x-keep", "x-over"], got

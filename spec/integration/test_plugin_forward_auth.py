@@ -460,3 +460,32 @@ def test_config_check_refuses_bad_options(run_moongate):
                 {"address": "http://127.0.0.1:1/a", "auth_response_headers_regex": "X-(A|B)"}):
         p = check(bad)
         assert p.returncode != 0, (bad, p.stdout_text, p.stderr_text)
+
+
+def test_requests_interleaved_while_a_body_arrives_each_send_their_own_forwarded_headers(
+        gateway, upstream, auth):
+    # the plugin refills one per-worker argument table per call: a request
+    # waiting for its body must not see (or send) another's values
+    g = fa_gateway(gateway, upstream,
+                   ("/withbody/", {"address": auth.url(), "forward_body": True}),
+                   ("/", {"address": auth.url()}))
+    from conftest import Client
+    with Client(g.port, timeout=10) as a:
+        a.send(b"POST /withbody/a?q=1 HTTP/1.1\r\nHost: a.example\r\nContent-Length: 10\r\n"
+               b"X-Who: a\r\n\r\n12345")
+        time.sleep(0.2)  # not a readiness wait: A must be parked mid-body (nothing to poll)
+        r = request(g.port, "GET", "/b/x", host="b.example", headers=[("X-Who", "b")])
+        assert r.status == 200
+        hb = auth.last()["headers"]
+        assert values(hb, "X-Forwarded-Uri") == ["/b/x"]
+        assert values(hb, "X-Who") == ["b"]
+        a.send(b"67890")
+        ra = a.read_response()
+        assert ra.status == 200, ra.body
+    last = auth.last()
+    assert last["body"] == b"1234567890"
+    h = last["headers"]
+    assert values(h, "X-Forwarded-Uri") == ["/withbody/a?q=1"]
+    assert values(h, "X-Forwarded-Host") == ["a.example"]
+    assert values(h, "X-Who") == ["a"]
+    assert values(h, "X-Forwarded-Method") == ["POST"]

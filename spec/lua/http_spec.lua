@@ -375,3 +375,178 @@ describe("gw.http.request on a stale pooled connection", function()
     assert.equal("conn 3 req 1", r2.body)
   end)
 end)
+
+-- The options that keep data in C: templates, a flat header list, lazy
+-- responses, res:header, and forwarding a request's headers (here from a
+-- stand-in req; spec/integration/test_http_client.py forwards real ones).
+describe("gw.http templates, forward and lazy responses", function()
+  local up
+  setup(function()
+    up = spawn(UPSTREAM, "--port 0")
+  end)
+  teardown(function()
+    stop(up)
+  end)
+
+  -- the echoed request's { name = { values... } } (names as sent)
+  local function sent(r)
+    local e = gw.json.decode(r.body)
+    local got = {}
+    for _, h in ipairs(e.headers) do
+      got[h[1]] = got[h[1]] or {}
+      table.insert(got[h[1]], h[2])
+    end
+    return e, got
+  end
+
+  local function stand_in(headers)
+    return { headers = function() local t = {} for k, v in pairs(headers) do t[k] = v end return t end }
+  end
+
+  it("reuses a template: method, url and options parsed once, per-call overrides", function()
+    local t = gw.http.template{ url = up:url("/echo?t=1"), method = "put", timeout = 5 }
+    for i = 1, 3 do
+      local r = assert(t:request{ headers = { ["X-I"] = i }, body = "b" .. i })
+      local e, got = sent(r)
+      assert.equal("PUT", e.method)
+      assert.equal("/echo?t=1", e.path)
+      assert.equal("b" .. i, e.body)
+      assert.same({ tostring(i) }, got["X-I"])
+      assert.same({ "127.0.0.1:" .. up.port }, got["Host"])
+    end
+    local r = assert(t:request{ method = "delete" })
+    assert.equal("DELETE", (sent(r)).method)
+    r = assert(t:request()) -- no options at all
+    assert.equal("PUT", (sent(r)).method)
+    assert.same({ "0" }, (select(2, sent(r)))["Content-Length"])
+  end)
+
+  it("refuses bad templates and bad per-call options", function()
+    assert.has_error(function() gw.http.template{ url = "ftp://x/" } end,
+      "gw.http.template: invalid url (expected http[s]://host[:port]/path)")
+    assert.has_error(function() gw.http.template{} end, "gw.http.template: url must be a string")
+    assert.has_error(function() gw.http.template{ url = up:url("/"), forward_drop = { "a b" } } end,
+      "gw.http.template: forward_drop: invalid header name 'a b'")
+    assert.has_error(function() gw.http.template{ url = up:url("/"), forward_only = { 1 } } end,
+      "gw.http.template: forward_only must be a list of header names")
+    local t = gw.http.template{ url = up:url("/") }
+    assert.has_error(function() t:request{ bogus = 1 } end,
+      "gw.http template request: unknown option or wrong type: 'bogus'")
+    assert.has_error(function() t:request{ body = 1 } end,
+      "gw.http template request: unknown option or wrong type: 'body'")
+    assert.has_error(function() t:request{ forward = {} } end,
+      "gw.http.request: forward must be a req object")
+    assert.has_error(function() t.request({}, {}) end)
+  end)
+
+  it("takes headers as a flat list, sent in order, repeated names kept", function()
+    local r = assert(gw.http.request{ url = up:url("/echo"),
+      headers = { "X-B", "2", "X-A", 1, "X-B", "3", "Content-Length", "9" } })
+    local e = gw.json.decode(r.body)
+    local names = {}
+    for _, h in ipairs(e.headers) do
+      if h[1]:sub(1, 2) == "X-" then names[#names + 1] = h[1] .. "=" .. h[2] end
+      assert.not_equal("9", h[2])
+    end
+    assert.same({ "X-B=2", "X-A=1", "X-B=3" }, names)
+    assert.has_error(function()
+      gw.http.request{ url = up:url("/echo"), headers = { "X-A" } }
+    end, "gw.http.request: header X-A: value must be a string")
+    assert.has_error(function()
+      gw.http.request{ url = up:url("/echo"), headers = { "X-A", "a\r\nX-Evil: 1" } }
+    end, "gw.http.request: header X-A has a line break or NUL in its value")
+  end)
+
+  it("reads one response header with res:header, lazily or not", function()
+    local url = up:url("/echo?hdr=X-Multi:a&hdr=x-multi:b&hdr=X-One:1")
+    for _, lazy in ipairs { false, true } do
+      local r = assert(gw.http.request{ url = url, lazy_headers = lazy })
+      assert.equal("1", r:header("x-one"))
+      assert.is_nil((select(2, r:header("X-One"))))
+      local v, list = r:header("X-MULTI")
+      assert.equal("a, b", v)
+      assert.same({ "a", "b" }, list)
+      assert.is_nil(r:header("x-none"))
+    end
+  end)
+
+  it("res:header reads nothing past a head someone replaced", function()
+    local r = assert(gw.http.request{ url = up:url("/echo") })
+    local header = r.header
+    getmetatable(r)[1] = "no-separator" -- a table response keeps its head there
+    assert.is_nil(r:header("no-separator"))
+    assert.is_nil(header(setmetatable({}, { "a\0b" }), "a")) -- no closing NUL
+    assert.equal("b", header(setmetatable({}, { "a\0b\0" }), "A"))
+    assert.has_error(function() header({}, "a") end, "res:header: not a gw.http response")
+  end)
+
+  it("with lazy_headers returns a read-only response that builds its tables on first use", function()
+    local r = assert(gw.http.request{ url = up:url("/echo?hdr=X-Multi:a&hdr=X-Multi:b"),
+                                      lazy_headers = true })
+    assert.equal("userdata", type(r))
+    assert.equal(200, r.status)
+    assert.equal("GET", gw.json.decode(r.body).method)
+    assert.same({ ["x-multi"] = { "a", "b" } }, r.repeated_headers) -- before headers
+    assert.equal("a, b", r.headers["x-multi"])
+    assert.equal(r.headers, r.headers) -- built once
+    local multi = {}
+    for _, p in ipairs(r.headers_list) do
+      if p[1] == "X-Multi" then multi[#multi + 1] = p[2] end
+    end
+    assert.same({ "a", "b" }, multi)
+    assert.equal(r.headers_list, r.headers_list)
+    assert.is_nil(r.nothing)
+    assert.has_error(function() r.status = 1 end)
+    local plain = assert(gw.http.request{ url = up:url("/echo"), lazy_headers = true })
+    assert.is_nil(plain.repeated_headers)
+    assert.equal("application/json", plain.headers["content-type"])
+    assert.is_nil(plain.repeated_headers)
+    local t = gw.http.template{ url = up:url("/status/204"), lazy_headers = true }
+    local r204 = assert(t:request())
+    assert.equal(204, r204.status)
+    assert.equal("", r204.body)
+  end)
+
+  it("forwards a stand-in req's headers through the template's filters", function()
+    local t = gw.http.template{ url = up:url("/echo"),
+      forward_drop = { "Connection", "X-Drop", "host" }, lazy_headers = true }
+    local req = stand_in { connection = "X-Listed, close", ["x-listed"] = "l", ["x-drop"] = "d",
+      ["x-keep"] = "k", ["x-over"] = "client", ["content-length"] = "5", host = "client.example",
+      ["x-rep"] = { "1", "2" } }
+    local r = assert(t:request{ forward = req, headers = { "X-Over", "ours" } })
+    local _, got = sent(r)
+    assert.same({ "k" }, got["x-keep"])
+    assert.same({ "ours" }, got["X-Over"])
+    assert.is_nil(got["x-over"])
+    assert.is_nil(got["x-listed"])
+    assert.is_nil(got["x-drop"])
+    assert.is_nil(got["connection"])
+    assert.is_nil(got["content-length"])
+    assert.same({ "1", "2" }, got["x-rep"])
+    assert.same({ "127.0.0.1:" .. up.port }, got["Host"]) -- host dropped: the url's
+    -- an allow list: only those (the headers table always goes)
+    t = gw.http.template{ url = up:url("/echo"), forward_only = { "X-KEEP", "host" } }
+    r = assert(t:request{ forward = req, headers = { ["X-Mine"] = "m" } })
+    _, got = sent(r)
+    assert.same({ "k" }, got["x-keep"])
+    assert.same({ "client.example" }, got["host"]) -- forwarded Host replaces the url's
+    assert.is_nil(got["Host"])
+    assert.same({ "m" }, got["X-Mine"])
+    assert.is_nil(got["x-rep"])
+    -- plain gw.http.request forwards too (no lists: all but hop-by-hop,
+    -- framing and Connection-listed fields)
+    req = stand_in { connection = "X-Listed, close", ["x-listed"] = "l", ["x-drop"] = "d",
+      ["keep-alive"] = "1", te = "trailers", trailer = "x", upgrade = "websocket",
+      ["proxy-connection"] = "close", ["transfer-encoding"] = "chunked" }
+    r = assert(gw.http.request{ url = up:url("/echo"), forward = req })
+    local e
+    e, got = sent(r)
+    assert.same({ "d" }, got["x-drop"])
+    for name in pairs(got) do
+      assert.is_nil(({ ["x-listed"] = 1, connection = 1, ["keep-alive"] = 1, te = 1, trailer = 1,
+                       upgrade = 1, ["proxy-connection"] = 1, ["transfer-encoding"] = 1 })[name], name)
+    end
+    assert.equal("none", e.framing)
+  end)
+end)
+
