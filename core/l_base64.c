@@ -88,42 +88,57 @@ static size_t b64_encode(const char *alphabet, int pad, const unsigned char *src
     return (size_t)(d - dst);
 }
 
+/* The 6-bit value of byte c, or a negative number if c is not in the
+ * alphabet (bytes >= 0x80 included, without a branch). */
+static inline int32_t b64_value(const signed char *values, unsigned char c)
+{
+    return values[c & 0x7f] | -(int32_t)(c >> 7);
+}
+
 /* Decodes n characters with the padding already stripped into dst, which has
  * room for n / 4 * 3 + 2 bytes. Returns the number of bytes written, or -1 if
  * a character is outside the alphabet, the length is impossible (n % 4 == 1)
- * or the bits under the missing padding are not zero. */
+ * or the bits under the missing padding are not zero. Whole groups of four
+ * are decoded with one validity check per group: tokens and cookies are
+ * hundreds of characters, decoded on every request. */
 static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src, size_t n,
                             unsigned char *dst)
 {
     unsigned char *d = dst;
-    uint32_t v = 0;
-    size_t i;
+    size_t i, whole = n / 4 * 4;
+    int32_t a, b, c, e;
 
     if (n % 4 == 1)
         return -1;
-    for (i = 0; i < n; i++) {
-        signed char c = src[i] < 128 ? values[src[i]] : -1;
-        if (c < 0)
+    for (i = 0; i < whole; i += 4) {
+        a = b64_value(values, src[i]);
+        b = b64_value(values, src[i + 1]);
+        c = b64_value(values, src[i + 2]);
+        e = b64_value(values, src[i + 3]);
+        if ((a | b | c | e) < 0)
             return -1;
-        v = v << 6 | (uint32_t)c;
-        if (i % 4 == 3) {
-            *d++ = (unsigned char)(v >> 16);
-            *d++ = (unsigned char)(v >> 8);
-            *d++ = (unsigned char)v;
-            v = 0;
-        }
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)e;
+        d[0] = (unsigned char)(v >> 16);
+        d[1] = (unsigned char)(v >> 8);
+        d[2] = (unsigned char)v;
+        d += 3;
     }
-    switch (n % 4) {
+    switch (n - whole) {
     case 2: /* 12 bits: one byte and 4 zero bits */
-        if (v & 0xf)
+        a = b64_value(values, src[i]);
+        b = b64_value(values, src[i + 1]);
+        if ((a | b) < 0 || (b & 0xf))
             return -1;
-        *d++ = (unsigned char)(v >> 4);
+        *d++ = (unsigned char)(a << 2 | b >> 4);
         break;
     case 3: /* 18 bits: two bytes and 2 zero bits */
-        if (v & 0x3)
+        a = b64_value(values, src[i]);
+        b = b64_value(values, src[i + 1]);
+        c = b64_value(values, src[i + 2]);
+        if ((a | b | c) < 0 || (c & 0x3))
             return -1;
-        *d++ = (unsigned char)(v >> 10);
-        *d++ = (unsigned char)(v >> 2);
+        *d++ = (unsigned char)(a << 2 | b >> 4);
+        *d++ = (unsigned char)((b & 0xf) << 4 | c >> 2);
         break;
     }
     return d - dst;

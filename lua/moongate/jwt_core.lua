@@ -59,6 +59,7 @@ local ES_SIG_LEN = { ES256 = 64, ES384 = 96 }
 
 local JWKS_POLL = 0.005     -- step of the wait on another request's fetch
 local MAX_TOKEN = 16384
+local HEADER_MEMO_MAX = 32  -- distinct headers remembered per conf (then cleared)
 
 ---------------------------------------------------------------------------
 -- DER and PEM, to turn JWKs into the PEM text gw.crypto.verify takes
@@ -364,6 +365,10 @@ function M.prepare(conf, opts)
     require_exp = opts.require_exp and true or false,
     check_exp = opts.check_exp ~= false,
     jwks_states = opts.jwks_states or {},
+    -- decoded headers of verified tokens by their base64url text: an
+    -- issuer's tokens share a few headers, so each is parsed once
+    headers = {},
+    nheaders = 0,
     -- cache keys must not survive into a new config generation (gw.cache does)
     id = (opts.name or "jwt") .. "\0" .. gw.crypto.random(12) .. "\0",
   }
@@ -443,7 +448,8 @@ end
 
 -- Checks the signature of a compact JWS under conf (prepared). Returns the
 -- decoded header and the raw payload bytes, or nil, why (a short text safe
--- to show the client). May yield (JWKS fetch).
+-- to show the client). May yield (JWKS fetch). The header table is shared
+-- with later tokens that carry the same header: read it, never change it.
 function M.verify_jws(conf, token)
   local j = conf._jwt
   if type(token) ~= "string" or #token > MAX_TOKEN then return nil, "malformed token" end
@@ -456,17 +462,24 @@ function M.verify_jws(conf, token)
   -- the pattern order gives.
   local d1 = find(token, ".", 1, true)
   local d2 = d1 and find(token, ".", d1 + 1, true)
-  local h64, p64, s64, hraw, payload, sig
+  local h64, p64, s64, header, payload, sig
   if d2 and d1 > 1 and not find(token, "=", 1, true) then
     h64, p64, s64 = sub(token, 1, d1 - 1), sub(token, d1 + 1, d2 - 1), sub(token, d2 + 1)
-    hraw, payload, sig = url_decode(h64), url_decode(p64), url_decode(s64)
+    payload, sig = url_decode(p64), url_decode(s64)
+    -- a header seen in a verified token (so base64url) is not parsed again
+    header = j.headers[h64]
+    if header == nil then
+      local raw = url_decode(h64)
+      if raw then header = json_object(raw) or false end
+    end
   end
-  if not (hraw and payload and sig) then
+  if header == nil or not payload or not sig then
     h64, p64, s64 = match(token, "^([%w_-]+)%.([%w_-]*)%.([%w_-]*)$")
     if not h64 then return nil, "malformed token" end
-    hraw, payload, sig = url_decode(h64), url_decode(p64), url_decode(s64)
+    local raw
+    raw, payload, sig = url_decode(h64), url_decode(p64), url_decode(s64)
+    header = raw and json_object(raw)
   end
-  local header = hraw and json_object(hraw)
   if not header then return nil, "malformed token header" end
   local alg = header.alg
   if type(alg) ~= "string" then return nil, "token has no alg" end
@@ -501,6 +514,12 @@ function M.verify_jws(conf, token)
     end
   end
   if not valid then return nil, "bad signature" end
+  if j.headers[h64] == nil then
+    -- only signed headers are remembered: a forger cannot fill the memo
+    if j.nheaders >= HEADER_MEMO_MAX then j.headers, j.nheaders = {}, 0 end
+    j.headers[h64] = header
+    j.nheaders = j.nheaders + 1
+  end
   return header, payload
 end
 

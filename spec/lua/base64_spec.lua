@@ -100,6 +100,55 @@ describe("moongate.base64", function()
       end
     end)
 
+    it("refuses any byte outside the alphabet at any place of a group or the tail", function()
+      -- groups of four are checked at once; the tail (2 or 3 characters) on its own
+      local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+      local ok = {}
+      for i = 1, #alphabet do ok[alphabet:byte(i)] = true end
+      for _, good in ipairs({ "QUJDREVG", "QUJDREU", "QUJDRA" }) do -- 8, 7 and 6 characters
+        assert.is_string(base64.url_decode(good))
+        for byte = 0, 255 do
+          if not ok[byte] and byte ~= 61 then -- '=' only pads, tested above
+            for pos = 1, #good do
+              local bad = good:sub(1, pos - 1) .. string.char(byte) .. good:sub(pos + 1)
+              invalid(base64.url_decode, bad)
+            end
+          end
+        end
+      end
+    end)
+
+    it("decodes what a bit-by-bit reference decodes", function()
+      local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+      local function ref(s)
+        local bits, out = {}, {}
+        for i = 1, #s do
+          local v = alphabet:find(s:sub(i, i), 1, true) - 1
+          for b = 5, 0, -1 do bits[#bits + 1] = (v >> b) & 1 end
+        end
+        for i = 1, #bits - 7, 8 do
+          local byte = 0
+          for b = 0, 7 do byte = byte << 1 | bits[i + b] end
+          out[#out + 1] = string.char(byte)
+        end
+        return table.concat(out)
+      end
+      local seed = 12345
+      for len = 0, 70 do
+        if len % 4 ~= 1 then
+          local t = {}
+          for i = 1, len do
+            seed = (seed * 1103515245 + 12345) % 2147483648
+            t[i] = alphabet:sub(seed % 64 + 1, seed % 64 + 1)
+          end
+          -- make the unused low bits zero, as canonical input has them
+          local s = table.concat(t)
+          local canon = base64.url_encode(ref(s))
+          assert.are.equal(ref(canon), base64.url_decode(canon))
+        end
+      end
+    end)
+
     it("decodes a JWS header", function()
       assert.are.equal('{"alg":"RS256"}', base64.url_decode("eyJhbGciOiJSUzI1NiJ9"))
     end)

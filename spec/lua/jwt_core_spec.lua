@@ -336,6 +336,35 @@ describe("token shape (split with plain finds, errors as the shape pattern gives
     end)
   end
 
+  it("parses a header once it was in a verified token, and checks it every time", function()
+    local m = jconf { algorithms = { "HS256" } }
+    local forged = input .. "." .. b64u(("x"):rep(32))
+    assert.same({ nil, "bad signature" }, { core.verify(m, forged) })
+    assert.is_nil(m._jwt.headers[h], "a forged token's header is not remembered")
+    assert.is_table((core.verify(m, input .. "." .. s)))
+    assert.same({ alg = "HS256", typ = "JWT" }, m._jwt.headers[h])
+    -- the remembered header: still the signature, the payload and the claims
+    assert.same({ nil, "bad signature" }, { core.verify(m, forged) })
+    local p2 = b64u('{"sub":"y","exp":1}')
+    local t2 = h .. "." .. p2 .. "." .. b64u(gw.crypto.hmac("sha256", "k", h .. "." .. p2))
+    assert.same({ nil, "token expired" }, { core.verify(m, t2) })
+    assert.same({ nil, "malformed token payload" }, { core.verify(m, h .. ".abcde." .. s) })
+    assert.same({ nil, "malformed token" }, { core.verify(m, h .. ".e30." .. s .. "!") })
+    -- a token of another route's conf (another key) is not helped by it
+    local other = jconf { algorithms = { "HS256" }, secret = "other" }
+    assert.same({ nil, "bad signature" }, { core.verify(other, input .. "." .. s) })
+  end)
+
+  it("remembers a bounded number of headers", function()
+    local m = jconf { algorithms = { "HS256" } }
+    for i = 1, 100 do
+      local hi = b64u(gw.json.encode { alg = "HS256", n = i })
+      local t = hi .. "." .. p .. "." .. b64u(gw.crypto.hmac("sha256", "k", hi .. "." .. p))
+      assert.equal("x", core.verify(m, t).sub)
+      assert.is_true(m._jwt.nheaders <= 32)
+    end
+  end)
+
   it("takes a valid token with an empty payload part as a bad payload, not a bad shape", function()
     local e = h .. "."
     local t = e .. "." .. b64u(gw.crypto.hmac("sha256", "k", e))
