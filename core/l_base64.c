@@ -28,11 +28,10 @@ static const char std_alphabet[] =
 static const char url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/* Character → 6-bit value, -1 if the character is not in the alphabet. Only
- * ASCII is listed; bytes >= 0x80 are rejected before the lookup. '=' maps to
- * -1 as well: padding is stripped before decoding, so one anywhere else is
- * an error. */
-static const signed char std_values[128] = {
+/* Byte → 6-bit value, -1 if the byte is not in the alphabet (all of 0x80 and
+ * up). '=' maps to -1 as well: padding is stripped before decoding, so one
+ * anywhere else is an error. Every byte has an entry: one load a character. */
+static const signed char std_values[256] = {
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
@@ -41,8 +40,17 @@ static const signed char std_values[128] = {
     15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
     -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
     41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    /* bytes >= 0x80 */
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
 };
-static const signed char url_values[128] = {
+static const signed char url_values[256] = {
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
@@ -51,6 +59,15 @@ static const signed char url_values[128] = {
     15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
     -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
     41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    /* bytes >= 0x80 */
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
 };
 
 /* Writes the encoding of src[0..n) to dst, which has room for
@@ -88,13 +105,6 @@ static size_t b64_encode(const char *alphabet, int pad, const unsigned char *src
     return (size_t)(d - dst);
 }
 
-/* The 6-bit value of byte c, or a negative number if c is not in the
- * alphabet (bytes >= 0x80 included, without a branch). */
-static inline int32_t b64_value(const signed char *values, unsigned char c)
-{
-    return values[c & 0x7f] | -(int32_t)(c >> 7);
-}
-
 /* Decodes n characters with the padding already stripped into dst, which has
  * room for n / 4 * 3 + 2 bytes. Returns the number of bytes written, or -1 if
  * a character is outside the alphabet, the length is impossible (n % 4 == 1)
@@ -111,10 +121,10 @@ static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src,
     if (n % 4 == 1)
         return -1;
     for (i = 0; i < whole; i += 4) {
-        a = b64_value(values, src[i]);
-        b = b64_value(values, src[i + 1]);
-        c = b64_value(values, src[i + 2]);
-        e = b64_value(values, src[i + 3]);
+        a = values[src[i]];
+        b = values[src[i + 1]];
+        c = values[src[i + 2]];
+        e = values[src[i + 3]];
         if ((a | b | c | e) < 0)
             return -1;
         uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)e;
@@ -125,16 +135,16 @@ static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src,
     }
     switch (n - whole) {
     case 2: /* 12 bits: one byte and 4 zero bits */
-        a = b64_value(values, src[i]);
-        b = b64_value(values, src[i + 1]);
+        a = values[src[i]];
+        b = values[src[i + 1]];
         if ((a | b) < 0 || (b & 0xf))
             return -1;
         *d++ = (unsigned char)(a << 2 | b >> 4);
         break;
     case 3: /* 18 bits: two bytes and 2 zero bits */
-        a = b64_value(values, src[i]);
-        b = b64_value(values, src[i + 1]);
-        c = b64_value(values, src[i + 2]);
+        a = values[src[i]];
+        b = values[src[i + 1]];
+        c = values[src[i + 2]];
         if ((a | b | c) < 0 || (c & 0x3))
             return -1;
         *d++ = (unsigned char)(a << 2 | b >> 4);

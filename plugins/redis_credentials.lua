@@ -86,8 +86,16 @@ function M.check(conf)
   return true
 end
 
+-- A named handle looks its pool up in the current config at each call
+-- (PRODUCT.md gw.redis), so one per conf serves every request. Made on first
+-- use, inside the caller's pcall: an unknown name raises there (503).
 local function get_record(conf, key)
-  return gw.redis(conf.redis):call("GET", key)
+  local red = conf._redis
+  if not red then
+    red = gw.redis(conf.redis)
+    conf._redis = red
+  end
+  return red:call("GET", key)
 end
 
 function M.access(conf, req)
