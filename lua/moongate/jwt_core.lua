@@ -22,6 +22,7 @@
 -- once per `jwks_refetch_interval`, and only one fetch per URL runs at a
 -- time: other requests wait for it. Tokens are never logged.
 local gw = gw
+local type, HUGE = type, math.huge
 
 local util = require "moongate.plugin_util"
 
@@ -378,18 +379,21 @@ end
 ---------------------------------------------------------------------------
 -- verification
 
+-- the request path's calls, resolved once
 local find, sub, match = string.find, string.sub, string.match
 local url_decode = gw.base64.url_decode
+local hmac, equal = gw.crypto.hmac, gw.crypto.equal
+local json_decode = gw.json.decode
 
 -- The JSON object (or array) in raw, or nil.
 local function json_object(raw)
-  local v = gw.json.decode(raw)
+  local v = json_decode(raw)
   if type(v) ~= "table" then return nil end
   return v
 end
 
 local function is_num(v)
-  return type(v) == "number" and v == v and v > -math.huge and v < math.huge
+  return type(v) == "number" and v == v and v > -HUGE and v < HUGE
 end
 
 local function contains(list, v)
@@ -403,9 +407,13 @@ end
 local function check_time(conf, claims, now)
   local j, leeway = conf._jwt, conf.leeway
   if j.check_exp then
-    if claims.exp ~= nil then
-      if not is_num(claims.exp) then return nil, "exp is not a number" end
-      if now >= claims.exp + leeway then return nil, "token expired" end
+    local exp = claims.exp
+    if exp ~= nil then
+      -- is_num, inlined: every verified token has an exp
+      if type(exp) ~= "number" or exp ~= exp or exp <= -HUGE or exp >= HUGE then
+        return nil, "exp is not a number"
+      end
+      if now >= exp + leeway then return nil, "token expired" end
     elseif j.require_exp then
       return nil, "token has no exp"
     end
@@ -490,12 +498,12 @@ function M.verify_jws(conf, token)
   if not sig or sig == "" then return nil, "bad signature" end
   if ES_SIG_LEN[alg] and #sig ~= ES_SIG_LEN[alg] then return nil, "bad signature" end
   if not payload then return nil, "malformed token payload" end
-  local signing_input = h64 .. "." .. p64
+  local signing_input = sub(token, 1, #h64 + #p64 + 1) -- h64 .. "." .. p64
 
   local valid = false
   local md = HMAC[alg]
   if md then
-    valid = gw.crypto.equal(gw.crypto.hmac(md, conf.secret, signing_input), sig)
+    valid = equal(hmac(md, conf.secret, signing_input), sig)
   else
     local keys
     if j.pem then
@@ -528,7 +536,7 @@ end
 function M.verify(conf, token)
   local header, payload = M.verify_jws(conf, token)
   if not header then return nil, payload end
-  local claims = gw.json.decode(payload)
+  local claims = json_decode(payload)
   if type(claims) ~= "table" or claims[1] ~= nil then
     return nil, "token payload is not a JSON object"
   end
