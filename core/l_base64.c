@@ -168,10 +168,34 @@ static int MG_LJMP push_encoded(lua_State *L, const char *alphabet, int pad)
     return 1;
 }
 
-/* decode(s) / url_decode(s): the bytes, or nil, "invalid base64". The
- * standard form requires padding; the URL form takes unpadded input (what
- * JOSE sends) and also correctly padded input. Raises only if s is not a
- * string (or number). */
+/* Narrows s[0..*n) to the bytes i..j of it, 1-based and inclusive, negative
+ * counting from the end, clamped to the string: string.sub's rules. */
+static const unsigned char *narrow(const unsigned char *s, size_t *n, lua_Integer i,
+                                   lua_Integer j)
+{
+    lua_Integer len = (lua_Integer)*n;
+
+    if (i < 0)
+        i = i < -len ? 1 : len + i + 1;
+    else if (i == 0)
+        i = 1;
+    if (j < 0)
+        j = j < -len ? 0 : len + j + 1;
+    else if (j > len)
+        j = len;
+    if (i > j) {
+        *n = 0;
+        return s;
+    }
+    *n = (size_t)(j - i + 1);
+    return s + (i - 1);
+}
+
+/* decode(s[, i[, j]]) / url_decode(s[, i[, j]]): the bytes, or nil, "invalid
+ * base64". The standard form requires padding; the URL form takes unpadded
+ * input (what JOSE sends) and also correctly padded input. With i and j only
+ * s:sub(i, j) is decoded, without making that substring (a JWT's parts).
+ * Raises only if s is not a string (or number) or i, j are not integers. */
 static int MG_LJMP push_decoded(lua_State *L, const signed char *values, int pad_required)
 {
     size_t n, pads = 0;
@@ -179,6 +203,9 @@ static int MG_LJMP push_decoded(lua_State *L, const signed char *values, int pad
     luaL_Buffer b;
     unsigned char *dst;
     ptrdiff_t len;
+
+    if (!lua_isnoneornil(L, 2) || !lua_isnoneornil(L, 3))
+        s = narrow(s, &n, luaL_optinteger(L, 2, 1), luaL_optinteger(L, 3, -1));
 
     /* At most two '=' and only on a whole 4-character group; any other '='
      * reaches b64_decode and is rejected there. */

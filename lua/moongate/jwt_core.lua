@@ -471,9 +471,10 @@ function M.verify_jws(conf, token)
   local d1 = find(token, ".", 1, true)
   local d2 = d1 and find(token, ".", d1 + 1, true)
   local h64, p64, s64, header, payload, sig
+  local input_end = d2 and d2 - 1 -- the signing input is token:sub(1, input_end)
   if d2 and d1 > 1 and not find(token, "=", 1, true) then
-    h64, p64, s64 = sub(token, 1, d1 - 1), sub(token, d1 + 1, d2 - 1), sub(token, d2 + 1)
-    payload, sig = url_decode(p64), url_decode(s64)
+    h64 = sub(token, 1, d1 - 1)
+    payload, sig = url_decode(token, d1 + 1, input_end), url_decode(token, d2 + 1)
     -- a header seen in a verified token (so base64url) is not parsed again
     header = j.headers[h64]
     if header == nil then
@@ -487,6 +488,7 @@ function M.verify_jws(conf, token)
     local raw
     raw, payload, sig = url_decode(h64), url_decode(p64), url_decode(s64)
     header = raw and json_object(raw)
+    input_end = #h64 + #p64 + 1
   end
   if not header then return nil, "malformed token header" end
   local alg = header.alg
@@ -498,7 +500,7 @@ function M.verify_jws(conf, token)
   if not sig or sig == "" then return nil, "bad signature" end
   if ES_SIG_LEN[alg] and #sig ~= ES_SIG_LEN[alg] then return nil, "bad signature" end
   if not payload then return nil, "malformed token payload" end
-  local signing_input = sub(token, 1, #h64 + #p64 + 1) -- h64 .. "." .. p64
+  local signing_input = sub(token, 1, input_end) -- h64 .. "." .. p64
 
   local valid = false
   local md = HMAC[alg]

@@ -3,8 +3,8 @@
 
 local base64 = require "moongate.base64"
 
-local function invalid(f, s)
-  local v, err = f(s)
+local function invalid(f, s, ...)
+  local v, err = f(s, ...)
   assert.is_nil(v, ("%q should not decode"):format(s))
   assert.are.equal("invalid base64", err)
 end
@@ -147,6 +147,28 @@ describe("moongate.base64", function()
           assert.are.equal(ref(canon), base64.url_decode(canon))
         end
       end
+    end)
+
+    it("decodes s:sub(i, j) when given i and j, with string.sub's rules", function()
+      local s = "xx." .. base64.url_encode("hello") .. ".yy"  -- "xx.aGVsbG8.yy"
+      assert.are.equal("hello", base64.url_decode(s, 4, 10))
+      assert.are.equal("hello", base64.url_decode(s, 4, -4))
+      assert.are.equal("hello", base64.url_decode(s, -10, -4))
+      assert.are.equal("hello", base64.url_decode(base64.url_encode("hello"), -100, 100))
+      assert.are.equal("hello", base64.url_decode(s:sub(4), 1, 7))
+      assert.are.equal(base64.url_decode("yy"), base64.url_decode(s, 12))
+      assert.are.equal("", base64.url_decode(s, 5, 4))
+      assert.are.equal("", base64.url_decode(s, 100))
+      assert.are.equal("", base64.url_decode(s, 1, 0))
+      assert.are.equal("", base64.url_decode(s, 1, -100))
+      assert.are.equal(base64.url_decode("xx"), base64.url_decode(s, 0, 2))
+      invalid(base64.url_decode, s, 3, 10)   -- takes the dot
+      invalid(base64.url_decode, s, 4, 8)    -- 5 characters
+      invalid(base64.url_decode, s)
+      assert.are.equal("foo", base64.decode("[Zm9v]", 2, 5))
+      invalid(base64.decode, "[Zm9v]", 2, 4) -- padding is still required
+      assert.has_error(function() base64.url_decode(s, "x") end)
+      assert.has_error(function() base64.url_decode(s, 1, 2.5) end)
     end)
 
     it("decodes a JWS header", function()
