@@ -6,7 +6,9 @@
 local core = require "moongate.jwt_core"
 local util = require "moongate.plugin_util"
 local json_error = util.json_error
-local type = type
+local type, byte, sub = type, string.byte, string.sub
+-- what util.trim strips (%s); a token without any at its ends skips it
+local BLANK = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 local b64decode, b64encode = gw.base64.decode, gw.base64.encode
 local json_decode = gw.json.decode
 
@@ -24,10 +26,12 @@ local function token_of(conf, req)
   if not token then return nil end
   -- `echo "$jwt" | base64` also encodes the newline, and hyper-auth-proxy's
   -- own clients encode the JWT in double quotes (it strips them, src/lib.rs)
-  token = util.trim(token)
-  if #token >= 2 and token:byte(1) == 34 and token:byte(-1) == 34 then
-    token = token:sub(2, -2)
+  local first, last = byte(token, 1), byte(token, -1)
+  if BLANK[first] or BLANK[last] then
+    token = util.trim(token)
+    first, last = byte(token, 1), byte(token, -1)
   end
+  if first == 34 and last == 34 and #token >= 2 then token = sub(token, 2, -2) end
   return token
 end
 
