@@ -87,7 +87,10 @@ static const EVP_MD *MG_LJMP check_md(lua_State *L, int arg)
  * re-initialises from the stored state (EVP_MAC_init with no key). The cache
  * maps key bytes → a userdata owning the contexts; like the public-key cache
  * it is cleared when full, so a plugin that feeds per-request keys costs
- * little more than before and memory stays bounded. */
+ * little more than before and memory stays bounded. Its values are weak: a
+ * garbage collection cycle drops (and cleanses) them, so a secret replaced
+ * by a reload does not stay in memory, at the price of setting a live key
+ * up again once per cycle. */
 #define HMAC_MT "moongate.crypto.hmac_keys"
 #define HMAC_CACHE_MAX 256
 /* Upvalues of hmac(): the key cache, and the userdata owning the fetched
@@ -120,6 +123,16 @@ static int hmac_alg_gc(lua_State *L)
     return 0;
 }
 
+/* Pushes a new, empty key cache (weak values). */
+static void MG_LJMP hmac_cache_new(lua_State *L)
+{
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+}
+
 /* The cached contexts of the key at stack index `arg`, creating (and caching)
  * their holder if needed; pushes the holder, which keeps them alive while the
  * caller uses them. May raise (OOM) while holding no OpenSSL object: a new
@@ -142,7 +155,7 @@ static hmac_keys_t *MG_LJMP hmac_keys_get(lua_State *L, int arg)
     if (count >= HMAC_CACHE_MAX) {
         /* Full: start over. Holders in use stay alive through their
          * callers' stacks; the rest are collected (and cleansed). */
-        lua_newtable(L);
+        hmac_cache_new(L);
         lua_replace(L, HMAC_UV_CACHE);
         count = 0;
     }
@@ -684,7 +697,7 @@ int luaopen_moongate_crypto(lua_State *L)
 
     /* hmac's upvalues: its key cache and the HMAC algorithm, fetched once.
      * A failed fetch leaves NULL there, and hmac() raises when called. */
-    lua_newtable(L);
+    hmac_cache_new(L);
     mac = lua_newuserdatauv(L, sizeof *mac, 0);
     *mac = NULL;
     if (luaL_newmetatable(L, HMAC_ALG_MT)) {

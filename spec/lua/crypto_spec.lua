@@ -166,6 +166,16 @@ describe("moongate.crypto", function()
       assert.are.equal(hex(ref_hmac("sha512", "key-599", "m")), hex(crypto.hmac("sha512", "key-599", "m")))
     end)
 
+    it("stays correct across garbage collections (kept key states are dropped)", function()
+      local want = hex(ref_hmac("sha384", "gc-key", "data"))
+      for _ = 1, 3 do
+        assert.are.equal(want, hex(crypto.hmac("sha384", "gc-key", "data")))
+        collectgarbage("collect")
+        collectgarbage("collect")
+      end
+      assert.are.equal(want, hex(crypto.hmac("sha384", "gc-key", "data")))
+    end)
+
     it("takes a number as key or data, as the string it converts to", function()
       assert.are.equal(crypto.hmac("sha256", "12", "34"), crypto.hmac("sha256", 12, 34))
     end)
