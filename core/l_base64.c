@@ -28,46 +28,37 @@ static const char std_alphabet[] =
 static const char url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/* Byte → 6-bit value, -1 if the byte is not in the alphabet (all of 0x80 and
- * up). '=' maps to -1 as well: padding is stripped before decoding, so one
- * anywhere else is an error. Every byte has an entry: one load a character. */
-static const signed char std_values[256] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
-    /* bytes >= 0x80 */
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+/* Decoding tables: for each alphabet, four tables giving a byte's 6-bit
+ * value already shifted to its place in a 24-bit group (bits 18, 12, 6, 0),
+ * so a group of four characters is four loads and three ORs. A byte outside
+ * the alphabet (all of 0x80 and up, and '=': padding is stripped before
+ * decoding, so one anywhere else is an error) gives B64_BAD, a bit no valid
+ * group has. Built by the preprocessor from the same rules as the alphabets
+ * above. */
+#define B64_BAD 0x1000000u
+#define B64_DIGIT(c) ((c) >= 'A' && (c) <= 'Z'   ? (c) - 'A'                                  \
+                      : (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26                             \
+                      : (c) >= '0' && (c) <= '9' ? (c) - '0' + 52                             \
+                                                 : -1)
+#define B64_STD(c) (B64_DIGIT(c) >= 0 ? B64_DIGIT(c) : (c) == '+' ? 62 : (c) == '/' ? 63 : -1)
+#define B64_URL(c) (B64_DIGIT(c) >= 0 ? B64_DIGIT(c) : (c) == '-' ? 62 : (c) == '_' ? 63 : -1)
+#define B64_E(f, c, sh) (f(c) < 0 ? B64_BAD : (uint32_t)f(c) << (sh))
+#define B64_R4(f, c, sh) B64_E(f, c, sh), B64_E(f, (c) + 1, sh), B64_E(f, (c) + 2, sh), \
+                         B64_E(f, (c) + 3, sh)
+#define B64_R16(f, c, sh) B64_R4(f, c, sh), B64_R4(f, (c) + 4, sh), B64_R4(f, (c) + 8, sh), \
+                          B64_R4(f, (c) + 12, sh)
+#define B64_R64(f, c, sh) B64_R16(f, c, sh), B64_R16(f, (c) + 16, sh),                   \
+                          B64_R16(f, (c) + 32, sh), B64_R16(f, (c) + 48, sh)
+#define B64_TABLE(f, sh) { B64_R64(f, 0, sh), B64_R64(f, 64, sh), B64_R64(f, 128, sh), \
+                           B64_R64(f, 192, sh) }
+
+typedef uint32_t b64_tables_t[4][256];
+
+static const b64_tables_t std_values = {
+    B64_TABLE(B64_STD, 18), B64_TABLE(B64_STD, 12), B64_TABLE(B64_STD, 6), B64_TABLE(B64_STD, 0),
 };
-static const signed char url_values[256] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
-    /* bytes >= 0x80 */
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+static const b64_tables_t url_values = {
+    B64_TABLE(B64_URL, 18), B64_TABLE(B64_URL, 12), B64_TABLE(B64_URL, 6), B64_TABLE(B64_URL, 0),
 };
 
 /* Writes the encoding of src[0..n) to dst, which has room for
@@ -111,23 +102,19 @@ static size_t b64_encode(const char *alphabet, int pad, const unsigned char *src
  * or the bits under the missing padding are not zero. Whole groups of four
  * are decoded with one validity check per group: tokens and cookies are
  * hundreds of characters, decoded on every request. */
-static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src, size_t n,
+static ptrdiff_t b64_decode(const b64_tables_t t, const unsigned char *src, size_t n,
                             unsigned char *dst)
 {
     unsigned char *d = dst;
     size_t i, whole = n / 4 * 4;
-    int32_t a, b, c, e;
+    uint32_t v;
 
     if (n % 4 == 1)
         return -1;
     for (i = 0; i < whole; i += 4) {
-        a = values[src[i]];
-        b = values[src[i + 1]];
-        c = values[src[i + 2]];
-        e = values[src[i + 3]];
-        if ((a | b | c | e) < 0)
+        v = t[0][src[i]] | t[1][src[i + 1]] | t[2][src[i + 2]] | t[3][src[i + 3]];
+        if (v & B64_BAD)
             return -1;
-        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)e;
         d[0] = (unsigned char)(v >> 16);
         d[1] = (unsigned char)(v >> 8);
         d[2] = (unsigned char)v;
@@ -135,20 +122,17 @@ static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src,
     }
     switch (n - whole) {
     case 2: /* 12 bits: one byte and 4 zero bits */
-        a = values[src[i]];
-        b = values[src[i + 1]];
-        if ((a | b) < 0 || (b & 0xf))
+        v = t[0][src[i]] | t[1][src[i + 1]];
+        if ((v & B64_BAD) || (v & 0xf000))
             return -1;
-        *d++ = (unsigned char)(a << 2 | b >> 4);
+        *d++ = (unsigned char)(v >> 16);
         break;
     case 3: /* 18 bits: two bytes and 2 zero bits */
-        a = values[src[i]];
-        b = values[src[i + 1]];
-        c = values[src[i + 2]];
-        if ((a | b | c) < 0 || (c & 0x3))
+        v = t[0][src[i]] | t[1][src[i + 1]] | t[2][src[i + 2]];
+        if ((v & B64_BAD) || (v & 0xc0))
             return -1;
-        *d++ = (unsigned char)(a << 2 | b >> 4);
-        *d++ = (unsigned char)((b & 0xf) << 4 | c >> 2);
+        *d++ = (unsigned char)(v >> 16);
+        *d++ = (unsigned char)(v >> 8);
         break;
     }
     return d - dst;
@@ -196,7 +180,7 @@ static const unsigned char *narrow(const unsigned char *s, size_t *n, lua_Intege
  * input (what JOSE sends) and also correctly padded input. With i and j only
  * s:sub(i, j) is decoded, without making that substring (a JWT's parts).
  * Raises only if s is not a string (or number) or i, j are not integers. */
-static int MG_LJMP push_decoded(lua_State *L, const signed char *values, int pad_required)
+static int MG_LJMP push_decoded(lua_State *L, const b64_tables_t values, int pad_required)
 {
     size_t n, pads = 0;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
