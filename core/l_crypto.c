@@ -153,10 +153,17 @@ static hmac_keys_t *MG_LJMP hmac_keys_get(lua_State *L, int arg)
     count = lua_tointeger(L, -1);
     lua_pop(L, 1);
     if (count >= HMAC_CACHE_MAX) {
-        /* Full: start over. Holders in use stay alive through their
-         * callers' stacks; the rest are collected (and cleansed). */
-        hmac_cache_new(L);
-        lua_replace(L, HMAC_UV_CACHE);
+        /* Full: start over, in place (hmac and hmac_verify share the
+         * table). Holders in use stay alive through their callers' stacks;
+         * the rest are collected (and cleansed). lua_next allows clearing
+         * fields during the traversal. */
+        lua_pushnil(L);
+        while (lua_next(L, HMAC_UV_CACHE) != 0) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_pushnil(L);
+            lua_rawset(L, HMAC_UV_CACHE);
+        }
         count = 0;
     }
     lua_pushvalue(L, arg);
@@ -190,24 +197,49 @@ static EVP_MAC_CTX *hmac_ctx(EVP_MAC *mac, EVP_MAC_CTX **slot, size_t i, const c
     return *slot;
 }
 
-/* hmac(alg, key, data) → raw MAC bytes. */
-static int l_hmac(lua_State *L)
+/* The HMAC of the arguments alg, key, data (1..3) into out; returns its
+ * length. Raises on bad arguments or an OpenSSL failure. Shared by hmac and
+ * hmac_verify, which have the same upvalues. */
+static size_t MG_LJMP hmac_compute(lua_State *L, unsigned char out[EVP_MAX_MD_SIZE])
 {
     size_t i = (size_t)luaL_checkoption(L, 1, NULL, md_names);
     size_t klen, dlen, outlen = 0;
     const char *key = luaL_checklstring(L, 2, &klen);
     const char *data = luaL_checklstring(L, 3, &dlen);
     EVP_MAC **mac = lua_touserdata(L, HMAC_UV_MAC);
-    unsigned char out[EVP_MAX_MD_SIZE];
     hmac_keys_t *k = hmac_keys_get(L, 2); /* pushes the holder: keeps the contexts alive */
     EVP_MAC_CTX *ctx = hmac_ctx(*mac, &k->ctx[i], i, key, klen);
 
     if (ctx == NULL || EVP_MAC_update(ctx, (const unsigned char *)data, dlen) != 1 ||
-        EVP_MAC_final(ctx, out, &outlen, sizeof out) != 1) {
+        EVP_MAC_final(ctx, out, &outlen, EVP_MAX_MD_SIZE) != 1) {
         ERR_clear_error();
-        return luaL_error(L, "hmac: OpenSSL failure");
+        luaL_error(L, "hmac: OpenSSL failure");
     }
-    lua_pushlstring(L, (const char *)out, outlen);
+    lua_pop(L, 1); /* the holder */
+    return outlen;
+}
+
+/* hmac(alg, key, data) → raw MAC bytes. */
+static int l_hmac(lua_State *L)
+{
+    unsigned char out[EVP_MAX_MD_SIZE];
+    size_t n = hmac_compute(L, out);
+
+    lua_pushlstring(L, (const char *)out, n);
+    return 1;
+}
+
+/* hmac_verify(alg, key, data, mac) → boolean: whether mac is the HMAC,
+ * compared in constant time (for the length). The same as
+ * equal(hmac(alg, key, data), mac) without making the MAC a Lua string. */
+static int l_hmac_verify(lua_State *L)
+{
+    unsigned char out[EVP_MAX_MD_SIZE];
+    size_t mlen;
+    const char *expect = luaL_checklstring(L, 4, &mlen);
+    size_t n = hmac_compute(L, out);
+
+    lua_pushboolean(L, mlen == n && CRYPTO_memcmp(out, expect, n) == 0);
     return 1;
 }
 
@@ -707,7 +739,11 @@ int luaopen_moongate_crypto(lua_State *L)
     lua_setmetatable(L, -2);
     *mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
     ERR_clear_error();
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2); /* lib, cache, mac, cache, mac */
     lua_pushcclosure(L, l_hmac, 2);
-    lua_setfield(L, -2, "hmac");
+    lua_setfield(L, -4, "hmac");
+    lua_pushcclosure(L, l_hmac_verify, 2);
+    lua_setfield(L, -2, "hmac_verify");
     return 1;
 }

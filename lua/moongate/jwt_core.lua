@@ -382,7 +382,7 @@ end
 -- the request path's calls, resolved once
 local find, sub, match = string.find, string.sub, string.match
 local url_decode = gw.base64.url_decode
-local hmac, equal = gw.crypto.hmac, gw.crypto.equal
+local hmac_verify = gw.crypto.hmac_verify
 local json_decode = gw.json.decode
 
 -- The JSON object (or array) in raw, or nil.
@@ -505,7 +505,7 @@ function M.verify_jws(conf, token)
   local valid = false
   local md = HMAC[alg]
   if md then
-    valid = equal(hmac(md, conf.secret, signing_input), sig)
+    valid = hmac_verify(md, conf.secret, signing_input, sig)
   else
     local keys
     if j.pem then

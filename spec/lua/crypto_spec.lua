@@ -176,6 +176,32 @@ describe("moongate.crypto", function()
       assert.are.equal(want, hex(crypto.hmac("sha384", "gc-key", "data")))
     end)
 
+    it("hmac_verify: true for the MAC, false for any other string", function()
+      for _, alg in ipairs({ "sha1", "sha256", "sha384", "sha512" }) do
+        local mac = crypto.hmac(alg, "vk", "payload")
+        assert.is_true(crypto.hmac_verify(alg, "vk", "payload", mac))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", mac:sub(1, -2)))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", mac .. "x"))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", ""))
+        local flipped = string.char(mac:byte(1) ~ 1) .. mac:sub(2)
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", flipped))
+        assert.is_false(crypto.hmac_verify(alg, "other", "payload", mac))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload2", mac))
+      end
+      assert.has_error(function() crypto.hmac_verify("sha256", "k", "d") end)
+      assert.has_error(function() crypto.hmac_verify("md5", "k", "d", "m") end)
+      assert.has_error(function() crypto.hmac_verify("sha256", "k", {}, "m") end)
+    end)
+
+    it("hmac and hmac_verify share the key states, past the cache's size too", function()
+      for i = 1, 600 do
+        local key = "shared-" .. i
+        local mac = crypto.hmac("sha256", key, "m")
+        assert.are.equal(hex(ref_hmac("sha256", key, "m")), hex(mac))
+        assert.is_true(crypto.hmac_verify("sha256", key, "m", mac))
+      end
+    end)
+
     it("takes a number as key or data, as the string it converts to", function()
       assert.are.equal(crypto.hmac("sha256", "12", "34"), crypto.hmac("sha256", 12, 34))
     end)
