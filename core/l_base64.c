@@ -28,29 +28,37 @@ static const char std_alphabet[] =
 static const char url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/* Character → 6-bit value, -1 if the character is not in the alphabet. Only
- * ASCII is listed; bytes >= 0x80 are rejected before the lookup. '=' maps to
- * -1 as well: padding is stripped before decoding, so one anywhere else is
- * an error. */
-static const signed char std_values[128] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+/* Decoding tables: for each alphabet, four tables giving a byte's 6-bit
+ * value already shifted to its place in a 24-bit group (bits 18, 12, 6, 0),
+ * so a group of four characters is four loads and three ORs. A byte outside
+ * the alphabet (all of 0x80 and up, and '=': padding is stripped before
+ * decoding, so one anywhere else is an error) gives B64_BAD, a bit no valid
+ * group has. Built by the preprocessor from the same rules as the alphabets
+ * above. */
+#define B64_BAD 0x1000000u
+#define B64_DIGIT(c) ((c) >= 'A' && (c) <= 'Z'   ? (c) - 'A'                                  \
+                      : (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26                             \
+                      : (c) >= '0' && (c) <= '9' ? (c) - '0' + 52                             \
+                                                 : -1)
+#define B64_STD(c) (B64_DIGIT(c) >= 0 ? B64_DIGIT(c) : (c) == '+' ? 62 : (c) == '/' ? 63 : -1)
+#define B64_URL(c) (B64_DIGIT(c) >= 0 ? B64_DIGIT(c) : (c) == '-' ? 62 : (c) == '_' ? 63 : -1)
+#define B64_E(f, c, sh) (f(c) < 0 ? B64_BAD : (uint32_t)f(c) << (sh))
+#define B64_R4(f, c, sh) B64_E(f, c, sh), B64_E(f, (c) + 1, sh), B64_E(f, (c) + 2, sh), \
+                         B64_E(f, (c) + 3, sh)
+#define B64_R16(f, c, sh) B64_R4(f, c, sh), B64_R4(f, (c) + 4, sh), B64_R4(f, (c) + 8, sh), \
+                          B64_R4(f, (c) + 12, sh)
+#define B64_R64(f, c, sh) B64_R16(f, c, sh), B64_R16(f, (c) + 16, sh),                   \
+                          B64_R16(f, (c) + 32, sh), B64_R16(f, (c) + 48, sh)
+#define B64_TABLE(f, sh) { B64_R64(f, 0, sh), B64_R64(f, 64, sh), B64_R64(f, 128, sh), \
+                           B64_R64(f, 192, sh) }
+
+typedef uint32_t b64_tables_t[4][256];
+
+static const b64_tables_t std_values = {
+    B64_TABLE(B64_STD, 18), B64_TABLE(B64_STD, 12), B64_TABLE(B64_STD, 6), B64_TABLE(B64_STD, 0),
 };
-static const signed char url_values[128] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+static const b64_tables_t url_values = {
+    B64_TABLE(B64_URL, 18), B64_TABLE(B64_URL, 12), B64_TABLE(B64_URL, 6), B64_TABLE(B64_URL, 0),
 };
 
 /* Writes the encoding of src[0..n) to dst, which has room for
@@ -91,39 +99,40 @@ static size_t b64_encode(const char *alphabet, int pad, const unsigned char *src
 /* Decodes n characters with the padding already stripped into dst, which has
  * room for n / 4 * 3 + 2 bytes. Returns the number of bytes written, or -1 if
  * a character is outside the alphabet, the length is impossible (n % 4 == 1)
- * or the bits under the missing padding are not zero. */
-static ptrdiff_t b64_decode(const signed char *values, const unsigned char *src, size_t n,
+ * or the bits under the missing padding are not zero. Whole groups of four
+ * are decoded with one validity check per group: tokens and cookies are
+ * hundreds of characters, decoded on every request. */
+static ptrdiff_t b64_decode(const b64_tables_t t, const unsigned char *src, size_t n,
                             unsigned char *dst)
 {
     unsigned char *d = dst;
-    uint32_t v = 0;
-    size_t i;
+    size_t i, whole = n / 4 * 4;
+    uint32_t v;
 
     if (n % 4 == 1)
         return -1;
-    for (i = 0; i < n; i++) {
-        signed char c = src[i] < 128 ? values[src[i]] : -1;
-        if (c < 0)
+    for (i = 0; i < whole; i += 4) {
+        v = t[0][src[i]] | t[1][src[i + 1]] | t[2][src[i + 2]] | t[3][src[i + 3]];
+        if (v & B64_BAD)
             return -1;
-        v = v << 6 | (uint32_t)c;
-        if (i % 4 == 3) {
-            *d++ = (unsigned char)(v >> 16);
-            *d++ = (unsigned char)(v >> 8);
-            *d++ = (unsigned char)v;
-            v = 0;
-        }
+        d[0] = (unsigned char)(v >> 16);
+        d[1] = (unsigned char)(v >> 8);
+        d[2] = (unsigned char)v;
+        d += 3;
     }
-    switch (n % 4) {
+    switch (n - whole) {
     case 2: /* 12 bits: one byte and 4 zero bits */
-        if (v & 0xf)
+        v = t[0][src[i]] | t[1][src[i + 1]];
+        if ((v & B64_BAD) || (v & 0xf000))
             return -1;
-        *d++ = (unsigned char)(v >> 4);
+        *d++ = (unsigned char)(v >> 16);
         break;
     case 3: /* 18 bits: two bytes and 2 zero bits */
-        if (v & 0x3)
+        v = t[0][src[i]] | t[1][src[i + 1]] | t[2][src[i + 2]];
+        if ((v & B64_BAD) || (v & 0xc0))
             return -1;
-        *d++ = (unsigned char)(v >> 10);
-        *d++ = (unsigned char)(v >> 2);
+        *d++ = (unsigned char)(v >> 16);
+        *d++ = (unsigned char)(v >> 8);
         break;
     }
     return d - dst;
@@ -143,17 +152,44 @@ static int MG_LJMP push_encoded(lua_State *L, const char *alphabet, int pad)
     return 1;
 }
 
-/* decode(s) / url_decode(s): the bytes, or nil, "invalid base64". The
- * standard form requires padding; the URL form takes unpadded input (what
- * JOSE sends) and also correctly padded input. Raises only if s is not a
- * string (or number). */
-static int MG_LJMP push_decoded(lua_State *L, const signed char *values, int pad_required)
+/* Narrows s[0..*n) to the bytes i..j of it, 1-based and inclusive, negative
+ * counting from the end, clamped to the string: string.sub's rules. */
+static const unsigned char *narrow(const unsigned char *s, size_t *n, lua_Integer i,
+                                   lua_Integer j)
+{
+    lua_Integer len = (lua_Integer)*n;
+
+    if (i < 0)
+        i = i < -len ? 1 : len + i + 1;
+    else if (i == 0)
+        i = 1;
+    if (j < 0)
+        j = j < -len ? 0 : len + j + 1;
+    else if (j > len)
+        j = len;
+    if (i > j) {
+        *n = 0;
+        return s;
+    }
+    *n = (size_t)(j - i + 1);
+    return s + (i - 1);
+}
+
+/* decode(s[, i[, j]]) / url_decode(s[, i[, j]]): the bytes, or nil, "invalid
+ * base64". The standard form requires padding; the URL form takes unpadded
+ * input (what JOSE sends) and also correctly padded input. With i and j only
+ * s:sub(i, j) is decoded, without making that substring (a JWT's parts).
+ * Raises only if s is not a string (or number) or i, j are not integers. */
+static int MG_LJMP push_decoded(lua_State *L, const b64_tables_t values, int pad_required)
 {
     size_t n, pads = 0;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
     luaL_Buffer b;
     unsigned char *dst;
     ptrdiff_t len;
+
+    if (!lua_isnoneornil(L, 2) || !lua_isnoneornil(L, 3))
+        s = narrow(s, &n, luaL_optinteger(L, 2, 1), luaL_optinteger(L, 3, -1));
 
     /* At most two '=' and only on a whole 4-character group; any other '='
      * reaches b64_decode and is rejected there. */

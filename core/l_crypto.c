@@ -12,8 +12,9 @@
  * longjmp over the free). Each function checks its arguments and allocates
  * its Lua output buffer first, then creates, uses and frees its OpenSSL
  * context in a stretch with no Lua API calls, and pushes results last. The
- * one OpenSSL object that outlives a call, a parsed public key, is owned by a
- * userdata whose __gc frees it.
+ * OpenSSL objects that outlive a call (a parsed public key, an HMAC key's
+ * keyed contexts, the fetched HMAC algorithm) are each owned by a userdata
+ * whose __gc frees them.
  *
  * Every path that may have failed inside OpenSSL clears the thread's error
  * queue: TLS code on the same thread reads that queue (SSL_get_error) and
@@ -26,11 +27,11 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -76,23 +77,169 @@ static const EVP_MD *MG_LJMP check_md(lua_State *L, int arg)
     }
 }
 
+/* ---- HMAC ---- */
+
+/* HMAC absorbs the key into two hash states (key ^ ipad, key ^ opad) before
+ * it reads any data: two extra compression-function calls per MAC, plus
+ * OpenSSL 3's algorithm fetch and context setup when done one-shot. Keys are
+ * few and long-lived (a JWT secret, a cookie-signing key), so each key's
+ * keyed contexts are kept, one per digest, and a MAC with a known key only
+ * re-initialises from the stored state (EVP_MAC_init with no key). The cache
+ * maps key bytes → a userdata owning the contexts; like the public-key cache
+ * it is cleared when full, so a plugin that feeds per-request keys costs
+ * little more than before and memory stays bounded. Its values are weak: a
+ * garbage collection cycle drops (and cleanses) them, so a secret replaced
+ * by a reload does not stay in memory, at the price of setting a live key
+ * up again once per cycle. */
+#define HMAC_MT "moongate.crypto.hmac_keys"
+#define HMAC_CACHE_MAX 256
+/* Upvalues of hmac(): the key cache, and the userdata owning the fetched
+ * HMAC algorithm. */
+#define HMAC_UV_CACHE lua_upvalueindex(1)
+#define HMAC_UV_MAC lua_upvalueindex(2)
+#define HMAC_ALG_MT "moongate.crypto.hmac_alg"
+
+static const char *const md_ossl_names[] = { "SHA1", "SHA256", "SHA384", "SHA512" };
+
+typedef struct {
+    EVP_MAC_CTX *ctx[MG_ARRAY_LEN(md_ossl_names)];
+} hmac_keys_t;
+
+static int hmac_keys_gc(lua_State *L)
+{
+    hmac_keys_t *k = luaL_checkudata(L, 1, HMAC_MT);
+    for (size_t i = 0; i < MG_ARRAY_LEN(k->ctx); i++) {
+        EVP_MAC_CTX_free(k->ctx[i]); /* cleanses the key material */
+        k->ctx[i] = NULL;
+    }
+    return 0;
+}
+
+static int hmac_alg_gc(lua_State *L)
+{
+    EVP_MAC **mac = luaL_checkudata(L, 1, HMAC_ALG_MT);
+    EVP_MAC_free(*mac);
+    *mac = NULL;
+    return 0;
+}
+
+/* Pushes a new, empty key cache (weak values). */
+static void MG_LJMP hmac_cache_new(lua_State *L)
+{
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+}
+
+/* The cached contexts of the key at stack index `arg`, creating (and caching)
+ * their holder if needed; pushes the holder, which keeps them alive while the
+ * caller uses them. May raise (OOM) while holding no OpenSSL object: a new
+ * holder starts empty. */
+static hmac_keys_t *MG_LJMP hmac_keys_get(lua_State *L, int arg)
+{
+    hmac_keys_t *k;
+    lua_Integer count;
+
+    lua_pushvalue(L, arg);
+    if (lua_rawget(L, HMAC_UV_CACHE) == LUA_TUSERDATA)
+        return lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    k = lua_newuserdatauv(L, sizeof *k, 0);
+    memset(k, 0, sizeof *k);
+    luaL_setmetatable(L, HMAC_MT); /* holder */
+    lua_rawgeti(L, HMAC_UV_CACHE, 1);
+    count = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (count >= HMAC_CACHE_MAX) {
+        /* Full: start over, in place (hmac and hmac_verify share the
+         * table). Holders in use stay alive through their callers' stacks;
+         * the rest are collected (and cleansed). lua_next allows clearing
+         * fields during the traversal. */
+        lua_pushnil(L);
+        while (lua_next(L, HMAC_UV_CACHE) != 0) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_pushnil(L);
+            lua_rawset(L, HMAC_UV_CACHE);
+        }
+        count = 0;
+    }
+    lua_pushvalue(L, arg);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, HMAC_UV_CACHE); /* cache[key] = holder */
+    lua_pushinteger(L, count + 1);
+    lua_rawseti(L, HMAC_UV_CACHE, 1);
+    return k;
+}
+
+/* A context keyed with key[0..klen) for digest `i`, created in *slot if it is
+ * not there yet. NULL on an OpenSSL failure. Calls no Lua API. */
+static EVP_MAC_CTX *hmac_ctx(EVP_MAC *mac, EVP_MAC_CTX **slot, size_t i, const char *key,
+                             size_t klen)
+{
+    OSSL_PARAM params[2];
+
+    if (*slot != NULL)
+        return EVP_MAC_init(*slot, NULL, 0, NULL) == 1 ? *slot : NULL;
+    if (mac == NULL || (*slot = EVP_MAC_CTX_new(mac)) == NULL)
+        return NULL;
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *)md_ossl_names[i], 0);
+    params[1] = OSSL_PARAM_construct_end();
+    if (EVP_MAC_init(*slot, (const unsigned char *)key, klen, params) != 1) {
+        /* half set up: never reuse it */
+        EVP_MAC_CTX_free(*slot);
+        *slot = NULL;
+        return NULL;
+    }
+    return *slot;
+}
+
+/* The HMAC of the arguments alg, key, data (1..3) into out; returns its
+ * length. Raises on bad arguments or an OpenSSL failure. Shared by hmac and
+ * hmac_verify, which have the same upvalues. */
+static size_t MG_LJMP hmac_compute(lua_State *L, unsigned char out[EVP_MAX_MD_SIZE])
+{
+    size_t i = (size_t)luaL_checkoption(L, 1, NULL, md_names);
+    size_t klen, dlen, outlen = 0;
+    const char *key = luaL_checklstring(L, 2, &klen);
+    const char *data = luaL_checklstring(L, 3, &dlen);
+    EVP_MAC **mac = lua_touserdata(L, HMAC_UV_MAC);
+    hmac_keys_t *k = hmac_keys_get(L, 2); /* pushes the holder: keeps the contexts alive */
+    EVP_MAC_CTX *ctx = hmac_ctx(*mac, &k->ctx[i], i, key, klen);
+
+    if (ctx == NULL || EVP_MAC_update(ctx, (const unsigned char *)data, dlen) != 1 ||
+        EVP_MAC_final(ctx, out, &outlen, EVP_MAX_MD_SIZE) != 1) {
+        ERR_clear_error();
+        luaL_error(L, "hmac: OpenSSL failure");
+    }
+    lua_pop(L, 1); /* the holder */
+    return outlen;
+}
+
 /* hmac(alg, key, data) → raw MAC bytes. */
 static int l_hmac(lua_State *L)
 {
-    const EVP_MD *md = check_md(L, 1);
-    size_t klen, dlen;
-    const char *key = luaL_checklstring(L, 2, &klen);
-    const char *data = luaL_checklstring(L, 3, &dlen);
     unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int outlen = 0;
+    size_t n = hmac_compute(L, out);
 
-    luaL_argcheck(L, klen <= INT_MAX, 2, "key too long");
-    /* One-shot HMAC(): no context to free, so nothing can leak. */
-    if (HMAC(md, key, (int)klen, (const unsigned char *)data, dlen, out, &outlen) == NULL) {
-        ERR_clear_error();
-        return luaL_error(L, "hmac: OpenSSL failure");
-    }
-    lua_pushlstring(L, (const char *)out, outlen);
+    lua_pushlstring(L, (const char *)out, n);
+    return 1;
+}
+
+/* hmac_verify(alg, key, data, mac) → boolean: whether mac is the HMAC,
+ * compared in constant time (for the length). The same as
+ * equal(hmac(alg, key, data), mac) without making the MAC a Lua string. */
+static int l_hmac_verify(lua_State *L)
+{
+    unsigned char out[EVP_MAX_MD_SIZE];
+    size_t mlen;
+    const char *expect = luaL_checklstring(L, 4, &mlen);
+    size_t n = hmac_compute(L, out);
+
+    lua_pushboolean(L, mlen == n && CRYPTO_memcmp(out, expect, n) == 0);
     return 1;
 }
 
@@ -557,11 +704,12 @@ static int l_password_format(lua_State *L)
 int luaopen_moongate_crypto(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        { "hmac", l_hmac },       { "digest", l_digest },   { "verify", l_verify },
+        { "digest", l_digest },   { "verify", l_verify },
         { "encrypt", l_encrypt }, { "decrypt", l_decrypt }, { "random", l_random },
         { "equal", l_equal },     { "password_verify", l_password_verify },
         { "password_format", l_password_format }, { NULL, NULL },
     };
+    EVP_MAC **mac;
 
     if (luaL_newmetatable(L, PKEY_MT)) {
         lua_pushcfunction(L, pkey_gc);
@@ -570,6 +718,32 @@ int luaopen_moongate_crypto(lua_State *L)
         lua_setfield(L, -2, "__metatable");
     }
     lua_pop(L, 1);
+    if (luaL_newmetatable(L, HMAC_MT)) {
+        lua_pushcfunction(L, hmac_keys_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushliteral(L, "locked");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
     luaL_newlib(L, funcs);
+
+    /* hmac's upvalues: its key cache and the HMAC algorithm, fetched once.
+     * A failed fetch leaves NULL there, and hmac() raises when called. */
+    hmac_cache_new(L);
+    mac = lua_newuserdatauv(L, sizeof *mac, 0);
+    *mac = NULL;
+    if (luaL_newmetatable(L, HMAC_ALG_MT)) {
+        lua_pushcfunction(L, hmac_alg_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    *mac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+    ERR_clear_error();
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2); /* lib, cache, mac, cache, mac */
+    lua_pushcclosure(L, l_hmac, 2);
+    lua_setfield(L, -4, "hmac");
+    lua_pushcclosure(L, l_hmac_verify, 2);
+    lua_setfield(L, -2, "hmac_verify");
     return 1;
 }

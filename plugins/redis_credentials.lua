@@ -6,6 +6,11 @@
 local core = require "moongate.jwt_core"
 local util = require "moongate.plugin_util"
 local json_error = util.json_error
+local type, byte, sub = type, string.byte, string.sub
+-- what util.trim strips (%s); a token without any at its ends skips it
+local BLANK = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
+local b64decode, b64encode = gw.base64.decode, gw.base64.encode
+local json_decode = gw.json.decode
 
 -- JWKS states by URL: shared by this plugin's routes, fresh on every reload
 local jwks_states = {}
@@ -17,14 +22,16 @@ local function token_of(conf, req)
   -- hyper-auth-proxy stores base64(JWT); accept a bare JWT as well (plain
   -- find: base64 has no dots, a JWT always has two)
   if raw:find(".", 1, true) then return raw end
-  local token = gw.base64.decode(raw)
+  local token = b64decode(raw)
   if not token then return nil end
   -- `echo "$jwt" | base64` also encodes the newline, and hyper-auth-proxy's
   -- own clients encode the JWT in double quotes (it strips them, src/lib.rs)
-  token = util.trim(token)
-  if #token >= 2 and token:byte(1) == 34 and token:byte(-1) == 34 then
-    token = token:sub(2, -2)
+  local first, last = byte(token, 1), byte(token, -1)
+  if BLANK[first] or BLANK[last] then
+    token = util.trim(token)
+    first, last = byte(token, 1), byte(token, -1)
   end
+  if first == 34 and last == 34 and #token >= 2 then token = sub(token, 2, -2) end
   return token
 end
 
@@ -86,8 +93,16 @@ function M.check(conf)
   return true
 end
 
+-- A named handle looks its pool up in the current config at each call
+-- (PRODUCT.md gw.redis), so one per conf serves every request. Made on first
+-- use, inside the caller's pcall: an unknown name raises there (503).
 local function get_record(conf, key)
-  return gw.redis(conf.redis):call("GET", key)
+  local red = conf._redis
+  if not red then
+    red = gw.redis(conf.redis)
+    conf._redis = red
+  end
+  return red:call("GET", key)
 end
 
 function M.access(conf, req)
@@ -107,33 +122,36 @@ function M.access(conf, req)
     return json_error(req, 401, "token has no " .. conf.claim .. " claim")
   end
   -- pcall: an unknown redis name raises; that is an outage too (fail closed)
-  local ok, value, err = pcall(get_record, conf, conf.key_prefix .. tostring(sid))
+  -- an integer sid concatenates as tostring writes it
+  local ok, value, err = pcall(get_record, conf, conf.key_prefix .. sid)
   if not ok then value, err = nil, value end
   if err then
     gw.log("error", "redis_credentials: session store: ", err)
     return json_error(req, 503, "session store unavailable")
   end
   if value == nil then return json_error(req, 401, "unknown session") end
-  local record = gw.json.decode(value)
+  local record = json_decode(value)
   local creds = type(record) == "table" and record.credentials
   if type(creds) ~= "string" then
     gw.log("error", "redis_credentials: session record has no credentials string")
     return json_error(req, 500, "invalid session record")
   end
-  if conf.decode then
-    creds = conf.decode(creds)
-  elseif conf.cipher then
-    creds = decrypt(conf, creds)
-  end
-  if type(creds) ~= "string" then
-    gw.log("error", "redis_credentials: credentials could not be decrypted")
-    return json_error(req, 500, "credentials could not be decrypted")
+  if conf.decode or conf.cipher then
+    if conf.decode then
+      creds = conf.decode(creds)
+    else
+      creds = decrypt(conf, creds)
+    end
+    if type(creds) ~= "string" then
+      gw.log("error", "redis_credentials: credentials could not be decrypted")
+      return json_error(req, 500, "credentials could not be decrypted")
+    end
   end
   -- stored with `echo`: one trailing newline is dropped, as hyper-auth-proxy
   -- does (set_basic_auth)
   if creds:byte(-1) == 10 then creds = creds:sub(1, -2) end
   if conf.encode then
-    creds = gw.base64.encode(creds)
+    creds = b64encode(creds)
   elseif creds:find("[\0\r\n]") then -- as stored, they must fit in a header
     gw.log("error", "redis_credentials: credentials contain CR, LF or NUL (encode = false)")
     return json_error(req, 500, "invalid credentials")

@@ -5,6 +5,16 @@ local cjson = require("cjson").new()
 if cjson.encode_empty_table_as_object then cjson.encode_empty_table_as_object(true) end
 if cjson.decode_max_depth then cjson.decode_max_depth(128) end
 
+-- decode goes through cjson.safe, the same parser configured the same, which
+-- catches its errors in C: no Lua-level pcall on every decode
+local okc_safe, cjson_safe = pcall(require, "cjson.safe")
+local safe_decode
+if okc_safe and cjson_safe.new then
+  local j = cjson_safe.new()
+  if j.decode_max_depth then j.decode_max_depth(128) end
+  safe_decode = j.decode
+end
+
 local gw = {
   sleep = core.sleep,
   now = core.now,
@@ -18,7 +28,10 @@ gw.json = {
     if ok then return s end
     error("gw.json.encode: " .. tostring(s), 2)
   end,
-  decode = function(s)
+  decode = safe_decode and function(s)
+    if type(s) ~= "string" then error("gw.json.decode: expected a string", 2) end
+    return safe_decode(s)
+  end or function(s)
     if type(s) ~= "string" then error("gw.json.decode: expected a string", 2) end
     local ok, v = pcall(cjson.decode, s)
     if ok then return v end

@@ -22,6 +22,7 @@
 -- once per `jwks_refetch_interval`, and only one fetch per URL runs at a
 -- time: other requests wait for it. Tokens are never logged.
 local gw = gw
+local type, HUGE = type, math.huge
 
 local util = require "moongate.plugin_util"
 
@@ -59,6 +60,7 @@ local ES_SIG_LEN = { ES256 = 64, ES384 = 96 }
 
 local JWKS_POLL = 0.005     -- step of the wait on another request's fetch
 local MAX_TOKEN = 16384
+local HEADER_MEMO_MAX = 32  -- distinct headers remembered per conf (then cleared)
 
 ---------------------------------------------------------------------------
 -- DER and PEM, to turn JWKs into the PEM text gw.crypto.verify takes
@@ -364,6 +366,10 @@ function M.prepare(conf, opts)
     require_exp = opts.require_exp and true or false,
     check_exp = opts.check_exp ~= false,
     jwks_states = opts.jwks_states or {},
+    -- decoded headers of verified tokens by their base64url text: an
+    -- issuer's tokens share a few headers, so each is parsed once
+    headers = {},
+    nheaders = 0,
     -- cache keys must not survive into a new config generation (gw.cache does)
     id = (opts.name or "jwt") .. "\0" .. gw.crypto.random(12) .. "\0",
   }
@@ -373,16 +379,21 @@ end
 ---------------------------------------------------------------------------
 -- verification
 
-local function b64json(part)
-  local raw = gw.base64.url_decode(part)
-  if not raw then return nil end
-  local v = gw.json.decode(raw)
+-- the request path's calls, resolved once
+local find, sub, match = string.find, string.sub, string.match
+local url_decode = gw.base64.url_decode
+local hmac_verify = gw.crypto.hmac_verify
+local json_decode = gw.json.decode
+
+-- The JSON object (or array) in raw, or nil.
+local function json_object(raw)
+  local v = json_decode(raw)
   if type(v) ~= "table" then return nil end
   return v
 end
 
 local function is_num(v)
-  return type(v) == "number" and v == v and v > -math.huge and v < math.huge
+  return type(v) == "number" and v == v and v > -HUGE and v < HUGE
 end
 
 local function contains(list, v)
@@ -396,9 +407,13 @@ end
 local function check_time(conf, claims, now)
   local j, leeway = conf._jwt, conf.leeway
   if j.check_exp then
-    if claims.exp ~= nil then
-      if not is_num(claims.exp) then return nil, "exp is not a number" end
-      if now >= claims.exp + leeway then return nil, "token expired" end
+    local exp = claims.exp
+    if exp ~= nil then
+      -- is_num, inlined: every verified token has an exp
+      if type(exp) ~= "number" or exp ~= exp or exp <= -HUGE or exp >= HUGE then
+        return nil, "exp is not a number"
+      end
+      if now >= exp + leeway then return nil, "token expired" end
     elseif j.require_exp then
       return nil, "token has no exp"
     end
@@ -441,31 +456,56 @@ end
 
 -- Checks the signature of a compact JWS under conf (prepared). Returns the
 -- decoded header and the raw payload bytes, or nil, why (a short text safe
--- to show the client). May yield (JWKS fetch).
+-- to show the client). May yield (JWKS fetch). The header table is shared
+-- with later tokens that carry the same header: read it, never change it.
 function M.verify_jws(conf, token)
   local j = conf._jwt
   if type(token) ~= "string" or #token > MAX_TOKEN then return nil, "malformed token" end
-  local h64, p64, s64 = token:match("^([%w_-]+)%.([%w_-]*)%.([%w_-]*)$")
-  if not h64 then return nil, "malformed token" end
-  local header = b64json(h64)
+  -- Split at the two dots with plain finds and let the base64url decoder
+  -- check the alphabet: the same as matching
+  -- ^([%w_-]+)%.([%w_-]*)%.([%w_-]*)$ (which, tried at every byte of a
+  -- long token, cost more than the HMAC), as long as there is no '=' (the
+  -- decoder takes padding, the pattern does not) and the header part is not
+  -- empty. Anything else goes to the pattern, so every error is the one
+  -- the pattern order gives.
+  local d1 = find(token, ".", 1, true)
+  local d2 = d1 and find(token, ".", d1 + 1, true)
+  local h64, p64, s64, header, payload, sig
+  local input_end = d2 and d2 - 1 -- the signing input is token:sub(1, input_end)
+  if d2 and d1 > 1 and not find(token, "=", 1, true) then
+    h64 = sub(token, 1, d1 - 1)
+    payload, sig = url_decode(token, d1 + 1, input_end), url_decode(token, d2 + 1)
+    -- a header seen in a verified token (so base64url) is not parsed again
+    header = j.headers[h64]
+    if header == nil then
+      local raw = url_decode(h64)
+      if raw then header = json_object(raw) or false end
+    end
+  end
+  if header == nil or not payload or not sig then
+    h64, p64, s64 = match(token, "^([%w_-]+)%.([%w_-]*)%.([%w_-]*)$")
+    if not h64 then return nil, "malformed token" end
+    local raw
+    raw, payload, sig = url_decode(h64), url_decode(p64), url_decode(s64)
+    header = raw and json_object(raw)
+    input_end = #h64 + #p64 + 1
+  end
   if not header then return nil, "malformed token header" end
   local alg = header.alg
   if type(alg) ~= "string" then return nil, "token has no alg" end
   -- "none" in any spelling is never in the allow-list; say so plainly
-  if alg:lower() == "none" then return nil, "unsigned tokens are not accepted" end
+  if #alg == 4 and alg:lower() == "none" then return nil, "unsigned tokens are not accepted" end
   if not j.allowed[alg] then return nil, "algorithm not allowed" end
   if header.crit ~= nil then return nil, "unsupported critical header" end
-  local sig = gw.base64.url_decode(s64)
   if not sig or sig == "" then return nil, "bad signature" end
   if ES_SIG_LEN[alg] and #sig ~= ES_SIG_LEN[alg] then return nil, "bad signature" end
-  local payload = gw.base64.url_decode(p64)
   if not payload then return nil, "malformed token payload" end
-  local signing_input = h64 .. "." .. p64
+  local signing_input = sub(token, 1, input_end) -- h64 .. "." .. p64
 
   local valid = false
   local md = HMAC[alg]
   if md then
-    valid = gw.crypto.equal(gw.crypto.hmac(md, conf.secret, signing_input), sig)
+    valid = hmac_verify(md, conf.secret, signing_input, sig)
   else
     local keys
     if j.pem then
@@ -484,6 +524,12 @@ function M.verify_jws(conf, token)
     end
   end
   if not valid then return nil, "bad signature" end
+  if j.headers[h64] == nil then
+    -- only signed headers are remembered: a forger cannot fill the memo
+    if j.nheaders >= HEADER_MEMO_MAX then j.headers, j.nheaders = {}, 0 end
+    j.headers[h64] = header
+    j.nheaders = j.nheaders + 1
+  end
   return header, payload
 end
 
@@ -492,7 +538,7 @@ end
 function M.verify(conf, token)
   local header, payload = M.verify_jws(conf, token)
   if not header then return nil, payload end
-  local claims = gw.json.decode(payload)
+  local claims = json_decode(payload)
   if type(claims) ~= "table" or claims[1] ~= nil then
     return nil, "token payload is not a JSON object"
   end

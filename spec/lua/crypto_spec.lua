@@ -127,6 +127,85 @@ describe("moongate.crypto", function()
         hex(crypto.hmac("sha256", "", "")))
     end)
 
+    -- HMAC from its definition (RFC 2104) on crypto.digest: the oracle for
+    -- the keyed contexts hmac() keeps per key.
+    local BLOCK = { sha1 = 64, sha256 = 64, sha384 = 128, sha512 = 128 }
+    local function xor_pad(k, byte)
+      return (k:gsub(".", function(c) return string.char(c:byte() ~ byte) end))
+    end
+    local function ref_hmac(alg, key, data)
+      local b = BLOCK[alg]
+      if #key > b then key = crypto.digest(alg, key) end
+      key = key .. string.rep("\0", b - #key)
+      return crypto.digest(alg, xor_pad(key, 0x5c)
+        .. crypto.digest(alg, xor_pad(key, 0x36) .. data))
+    end
+
+    it("gives the same MAC on every call with a key it has seen (kept contexts)", function()
+      local algs = { "sha1", "sha256", "sha384", "sha512" }
+      local keys = { "k1", "k2", string.rep("x", 200), "a\0b", "a\0c", "" }
+      -- interleave keys, digests and data, three rounds: each call must
+      -- start from the key's state, never from the previous call's data
+      for round = 1, 3 do
+        for _, alg in ipairs(algs) do
+          for ki, key in ipairs(keys) do
+            local data = ("data %d %d"):format(round, ki) .. string.rep("z", round * 70)
+            assert.are.equal(hex(ref_hmac(alg, key, data)), hex(crypto.hmac(alg, key, data)))
+          end
+        end
+      end
+    end)
+
+    it("stays correct past its key cache's size (keys evicted and made again)", function()
+      local first = crypto.hmac("sha256", "key-1", "msg")
+      for i = 1, 600 do
+        local key = "key-" .. i
+        assert.are.equal(hex(ref_hmac("sha256", key, "msg")), hex(crypto.hmac("sha256", key, "msg")))
+      end
+      assert.are.equal(first, crypto.hmac("sha256", "key-1", "msg"))
+      assert.are.equal(hex(ref_hmac("sha512", "key-599", "m")), hex(crypto.hmac("sha512", "key-599", "m")))
+    end)
+
+    it("stays correct across garbage collections (kept key states are dropped)", function()
+      local want = hex(ref_hmac("sha384", "gc-key", "data"))
+      for _ = 1, 3 do
+        assert.are.equal(want, hex(crypto.hmac("sha384", "gc-key", "data")))
+        collectgarbage("collect")
+        collectgarbage("collect")
+      end
+      assert.are.equal(want, hex(crypto.hmac("sha384", "gc-key", "data")))
+    end)
+
+    it("hmac_verify: true for the MAC, false for any other string", function()
+      for _, alg in ipairs({ "sha1", "sha256", "sha384", "sha512" }) do
+        local mac = crypto.hmac(alg, "vk", "payload")
+        assert.is_true(crypto.hmac_verify(alg, "vk", "payload", mac))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", mac:sub(1, -2)))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", mac .. "x"))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", ""))
+        local flipped = string.char(mac:byte(1) ~ 1) .. mac:sub(2)
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload", flipped))
+        assert.is_false(crypto.hmac_verify(alg, "other", "payload", mac))
+        assert.is_false(crypto.hmac_verify(alg, "vk", "payload2", mac))
+      end
+      assert.has_error(function() crypto.hmac_verify("sha256", "k", "d") end)
+      assert.has_error(function() crypto.hmac_verify("md5", "k", "d", "m") end)
+      assert.has_error(function() crypto.hmac_verify("sha256", "k", {}, "m") end)
+    end)
+
+    it("hmac and hmac_verify share the key states, past the cache's size too", function()
+      for i = 1, 600 do
+        local key = "shared-" .. i
+        local mac = crypto.hmac("sha256", key, "m")
+        assert.are.equal(hex(ref_hmac("sha256", key, "m")), hex(mac))
+        assert.is_true(crypto.hmac_verify("sha256", key, "m", mac))
+      end
+    end)
+
+    it("takes a number as key or data, as the string it converts to", function()
+      assert.are.equal(crypto.hmac("sha256", "12", "34"), crypto.hmac("sha256", 12, 34))
+    end)
+
     it("raises on an unknown algorithm or a non-string", function()
       assert.has_error(function() crypto.hmac("md5", "k", "d") end)
       assert.has_error(function() crypto.hmac("sha256", nil, "d") end)

@@ -285,3 +285,89 @@ describe("token extraction (plain finds, no per-byte patterns)", function()
     end
   end)
 end)
+
+describe("token shape (split with plain finds, errors as the shape pattern gives them)", function()
+  -- verify_jws splits at the dots and lets the base64url decoder check the
+  -- alphabet; each malformed shape must still get the error the pattern
+  -- ^([%w_-]+)%.([%w_-]*)%.([%w_-]*)$ and the checks after it give.
+  local c = jconf { algorithms = { "HS256" } }
+  local h = b64u('{"alg":"HS256","typ":"JWT"}')
+  local p = b64u('{"sub":"x"}')
+  local input = h .. "." .. p
+  local s = b64u(gw.crypto.hmac("sha256", "k", input))
+  local function hdr(t) return b64u(gw.json.encode(t)) end
+  local cases = {
+    { input .. "." .. s, nil },
+    { "", "malformed token" },
+    { "a.b", "malformed token" },
+    { input .. "." .. s .. ".x", "malformed token" },
+    { "." .. p .. "." .. s, "malformed token" },                 -- empty header
+    { input .. "." .. s .. "=", "malformed token" },             -- padding: the pattern refuses it
+    { gw.base64.encode('{"alg":"HS256" }') .. "." .. p .. "." .. s, "malformed token" }, -- padded
+    { h .. "!." .. p .. "." .. s, "malformed token" },
+    { input .. "." .. s:sub(1, 5) .. "+" .. s:sub(7), "malformed token" },
+    { input .. "." .. s:sub(1, 5) .. "/" .. s:sub(7), "malformed token" },
+    { h .. "." .. p .. "\xc3\xa9." .. s, "malformed token" },
+    { h .. "." .. p .. " ." .. s, "malformed token" },
+    { hdr { alg = "RS256" } .. "." .. p .. ".!!", "malformed token" }, -- shape before alg
+    { "abcde." .. p .. "." .. s, "malformed token header" },      -- 5 chars: not base64
+    { b64u("not json") .. "." .. p .. "." .. s, "malformed token header" },
+    { b64u('"str"') .. "." .. p .. "." .. s, "malformed token header" },
+    { b64u("[1]") .. "." .. p .. "." .. s, "token has no alg" },
+    { hdr { alg = "NoNe" } .. "." .. p .. ".", "unsigned tokens are not accepted" },
+    { hdr { alg = "none " } .. "." .. p .. ".", "algorithm not allowed" },
+    { hdr { alg = "RS256" } .. "." .. p .. "." .. s, "algorithm not allowed" },
+    { hdr { alg = "HS256", crit = { "x" } } .. "." .. p .. "." .. s, "unsupported critical header" },
+    { input .. ".", "bad signature" },
+    { input .. ".abcde", "bad signature" },                     -- 5 chars: not base64
+    { h .. ".abcde." .. s, "malformed token payload" },
+    { h .. ".." .. s, "bad signature" },                        -- empty payload, MAC of h.
+    { input .. "." .. b64u(("x"):rep(32)), "bad signature" },
+  }
+  for i, case in ipairs(cases) do
+    it(("case %d: %s"):format(i, case[2] or "valid"), function()
+      local claims, err = core.verify(c, case[1])
+      if case[2] == nil then
+        assert.is_table(claims)
+        assert.equal("x", claims.sub)
+      else
+        assert.same({ nil, case[2] }, { claims, err })
+      end
+    end)
+  end
+
+  it("parses a header once it was in a verified token, and checks it every time", function()
+    local m = jconf { algorithms = { "HS256" } }
+    local forged = input .. "." .. b64u(("x"):rep(32))
+    assert.same({ nil, "bad signature" }, { core.verify(m, forged) })
+    assert.is_nil(m._jwt.headers[h], "a forged token's header is not remembered")
+    assert.is_table((core.verify(m, input .. "." .. s)))
+    assert.same({ alg = "HS256", typ = "JWT" }, m._jwt.headers[h])
+    -- the remembered header: still the signature, the payload and the claims
+    assert.same({ nil, "bad signature" }, { core.verify(m, forged) })
+    local p2 = b64u('{"sub":"y","exp":1}')
+    local t2 = h .. "." .. p2 .. "." .. b64u(gw.crypto.hmac("sha256", "k", h .. "." .. p2))
+    assert.same({ nil, "token expired" }, { core.verify(m, t2) })
+    assert.same({ nil, "malformed token payload" }, { core.verify(m, h .. ".abcde." .. s) })
+    assert.same({ nil, "malformed token" }, { core.verify(m, h .. ".e30." .. s .. "!") })
+    -- a token of another route's conf (another key) is not helped by it
+    local other = jconf { algorithms = { "HS256" }, secret = "other" }
+    assert.same({ nil, "bad signature" }, { core.verify(other, input .. "." .. s) })
+  end)
+
+  it("remembers a bounded number of headers", function()
+    local m = jconf { algorithms = { "HS256" } }
+    for i = 1, 100 do
+      local hi = b64u(gw.json.encode { alg = "HS256", n = i })
+      local t = hi .. "." .. p .. "." .. b64u(gw.crypto.hmac("sha256", "k", hi .. "." .. p))
+      assert.equal("x", core.verify(m, t).sub)
+      assert.is_true(m._jwt.nheaders <= 32)
+    end
+  end)
+
+  it("takes a valid token with an empty payload part as a bad payload, not a bad shape", function()
+    local e = h .. "."
+    local t = e .. "." .. b64u(gw.crypto.hmac("sha256", "k", e))
+    assert.same({ nil, "token payload is not a JSON object" }, { core.verify(c, t) })
+  end)
+end)
