@@ -10,10 +10,10 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "h1client.h"
 #include "http1.h"
 #include "loop.h"
 
-typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_req mg_req_t;
 
 /* A header set (value) or removed (value NULL) by Lua. Owned strings.
@@ -89,14 +89,14 @@ struct mg_req {
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
-    mg_upconn_t *up;          /* the exchange in progress */
+    mg_h1c_t *up;             /* the exchange in progress (&upx), or NULL */
+    mg_h1c_t upx;             /* the upstream exchange (h1client.h) */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
     int upstream;             /* index into gen->ups */
     char upstream_addr[80];   /* for the access log */
     int tries;                /* failed connects so far */
-    int stale_retries;        /* reused connections found dead */
     uint64_t tried;           /* servers already tried (bit per index) */
     mg_buf_t uhead;           /* the request head as sent upstream */
     unsigned req_chunked : 1; /* body goes up chunk-encoded */

@@ -215,7 +215,7 @@ static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     (void)revents;
     mg_upconn_t *u = w->data;
-    if (u->req == NULL) {
+    if (u->owner == NULL) {
         /* An idle connection has nothing to say: EOF, reset or stray bytes
          * all make it unusable. Over TLS it may have been a session ticket
          * the library consumes by itself. */
@@ -232,7 +232,7 @@ static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
     if (u->tls_wr_wr) {
         u->tls_wr_wr = 0;
         u->ops->on_write(u);
-        if (u->closed || u->req == NULL)
+        if (u->closed || u->owner == NULL)
             return;
     }
     u->ops->on_read(u);
@@ -245,7 +245,7 @@ static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)ev;
     (void)revents;
     mg_upconn_t *u = w->data;
-    if (u->req == NULL) {
+    if (u->owner == NULL) {
         u->tls_rd_ww = 0;
         mg_up_want_write(u, 0);
         return;
@@ -253,7 +253,7 @@ static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
     if (u->tls_rd_ww && !u->connecting) {
         u->tls_rd_ww = 0;
         u->ops->on_read(u);
-        if (u->closed || u->req == NULL)
+        if (u->closed || u->owner == NULL)
             return;
     }
     u->ops->on_write(u);
@@ -264,7 +264,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
     (void)ev;
     (void)revents;
     mg_upconn_t *u = w->data;
-    if (u->req == NULL) {
+    if (u->owner == NULL) {
         mg_up_conn_close(u); /* idle too long */
         return;
     }
@@ -307,7 +307,7 @@ void mg_up_arm_timer(mg_upconn_t *u, double secs)
     ev_timer_start(u->loop->ev, &u->timer);
 }
 
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops,
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *ops,
                        const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];
@@ -322,9 +322,8 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
         sv->nidle--;
         up->nidle--;
         u->reused = 1;
-        u->wrote_any = u->got_any = u->resp_done = 0;
         u->in_use = 1;
-        u->req = req;
+        u->owner = owner;
         u->ops = ops;
         sv->active++;
         return u;
@@ -369,7 +368,7 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
      * connect completed at once. */
     u->connecting = rc != 0 || up->tls != NULL;
     u->in_use = 1;
-    u->req = req;
+    u->owner = owner;
     u->ops = ops;
     sv->active++;
     ev_io_init(&u->rio, rio_cb, fd, EV_READ);
@@ -467,7 +466,7 @@ void mg_up_release(mg_upconn_t *u)
     mg_up_server_t *sv = u->server;
     mg_up_t *up = sv->up;
     mg_loop_t *loop = u->loop;
-    u->req = NULL;
+    u->owner = NULL;
     mg_up_want_write(u, 0);
     /* Beyond `keepalive` idle connections, a few more are kept for a
      * moment: under a burst (more requests in flight than `keepalive`) the
@@ -539,7 +538,7 @@ void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out)
     u->fd = -1;
     u->ssl = NULL;
     u->wbuf = (mg_buf_t){ 0 };
-    u->req = NULL;
+    u->owner = NULL;
     mg_up_conn_close(u);
 }
 
