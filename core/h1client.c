@@ -387,14 +387,10 @@ int mg_h1c_send(mg_h1c_t *x, const char *p, size_t n)
 {
     mg_upconn_t *u = x->u;
     mg_buf_t *w = &u->wbuf;
-    if (x->chunked) {
-        mg_buf_putx(w, n);
-        mg_buf_append(w, "\r\n", 2);
+    if (x->chunked)
+        mg_h1_put_chunk(w, p, n);
+    else
         mg_buf_append(w, p, n);
-        mg_buf_append(w, "\r\n", 2);
-    } else {
-        mg_buf_append(w, p, n);
-    }
     if (w->failed) { /* a piece is missing: the request cannot go on */
         fail(x, MG_H1C_NOMEM, "out of memory queueing the request body", 0);
         return -1;

@@ -356,14 +356,10 @@ static int r_on_body(void *ud, const char *p, size_t n)
         return -1;
     mg_buf_t *o = r->held ? &r->hold : &r->conn->wbuf;
     size_t before = o->len;
-    if (r->resp_chunked) {
-        mg_buf_putx(o, n);
-        mg_buf_append(o, "\r\n", 2);
+    if (r->resp_chunked)
+        mg_h1_put_chunk(o, p, n);
+    else
         mg_buf_append(o, p, n);
-        mg_buf_append(o, "\r\n", 2);
-    } else {
-        mg_buf_append(o, p, n);
-    }
     if (o->failed) { /* the rest cannot follow a missing piece: the exchange fails */
         mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
         return -1;
