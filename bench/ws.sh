@@ -14,7 +14,12 @@
 #            per second in the measured window, after BENCH_WARMUP seconds
 #   idle     bench/ws_load.py idle: BENCH_WS_IDLE tunnels (10000) opened, one
 #            echo each, then held; the gateway's resident memory (VmRSS of
-#            every process in its cgroup) is read while they are open
+#            every process in its cgroup) is read while they are open. A
+#            tunnel holds two fds in the gateway; when one process may not
+#            hold 2 x BENCH_WS_IDLE (ulimit -n), moongate and nginx are
+#            restarted for this phase with BENCH_WS_IDLE_WORKERS (default 2)
+#            workers, and HAProxy (one process) gets what its fds allow
+#            (the table says how many were open; compare KiB per tunnel)
 #   targets  moongate (peers/moongate-ws.lua.in), nginx (peers/nginx-ws.conf.in),
 #            haproxy (peers/haproxy-ws.cfg.in); BENCH_TARGETS picks a subset
 #
@@ -27,7 +32,7 @@
 # Environment: lib.sh's (BENCH_DURATION, BENCH_ROUNDS, BENCH_CONNS,
 # BENCH_CPU_LIMIT, BENCH_PROXY_CPU, BENCH_LOAD_CPU, BENCH_KEEP, MOONGATE_BIN,
 # NGINX, ...) plus BENCH_WS_SIZES, BENCH_WS_WINDOW [16], BENCH_WS_IDLE,
-# BENCH_TARGETS, HAPROXY [haproxy], PYTHON [/usr/bin/python3].
+# BENCH_WS_IDLE_WORKERS, BENCH_TARGETS, HAPROXY [haproxy], PYTHON [/usr/bin/python3].
 set -u
 BENCH_NAME=ws
 DEFAULT_CONNS=100
@@ -45,8 +50,14 @@ PY=${PYTHON:-/usr/bin/python3}
 LOAD="$WS_DIR/ws_load.py"
 
 bench_init
-[ "$NOFILE" -ge $(( IDLE_N * 2 + 1024 )) ] ||
-  log "warning: ulimit -n is $NOFILE; $IDLE_N idle tunnels need about $(( IDLE_N * 2 + 1024 )) per process"
+IDLE_WORKERS=1
+if [ "$NOFILE" -lt $(( IDLE_N * 2 + 1024 )) ]; then
+  IDLE_WORKERS=${BENCH_WS_IDLE_WORKERS:-2}
+  log "ulimit -n is $NOFILE; $IDLE_N idle tunnels need about $(( IDLE_N * 2 + 1024 )) fds in one process: moongate and nginx hold them with $IDLE_WORKERS workers"
+fi
+# HAProxy is one process: two fds per connection pair, and a few of its own
+HA_MAXCONN=$(( IDLE_N + 1000 ))
+[ "$HA_MAXCONN" -le $(( (NOFILE - 64) / 2 )) ] || HA_MAXCONN=$(( (NOFILE - 64) / 2 ))
 
 mg_out() { grep -qs "^MGWS listening" "$WORK/origin.out"; }
 
@@ -59,30 +70,32 @@ log "origin on 127.0.0.1:${PORT[origin]} (pid ${PID[origin]}, CPU $LOAD_CPU)"
 # ---- the gateways
 port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ACTIVE=""
-start_target() {  # name
-  local t=$1 conf="$WORK/$1.conf"
-  free_port "$t"
+start_target() {  # name [workers [as]]: start gateway `name` (as process/cgroup `as`)
+  local t=$1 workers=${2:-1} as=${3:-$1} conf="$WORK/${3:-$1}.conf"
+  free_port "$as"
   case $t in
     moongate)
       [ -x "$MOONGATE_BIN" ] || { log "moongate: not built ($MOONGATE_BIN)"; return 1; }
-      subst "$WS_DIR/peers/moongate-ws.lua.in" "$conf" PORT="${PORT[$t]}" UPPORT="${PORT[origin]}"
-      start_bg "$t" gw "$MOONGATE_BIN" -c "$conf" ;;
+      subst "$WS_DIR/peers/moongate-ws.lua.in" "$conf" PORT="${PORT[$as]}" UPPORT="${PORT[origin]}" \
+        WORKERS="$workers"
+      start_bg "$as" gw "$MOONGATE_BIN" -c "$conf" ;;
     nginx)
       command -v "$NGINX" >/dev/null || { log "nginx: not installed"; return 1; }
-      subst "$WS_DIR/peers/nginx-ws.conf.in" "$conf" PREFIX="$WORK" PORT="${PORT[$t]}" \
-        UPPORT="${PORT[origin]}" NOFILE="$NOFILE"
+      subst "$WS_DIR/peers/nginx-ws.conf.in" "$conf" PREFIX="$WORK" PORT="${PORT[$as]}" \
+        UPPORT="${PORT[origin]}" NOFILE="$NOFILE" WORKERS="$workers"
+      sed -i "s#nginx-ws.pid#$as.pid#" "$conf"
       mkdir -p "$WORK/nginx-ws-tmp"
-      start_bg "$t" gw "$NGINX" -p "$WORK/" -c "$conf" -e "$WORK/nginx-ws-error.log" ;;
+      start_bg "$as" gw "$NGINX" -p "$WORK/" -c "$conf" -e "$WORK/$as-error.log" ;;
     haproxy)
       command -v "$HAPROXY" >/dev/null || { log "haproxy: not installed"; return 1; }
-      subst "$WS_DIR/peers/haproxy-ws.cfg.in" "$conf" PORT="${PORT[$t]}" \
-        UPPORT="${PORT[origin]}" MAXCONN=$(( IDLE_N + 1000 ))
-      start_bg "$t" gw "$HAPROXY" -db -f "$conf" ;;
+      subst "$WS_DIR/peers/haproxy-ws.cfg.in" "$conf" PORT="${PORT[$as]}" \
+        UPPORT="${PORT[origin]}" MAXCONN="$HA_MAXCONN"
+      start_bg "$as" gw "$HAPROXY" -db -f "$conf" ;;
     *) die "unknown target '$t' (moongate, nginx, haproxy)" ;;
   esac
-  if ! wait_until "$t" port_answers "${PORT[$t]}"; then proc_failed "$t"; return 1; fi
-  ACTIVE="$ACTIVE $t"
-  log "$t on 127.0.0.1:${PORT[$t]} (pid ${PID[$t]})"
+  if ! wait_until "$as" port_answers "${PORT[$as]}"; then proc_failed "$as"; return 1; fi
+  [ "$as" = "$t" ] && ACTIVE="$ACTIVE $t"
+  log "$t on 127.0.0.1:${PORT[$as]} (pid ${PID[$as]}, $workers worker(s))"
 }
 for t in $WS_TARGETS; do start_target "$t" || true; done
 [ -n "$ACTIVE" ] || die "no gateway started"
@@ -137,10 +150,22 @@ done
 
 # ---- idle tunnels
 declare -A IDLE_RSS=() BASE_RSS=() IDLE_OK=()
+declare -A IDLE_AS=()
 for t in $ACTIVE; do
   kill -0 "${PID[$t]}" 2>/dev/null || continue
-  BASE_RSS[$t]=$(rss_now "$t")
-  taskset -c "$LOAD_CPU" "$PY" "$LOAD" idle --port "${PORT[$t]}" --conns "$IDLE_N" \
+  a=$t
+  if [ "$IDLE_WORKERS" -gt 1 ] && [ "$t" != haproxy ]; then
+    # the rate phase's single-worker process makes way for a multi-worker one
+    stop_pid "${PID[$t]}"
+    a=${t}_idle
+    start_target "$t" "$IDLE_WORKERS" "$a" || { IDLE_RSS[$t]=failed; continue; }
+    sleep 1 # the workers' own start-up allocations settle before the baseline
+  fi
+  IDLE_AS[$t]=$a
+  n=$IDLE_N
+  [ "$t" = haproxy ] && [ "$n" -gt $(( HA_MAXCONN - 50 )) ] && n=$(( HA_MAXCONN - 50 ))
+  BASE_RSS[$t]=$(rss_now "$a")
+  taskset -c "$LOAD_CPU" "$PY" "$LOAD" idle --port "${PORT[$a]}" --conns "$n" \
     >"$WORK/idle-$t.out" 2>>"$WORK/client.err" &
   IPID=$!
   deadline=$(( $(date +%s) + 60 + IDLE_N / 200 ))
@@ -148,7 +173,7 @@ for t in $ACTIVE; do
         [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
   if grep -q '^MGWS ready' "$WORK/idle-$t.out"; then
     sleep 1
-    IDLE_RSS[$t]=$(rss_now "$t")
+    IDLE_RSS[$t]=$(rss_now "$a")
     IDLE_OK[$t]=$(awk '/^MGWS ready/{print $3}' "$WORK/idle-$t.out")
     log "$t: ${IDLE_OK[$t]} idle tunnels open (of $IDLE_N), RSS ${IDLE_RSS[$t]} KiB (before: ${BASE_RSS[$t]} KiB)"
   else
@@ -156,6 +181,7 @@ for t in $ACTIVE; do
     log "$t: idle tunnels failed: $(head -c 300 "$WORK/idle-$t.out")"; tail_log "$WORK/client.err"
   fi
   stop_pid "$IPID"
+  [ "$a" != "$t" ] && stop_pid "${PID[$a]}"
   sleep "$PAUSE"
 done
 
@@ -183,13 +209,14 @@ REPORT="$WORK/report.md"
     done
   done
   echo
-  echo "| idle tunnels (of $IDLE_N asked) | open | RSS KiB (all processes of the gateway) | before KiB | KiB per tunnel |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| idle tunnels (of $IDLE_N asked) | workers | open | RSS KiB (all processes of the gateway) | before KiB | KiB per tunnel |"
+  echo "|---|---:|---:|---:|---:|---:|"
   for t in $ACTIVE; do
     per=-
     [[ ${IDLE_RSS[$t]:-} =~ ^[0-9]+$ ]] && [ "${IDLE_OK[$t]:-0}" -gt 0 ] &&
       per=$(awk -v a="${IDLE_RSS[$t]}" -v b="${BASE_RSS[$t]}" -v n="${IDLE_OK[$t]}" 'BEGIN{printf "%.2f", (a - b) / n}')
-    echo "| $t | ${IDLE_OK[$t]:--} | ${IDLE_RSS[$t]:--} | ${BASE_RSS[$t]:--} | $per |"
+    w=1; [ "${IDLE_AS[$t]:-$t}" != "$t" ] && w=$IDLE_WORKERS
+    echo "| $t | $w | ${IDLE_OK[$t]:--} | ${IDLE_RSS[$t]:--} | ${BASE_RSS[$t]:--} | $per |"
   done
   echo
   echo "Command: \`$(run_cmd ws.sh) # BENCH_WS_SIZES=\"$SIZES\" BENCH_WS_WINDOW=$WINDOW BENCH_WS_IDLE=$IDLE_N\`"

@@ -98,6 +98,25 @@ static void wsf_feed(wsf_t *f, const unsigned char *p, size_t n)
             n -= k;
             continue;
         }
+        if (f->hn == 0 && n >= 2) {
+            /* fast path: the whole header is in this read (the usual case) */
+            unsigned len7 = p[1] & 0x7f;
+            size_t need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((p[1] & 0x80) ? 4 : 0);
+            if (n >= need) {
+                uint64_t len = len7;
+                if (len7 == 126)
+                    len = (uint64_t)p[2] << 8 | p[3];
+                else if (len7 == 127)
+                    for (int i = 0; i < 8; i++)
+                        len = len << 8 | p[2 + i];
+                if ((p[0] & 0x0f) == 8)
+                    f->closed = 1;
+                f->left = len;
+                p += need;
+                n -= need;
+                continue;
+            }
+        }
         f->hdr[f->hn++] = *p++;
         n--;
         if (f->hn < 2)
