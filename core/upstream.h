@@ -13,6 +13,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http1.h"
+#include "sock.h"
 
 typedef struct mg_loop mg_loop_t;
 typedef struct mg_up mg_up_t;
@@ -62,7 +63,7 @@ struct mg_upconn {
     const mg_upconn_ops_t *ops;
     mg_loop_t *loop;
     mg_up_server_t *server;
-    int fd;
+    mg_sock_t sock;            /* fd and TLS state (sock.ssl NULL on plain TCP) */
     ev_io rio, wio;
     ev_timer timer;            /* connect, read and idle timeouts */
     mg_buf_t wbuf;             /* request bytes not yet written */
@@ -72,7 +73,6 @@ struct mg_upconn {
     mg_upconn_t *next;         /* idle list */
     double last_io;
     unsigned dns_gen;          /* the server name's answer count when connected (dns.h) */
-    struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
     unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
     unsigned handshaking : 1;  /* connected; the TLS handshake runs */
     unsigned reused : 1;       /* came from the idle pool */
@@ -81,9 +81,6 @@ struct mg_upconn {
     unsigned rio_on : 1, wio_on : 1;
     unsigned read_paused : 1;
     unsigned closed_by_peer : 1;
-    unsigned tls_more : 1;     /* decrypted bytes wait inside OpenSSL */
-    unsigned tls_rd_ww : 1;    /* a TLS read waits for the socket to be writable */
-    unsigned tls_wr_wr : 1;    /* a TLS write waits for it to be readable */
 };
 
 /* Sets up the pool; with cfg->tls, also its TLS context (CA file read
@@ -132,21 +129,21 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
  * errno (0 for a TLS failure). */
 int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno);
 
-/* The transport: read(2)/send(2) on plain TCP (exactly those syscalls),
- * through OpenSSL on TLS connections. Same results as read/send. */
+/* The transport (sock.h): recv(2)/send(2) on plain TCP (exactly those
+ * syscalls), through OpenSSL on TLS connections, with the watchers a TLS
+ * read needing writability arms. Same results as recv/send. */
 ssize_t mg_up_tls_recv(mg_upconn_t *u, void *p, size_t n);
-ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n);
 static inline ssize_t mg_up_recv(mg_upconn_t *u, void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return recv(u->fd, p, n, 0); /* recv: skips the VFS layer of read() */
+    if (u->sock.ssl == NULL)
+        return recv(u->sock.fd, p, n, 0); /* recv: skips the VFS layer of read() */
     return mg_up_tls_recv(u, p, n);
 }
 static inline ssize_t mg_up_send(mg_upconn_t *u, const void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return send(u->fd, p, n, MSG_NOSIGNAL);
-    return mg_up_tls_send(u, p, n);
+    /* TLS: a write needing readability sets sock.wr_wr; the caller's
+     * want_write(1) then waits for rio */
+    return mg_sock_send(&u->sock, p, n);
 }
 
 /* Starts/stops the write watcher; pauses/resumes reading. */
