@@ -1,7 +1,7 @@
 /* The proxy exchange between one request and one upstream connection.
  *
  * The exchange itself (writing the request, parsing the response, the
- * stale-connection replay) runs in h1client.c on r->upx; r->up points at it
+ * stale-connection replay) runs in h1client.c on r->exchange; r->up points at it
  * while it runs. This file builds the request head, picks servers (retries
  * a failed connect on the next one, passive health), turns the response
  * into the client's and failures into 502/504, and hands a 101 over to a
@@ -575,7 +575,7 @@ static void x_on_error(void *ud, const mg_h1c_error_t *e)
 {
     mg_req_t *r = ud;
     mg_loop_t *loop = r->loop;
-    mg_h1c_t *x = &r->upx;
+    mg_h1c_t *x = &r->exchange;
     r->up = NULL;
     int kind = e->code == MG_H1C_TIMEOUT ? (e->connecting ? FAIL_CONNECT_TIMEOUT : FAIL_TIMEOUT)
                : e->connecting           ? FAIL_CONNECT
@@ -630,7 +630,7 @@ static void proxy_attach(mg_req_t *r)
             s = mg_up_pick(up, hash, r->tried);
         }
         if (s < 0) {
-            mg_h1c_cancel(&r->upx);
+            mg_h1c_cancel(&r->exchange);
             mg_req_error(r, 503, "no healthy upstream");
             return;
         }
@@ -638,13 +638,13 @@ static void proxy_attach(mg_req_t *r)
             r->tried |= (uint64_t)1 << s;
         snprintf(r->upstream_addr, sizeof r->upstream_addr, "%s", up->servers[s].addr->text);
         const char *err = NULL;
-        int rc = mg_h1c_attach(&r->upx, up, s, &err);
+        int rc = mg_h1c_attach(&r->exchange, up, s, &err);
         mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
                      r->upstream_addr, r->tries + 1,
                      rc != MG_OK ? (err ? err : "connect failed")
-                     : r->upx.u->connecting ? "connecting" : "idle keep-alive connection");
+                     : r->exchange.u->connecting ? "connecting" : "idle keep-alive connection");
         if (rc == MG_ENOMEM) {
-            mg_h1c_cancel(&r->upx);
+            mg_h1c_cancel(&r->exchange);
             mg_log_error("out of memory queueing the upstream request");
             mg_req_error(r, 500, "internal error");
             return;
@@ -656,11 +656,11 @@ static void proxy_attach(mg_req_t *r)
                 r->loop->stats.up_retries++;
                 continue;
             }
-            mg_h1c_cancel(&r->upx);
+            mg_h1c_cancel(&r->exchange);
             respond_fail(r, FAIL_CONNECT, err ? err : "connect failed");
             return;
         }
-        r->up = &r->upx;
+        r->up = &r->exchange;
         return;
     }
 }
@@ -683,7 +683,7 @@ void mg_proxy_start(mg_req_t *r, int upstream)
         return;
     }
     const mg_cfg_upstream_t *cfg = r->gen->ups[upstream].cfg;
-    mg_h1c_t *x = &r->upx;
+    mg_h1c_t *x = &r->exchange;
     mg_h1c_init(x, &x_cbs, r, &r->uhead, r->uhead.len, r->body_done && !r->has_body);
     x->chunked = r->req_chunked;
     x->idempotent = idempotent(r->head->method);

@@ -89,8 +89,8 @@ struct mg_req {
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
-    mg_h1c_t *up;             /* the exchange in progress (&upx), or NULL */
-    mg_h1c_t upx;             /* the upstream exchange (h1client.h) */
+    mg_h1c_t *up;             /* the exchange in progress (&exchange), or NULL */
+    mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
