@@ -13,11 +13,12 @@ import threading
 
 import pytest
 
-from conftest import Raw, config, proxy_config, request
+from conftest import Client, Raw, config, proxy_config, request, wait_for
 
 
 class ClosingServer:
-    def __init__(self):
+    def __init__(self, close_on_head=False):
+        self.close_on_head = close_on_head  # close when the 2nd head arrived, before its body
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -60,6 +61,10 @@ class ClosingServer:
                     k, _, v = line.partition(b":")
                     if k.strip().lower() == b"content-length":
                         cl = int(v)
+                if n == 1 and self.close_on_head:
+                    with self.lock:
+                        self.seen.append((serial, method.decode(), path.decode(), None))
+                    return
                 while len(buf) < cl:
                     d = c.recv(65536)
                     if not d:
@@ -78,6 +83,10 @@ class ClosingServer:
         finally:
             c.close()
 
+    def connections(self):
+        with self.lock:
+            return self.serial
+
     def requests_for(self, path):
         with self.lock:
             return [s for s in self.seen if s[2] == path]
@@ -89,6 +98,13 @@ class ClosingServer:
 @pytest.fixture
 def closing_server():
     s = ClosingServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def head_closing_server():
+    s = ClosingServer(close_on_head=True)
     yield s
     s.stop()
 
@@ -124,6 +140,23 @@ def test_proxy_replays_post_without_body(gateway, closing_server):
     assert r.status == 200, r
     assert r.body == b"conn 2 req 1"
     assert [s[0] for s in closing_server.requests_for("/ping")] == [1, 2]
+
+
+def test_proxy_replays_post_whose_body_had_not_left(gateway, head_closing_server):
+    # The server closes the pooled connection when the POST's head arrives;
+    # its body is still with the client, so nothing of it left: replayed.
+    srv = head_closing_server
+    g = gateway(proxy_config([srv.addr], keepalive=4))
+    assert request(g.port, "GET", "/a").body == b"conn 1 req 1"
+    with Client(g.port) as c:
+        c.send(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        # the replay opens connection 2 before the body exists
+        wait_for(lambda: srv.connections() == 2, what="the replay's fresh connection")
+        c.send(b"body")
+        r = c.read_response()
+    assert r.status == 200, r
+    assert r.body == b"conn 2 req 1"
+    assert srv.requests_for("/late") == [(1, "POST", "/late", None), (2, "POST", "/late", b"body")]
 
 
 HANDLER = """function(req)
