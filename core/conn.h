@@ -26,6 +26,7 @@ typedef struct mg_conn {
     ev_io rio, wio;
     ev_timer timer;
     double deadline_at;      /* when the current timeout fires */
+    double armed_at;         /* when the timer is due (<= deadline_at; see set_timeout) */
     int timeout_kind;        /* MG_CONN_T_* */
     mg_buf_t rbuf;           /* bytes read but not parsed yet (pipelining) */
     mg_buf_t wbuf;           /* bytes queued for the client */

@@ -636,7 +636,10 @@ static void proxy_attach(mg_req_t *r)
         }
         if (s < 64)
             r->tried |= (uint64_t)1 << s;
-        snprintf(r->upstream_addr, sizeof r->upstream_addr, "%s", up->servers[s].addr->text);
+        const char *at = up->servers[s].addr->text;
+        size_t an = strnlen(at, sizeof r->upstream_addr - 1);
+        memcpy(r->upstream_addr, at, an); /* for the log: no printf per request */
+        r->upstream_addr[an] = '\0';
         const char *err = NULL;
         int rc = mg_h1c_attach(&r->exchange, up, s, &err);
         mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,

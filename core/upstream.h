@@ -66,6 +66,7 @@ struct mg_upconn {
     mg_sock_t sock;            /* fd and TLS state (sock.ssl NULL on plain TCP) */
     ev_io rio, wio;
     ev_timer timer;            /* connect, read and idle timeouts */
+    double deadline, armed_at; /* the timeout's time, and when the timer is due (mg_up_arm_timer) */
     mg_buf_t wbuf;             /* request bytes not yet written */
     mg_h1_t h1;                /* response parser */
     mg_h1_head_t head;         /* response head store */
