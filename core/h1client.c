@@ -143,6 +143,20 @@ static void finish(mg_h1c_t *x, int leftover)
 
 static int replay(mg_h1c_t *x);
 
+/* How many of msg's bytes may have been written for the request to still
+ * go again unchanged (h1client.h's replay rule). */
+static size_t replay_limit(mg_h1c_t *x)
+{
+    if (x->idempotent)
+        return x->msg->len;
+    if (x->head_len == MG_H1C_FIND_HEAD) {
+        const char *p = mg_buf_data(x->msg);
+        const char *e = x->msg->len ? memmem(p, x->msg->len, "\r\n\r\n", 4) : NULL;
+        x->head_len = e ? (size_t)(e + 4 - p) : x->msg->len;
+    }
+    return x->head_len;
+}
+
 /* Fails the attachment. `io`: a socket read or write failed (or the server
  * closed), the one kind of failure a replay answers. */
 static void fail(mg_h1c_t *x, mg_h1c_err_t code, const char *why, int io)
@@ -153,7 +167,7 @@ static void fail(mg_h1c_t *x, mg_h1c_err_t code, const char *why, int io)
      * request can go again unchanged (every written byte is still in msg;
      * with a non-idempotent request, no body byte was written) */
     if (io && u->reused && !x->got_any && !x->replayed && !u->connecting &&
-        x->wrote <= (x->idempotent ? x->msg->len : x->head_len) && replay(x) == MG_OK)
+        x->wrote <= replay_limit(x) && replay(x) == MG_OK)
         return;
     unlink_conn(x);
     if (e.connecting || x->wrote == 0) {
@@ -246,12 +260,13 @@ static void x_on_write(mg_upconn_t *u)
     if (u->connecting) {
         /* the TCP connect, then for TLS the handshake (its read events come
          * here too): both are "connecting" */
+        char err[256]; /* on_error runs before this returns */
         int sys_errno;
-        int rc = mg_up_connect_step(u, x->errbuf, sizeof x->errbuf, &sys_errno);
+        int rc = mg_up_connect_step(u, err, sizeof err, &sys_errno);
         if (rc == MG_EAGAIN)
             return;
         if (rc != MG_OK) {
-            fail(x, sys_errno ? errno_code(sys_errno) : MG_H1C_TLS, x->errbuf, 0);
+            fail(x, sys_errno ? errno_code(sys_errno) : MG_H1C_TLS, err, 0);
             return;
         }
         mg_log_debug("upstream %s: connection ready, sending the request", u->server->addr->text);
@@ -328,18 +343,6 @@ static void x_on_timer(mg_upconn_t *u)
 }
 
 /* --- API ------------------------------------------------------------------- */
-
-void mg_h1c_init(mg_h1c_t *x, const mg_h1c_cbs_t *cb, void *ud, const mg_buf_t *msg,
-                 size_t head_len, int body_end)
-{
-    mg_buf_free(&x->carry);
-    memset(x, 0, offsetof(mg_h1c_t, errbuf));
-    x->cb = cb;
-    x->ud = ud;
-    x->msg = msg;
-    x->head_len = head_len;
-    x->body_end = body_end ? 1 : 0;
-}
 
 int mg_h1c_attach(mg_h1c_t *x, mg_up_t *up, int s, const char **err)
 {
@@ -424,7 +427,8 @@ void mg_h1c_pause_read(mg_h1c_t *x, int pause)
 
 void mg_h1c_cancel(mg_h1c_t *x)
 {
-    mg_buf_free(&x->carry);
+    if (x->carry.base)
+        mg_buf_free(&x->carry);
     if (x->u)
         mg_up_conn_close(unlink_conn(x));
 }

@@ -98,7 +98,7 @@ typedef struct mg_h1c {
     mg_upconn_t *u;          /* the connection, while attached */
     mg_up_server_t *server;  /* its server (kept after a failure: passive health) */
     const mg_buf_t *msg;     /* the owner's request bytes, kept until the exchange ends */
-    size_t head_len;         /* the head's length in msg */
+    size_t head_len;         /* the head's length in msg (or MG_H1C_FIND_HEAD) */
     size_t wrote;            /* bytes written on this connection */
     mg_buf_t carry;          /* the unsent bytes of a failed attempt */
     double connect_timeout;  /* seconds; 0: none (the owner has its own deadline) */
@@ -114,13 +114,31 @@ typedef struct mg_h1c {
     unsigned got_any : 1;    /* some response bytes arrived on this connection */
     unsigned resp_done : 1;  /* the response was parsed to its end */
     unsigned replayed : 1;   /* already sent again once */
-    char errbuf[256];        /* a connect's or handshake's failure text */
 } mg_h1c_t;
+
+/* Where the head ends in msg is looked up (at its blank line) only when a
+ * replay is considered: a caller that wrote head and body into one buffer
+ * passes this as head_len instead of scanning every request. */
+#define MG_H1C_FIND_HEAD ((size_t)-1)
 
 /* Sets up an exchange: msg[0..head_len) is the head, the rest of msg body
  * bytes; body_end: nothing more will come through mg_h1c_send. */
-void mg_h1c_init(mg_h1c_t *x, const mg_h1c_cbs_t *cb, void *ud, const mg_buf_t *msg,
-                 size_t head_len, int body_end);
+static inline void mg_h1c_init(mg_h1c_t *x, const mg_h1c_cbs_t *cb, void *ud,
+                               const mg_buf_t *msg, size_t head_len, int body_end)
+{
+    /* what each attempt sets afresh is left to mg_h1c_attach */
+    if (x->carry.base)
+        mg_buf_free(&x->carry);
+    x->cb = cb;
+    x->ud = ud;
+    x->u = NULL;
+    x->server = NULL;
+    x->msg = msg;
+    x->head_len = head_len;
+    x->connect_timeout = x->read_timeout = 0;
+    x->idempotent = x->chunked = x->replayed = 0;
+    x->body_end = body_end ? 1 : 0;
+}
 /* Runs the exchange on a connection to server s of up (idle or new): the
  * carried bytes of a failed attempt, else the message, go out. MG_OK, or
  * an error with *err saying why (no connection; nothing was called). */

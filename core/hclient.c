@@ -559,11 +559,9 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     hc->ud = ud;
     hc->head_req = o->head ? 1 : 0;
     hc->max_body = o->max_body;
-    /* the whole request is in hc->req: where its head ends decides whether
-     * a non-idempotent request may be replayed (h1client.h) */
-    const char *rq = mg_buf_data(&hc->req);
-    const char *eoh = hc->req.len ? memmem(rq, hc->req.len, "\r\n\r\n", 4) : NULL;
-    mg_h1c_init(&hc->x, &x_cbs, hc, &hc->req, eoh ? (size_t)(eoh + 4 - rq) : hc->req.len, 1);
+    /* the whole request is in hc->req; where its head ends matters only
+     * when a replay is considered */
+    mg_h1c_init(&hc->x, &x_cbs, hc, &hc->req, MG_H1C_FIND_HEAD, 1);
     hc->x.idempotent = o->idempotent ? 1 : 0;
     const char *err;
     if (!need_lookup(ctx, origin)) {
