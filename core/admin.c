@@ -1,4 +1,5 @@
 #include "admin.h"
+#include "health.h"
 #include "log.h"
 #include "worker.h"
 #include "metrics.h"
@@ -8,22 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* JSON string escaping for the few strings we put in answers. */
-static void json_str(mg_buf_t *b, const char *s)
-{
-    mg_buf_append(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            mg_buf_printf(b, "\\%c", c);
-        else if (c < 0x20)
-            mg_buf_printf(b, "\\u%04x", c);
-        else
-            mg_buf_append(b, s, 1);
-    }
-    mg_buf_append(b, "\"", 1);
-}
 
 static void status_json(mg_req_t *r)
 {
@@ -47,12 +32,14 @@ static void status_json(mg_req_t *r)
         if (m->last_reload_ok)
             mg_buf_printf(&b, "null}");
         else {
-            json_str(&b, m->last_reload_error);
+            mg_buf_json_str(&b, m->last_reload_error);
             mg_buf_printf(&b, "}");
         }
     }
-    mg_buf_printf(&b, ",\"connections\":%d,\"requests_active\":%d,\"lua_memory\":%zu}\n",
+    mg_buf_printf(&b, ",\"connections\":%d,\"requests_active\":%d,\"lua_memory\":%zu,",
                   loop->stats.conns, loop->stats.active, loop->lua_mem);
+    mg_health_status_json(loop, &b);
+    mg_buf_puts(&b, "}\n");
     mg_req_respond(r, 200, "application/json", b.base, b.len, NULL);
     mg_buf_free(&b);
 }
@@ -64,7 +51,7 @@ static void answer_reload(mg_req_t *r, int ok, unsigned gen, const char *err)
         mg_buf_printf(&b, "{\"ok\":true,\"generation\":%u}\n", gen);
     } else {
         mg_buf_printf(&b, "{\"ok\":false,\"error\":");
-        json_str(&b, err);
+        mg_buf_json_str(&b, err);
         mg_buf_printf(&b, "}\n");
     }
     mg_req_respond(r, ok ? 200 : 400, "application/json", b.base, b.len, NULL);
@@ -140,7 +127,11 @@ void mg_admin_handle(mg_req_t *r)
         }
         size_t len = 0;
         char *text = r->loop->met_shm ? mg_met_render(r->loop->met_shm, MG_VERSION, &len) : NULL;
-        mg_req_respond(r, 200, "text/plain; version=0.0.4", text ? text : "", len, NULL);
+        mg_buf_t b = { 0 };
+        mg_buf_append(&b, text ? text : "", len);
+        mg_health_metrics(r->loop, &b);
+        mg_req_respond(r, 200, "text/plain; version=0.0.4", b.base ? b.base : "", b.len, NULL);
+        mg_buf_free(&b);
         free(text);
     } else if (MG_STR_EQ_CI(p, "/status")) {
         if (m != HTTP_GET && m != HTTP_HEAD) {

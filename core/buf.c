@@ -135,3 +135,18 @@ int mg_buf_putx(mg_buf_t *b, unsigned long long v)
     } while (v);
     return mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
 }
+
+void mg_buf_json_str(mg_buf_t *b, const char *s)
+{
+    mg_buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            mg_buf_printf(b, "\\%c", c);
+        else if (c < 0x20)
+            mg_buf_printf(b, "\\u%04x", c);
+        else
+            mg_buf_append(b, s, 1);
+    }
+    mg_buf_append(b, "\"", 1);
+}

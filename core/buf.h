@@ -60,4 +60,7 @@ void mg_buf_rollback(mg_buf_t *b, size_t len);
 /* Frees the allocation; NULL-tolerant and idempotent. */
 void mg_buf_free(mg_buf_t *b);
 
+/* Appends s as a JSON string (quoted; " \\ and control characters escaped). */
+void mg_buf_json_str(mg_buf_t *b, const char *s);
+
 #endif

@@ -559,6 +559,82 @@ static void walk_upstream_tls(lua_State *L, walk_t *w, const char *where, mg_cfg
     }
 }
 
+/* The upstream's `health` table (active checks, health.c): `true` takes
+ * every default; the upstream's table is at the top of the stack. */
+static void walk_upstream_health(lua_State *L, walk_t *w, const char *uwhere,
+                                 mg_cfg_upstream_t *u)
+{
+    mg_cfg_health_t *h = &u->health;
+    lua_getfield(L, -1, "health");
+    int t = lua_type(L, -1);
+    if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+        lua_pop(L, 1);
+        return;
+    }
+    char where[200];
+    snprintf(where, sizeof where, "%s.health", uwhere);
+    /* defaults: HAProxy's (inter 2s, rise 2, fall 3), nginx's 2xx/3xx */
+    h->on = 1;
+    h->interval = 2;
+    h->timeout = 1;
+    h->rise = 2;
+    h->fall = 3;
+    h->status_lo = 200;
+    h->status_hi = 399;
+    if (t == LUA_TBOOLEAN) {
+        h->path = xstrdup("/");
+        lua_pop(L, 1);
+        if (h->path == NULL)
+            luaL_error(L, "out of memory");
+        return;
+    }
+    if (t != LUA_TTABLE)
+        cfg_fail(L, w, "health", "%s: expected a table or true, got %s", where,
+                 luaL_typename(L, -1));
+    static const char *const keys[] = { "type", "path", "host", "interval", "timeout",
+                                        "rise", "fall", "status", NULL };
+    check_keys(L, w, where, keys);
+    char *type = opt_string(L, w, where, "type", "http");
+    h->tcp = strcmp(type, "tcp") == 0;
+    int known = h->tcp || strcmp(type, "http") == 0;
+    free(type);
+    if (!known)
+        cfg_fail(L, w, "type", "%s.type: expected \"http\" or \"tcp\"", where);
+    static const char *const http_only[] = { "path", "host", "status", NULL };
+    for (const char *const *o = http_only; *o && h->tcp; o++)
+        if (field_type(L, *o) != LUA_TNIL)
+            cfg_fail(L, w, *o, "%s.%s: a tcp check sends no request (needs type = \"http\")",
+                     where, *o);
+    h->path = opt_string(L, w, where, "path", "/");
+    if (h->path[0] != '/' || strpbrk(h->path, " \t\r\n") != NULL || strlen(h->path) > 1024)
+        cfg_fail(L, w, "path", "%s.path: expected a path starting with '/', without spaces",
+                 where);
+    h->host = opt_string(L, w, where, "host", NULL);
+    if (h->host && (h->host[0] == '\0' || strpbrk(h->host, " \t\r\n") != NULL ||
+                    strlen(h->host) > 255))
+        cfg_fail(L, w, "host", "%s.host: expected a host name", where);
+    h->interval = opt_number(L, w, where, "interval", h->interval, 0.01);
+    h->timeout = opt_number(L, w, where, "timeout", h->timeout, 0.001);
+    h->rise = opt_count(L, w, where, "rise", h->rise, 1);
+    h->fall = opt_count(L, w, where, "fall", h->fall, 1);
+    lua_getfield(L, -1, "status");
+    if (!lua_isnil(L, -1)) {
+        int ok = lua_istable(L, -1) && luaL_len(L, -1) == 2;
+        for (int i = 1; ok && i <= 2; i++) {
+            lua_rawgeti(L, -1, i);
+            lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+            ok = v >= 100 && v <= 599;
+            *(i == 1 ? &h->status_lo : &h->status_hi) = (int)v;
+            lua_pop(L, 1);
+        }
+        if (!ok || h->status_lo > h->status_hi)
+            cfg_fail(L, w, "status",
+                     "%s.status: expected { low, high }, statuses from 100 to 599 with low <= high",
+                     where);
+    }
+    lua_pop(L, 2);
+}
+
 /* shared = { name = bytes }: gw.shared dictionaries. */
 static void walk_shared(lua_State *L, walk_t *w)
 {
@@ -612,7 +688,8 @@ static void walk_upstream(lua_State *L, walk_t *w)
     static const char *const keys[] = { "servers", "balance", "hash_key", "keepalive",
                                         "connect_timeout", "read_timeout", "idle_timeout",
                                         "retries", "max_fails", "fail_timeout", "tls",
-                                        "tls_verify", "tls_server_name", "tls_ca", NULL };
+                                        "tls_verify", "tls_server_name", "tls_ca", "health",
+                                        NULL };
     check_keys(L, w, where, keys);
     mg_cfg_upstream_t *u = &cfg->upstreams[cfg->nupstreams - 1];
     lua_getfield(L, -1, "servers");
@@ -672,6 +749,7 @@ static void walk_upstream(lua_State *L, walk_t *w)
     u->max_fails = opt_count(L, w, where, "max_fails", 1, 0);
     u->fail_timeout = opt_number(L, w, where, "fail_timeout", 10, 0.001);
     walk_upstream_tls(L, w, where, u);
+    walk_upstream_health(L, w, where, u);
 }
 
 static void walk_upstreams(lua_State *L, walk_t *w)
@@ -1543,6 +1621,8 @@ void mg_cfg_free(mg_cfg_t *cfg)
         free(cfg->upstreams[i].hash_key);
         free(cfg->upstreams[i].tls_server_name);
         free(cfg->upstreams[i].tls_ca);
+        free(cfg->upstreams[i].health.path);
+        free(cfg->upstreams[i].health.host);
     }
     free(cfg->upstreams);
     for (int i = 0; i < cfg->nroutes; i++) {

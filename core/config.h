@@ -44,6 +44,17 @@ typedef struct mg_limits {
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
 
+/* An upstream's `health` table: active checks (health.c). */
+typedef struct mg_cfg_health {
+    int on;                 /* a health table was given */
+    int tcp;                /* type = "tcp": a check only connects */
+    char *path;             /* the GET's target (http type); default "/" */
+    char *host;             /* its Host header; NULL: tls_server_name, else the server as written */
+    double interval, timeout;
+    int rise, fall;         /* successes that mark a server up, failures that mark it down */
+    int status_lo, status_hi; /* the statuses that count as success */
+} mg_cfg_health_t;
+
 typedef struct mg_cfg_upstream {
     char *name;
     mg_addr_t *servers;
@@ -59,6 +70,7 @@ typedef struct mg_cfg_upstream {
     int tls_verify;         /* check their certificates (chain and name) */
     char *tls_server_name;  /* SNI and the name checked; NULL: each server's host */
     char *tls_ca;           /* PEM file of trusted CAs; NULL: the system store */
+    mg_cfg_health_t health;
 } mg_cfg_upstream_t;
 
 typedef struct mg_cfg_header_match {

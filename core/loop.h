@@ -82,6 +82,7 @@ typedef struct mg_loop {
     int inherited;           /* listeners come from the master (multi-worker mode) */
     struct mg_met_shm *met_shm;
     struct mg_met_worker *met;  /* this worker's slot */
+    struct mg_health *health;   /* active upstream health checks (health.c); NULL: none yet */
     mg_watch_t watch[MG_MAX_WATCH];   /* dev mode: config and plugin files */
     int nwatch;
     ev_timer watch_timer;    /* polls them */

@@ -36,6 +36,24 @@ typedef struct mg_met_worker {
     mg_met_key_t keys[MG_MET_KEYS];
 } mg_met_worker_t;
 
+/* One upstream server's active-health state (health.c), found by its
+ * upstream's name and its address as configured, so it outlives reloads
+ * and worker restarts. The prober (worker 0) writes it; every worker's
+ * balancer reads `down`. */
+#define MG_MET_HEALTH_SLOTS 1024
+#define MG_MET_HEALTH_NAME 64
+typedef struct mg_met_health {
+    uint32_t used;                       /* 0 free, 1 being claimed, 2 ready (atomic) */
+    uint32_t down;                       /* the prober marked it down (atomic) */
+    uint32_t fails, oks;                 /* consecutive failed / good checks */
+    uint64_t checks;                     /* checks done */
+    double last_check;                   /* wall time of the last result; 0: none yet */
+    double changed;                      /* wall time of the last up/down change; 0: never */
+    char upstream[MG_MET_HEALTH_NAME];
+    char server[80];
+    char last_error[64];                 /* why the last check failed; "" after a good one */
+} mg_met_health_t;
+
 typedef struct mg_met_shm {
     int nworkers;
     double started;
@@ -45,6 +63,7 @@ typedef struct mg_met_shm {
     double last_reload_at;
     char last_reload_error[512];
     mg_met_worker_t w[MG_MET_MAX_WORKERS];
+    mg_met_health_t health[MG_MET_HEALTH_SLOTS];
 } mg_met_shm_t;
 
 extern const double mg_met_bounds[MG_MET_BUCKETS];

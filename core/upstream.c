@@ -155,12 +155,18 @@ int mg_up_server_failed(mg_up_t *up, int s, double now)
     return 1;
 }
 
+/* Active health: the prober has server sv down. */
+static int health_down(const mg_up_server_t *sv)
+{
+    return sv->hdown && __atomic_load_n(sv->hdown, __ATOMIC_RELAXED) != 0;
+}
+
 int mg_up_any_up(const mg_up_t *up, double now)
 {
-    if (now >= up->down_max)
+    if (now >= up->down_max && !up->health)
         return up->nservers > 0;
     for (int i = 0; i < up->nservers; i++)
-        if (up->servers[i].down_until <= now)
+        if (up->servers[i].down_until <= now && !health_down(&up->servers[i]))
             return 1;
     return 0;
 }
@@ -178,6 +184,10 @@ int mg_up_pick_at(mg_up_t *up, uint32_t hash, uint64_t tried, double now)
     if (now < up->down_max) /* some server is down: skip it as if tried */
         for (int i = 0; i < n && i < 64; i++)
             if (up->servers[i].down_until > now)
+                tried |= (uint64_t)1 << i;
+    if (up->health) /* active checks have it down: the same */
+        for (int i = 0; i < n && i < 64; i++)
+            if (health_down(&up->servers[i]))
                 tried |= (uint64_t)1 << i;
     switch (up->cfg->balance) {
     case MG_BAL_LEAST_CONN: {

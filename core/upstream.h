@@ -34,6 +34,8 @@ typedef struct mg_up_server {
     int fails;                 /* failed connects since fail_start (passive health) */
     double fail_start;         /* loop time of the first of them */
     double down_until;         /* loop time until which the balancer skips it */
+    const uint32_t *hdown;     /* active health (health.c): nonzero while its checks have it
+                                * down (shared memory, read atomically); NULL: no checks */
 } mg_up_server_t;
 
 struct mg_up {
@@ -43,6 +45,7 @@ struct mg_up {
     int nservers;
     unsigned rr;
     double down_max;           /* latest down_until of any server: past it, none is down */
+    int health;                /* some server has hdown set */
     int nidle;                 /* over all servers: up to cfg->keepalive, and up to 4x that for a second after a burst */
     mg_tlsc_t *tls;            /* NULL: plain TCP */
     int tls_owned;             /* tls is freed with the pool */

@@ -6,6 +6,7 @@
 #include "worker.h"
 #include "conn.h"
 #include "dns.h"
+#include "health.h"
 #include "log.h"
 #include "lrt.h"
 #include "metrics.h"
@@ -32,6 +33,7 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         fflush(loop->access_log);
     if (loop->stopping)
         mg_loop_check_drained(loop);
+    mg_health_sync(loop);
     if (loop->met) { /* publish gauges once per iteration */
         mg_met_worker_t *w = loop->met;
         w->conns = loop->stats.conns;
@@ -187,6 +189,7 @@ void mg_loop_free(mg_loop_t *loop)
         prepare_cb(loop->ev, &loop->prepare, 0);
         mg_gen_unref(loop->gen);
         loop->gen = NULL;
+        mg_health_free(loop); /* after loop->gen went: the prepare below starts no prober */
         prepare_cb(loop->ev, &loop->prepare, 0);
         ev_signal_stop(loop->ev, &loop->sigterm);
         ev_signal_stop(loop->ev, &loop->sigint);
