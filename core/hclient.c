@@ -1,11 +1,11 @@
 /* Outgoing HTTP/1.1 exchanges on pooled upstream connections (hclient.h).
  *
- * Ownership: while an exchange is attached, hc->u is its connection and
- * u->ops points at hc->ops (that is how a connection's events find the
- * exchange: mg_container_of on u->ops). Whoever ends the exchange (response
- * complete, failure, timeout, cancel) clears hc->u first, then releases or
- * closes the connection, and calls `done` last: done may resume Lua, which
- * may free hc (deferred) or start other exchanges.
+ * The exchange itself (writing, parsing, the stale-connection replay) is
+ * h1client.c's; this module adds origins, name lookups, the whole
+ * exchange's deadline and the response size cap. Whoever ends the exchange
+ * (response complete, failure, timeout, cancel) ends the h1client
+ * attachment first and calls `done` last: done may resume Lua, which may
+ * free hc (deferred) or start other exchanges.
  *
  * The resolver: the loop's c-ares channel (dns.h), the same one upstream
  * and Redis host names use. A lookup is a small heap object the origin
@@ -13,6 +13,7 @@
  * loop. Shutting down cancels lookups still in flight. */
 #include "hclient.h"
 #include "dns.h"
+#include "h1client.h"
 #include "log.h"
 #include "loop.h"
 #include "tls_client.h"
@@ -35,11 +36,7 @@ const char mg_hc_err_closed[] = "connection closed";
 const char mg_hc_err_reset[] = "connection reset";
 const char mg_hc_err_resolve[] = "could not resolve host";
 const char mg_hc_err_nomem[] = "out of memory";
-static const char err_unreachable[] = "network unreachable";
-static const char err_connect[] = "connect failed";
-static const char err_write[] = "write failed";
 
-#define MAX_RESPONSE_HEAD (64 * 1024)
 #define DNS_TTL 30.0          /* seconds a resolved address is used for new connections */
 #define MAX_ORIGINS 256       /* above this, unused origins are dropped */
 
@@ -81,12 +78,10 @@ struct mg_hc_ctx {
 };
 
 struct mg_hc {
-    mg_upconn_ops_t ops;        /* u->ops points here while attached */
+    mg_h1c_t x;                 /* the exchange on a pooled connection */
     mg_hc_ctx_t *ctx;           /* only used while running */
     mg_loop_t *loop;
     mg_hc_origin_t *origin;
-    mg_upconn_t *u;             /* the connection, while attached */
-    mg_req_t *owner;            /* the pool's busy marker, never dereferenced */
     mg_hc_done_fn done;
     void *ud;
     mg_buf_t req;               /* the whole request, kept for a replay */
@@ -97,19 +92,12 @@ struct mg_hc {
     mg_hc_t *wnext, *wprev;     /* origin->waiters */
     mg_hc_lookup_t *lookup;     /* the lookup waited for */
     size_t max_body;
-    const char *err;            /* set by the parser callbacks */
-    char errbuf[256];           /* a TLS failure's text (err points here) */
-    unsigned head_req : 1, idempotent : 1;
+    char errbuf[256];           /* a TLS failure's text (done's err points here) */
+    unsigned head_req : 1;
     unsigned running : 1;       /* started and not ended */
-    unsigned final : 1;         /* the head being parsed is not a 1xx */
-    unsigned resp_done : 1;
-    unsigned retried : 1;       /* already replayed once */
     unsigned freed : 1;
 };
 
-static void hc_on_read(mg_upconn_t *u);
-static void hc_on_write(mg_upconn_t *u);
-static void hc_on_timer(mg_upconn_t *u);
 static void finish(mg_hc_t *hc, const char *err);
 
 /* The shared https context for one verification mode, made on first use
@@ -125,31 +113,6 @@ static mg_tlsc_t *tls_context(mg_hc_ctx_t *ctx, int verify, char *err, size_t er
         }
     }
     return ctx->tls[verify];
-}
-
-static mg_hc_t *hc_of(mg_upconn_t *u)
-{
-    return mg_container_of(u->ops, mg_hc_t, ops);
-}
-
-static const char *errno_text(int e)
-{
-    switch (e) {
-    case ECONNREFUSED:
-        return mg_hc_err_refused;
-    case ECONNRESET:
-    case EPIPE:
-        return mg_hc_err_reset;
-    case ETIMEDOUT:
-        return mg_hc_err_timeout;
-    case ENETUNREACH:
-    case EHOSTUNREACH:
-        return err_unreachable;
-    case ENOMEM:
-        return mg_hc_err_nomem;
-    default:
-        return err_connect;
-    }
 }
 
 /* --- lookups ------------------------------------------------------------- */
@@ -343,13 +306,6 @@ fail:
     return NULL;
 }
 
-static void origin_drop_idle(mg_hc_origin_t *o)
-{
-    mg_up_server_t *sv = &o->up.servers[0];
-    while (sv->idle)
-        mg_up_conn_close(sv->idle);
-}
-
 /* --- the context ---------------------------------------------------------- */
 
 static void live_unlink(mg_hc_t *hc)
@@ -432,63 +388,43 @@ void mg_hc_ctx_free(mg_hc_ctx_t *ctx)
     free(ctx);
 }
 
-/* --- the exchange: parser callbacks --------------------------------------- */
+/* --- the exchange: h1client callbacks -------------------------------------- */
 
-static mg_h1_head_t *p_on_begin(void *ud)
+static mg_h1_head_t *x_head_store(void *ud)
 {
     mg_hc_t *hc = ud;
     return &hc->head;
 }
 
-static int p_on_head(void *ud, mg_h1_head_t *h)
+static int x_on_head(void *ud, mg_h1_head_t *h)
 {
     mg_hc_t *hc = ud;
     if (h->status < 100 || h->status == 101) {
-        hc->err = mg_hc_err_invalid; /* we never ask to switch protocols */
+        mg_h1c_reason(&hc->x, MG_H1C_INVALID, "switching protocols"); /* we never ask to */
         return -1;
     }
-    if (h->status < 200) {
-        hc->final = 0; /* interim: dropped, the final response follows */
-        return 0;
-    }
-    hc->final = 1;
     if (hc->head_req)
         return 1;
     if ((h->flags & MG_H1_HAS_CL) && h->content_length > hc->max_body) {
-        hc->err = mg_hc_err_too_large;
+        mg_h1c_reason(&hc->x, MG_H1C_TOO_LARGE, "response too large");
         return -1;
     }
     return 0;
 }
 
-static int p_on_body(void *ud, const char *p, size_t n)
+static int x_on_body(void *ud, const char *p, size_t n)
 {
     mg_hc_t *hc = ud;
-    if (!hc->final)
-        return 0;
     if (hc->body.len + n > hc->max_body) {
-        hc->err = mg_hc_err_too_large;
+        mg_h1c_reason(&hc->x, MG_H1C_TOO_LARGE, "response too large");
         return -1;
     }
     if (mg_buf_append(&hc->body, p, n) != MG_OK) {
-        hc->err = mg_hc_err_nomem;
+        mg_h1c_reason(&hc->x, MG_H1C_NOMEM, "out of memory");
         return -1;
     }
     return 0;
 }
-
-static int p_on_done(void *ud)
-{
-    mg_hc_t *hc = ud;
-    if (!hc->final)
-        return 1;
-    hc->resp_done = 1;
-    return 0;
-}
-
-static const mg_h1_cb_t parser_cbs = { p_on_begin, p_on_head, p_on_body, p_on_done };
-
-/* --- the exchange: I/O ------------------------------------------------------ */
 
 /* Ends the exchange. `done` runs last: nothing touches hc afterwards. */
 static void finish(mg_hc_t *hc, const char *err)
@@ -498,142 +434,62 @@ static void finish(mg_hc_t *hc, const char *err)
     waiter_unlink(hc);
     live_unlink(hc);
     hc->running = 0;
-    hc->err = err;
     hc->done(hc, hc->ud, err);
 }
 
-/* Detaches the connection and closes it. */
-static void drop_conn(mg_hc_t *hc)
+static void x_on_done(void *ud)
 {
-    mg_upconn_t *u = hc->u;
-    if (u == NULL)
-        return;
-    hc->u = NULL;
-    mg_up_conn_close(u);
+    finish(ud, NULL);
 }
 
-/* An I/O failure. A pooled connection that fails before any response byte
- * was most likely closed by the server while idle: replay once on a fresh
- * connection if that cannot run the request twice. The origin's other idle
- * connections are as old or older, so they go too. */
-static void io_fail(mg_hc_t *hc, const char *err)
+/* The texts callers compare with (hclient.h); a TLS failure keeps the
+ * library's reason. */
+static const char *err_text(mg_hc_t *hc, const mg_h1c_error_t *e)
 {
-    mg_upconn_t *u = hc->u;
-    int stale = u->reused && !u->got_any && !hc->retried && (hc->idempotent || !u->wrote_any);
-    drop_conn(hc);
-    if (stale) {
-        hc->retried = 1;
-        origin_drop_idle(hc->origin);
-        const char *e = attach(hc);
-        if (e)
-            finish(hc, e);
-        return;
+    switch (e->code) {
+    case MG_H1C_TIMEOUT:
+        return mg_hc_err_timeout;
+    case MG_H1C_REFUSED:
+        return mg_hc_err_refused;
+    case MG_H1C_INVALID:
+        return mg_hc_err_invalid;
+    case MG_H1C_TOO_LARGE:
+        return mg_hc_err_too_large;
+    case MG_H1C_CLOSED:
+        return mg_hc_err_closed;
+    case MG_H1C_RESET:
+        return mg_hc_err_reset;
+    case MG_H1C_NOMEM:
+        return mg_hc_err_nomem;
+    case MG_H1C_TLS:
+        snprintf(hc->errbuf, sizeof hc->errbuf, "%s", e->why);
+        return hc->errbuf;
+    default:
+        return mg_h1c_strerror(e->code);
     }
-    finish(hc, err);
 }
 
-static void complete(mg_hc_t *hc, int leftover)
+static void x_on_error(void *ud, const mg_h1c_error_t *e)
 {
-    mg_upconn_t *u = hc->u;
-    int reusable = !leftover && (hc->head.flags & MG_H1_KEEPALIVE) && u->wbuf.len == 0 &&
-                   !u->closed && !hc->ctx->shut;
-    hc->u = NULL;
-    if (reusable)
-        mg_up_release(u);
-    else
-        mg_up_conn_close(u);
-    finish(hc, NULL);
+    mg_hc_t *hc = ud;
+    mg_h1c_cancel(&hc->x); /* no retry elsewhere: an origin has one address */
+    finish(hc, err_text(hc, e));
 }
 
-static void hc_flush(mg_hc_t *hc)
-{
-    mg_upconn_t *u = hc->u;
-    while (u->wbuf.len > 0) {
-        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
-        if (n > 0) {
-            mg_buf_consume(&u->wbuf, (size_t)n);
-            u->wrote_any = 1;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            break;
-        io_fail(hc, n < 0 ? errno_text(errno) : err_write);
-        return;
-    }
-    mg_up_want_write(u, u->wbuf.len > 0);
-}
-
-static void hc_on_write(mg_upconn_t *u)
-{
-    mg_hc_t *hc = hc_of(u);
-    if (u->connecting) {
-        /* the TCP connect, then for https the handshake (its read events
-         * come here too) */
-        int sys_errno;
-        int rc = mg_up_connect_step(u, hc->errbuf, sizeof hc->errbuf, &sys_errno);
-        if (rc == MG_EAGAIN)
-            return;
-        if (rc != MG_OK) {
-            drop_conn(hc);
-            finish(hc, sys_errno ? errno_text(sys_errno) : hc->errbuf);
-            return;
-        }
-        if (!u->rio_on)
-            mg_up_pause_read(u, 0);
-    }
-    hc_flush(hc);
-}
-
-static void hc_on_read(mg_upconn_t *u)
-{
-    mg_hc_t *hc = hc_of(u);
-    mg_loop_t *loop = u->loop;
-    ssize_t n = mg_up_recv(u, loop->scratch, loop->scratch_cap);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return;
-        io_fail(hc, errno_text(errno));
-        return;
-    }
-    if (n == 0) {
-        if (!u->got_any) {
-            io_fail(hc, mg_hc_err_closed);
-            return;
-        }
-        if (mg_h1_eof(&u->h1) == 0 && hc->resp_done) {
-            complete(hc, 1); /* close-delimited body */
-            return;
-        }
-        drop_conn(hc);
-        finish(hc, hc->err ? hc->err : mg_hc_err_closed);
-        return;
-    }
-    u->got_any = 1;
-    ssize_t k = mg_h1_feed(&u->h1, loop->scratch, (size_t)n);
-    if (k < 0) {
-        drop_conn(hc);
-        finish(hc, hc->err ? hc->err : mg_hc_err_invalid);
-        return;
-    }
-    if (hc->resp_done)
-        complete(hc, k < n);
-}
-
-/* The pool's timer: only armed while the connection is idle, so it should
- * not fire for us; the exchange's deadline is hc->timer. */
-static void hc_on_timer(mg_upconn_t *u)
-{
-    ev_timer_stop(u->loop->ev, &u->timer);
-}
+static const mg_h1c_cbs_t x_cbs = {
+    .head_store = x_head_store,
+    .on_head = x_on_head,
+    .on_body = x_on_body,
+    .on_done = x_on_done,
+    .on_error = x_on_error,
+};
 
 static void deadline_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)ev;
     (void)revents;
     mg_hc_t *hc = w->data;
-    drop_conn(hc); /* never returned to the pool */
+    mg_h1c_cancel(&hc->x); /* never returned to the pool */
     finish(hc, mg_hc_err_timeout);
 }
 
@@ -644,41 +500,16 @@ static const char *attach(mg_hc_t *hc)
 {
     mg_hc_origin_t *o = hc->origin;
     const char *e = NULL;
-    mg_upconn_t *u = mg_up_get(&o->up, 0, hc->owner, &hc->ops, &e);
-    if (u == NULL) {
-        if (e && strcmp(e, strerror(ECONNREFUSED)) == 0)
-            return mg_hc_err_refused;
-        if (e && strcmp(e, "out of memory") == 0)
-            return mg_hc_err_nomem;
-        mg_log_info("http client: connect to %s: %s", o->addr.text, e ? e : "?");
-        return err_connect;
-    }
-    hc->u = u;
-    ev_timer_stop(u->loop->ev, &u->timer); /* the pool's idle timer */
-    hc->final = hc->resp_done = 0;
-    hc->err = NULL;
-    mg_h1_head_reset(&hc->head);
     mg_buf_reset(&hc->body);
-    mg_h1_init(&u->h1, HTTP_RESPONSE, &parser_cbs, hc, 0, MAX_RESPONSE_HEAD);
-    mg_buf_reset(&u->wbuf);
-    if (mg_buf_append(&u->wbuf, mg_buf_data(&hc->req), hc->req.len) != MG_OK) {
-        drop_conn(hc);
+    int rc = mg_h1c_attach(&hc->x, &o->up, 0, &e);
+    if (rc == MG_OK)
+        return NULL;
+    if (rc == MG_ENOMEM || (e && strcmp(e, "out of memory") == 0))
         return mg_hc_err_nomem;
-    }
-    if (!u->connecting) {
-        /* A pooled connection is usually writable: send now and skip two
-         * epoll_ctl calls. Anything but full success (a short write, an
-         * error) is left to the write watcher, which handles it as before. */
-        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
-        if (n > 0) {
-            mg_buf_consume(&u->wbuf, (size_t)n);
-            u->wrote_any = 1;
-        }
-        if (u->wbuf.len == 0)
-            return NULL;
-    }
-    mg_up_want_write(u, 1);
-    return NULL;
+    if (e && strcmp(e, strerror(ECONNREFUSED)) == 0)
+        return mg_hc_err_refused;
+    mg_log_info("http client: connect to %s: %s", o->addr.text, e ? e : "?");
+    return mg_h1c_strerror(MG_H1C_CONNECT);
 }
 
 /* --- the exchange: API ------------------------------------------------------ */
@@ -690,7 +521,6 @@ mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx)
         return NULL;
     hc->ctx = ctx;
     hc->loop = ctx->loop;
-    hc->ops = (mg_upconn_ops_t){ hc_on_read, hc_on_write, hc_on_timer };
     ev_init(&hc->timer, deadline_cb);
     hc->timer.data = hc;
     return hc;
@@ -723,13 +553,16 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port, t);
     if (origin == NULL)
         return mg_hc_err_nomem;
+    (void)owner; /* the connection's owner is the exchange itself */
     hc->origin = origin;
-    hc->owner = owner;
     hc->done = done;
     hc->ud = ud;
     hc->head_req = o->head ? 1 : 0;
-    hc->idempotent = o->idempotent ? 1 : 0;
     hc->max_body = o->max_body;
+    /* the whole request is in hc->req; where its head ends matters only
+     * when a replay is considered */
+    mg_h1c_init(&hc->x, &x_cbs, hc, &hc->req, MG_H1C_FIND_HEAD, 1);
+    hc->x.idempotent = o->idempotent ? 1 : 0;
     const char *err;
     if (!need_lookup(ctx, origin)) {
         err = attach(hc);
@@ -740,7 +573,7 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     }
     if (err)
         return err;
-    if (hc->u == NULL) {
+    if (hc->x.u == NULL) {
         hc->lookup = origin->lookup;
         hc->wnext = origin->waiters;
         if (hc->wnext)
@@ -762,7 +595,7 @@ void mg_hc_cancel(mg_hc_t *hc)
     if (hc == NULL || !hc->running)
         return;
     ev_timer_stop(hc->loop->ev, &hc->timer);
-    drop_conn(hc); /* a half-read response never goes back to the pool */
+    mg_h1c_cancel(&hc->x); /* a half-read response never goes back to the pool */
     waiter_unlink(hc);
     live_unlink(hc);
     hc->running = 0;
@@ -771,6 +604,7 @@ void mg_hc_cancel(mg_hc_t *hc)
 static void hc_free_now(void *p)
 {
     mg_hc_t *hc = p;
+    mg_buf_free(&hc->x.carry);
     mg_buf_free(&hc->req);
     mg_buf_free(&hc->body);
     mg_h1_head_free(&hc->head);

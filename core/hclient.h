@@ -60,7 +60,7 @@ typedef struct mg_hc_opts {
     size_t host_len;
     int port;
     int head;                /* HEAD request: the response has no body */
-    int idempotent;          /* may be replayed on a fresh connection */
+    int idempotent;          /* may be replayed with its body written (h1client.h's rule) */
     double timeout;          /* seconds for resolve + connect + send + receive */
     size_t max_body;         /* response body cap */
     int tls;                 /* https: TLS to the origin */
@@ -71,8 +71,8 @@ typedef struct mg_hc_opts {
 mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx);
 /* The buffer the caller writes the whole request into (head and body). */
 mg_buf_t *mg_hc_request(mg_hc_t *hc);
-/* Starts the exchange. `owner` marks the pooled connection busy while it
- * serves this exchange (it is never dereferenced here). Returns NULL when
+/* Starts the exchange. `owner` is the request it serves (never
+ * dereferenced; the pooled connection's owner is the exchange). Returns NULL when
  * the exchange is under way (done will run later), or an error text when it
  * failed at once (done will not run). */
 const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_hc_done_fn done,

@@ -144,7 +144,7 @@ static const mg_upconn_ops_t probe_ops = { probe_read, probe_write, probe_timer 
 static void probe_done(hc_probe_t *p, const char *why)
 {
     if (p->u) {
-        p->u->req = NULL;
+        p->u->owner = NULL;
         mg_up_conn_close(p->u);
         p->u = NULL;
     }
@@ -224,7 +224,7 @@ static void probe_connected(hc_probe_t *p)
 
 static void probe_write(mg_upconn_t *u)
 {
-    hc_probe_t *p = u->req;
+    hc_probe_t *p = u->owner;
     if (u->connecting) {
         char err[256];
         int se;
@@ -243,7 +243,7 @@ static void probe_write(mg_upconn_t *u)
 
 static void probe_read(mg_upconn_t *u)
 {
-    hc_probe_t *p = u->req;
+    hc_probe_t *p = u->owner;
     ssize_t n = mg_up_recv(u, p->st + p->nst, sizeof p->st - 1 - p->nst);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -282,7 +282,7 @@ static void probe_read(mg_upconn_t *u)
 
 static void probe_timer(mg_upconn_t *u)
 {
-    hc_probe_t *p = u->req;
+    hc_probe_t *p = u->owner;
     probe_done(p, u->connecting ? "connect timed out" : "timed out");
 }
 
@@ -323,7 +323,7 @@ static void prober_stop(mg_health_t *h, mg_loop_t *loop)
         ev_timer_stop(loop->ev, &hu->tick);
         for (int k = 0; k < hu->nprobes; k++)
             if (hu->probes[k].u) {
-                hu->probes[k].u->req = NULL;
+                hu->probes[k].u->owner = NULL;
                 mg_up_conn_close(hu->probes[k].u);
                 hu->probes[k].u = NULL;
             }

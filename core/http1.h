@@ -159,5 +159,14 @@ static inline int mg_h1_list_next(mg_str_t v, size_t *at, mg_str_t *tok)
 /* True if the comma-separated header value v (Connection, Upgrade) holds the
  * token tok, compared case-insensitively, blanks around items ignored. */
 int mg_h1_list_has(mg_str_t v, const char *tok, size_t tn);
+/* Appends p[0..n) to o as one chunk of a chunked body (n > 0). Unchecked:
+ * o->failed says whether all of it is there (buf.h). */
+static inline void mg_h1_put_chunk(mg_buf_t *o, const char *p, size_t n)
+{
+    mg_buf_putx(o, n);
+    mg_buf_append(o, "\r\n", 2);
+    mg_buf_append(o, p, n);
+    mg_buf_append(o, "\r\n", 2);
+}
 
 #endif

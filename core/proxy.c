@@ -1,10 +1,14 @@
 /* The proxy exchange between one request and one upstream connection.
  *
- * Ownership: while an exchange runs, r->up and u->req point at each other.
- * Whoever ends it (response complete, failure, client abort) detaches both
- * sides first, then releases or closes u, then finishes or fails r. Nothing
- * touches r or u after that: they may be freed (deferred) by then. */
+ * The exchange itself (writing the request, parsing the response, the
+ * stale-connection replay) runs in h1client.c on r->exchange; r->up points at it
+ * while it runs. This file builds the request head, picks servers (retries
+ * a failed connect on the next one, passive health), turns the response
+ * into the client's and failures into 502/504, and hands a 101 over to a
+ * tunnel. Whoever ends the exchange (its callbacks, a client abort) clears
+ * r->up first; nothing touches the connection after that. */
 #include "proxy.h"
+#include "h1client.h"
 #include "h1fields.h"
 #include "log.h"
 #include "loop.h"
@@ -19,25 +23,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define UP_WBUF_HIGH (256 * 1024)
-#define UP_WBUF_LOW (64 * 1024)
-#define MAX_STALE_RETRIES 4
-/* 1xx responses allowed before the final one (100 Continue, a few 103s) */
-#define MAX_INTERIM 16
-
 enum { FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_TIMEOUT, FAIL_GARBAGE };
 
-static void up_on_read(mg_upconn_t *u);
-static void up_on_write(mg_upconn_t *u);
-static void up_on_timer(mg_upconn_t *u);
-static const mg_upconn_ops_t up_ops = { up_on_read, up_on_write, up_on_timer };
-static void up_fail(mg_upconn_t *u, int kind, const char *why);
-static void up_flush(mg_upconn_t *u);
-
-static const mg_cfg_upstream_t *ucfg(mg_upconn_t *u)
-{
-    return u->server->up->cfg;
-}
+static void proxy_fail(mg_req_t *r, int kind, const char *why);
 
 /* --- the request head for the upstream ------------------------------------ */
 
@@ -158,12 +146,6 @@ static void build_request_head(mg_req_t *r)
 
 /* --- response side -------------------------------------------------------- */
 
-static mg_h1_head_t *r_on_begin(void *ud)
-{
-    mg_upconn_t *u = ud;
-    return &u->head;
-}
-
 /* A deep copy of a response head, for response and log plugins. */
 static mg_h1_head_t *head_copy(const mg_h1_head_t *h)
 {
@@ -204,28 +186,14 @@ static int send_head(mg_req_t *r, const mg_h1_head_t *h, const mg_edits_t *e)
     return MG_OK;
 }
 
+/* The final response head (1xx interim ones are dropped by h1client). */
 static int r_on_head(void *ud, mg_h1_head_t *h)
 {
-    mg_upconn_t *u = ud;
-    mg_req_t *r = u->req;
-    if (r == NULL)
-        return -1;
+    mg_req_t *r = ud;
     if (h->status == 101 && (!r->upgrading || !r->body_done)) {
         /* a switch nobody asked for (or before the request ended) */
-        u->h1.err_status = 502;
-        u->h1.err_reason = "upstream switched protocols";
+        mg_h1c_reason(r->up, MG_H1C_INVALID, "upstream switched protocols");
         return -1;
-    }
-    if (h->status >= 100 && h->status < 200 && h->status != 101) {
-        /* Interim responses are dropped, the final one follows. Every
-         * byte re-arms the read timeout, so an upstream sending 100s
-         * forever would hold the request forever: bound them. */
-        if (++u->interim > MAX_INTERIM) {
-            u->h1.err_status = 502;
-            u->h1.err_reason = "too many interim responses";
-            return -1;
-        }
-        return 0;
     }
     if (r->w == NULL)
         return -1;
@@ -235,8 +203,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     if ((hold || r->keep_res_head) && r->res_head == NULL) {
         r->res_head = head_copy(h);
         if (r->res_head == NULL) {
-            u->h1.err_status = 500;
-            u->h1.err_reason = "out of memory";
+            mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
             return -1;
         }
     }
@@ -247,67 +214,51 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     }
     if (send_head(r, h, NULL) != MG_OK) { /* nothing of the head went out */
         r->resp_bytes = 0;
-        u->h1.err_status = 500;
-        u->h1.err_reason = "out of memory";
+        mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
         return -1;
     }
     mg_rs_send(r);
     return (head_req || h->status == 101) ? 1 : 0;
 }
 
-static void pause_upstream(mg_upconn_t *u, int pause)
-{
-    if (!pause != !u->read_paused)
-        mg_up_pause_read(u, pause);
-}
-
 static int r_on_body(void *ud, const char *p, size_t n)
 {
-    mg_upconn_t *u = ud;
-    mg_req_t *r = u->req;
-    if (r == NULL || r->w == NULL)
+    mg_req_t *r = ud;
+    if (r->w == NULL)
         return -1;
     if (mg_rs_held(r)) { /* raw bytes: framed when the held head goes out */
         if (mg_buf_append(&r->hold, p, n) != MG_OK) {
-            u->h1.err_reason = "out of memory";
+            mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
             return -1;
         }
         r->resp_body_bytes += n;
         if (r->hold.len > MG_WRITER_HIGH)
-            pause_upstream(u, 1);
+            mg_h1c_pause_read(r->up, 1);
         return 0;
     }
     ssize_t k = r->w->ops->body(r->w, p, n);
     if (k < 0) { /* the rest cannot follow a missing piece: the exchange fails */
-        u->h1.err_reason = "out of memory";
+        mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
         return -1;
     }
     r->resp_bytes += (uint64_t)k;
     r->resp_body_bytes += n;
     if (r->w->full)
-        pause_upstream(u, 1);
+        mg_h1c_pause_read(r->up, 1);
     return 0;
 }
 
 static int r_on_done(void *ud)
 {
-    mg_upconn_t *u = ud;
-    mg_req_t *r = u->req;
-    if (r == NULL)
-        return -1;
-    if (!mg_rs_decided(r))
-        return 1; /* an interim 1xx ended: parse the final response */
+    mg_req_t *r = ud;
     if (mg_rs_sent(r) && r->w) {
         ssize_t k = r->w->ops->end(r->w, NULL);
         if (k < 0)
             return -1;
         r->resp_bytes += (uint64_t)k;
     }
-    u->resp_done = 1;
     return 0;
 }
-
-static const mg_h1_cb_t resp_cbs = { r_on_begin, r_on_head, r_on_body, r_on_done };
 
 /* --- upgrades: the exchange becomes a tunnel ------------------------------- */
 
@@ -330,7 +281,7 @@ static void tunnel_done(void *ud, const uint64_t bytes[2], const char *why)
 static void start_tunnel(mg_req_t *r, const char *in, size_t n)
 {
     mg_loop_t *loop = r->loop;
-    mg_upconn_t *u = r->up;
+    mg_h1c_t *x = r->up;
     mg_writer_t *w = r->w;
     mg_tun_end_t ce = { 0 }, ue = { 0 };
     r->up = NULL;
@@ -338,7 +289,7 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
     r->src = NULL;
     r->tunnel = 1;
     mg_rs_send(r);
-    mg_up_detach(u, &ue.fd, &ue.ssl, &ue.out);
+    mg_h1c_detach(x, &ue.fd, &ue.ssl, &ue.out);
     ue.in = in;
     ue.in_n = n;
     w->ops->take_over(w, &ce);
@@ -354,16 +305,19 @@ static void start_tunnel(mg_req_t *r, const char *in, size_t n)
 
 /* The upstream answered 101 and its head is parsed; in[0..n) is what
  * followed it in the same read. */
-static void switched(mg_upconn_t *u, const char *in, size_t n)
+static void x_on_switch(void *ud, const char *in, size_t n)
 {
-    mg_req_t *r = u->req;
+    mg_req_t *r = ud;
     if (mg_rs_held(r)) {
         /* response plugins run first: the bytes wait with the head */
         if (mg_buf_append(&r->hold, in, n) != MG_OK) {
-            up_fail(u, FAIL_RESET, "out of memory");
+            mg_h1c_t *x = r->up;
+            r->up = NULL;
+            mg_h1c_cancel(x);
+            proxy_fail(r, FAIL_RESET, "out of memory");
             return;
         }
-        pause_upstream(u, 1);
+        mg_h1c_pause_read(r->up, 1);
         return;
     }
     if (r->w == NULL)
@@ -371,23 +325,35 @@ static void switched(mg_upconn_t *u, const char *in, size_t n)
     start_tunnel(r, in, n);
 }
 
-/* The response is complete and queued: end the exchange. */
-static void exchange_done(mg_upconn_t *u, int leftover)
+/* The response is complete and queued; the connection is back in its
+ * pool (or closed). */
+static void x_on_done(void *ud)
 {
-    mg_req_t *r = u->req;
-    int reusable = !leftover && (u->head.flags & MG_H1_KEEPALIVE) && r->body_done &&
-                   u->wbuf.len == 0 && !u->wbuf.failed && !u->closed;
+    mg_req_t *r = ud;
     r->up = NULL;
-    u->req = NULL;
-    if (reusable)
-        mg_up_release(u);
-    else
-        mg_up_conn_close(u);
+    mg_writer_t *w = r->w;
     if (mg_rs_held(r)) {
         mg_rs_held_complete(r); /* finished when the Lua response phase sends it */
-        return;
+    } else {
+        mg_req_finish(r);
     }
-    mg_req_finish(r);
+    if (w)
+        w->ops->flush(w);
+}
+
+/* A read's response bytes are queued for the client: send them. */
+static void x_on_read(void *ud)
+{
+    mg_req_t *r = ud;
+    if (r->w)
+        r->w->ops->flush(r->w);
+}
+
+/* The request body's backpressure: the client's reading follows the
+ * upstream queue. */
+static void x_on_sendable(void *ud, int ok)
+{
+    mg_req_pause_body(ud, !ok);
 }
 
 /* The held response could not be queued: the connection ends. */
@@ -444,139 +410,13 @@ void mg_proxy_send_held(mg_req_t *r)
         return;
     }
     if (r->up)
-        pause_upstream(r->up, 0);
+        mg_h1c_pause_read(r->up, 0);
     w->ops->flush(w);
-}
-
-/* --- I/O ------------------------------------------------------------------ */
-
-static void arm_timer(mg_upconn_t *u, double secs)
-{
-    mg_up_arm_timer(u, secs);
-}
-
-static void up_on_read(mg_upconn_t *u)
-{
-    mg_loop_t *loop = u->loop;
-    mg_req_t *r = u->req;
-    ssize_t n = mg_up_recv(u, loop->scratch, loop->scratch_cap);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return;
-        up_fail(u, FAIL_RESET, strerror(errno));
-        return;
-    }
-    u->last_io = ev_now(loop->ev);
-    if (n == 0) {
-        if (u->got_any && mg_h1_eof(&u->h1) == 0 && u->resp_done) {
-            u->closed_by_peer = 1;
-            mg_writer_t *w = r->w;
-            exchange_done(u, 1);
-            if (w)
-                w->ops->flush(w);
-            return;
-        }
-        up_fail(u, FAIL_RESET, u->got_any ? "upstream closed mid-response"
-                                          : "upstream closed the connection");
-        return;
-    }
-    u->got_any = 1;
-    mg_writer_t *w = r->w;
-    ssize_t k = mg_h1_feed(&u->h1, loop->scratch, (size_t)n);
-    if (k < 0) {
-        up_fail(u, FAIL_GARBAGE, u->h1.err_reason ? u->h1.err_reason : "invalid response");
-        return;
-    }
-    if (u->resp_done && r->upgrading && r->status == 101) {
-        switched(u, loop->scratch + k, (size_t)(n - k));
-        return;
-    }
-    if (u->resp_done) {
-        exchange_done(u, k < n);
-    }
-    if (w)
-        w->ops->flush(w);
-}
-
-static void up_flush(mg_upconn_t *u)
-{
-    while (u->wbuf.len > 0) {
-        ssize_t n = mg_up_send(u, mg_buf_data(&u->wbuf), u->wbuf.len);
-        if (n > 0) {
-            mg_buf_consume(&u->wbuf, (size_t)n);
-            u->wrote_any = 1;
-            u->last_io = ev_now(u->loop->ev);
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            break;
-        up_fail(u, FAIL_RESET, n < 0 ? strerror(errno) : "write failed");
-        return;
-    }
-    mg_up_want_write(u, u->wbuf.len > 0);
-    mg_req_t *r = u->req;
-    if (r && u->wbuf.len < UP_WBUF_LOW)
-        mg_req_pause_body(r, 0);
-}
-
-static void connected(mg_upconn_t *u)
-{
-    mg_req_t *r = u->req;
-    mg_log_debug("upstream %s: connection ready, sending the request",
-                 r ? r->upstream_addr : "?");
-    u->connecting = 0;
-    mg_up_server_ok(u->server);
-    u->last_io = ev_now(u->loop->ev);
-    arm_timer(u, ucfg(u)->read_timeout);
-    if (!u->rio_on && !u->read_paused)
-        mg_up_pause_read(u, 0);
-    up_flush(u);
-}
-
-static void up_on_write(mg_upconn_t *u)
-{
-    if (u->connecting) {
-        /* the TCP connect, then (TLS) the handshake: both are "connect" */
-        char err[256];
-        int sys_errno;
-        int rc = mg_up_connect_step(u, err, sizeof err, &sys_errno);
-        if (rc == MG_EAGAIN)
-            return;
-        if (rc != MG_OK) {
-            up_fail(u, FAIL_CONNECT, err);
-            return;
-        }
-        connected(u);
-        return;
-    }
-    up_flush(u);
-}
-
-static void up_on_timer(mg_upconn_t *u)
-{
-    struct ev_loop *ev = u->loop->ev;
-    if (u->connecting) {
-        up_fail(u, FAIL_CONNECT_TIMEOUT,
-                u->handshaking ? "tls handshake timed out" : "connect timed out");
-        return;
-    }
-    mg_req_t *r = u->req;
-    double rt = ucfg(u)->read_timeout;
-    double left = u->last_io + rt - ev_now(ev);
-    /* Not the upstream's fault: the client is still sending the body, or
-     * is slow to take the response (its own timeout covers that). */
-    if (left > 1e-3 || u->read_paused || (r && !r->body_done)) {
-        arm_timer(u, left > 1e-3 ? left : rt);
-        return;
-    }
-    up_fail(u, FAIL_TIMEOUT, "upstream timed out");
 }
 
 /* --- starting an exchange ------------------------------------------------- */
 
-static void proxy_attach(mg_req_t *r, mg_buf_t *carry);
+static void proxy_attach(mg_req_t *r);
 static void client_drained(mg_req_t *r);
 
 static void respond_fail(mg_req_t *r, int kind, const char *why)
@@ -587,73 +427,72 @@ static void respond_fail(mg_req_t *r, int kind, const char *why)
     mg_req_error(r, status, status == 504 ? "upstream timed out" : "bad gateway");
 }
 
-/* Fails the exchange on u: retries where that is safe, else answers the
- * client (or cuts it off when the response has already started). */
-static void up_fail(mg_upconn_t *u, int kind, const char *why)
+/* The exchange failed (r->up already NULL, its connection closed): the
+ * client gets the failure, or is cut off when the response has started. */
+static void proxy_fail(mg_req_t *r, int kind, const char *why)
 {
-    mg_req_t *r = u->req;
-    mg_loop_t *loop = u->loop;
-    if (r == NULL) {
-        mg_up_conn_close(u);
-        return;
-    }
-    r->up = NULL;
-    u->req = NULL;
-    const mg_cfg_upstream_t *cfg = ucfg(u);
-    mg_up_t *up = u->server->up;
-    double now = ev_now(loop->ev);
-    if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) {
-        loop->stats.up_connect_errors++;
-        if (mg_up_server_failed(up, (int)(u->server - up->servers), now))
-            mg_log_warn("upstream %s: server %s marked down for %gs (%s)", cfg->name,
-                        u->server->addr->text, cfg->fail_timeout, why);
-    }
-    if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
-        loop->stats.up_timeouts++;
     if (mg_rs_sent(r)) {
         mg_log_warn("upstream %s: %s after the response started", r->upstream_addr, why);
-        mg_up_conn_close(u);
         if (r->w)
             mg_req_cut(r); /* aborts r */
         else
             mg_req_abort(r);
         return;
     }
-    /* Nothing reached the server yet, or a pooled connection the server had
-     * already closed: the request can go again, unchanged. */
-    int replayable = !u->wrote_any || (u->reused && !u->got_any && !r->has_body);
-    mg_buf_t carry = { 0 };
-    if (!u->wrote_any) {
-        carry = u->wbuf; /* the head and any body bytes, unsent */
-        u->wbuf = (mg_buf_t){ 0 };
-    }
-    int stale = u->reused && !u->got_any && kind == FAIL_RESET;
-    mg_up_conn_close(u);
-    if (replayable && stale && r->stale_retries < MAX_STALE_RETRIES) {
-        r->stale_retries++;
-        proxy_attach(r, carry.len ? &carry : NULL);
-        mg_buf_free(&carry);
-        return;
-    }
-    /* a retry needs a server that is not down; else the client gets this
-     * failure (502/504), not the 503 of a request that found all down */
-    if (replayable && (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) &&
-        r->tries < cfg->retries && mg_up_any_up(up, now)) {
-        r->tries++;
-        loop->stats.up_retries++;
-        mg_log_info("upstream %s: %s; retrying", r->upstream_addr, why);
-        proxy_attach(r, carry.len ? &carry : NULL);
-        mg_buf_free(&carry);
-        return;
-    }
-    mg_buf_free(&carry);
     respond_fail(r, kind, why);
 }
 
-/* Gets a connection for r and starts sending. `carry`, when given, holds
- * the bytes of a failed attempt (head and body so far) to send instead of
- * the head. */
-static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
+/* h1client's failure (a stale pooled connection was already replayed
+ * there): a failed connect is retried on the next server where that is
+ * allowed, with the bytes it did not send. */
+static void x_on_error(void *ud, const mg_h1c_error_t *e)
+{
+    mg_req_t *r = ud;
+    mg_loop_t *loop = r->loop;
+    mg_h1c_t *x = &r->exchange;
+    r->up = NULL;
+    int kind = e->code == MG_H1C_TIMEOUT ? (e->connecting ? FAIL_CONNECT_TIMEOUT : FAIL_TIMEOUT)
+               : e->connecting           ? FAIL_CONNECT
+               : e->code == MG_H1C_INVALID || e->code == MG_H1C_NOMEM ? FAIL_GARBAGE
+                                                                       : FAIL_RESET;
+    mg_up_t *up = x->server->up;
+    const mg_cfg_upstream_t *cfg = up->cfg;
+    double now = ev_now(loop->ev);
+    if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) {
+        loop->stats.up_connect_errors++;
+        if (mg_up_server_failed(up, (int)(x->server - up->servers), now))
+            mg_log_warn("upstream %s: server %s marked down for %gs (%s)", cfg->name,
+                        x->server->addr->text, cfg->fail_timeout, e->why);
+    }
+    if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
+        loop->stats.up_timeouts++;
+    /* a retry needs a server that is not down; else the client gets this
+     * failure (502/504), not the 503 of a request that found all down */
+    if (e->connecting && !mg_rs_sent(r) && r->tries < cfg->retries && mg_up_any_up(up, now)) {
+        r->tries++;
+        loop->stats.up_retries++;
+        mg_log_info("upstream %s: %s; retrying", r->upstream_addr, e->why);
+        proxy_attach(r);
+        return;
+    }
+    mg_h1c_cancel(x);
+    proxy_fail(r, kind, e->why);
+}
+
+static const mg_h1c_cbs_t x_cbs = {
+    .on_head = r_on_head,
+    .on_body = r_on_body,
+    .on_end = r_on_done,
+    .on_done = x_on_done,
+    .on_switch = x_on_switch,
+    .on_error = x_on_error,
+    .on_read = x_on_read,
+    .on_sendable = x_on_sendable,
+};
+
+/* Gets a connection for r and starts sending (the head, or the bytes a
+ * failed connect did not send). */
+static void proxy_attach(mg_req_t *r)
 {
     mg_up_t *up = &r->gen->ups[r->upstream];
     uint32_t hash = up->cfg->balance == MG_BAL_HASH ? mg_req_hash(r, up->cfg->hash_key) : 0;
@@ -665,6 +504,7 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
             s = mg_up_pick(up, hash, r->tried);
         }
         if (s < 0) {
+            mg_h1c_cancel(&r->exchange);
             mg_req_error(r, 503, "no healthy upstream");
             return;
         }
@@ -675,37 +515,29 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
         memcpy(r->upstream_addr, at, an); /* for the log: no printf per request */
         r->upstream_addr[an] = '\0';
         const char *err = NULL;
-        mg_upconn_t *u = mg_up_get(up, s, r, &up_ops, &err);
+        int rc = mg_h1c_attach(&r->exchange, up, s, &err);
         mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
                      r->upstream_addr, r->tries + 1,
-                     u == NULL ? (err ? err : "connect failed")
-                     : u->connecting ? "connecting" : "idle keep-alive connection");
-        if (u == NULL) {
+                     rc != MG_OK ? (err ? err : "connect failed")
+                     : r->exchange.u->connecting ? "connecting" : "idle keep-alive connection");
+        if (rc == MG_ENOMEM) {
+            mg_h1c_cancel(&r->exchange);
+            mg_log_error("out of memory queueing the upstream request");
+            mg_req_error(r, 500, "internal error");
+            return;
+        }
+        if (rc != MG_OK) {
             r->loop->stats.up_connect_errors++;
             if (r->tries < up->cfg->retries) {
                 r->tries++;
                 r->loop->stats.up_retries++;
                 continue;
             }
+            mg_h1c_cancel(&r->exchange);
             respond_fail(r, FAIL_CONNECT, err ? err : "connect failed");
             return;
         }
-        const mg_buf_t *head = carry ? carry : &r->uhead;
-        if (mg_buf_append(&u->wbuf, mg_buf_data(head), head->len) != MG_OK) {
-            mg_up_conn_close(u);
-            mg_log_error("out of memory queueing the upstream request");
-            mg_req_error(r, 500, "internal error");
-            return;
-        }
-        r->up = u;
-        mg_h1_head_reset(&u->head);
-        mg_h1_init(&u->h1, HTTP_RESPONSE, &resp_cbs, u, 0, 64 * 1024);
-        u->interim = 0;
-        if (u->connecting) {
-            arm_timer(u, up->cfg->connect_timeout);
-        } else {
-            connected(u);
-        }
+        r->up = &r->exchange;
         return;
     }
 }
@@ -713,6 +545,12 @@ static void proxy_attach(mg_req_t *r, mg_buf_t *carry)
 static const mg_req_exchange_ops_t exchange_ops = {
     mg_proxy_body, mg_proxy_body_done, mg_proxy_abort,
 };
+
+static int idempotent(int method)
+{
+    return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_PUT ||
+           method == HTTP_DELETE || method == HTTP_OPTIONS || method == HTTP_TRACE;
+}
 
 void mg_proxy_start(mg_req_t *r, int upstream)
 {
@@ -726,57 +564,41 @@ void mg_proxy_start(mg_req_t *r, int upstream)
         mg_req_error(r, 500, "internal error");
         return;
     }
-    proxy_attach(r, NULL);
+    const mg_cfg_upstream_t *cfg = r->gen->ups[upstream].cfg;
+    mg_h1c_t *x = &r->exchange;
+    mg_h1c_init(x, &x_cbs, r, &r->uhead, r->uhead.len, r->body_done && !r->has_body);
+    x->chunked = r->req_chunked;
+    x->idempotent = idempotent(r->head->method);
+    x->connect_timeout = cfg->connect_timeout;
+    x->read_timeout = cfg->read_timeout;
+    proxy_attach(r);
 }
 
 void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 {
-    mg_upconn_t *u = r->up;
-    if (r->req_chunked) {
-        mg_buf_putx(&u->wbuf, n);
-        mg_buf_append(&u->wbuf, "\r\n", 2);
-        mg_buf_append(&u->wbuf, p, n);
-        mg_buf_append(&u->wbuf, "\r\n", 2);
-    } else {
-        mg_buf_append(&u->wbuf, p, n);
-    }
-    if (u->wbuf.failed) { /* a piece is missing: the request cannot go on */
-        up_fail(u, FAIL_RESET, "out of memory queueing the request body");
-        return;
-    }
-    if (u->wbuf.len > UP_WBUF_HIGH)
-        mg_req_pause_body(r, 1);
-    if (!u->connecting)
-        up_flush(u);
+    mg_h1c_send(r->up, p, n);
 }
 
 void mg_proxy_body_done(mg_req_t *r)
 {
-    mg_upconn_t *u = r->up;
-    if (r->req_chunked && mg_buf_append(&u->wbuf, "0\r\n\r\n", 5) != MG_OK) {
-        up_fail(u, FAIL_RESET, "out of memory queueing the request body");
-        return;
-    }
-    if (!u->connecting)
-        up_flush(u);
+    mg_h1c_end(r->up);
 }
 
 /* r->on_drained: the client's write queue drained, resume reading the
  * upstream. */
 static void client_drained(mg_req_t *r)
 {
-    if (r->up && r->up->read_paused)
-        pause_upstream(r->up, 0);
+    if (r->up)
+        mg_h1c_pause_read(r->up, 0);
 }
 
 void mg_proxy_abort(mg_req_t *r)
 {
-    mg_upconn_t *u = r->up;
-    if (u == NULL)
+    mg_h1c_t *x = r->up;
+    if (x == NULL)
         return;
     r->up = NULL;
-    u->req = NULL;
-    mg_up_conn_close(u);
+    mg_h1c_cancel(x);
 }
 
 void mg_proxy_run(mg_req_t *r)

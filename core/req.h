@@ -12,11 +12,11 @@
 
 #include "buf.h"
 #include "edits.h"
+#include "h1client.h"
 #include "http1.h"
 #include "loop.h"
 #include "writer.h"
 
-typedef struct mg_upconn mg_upconn_t;
 typedef struct mg_req mg_req_t;
 
 /* The upstream exchange producing r's response (set by proxy.c, which sits
@@ -86,15 +86,15 @@ struct mg_req {
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
-    mg_upconn_t *up;          /* the exchange in progress */
+    mg_h1c_t *up;             /* the exchange in progress (&exchange), or NULL */
     const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
+    mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
     int upstream;             /* index into gen->ups */
     char upstream_addr[80];   /* for the access log */
     int tries;                /* failed connects so far */
-    int stale_retries;        /* reused connections found dead */
     uint64_t tried;           /* servers already tried (bit per index) */
     mg_buf_t uhead;           /* the request head as sent upstream */
     unsigned req_chunked : 1; /* body goes up chunk-encoded */

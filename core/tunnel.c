@@ -24,6 +24,7 @@
 #include "log.h"
 #include "mg.h"
 #include "loop.h"
+#include "sock.h"
 #include "tls.h"
 #include "tls_client.h"
 
@@ -43,17 +44,12 @@ typedef struct wsf {
 
 typedef struct side {
     struct mg_tun *t;
-    int fd;
-    mg_tls_t *tls;        /* server-side TLS (the client end) */
-    struct ssl_st *ssl;   /* client-side TLS (the upstream end) */
+    mg_sock_t sk;         /* fd and TLS: server side at the client end, client side upstream */
     ev_io rio, wio;
     mg_buf_t out;         /* bytes for this side not written yet */
     wsf_t frames;         /* frames of the bytes read from this side */
     unsigned eof : 1;     /* this side sent its FIN */
     unsigned shut : 1;    /* we sent this side our FIN */
-    unsigned rd_ww : 1;   /* a TLS read waits for writability */
-    unsigned wr_wr : 1;   /* a TLS write waits for readability */
-    unsigned more : 1;    /* TLS holds decrypted bytes the kernel will not report */
     unsigned rio_on : 1, wio_on : 1;
 } side_t;
 
@@ -145,64 +141,16 @@ static inline int wsf_between(const wsf_t *f)
 
 /* --- transport ------------------------------------------------------------ */
 
-/* Reads like recv(2): >0, 0 at EOF, -1 with errno (EAGAIN: nothing now).
- * Sets the TLS flags the watchers follow. */
-static ssize_t side_read(side_t *s, char *p, size_t n)
+/* Reads like recv(2), writes like send(2) (sock.h): the TLS flags the
+ * watchers follow are in s->sk. */
+static inline ssize_t side_read(side_t *s, char *p, size_t n)
 {
-    if (s->tls) {
-        ssize_t r = mg_tls_read(s->tls, p, n);
-        s->more = r > 0 && mg_tls_pending(s->tls);
-        if (r == MG_EAGAIN) {
-            s->rd_ww = mg_tls_want(s->tls) == MG_TLS_WANT_WRITE;
-            errno = EAGAIN;
-            return -1;
-        }
-        if (r < 0) {
-            errno = ECONNRESET;
-            return -1;
-        }
-        return r;
-    }
-    if (s->ssl) {
-        unsigned fl = 0;
-        ssize_t r = mg_tlsc_recv(s->ssl, p, n, &fl);
-        int e = errno;
-        s->more = (fl & MG_TLSC_MORE) != 0;
-        if (fl & MG_TLSC_RD_WANTS_WRITE)
-            s->rd_ww = 1;
-        errno = e;
-        return r;
-    }
-    return recv(s->fd, p, n, 0);
+    return mg_sock_recv(&s->sk, p, n);
 }
 
-/* Writes like send(2): >0 taken, -1 with errno (EAGAIN: retry with at
- * least the same bytes). */
-static ssize_t side_write(side_t *s, const char *p, size_t n)
+static inline ssize_t side_write(side_t *s, const char *p, size_t n)
 {
-    if (s->tls) {
-        ssize_t r = mg_tls_write(s->tls, p, n);
-        if (r == MG_EAGAIN) {
-            s->wr_wr = mg_tls_want(s->tls) == MG_TLS_WANT_READ;
-            errno = EAGAIN;
-            return -1;
-        }
-        if (r < 0) {
-            errno = EPIPE;
-            return -1;
-        }
-        return r;
-    }
-    if (s->ssl) {
-        unsigned fl = 0;
-        ssize_t r = mg_tlsc_send(s->ssl, p, n, &fl);
-        int e = errno;
-        if (fl & MG_TLSC_WR_WANTS_READ)
-            s->wr_wr = 1;
-        errno = e;
-        return r;
-    }
-    return send(s->fd, p, n, MSG_NOSIGNAL);
+    return mg_sock_send(&s->sk, p, n);
 }
 
 /* Passes a FIN on to s: close_notify on TLS, then a TCP half-close. */
@@ -211,11 +159,11 @@ static void side_shut(side_t *s)
     if (s->shut)
         return;
     s->shut = 1;
-    if (s->tls)
-        mg_tls_shutdown(s->tls);
-    else if (s->ssl)
-        mg_tlsc_shutdown(s->ssl);
-    shutdown(s->fd, SHUT_WR);
+    if (s->sk.tls)
+        mg_tls_shutdown(s->sk.tls);
+    else if (s->sk.ssl)
+        mg_tlsc_shutdown(s->sk.ssl);
+    shutdown(s->sk.fd, SHUT_WR);
 }
 
 /* --- relaying ------------------------------------------------------------- */
@@ -230,7 +178,7 @@ static int finished(mg_tun_t *t)
 static int flush(side_t *s)
 {
     mg_tun_t *t = s->t;
-    s->wr_wr = 0;
+    s->sk.wr_wr = 0;
     while (s->out.len > 0) {
         ssize_t n = side_write(s, mg_buf_data(&s->out), s->out.len);
         if (n > 0) {
@@ -294,7 +242,7 @@ static void on_readable(side_t *s)
 {
     mg_tun_t *t = s->t;
     mg_loop_t *loop = t->loop;
-    s->rd_ww = 0;
+    s->sk.rd_ww = 0;
     /* a few reads per event, so one busy tunnel does not hold the loop */
     for (int round = 0; round < 4 && !s->eof && peer(s)->out.len == 0; round++) {
         ssize_t n = side_read(s, loop->scratch, loop->scratch_cap);
@@ -302,7 +250,7 @@ static void on_readable(side_t *s)
             t->last_io = ev_now(loop->ev);
             if (relay(s, loop->scratch, (size_t)n) != 0)
                 return;
-            if (!s->more && !s->tls && !s->ssl && (size_t)n < loop->scratch_cap)
+            if (!s->sk.more && !s->sk.tls && !s->sk.ssl && (size_t)n < loop->scratch_cap)
                 break; /* plain TCP: the socket is drained */
             continue;
         }
@@ -316,7 +264,7 @@ static void on_readable(side_t *s)
         }
         /* FIN: passed on once the peer has everything read before it */
         s->eof = 1;
-        s->more = 0;
+        s->sk.more = 0;
         side_t *p = peer(s);
         if (p->out.len == 0 && !p->shut) {
             side_shut(p);
@@ -338,8 +286,8 @@ static void update(side_t *s)
         return;
     struct ev_loop *ev = t->loop->ev;
     int reading = !s->eof && peer(s)->out.len == 0;
-    int want_r = reading || s->wr_wr;
-    int want_w = (s->out.len > 0 && !s->wr_wr) || s->rd_ww;
+    int want_r = reading || s->sk.wr_wr;
+    int want_w = (s->out.len > 0 && !s->sk.wr_wr) || s->sk.rd_ww;
     if (want_r && !s->rio_on) {
         ev_io_start(ev, &s->rio);
         s->rio_on = 1;
@@ -354,7 +302,7 @@ static void update(side_t *s)
         ev_io_stop(ev, &s->wio);
         s->wio_on = 0;
     }
-    if (reading && s->more) /* already decrypted: the socket will not say */
+    if (reading && s->sk.more) /* already decrypted: the socket will not say */
         ev_feed_event(ev, &s->rio, EV_READ);
 }
 
@@ -364,7 +312,7 @@ static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)revents;
     side_t *s = w->data;
     mg_tun_t *t = s->t;
-    if (s->wr_wr) { /* a TLS write waited for this */
+    if (s->sk.wr_wr) { /* a TLS write waited for this */
         if (flush(s) != 0)
             return;
         update(s);
@@ -380,7 +328,7 @@ static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)revents;
     side_t *s = w->data;
     mg_tun_t *t = s->t;
-    if (s->rd_ww) { /* a TLS read waited for this */
+    if (s->sk.rd_ww) { /* a TLS read waited for this */
         on_readable(s);
         if (t->closed)
             return;
@@ -412,15 +360,15 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 static void side_init(mg_tun_t *t, side_t *s, mg_tun_end_t *e)
 {
     s->t = t;
-    s->fd = e->fd;
-    s->tls = e->tls;
-    s->ssl = e->ssl;
+    s->sk.fd = e->fd;
+    s->sk.tls = e->tls;
+    s->sk.ssl = e->ssl;
     s->out = e->out;
     s->eof = e->eof ? 1 : 0;
     e->out = (mg_buf_t){ 0 };
-    ev_io_init(&s->rio, rio_cb, s->fd, EV_READ);
+    ev_io_init(&s->rio, rio_cb, s->sk.fd, EV_READ);
     s->rio.data = s;
-    ev_io_init(&s->wio, wio_cb, s->fd, EV_WRITE);
+    ev_io_init(&s->wio, wio_cb, s->sk.fd, EV_WRITE);
     s->wio.data = s;
 }
 
@@ -503,19 +451,19 @@ static void tun_close(mg_tun_t *t, const char *why)
         /* a clean end says goodbye on TLS; after an error it would make a
          * cut stream look complete */
         int clean = why != NULL && (strcmp(why, "closed") == 0 || strcmp(why, "shutdown") == 0);
-        if (s->tls) {
+        if (s->sk.tls) {
             if (clean)
-                mg_tls_shutdown(s->tls);
-            mg_tls_free(s->tls);
-            s->tls = NULL;
+                mg_tls_shutdown(s->sk.tls);
+            mg_tls_free(s->sk.tls);
+            s->sk.tls = NULL;
         }
-        if (s->ssl) {
-            mg_tlsc_close(s->ssl, !clean || s->shut);
-            s->ssl = NULL;
+        if (s->sk.ssl) {
+            mg_tlsc_close(s->sk.ssl, !clean || s->shut);
+            s->sk.ssl = NULL;
         }
-        if (s->fd >= 0)
-            close(s->fd);
-        s->fd = -1;
+        if (s->sk.fd >= 0)
+            close(s->sk.fd);
+        s->sk.fd = -1;
         mg_buf_free(&s->out);
     }
     ev_timer_stop(loop->ev, &t->timer);

@@ -8,8 +8,8 @@
  * calls mg_up_connect_step. Afterwards the exchange reads and writes
  * through mg_up_recv/mg_up_send; the watcher callbacks here cover what
  * OpenSSL adds: decrypted data buffered where epoll cannot see it
- * (tls_more: read again at once), and a read needing a write or the other
- * way round (tls_rd_ww/tls_wr_wr). */
+ * (sock.more: read again at once), and a read needing a write or the other
+ * way round (sock.rd_ww/sock.wr_wr, sock.h). */
 #include "upstream.h"
 #include "dns.h"
 #include "log.h"
@@ -225,12 +225,12 @@ static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     (void)revents;
     mg_upconn_t *u = w->data;
-    if (u->req == NULL) {
+    if (u->owner == NULL) {
         /* An idle connection has nothing to say: EOF, reset or stray bytes
          * all make it unusable. Over TLS it may have been a session ticket
          * the library consumes by itself. */
-        if (u->ssl && !u->tls_more &&
-            mg_tlsc_idle_ok(u->ssl, u->loop->scratch, u->loop->scratch_cap))
+        if (u->sock.ssl && !u->sock.more &&
+            mg_tlsc_idle_ok(u->sock.ssl, u->loop->scratch, u->loop->scratch_cap))
             return;
         mg_up_conn_close(u);
         return;
@@ -239,14 +239,14 @@ static void rio_cb(struct ev_loop *ev, ev_io *w, int revents)
         u->ops->on_write(u); /* the TLS handshake goes on */
         return;
     }
-    if (u->tls_wr_wr) {
-        u->tls_wr_wr = 0;
+    if (u->sock.wr_wr) {
+        u->sock.wr_wr = 0;
         u->ops->on_write(u);
-        if (u->closed || u->req == NULL)
+        if (u->closed || u->owner == NULL)
             return;
     }
     u->ops->on_read(u);
-    if (u->tls_more && u->rio_on && !u->closed)
+    if (u->sock.more && u->rio_on && !u->closed)
         ev_feed_event(ev, &u->rio, EV_READ);
 }
 
@@ -255,15 +255,15 @@ static void wio_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)ev;
     (void)revents;
     mg_upconn_t *u = w->data;
-    if (u->req == NULL) {
-        u->tls_rd_ww = 0;
+    if (u->owner == NULL) {
+        u->sock.rd_ww = 0;
         mg_up_want_write(u, 0);
         return;
     }
-    if (u->tls_rd_ww && !u->connecting) {
-        u->tls_rd_ww = 0;
+    if (u->sock.rd_ww && !u->connecting) {
+        u->sock.rd_ww = 0;
         u->ops->on_read(u);
-        if (u->closed || u->req == NULL)
+        if (u->closed || u->owner == NULL)
             return;
     }
     u->ops->on_write(u);
@@ -280,7 +280,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
         u->armed_at = u->deadline;
         return;
     }
-    if (u->req == NULL) {
+    if (u->owner == NULL) {
         mg_up_conn_close(u); /* idle too long */
         return;
     }
@@ -289,9 +289,9 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 
 void mg_up_want_write(mg_upconn_t *u, int on)
 {
-    if (u->tls_rd_ww)
+    if (u->sock.rd_ww)
         on = 1; /* a read waits for writability */
-    else if (u->tls_wr_wr)
+    else if (u->sock.wr_wr)
         on = 0; /* the write waits for readability, not writability */
     if (on && !u->wio_on && !u->closed) {
         ev_io_start(u->loop->ev, &u->wio);
@@ -311,7 +311,7 @@ void mg_up_pause_read(mg_upconn_t *u, int pause)
     } else if (!pause && !u->rio_on && !u->closed) {
         ev_io_start(u->loop->ev, &u->rio);
         u->rio_on = 1;
-        if (u->tls_more) /* already received: the socket will not tell */
+        if (u->sock.more) /* already received: the socket will not tell */
             ev_feed_event(u->loop->ev, &u->rio, EV_READ);
     }
 }
@@ -333,7 +333,7 @@ void mg_up_arm_timer(mg_upconn_t *u, double secs)
     u->armed_at = at;
 }
 
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops,
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *ops,
                        const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];
@@ -348,9 +348,8 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
         sv->nidle--;
         up->nidle--;
         u->reused = 1;
-        u->wrote_any = u->got_any = u->resp_done = 0;
         u->in_use = 1;
-        u->req = req;
+        u->owner = owner;
         u->ops = ops;
         sv->active++;
         return u;
@@ -382,7 +381,7 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
     }
     u->loop = loop;
     u->server = sv;
-    u->fd = fd;
+    u->sock.fd = fd;
     u->dns_gen = sv->dns ? mg_dns_name_gen(sv->dns) : 0;
     int rc = connect(fd, sa, salen);
     if (rc != 0 && errno != EINPROGRESS) {
@@ -395,7 +394,7 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
      * connect completed at once. */
     u->connecting = rc != 0 || up->tls != NULL;
     u->in_use = 1;
-    u->req = req;
+    u->owner = owner;
     u->ops = ops;
     sv->active++;
     ev_io_init(&u->rio, rio_cb, fd, EV_READ);
@@ -424,7 +423,7 @@ int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno)
     if (!u->handshaking) {
         int e = 0;
         socklen_t el = sizeof e;
-        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
+        if (getsockopt(u->sock.fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
             e = errno;
         if (e == EINPROGRESS)
             return MG_EAGAIN;
@@ -437,15 +436,15 @@ int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno)
             u->connecting = 0;
             return MG_OK;
         }
-        u->ssl = mg_tlsc_open(sv->up->tls, u->fd, sv->tls_name ? sv->tls_name : "",
+        u->sock.ssl = mg_tlsc_open(sv->up->tls, u->sock.fd, sv->tls_name ? sv->tls_name : "",
                               &sv->tls_sess);
-        if (u->ssl == NULL) {
+        if (u->sock.ssl == NULL) {
             snprintf(err, errlen, "tls setup failed: out of memory");
             return MG_ECLOSED;
         }
         u->handshaking = 1;
     }
-    switch (mg_tlsc_handshake(u->ssl, err, errlen)) {
+    switch (mg_tlsc_handshake(u->sock.ssl, err, errlen)) {
     case MG_TLSC_WANT_READ:
         mg_up_want_write(u, 0);
         if (!u->rio_on) {
@@ -467,24 +466,12 @@ int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno)
 
 ssize_t mg_up_tls_recv(mg_upconn_t *u, void *p, size_t n)
 {
-    unsigned fl;
-    ssize_t r = mg_tlsc_recv(u->ssl, p, n, &fl);
-    int e = errno;
-    u->tls_more = (fl & MG_TLSC_MORE) != 0;
-    if (fl & MG_TLSC_RD_WANTS_WRITE) {
-        u->tls_rd_ww = 1;
+    ssize_t r = mg_sock_tls_recv(&u->sock, p, n);
+    if (u->sock.rd_ww) {
+        int e = errno;
         mg_up_want_write(u, 1);
+        errno = e;
     }
-    errno = e;
-    return r;
-}
-
-ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n)
-{
-    unsigned fl;
-    ssize_t r = mg_tlsc_send(u->ssl, p, n, &fl);
-    if (fl & MG_TLSC_WR_WANTS_READ)
-        u->tls_wr_wr = 1; /* the caller's want_write(1) then waits for rio */
     return r;
 }
 
@@ -493,7 +480,7 @@ void mg_up_release(mg_upconn_t *u)
     mg_up_server_t *sv = u->server;
     mg_up_t *up = sv->up;
     mg_loop_t *loop = u->loop;
-    u->req = NULL;
+    u->owner = NULL;
     mg_up_want_write(u, 0);
     /* Beyond `keepalive` idle connections, a few more are kept for a
      * moment: under a burst (more requests in flight than `keepalive`) the
@@ -549,23 +536,23 @@ void mg_up_conn_close(mg_upconn_t *u)
     ev_timer_stop(loop->ev, &u->timer);
     /* Freed now, not deferred: no OpenSSL callback (a session arriving)
      * can run once the pool may be gone. */
-    mg_tlsc_close(u->ssl, u->closed_by_peer);
-    u->ssl = NULL;
-    if (u->fd >= 0)
-        close(u->fd);
-    u->fd = -1;
+    mg_tlsc_close(u->sock.ssl, u->closed_by_peer);
+    u->sock.ssl = NULL;
+    if (u->sock.fd >= 0)
+        close(u->sock.fd);
+    u->sock.fd = -1;
     mg_loop_defer(loop, upconn_free, u);
 }
 
 void mg_up_detach(mg_upconn_t *u, int *fd, struct ssl_st **ssl, mg_buf_t *out)
 {
-    *fd = u->fd;
-    *ssl = u->ssl;
+    *fd = u->sock.fd;
+    *ssl = u->sock.ssl;
     *out = u->wbuf;
-    u->fd = -1;
-    u->ssl = NULL;
+    u->sock.fd = -1;
+    u->sock.ssl = NULL;
     u->wbuf = (mg_buf_t){ 0 };
-    u->req = NULL;
+    u->owner = NULL;
     mg_up_conn_close(u);
 }
 

@@ -1,6 +1,6 @@
 /* Upstream pools: per upstream, its servers with their idle keep-alive
  * connections, balancing, and nonblocking connects. The exchange itself
- * (what is written and read) belongs to proxy.c. */
+ * (what is written and read) belongs to h1client.c. */
 #ifndef MG_UPSTREAM_H
 #define MG_UPSTREAM_H
 
@@ -13,6 +13,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http1.h"
+#include "sock.h"
 
 typedef struct mg_loop mg_loop_t;
 typedef struct mg_up mg_up_t;
@@ -51,7 +52,7 @@ struct mg_up {
 };
 
 /* What the exchange running on a connection does with its events. While a
- * connection is idle (req == NULL) the pool handles them instead. */
+ * connection is idle (owner == NULL) the pool handles them instead. */
 typedef struct mg_upconn_ops {
     void (*on_read)(mg_upconn_t *u);
     void (*on_write)(mg_upconn_t *u);
@@ -65,33 +66,25 @@ struct mg_upconn {
     const mg_upconn_ops_t *ops;
     mg_loop_t *loop;
     mg_up_server_t *server;
-    int fd;
+    mg_sock_t sock;            /* fd and TLS state (sock.ssl NULL on plain TCP) */
     ev_io rio, wio;
     ev_timer timer;            /* connect, read and idle timeouts */
     double deadline, armed_at; /* the timeout's time, and when the timer is due (mg_up_arm_timer) */
     mg_buf_t wbuf;             /* request bytes not yet written */
     mg_h1_t h1;                /* response parser */
     mg_h1_head_t head;         /* response head store */
-    void *req;                 /* the exchange it serves (its owner's object); NULL while idle */
+    void *owner;               /* the exchange it serves (opaque to the pool); NULL while idle */
     mg_upconn_t *next;         /* idle list */
     double last_io;
     unsigned dns_gen;          /* the server name's answer count when connected (dns.h) */
-    unsigned interim;          /* 1xx responses seen in this exchange */
-    struct ssl_st *ssl;        /* TLS state; NULL on plain TCP */
     unsigned connecting : 1;   /* TCP connect, then the TLS handshake */
     unsigned handshaking : 1;  /* connected; the TLS handshake runs */
     unsigned reused : 1;       /* came from the idle pool */
-    unsigned wrote_any : 1;    /* some request bytes reached the socket */
-    unsigned got_any : 1;      /* some response bytes arrived */
     unsigned closed : 1;
     unsigned in_use : 1;       /* serving a request (counted in server->active) */
     unsigned rio_on : 1, wio_on : 1;
     unsigned read_paused : 1;
-    unsigned resp_done : 1;    /* the response was parsed to its end */
     unsigned closed_by_peer : 1;
-    unsigned tls_more : 1;     /* decrypted bytes wait inside OpenSSL */
-    unsigned tls_rd_ww : 1;    /* a TLS read waits for the socket to be writable */
-    unsigned tls_wr_wr : 1;    /* a TLS write waits for it to be readable */
 };
 
 /* Sets up the pool; with cfg->tls, also its TLS context (CA file read
@@ -127,9 +120,9 @@ static inline void mg_up_server_ok(mg_up_server_t *sv)
 /* True if some server of up is not marked down at `now`. */
 int mg_up_any_up(const mg_up_t *up, double now);
 /* An idle connection to server s, or a new connecting one (write watcher
- * armed for the connect), now serving req with ops. NULL when the socket
+ * armed for the connect), now serving `owner` with ops. NULL when the socket
  * could not even be created (err says why). */
-mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops,
+mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *ops,
                        const char **err);
 /* Drives a connecting connection (u->connecting) on: call it when its
  * socket is writable, and when readable while the TLS handshake runs
@@ -140,21 +133,21 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *req, const mg_upconn_ops_t *ops
  * errno (0 for a TLS failure). */
 int mg_up_connect_step(mg_upconn_t *u, char *err, size_t errlen, int *sys_errno);
 
-/* The transport: read(2)/send(2) on plain TCP (exactly those syscalls),
- * through OpenSSL on TLS connections. Same results as read/send. */
+/* The transport (sock.h): recv(2)/send(2) on plain TCP (exactly those
+ * syscalls), through OpenSSL on TLS connections, with the watchers a TLS
+ * read needing writability arms. Same results as recv/send. */
 ssize_t mg_up_tls_recv(mg_upconn_t *u, void *p, size_t n);
-ssize_t mg_up_tls_send(mg_upconn_t *u, const void *p, size_t n);
 static inline ssize_t mg_up_recv(mg_upconn_t *u, void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return recv(u->fd, p, n, 0); /* recv: skips the VFS layer of read() */
+    if (u->sock.ssl == NULL)
+        return recv(u->sock.fd, p, n, 0); /* recv: skips the VFS layer of read() */
     return mg_up_tls_recv(u, p, n);
 }
 static inline ssize_t mg_up_send(mg_upconn_t *u, const void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return send(u->fd, p, n, MSG_NOSIGNAL);
-    return mg_up_tls_send(u, p, n);
+    /* TLS: a write needing readability sets sock.wr_wr; the caller's
+     * want_write(1) then waits for rio */
+    return mg_sock_send(&u->sock, p, n);
 }
 
 /* Starts/stops the write watcher; pauses/resumes reading. */
