@@ -3,10 +3,11 @@
  * behind one in flight) are kept in the connection's own rbuf, so an idle
  * keep-alive connection costs no buffer.
  *
- * On a TLS listener reads and writes go through c->tls (tls.c); plain TCP
- * stays on read()/send() behind one pointer test. TLS differs in three
- * ways: a read may need the socket writable (and a write readable), which
- * the tls_*_wants_* flags route through the other watcher; OpenSSL may
+ * Reads and writes go through c->sock (sock.h, the transport upstream
+ * connections and tunnels use too): plain TCP stays on recv()/send()
+ * behind one pointer test; on a TLS listener tls.c's session. TLS differs
+ * in three ways: a read may need the socket writable (and a write
+ * readable), which sock's rd_ww/wr_wr flags route through the other watcher; OpenSSL may
  * hold bytes it already took off the socket, which the kernel will not
  * report, so the read watcher is fed by hand while it does; and a clean
  * close sends close_notify first (never on an abort, where it would make a
@@ -38,8 +39,8 @@ static void conn_free(void *p);
 /* Closes a connection with nothing in flight, saying goodbye first on TLS. */
 static void close_clean(mg_conn_t *c)
 {
-    if (c->tls)
-        mg_tls_shutdown(c->tls);
+    if (c->sock.tls)
+        mg_tls_shutdown(c->sock.tls);
     mg_conn_close(c);
 }
 
@@ -49,7 +50,7 @@ static inline void rio_start(mg_conn_t *c)
 {
     ev_io_start(c->loop->ev, &c->rio);
     c->rio_on = 1;
-    if (c->tls && mg_tls_pending(c->tls))
+    if (c->sock.tls && mg_tls_pending(c->sock.tls))
         ev_feed_event(c->loop->ev, &c->rio, EV_READ);
 }
 
@@ -135,7 +136,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
             mg_conn_close(c);
             return;
         }
-        if (c->tls && !mg_tls_ready(c->tls)) {
+        if (c->sock.tls && !mg_tls_ready(c->sock.tls)) {
             mg_log_info("closing %s: TLS handshake timeout", c->remote);
             mg_conn_close(c); /* no session to answer on */
             return;
@@ -301,7 +302,7 @@ static void linger_read(mg_conn_t *c)
 {
     char *buf = c->loop->scratch;
     for (;;) {
-        ssize_t n = read(c->fd, buf, c->loop->scratch_cap);
+        ssize_t n = read(c->sock.fd, buf, c->loop->scratch_cap);
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)
@@ -311,23 +312,6 @@ static void linger_read(mg_conn_t *c)
         mg_conn_close(c);
         return;
     }
-}
-
-/* A TLS read: MG_EAGAIN after arming what it waits for. */
-static ssize_t tls_read(mg_conn_t *c, char *dst, size_t room)
-{
-    ssize_t n = mg_tls_read(c->tls, dst, room);
-    if (n == MG_EAGAIN && mg_tls_want(c->tls) == MG_TLS_WANT_WRITE) {
-        c->tls_read_wants_write = 1;
-        if (!c->wio_on) {
-            ev_io_start(c->loop->ev, &c->wio);
-            c->wio_on = 1;
-        }
-    } else if (n == MG_ECLOSED && !mg_tls_ready(c->tls)) {
-        /* a reset after the handshake is as unremarkable as on plain TCP */
-        mg_log_info("closing %s: TLS handshake failed", c->remote);
-    }
-    return n;
 }
 
 /* Reads what the socket has and parses it. */
@@ -352,22 +336,19 @@ static inline void read_some(mg_conn_t *c)
         dst = c->rbuf.base + c->rbuf.off + c->rbuf.len;
         room = mg_buf_room(&c->rbuf);
     }
-    ssize_t n;
-    if (c->tls == NULL) {
-        n = recv(c->fd, dst, room, 0); /* recv: skips the VFS layer of read() */
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
-            mg_conn_close(c);
+    ssize_t n = mg_sock_recv(&c->sock, dst, room);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            if (c->sock.rd_ww && !c->wio_on) { /* the TLS read waits for writability */
+                ev_io_start(c->loop->ev, &c->wio);
+                c->wio_on = 1;
+            }
             return;
         }
-    } else {
-        n = tls_read(c, dst, room);
-        if (n < 0) {
-            if (n != MG_EAGAIN)
-                mg_conn_close(c);
-            return;
-        }
+        if (c->sock.tls && !mg_tls_ready(c->sock.tls)) /* a reset after it is unremarkable */
+            mg_log_info("closing %s: TLS handshake failed", c->remote);
+        mg_conn_close(c);
+        return;
     }
     if (n == 0) {
         /* EOF. Nothing in flight: done. A request in flight with no
@@ -411,8 +392,8 @@ static inline void read_some(mg_conn_t *c)
  * still holds bytes and reading goes on. */
 static void tls_read_event(mg_conn_t *c)
 {
-    if (c->tls_write_wants_read) {
-        c->tls_write_wants_read = 0;
+    if (c->sock.wr_wr) {
+        c->sock.wr_wr = 0;
         mg_conn_flush(c);
         if (c->closed || c->timeout_kind == T_LINGER)
             return;
@@ -420,7 +401,7 @@ static void tls_read_event(mg_conn_t *c)
     read_some(c);
     if (!c->closed)
         drained(c);
-    if (!c->closed && c->rio_on && c->timeout_kind != T_LINGER && mg_tls_pending(c->tls))
+    if (!c->closed && c->rio_on && c->timeout_kind != T_LINGER && mg_tls_pending(c->sock.tls))
         ev_feed_event(c->loop->ev, &c->rio, EV_READ);
 }
 
@@ -439,7 +420,7 @@ static int read_proxy_header(mg_conn_t *c)
         }
         size_t have = c->rbuf.len;
         uint8_t *base = (uint8_t *)c->rbuf.base + c->rbuf.off;
-        ssize_t m = recv(c->fd, base + have, MG_PP_MAX - have, MSG_PEEK);
+        ssize_t m = recv(c->sock.fd, base + have, MG_PP_MAX - have, MSG_PEEK);
         if (m < 0 && (errno == EAGAIN || errno == EINTR))
             return 1;
         if (m <= 0) {
@@ -454,7 +435,7 @@ static int read_proxy_header(mg_conn_t *c)
             mg_conn_close(c);
             return -1;
         }
-        if (recv(c->fd, base + have, take, 0) != (ssize_t)take) { /* peeked: it is there */
+        if (recv(c->sock.fd, base + have, take, 0) != (ssize_t)take) { /* peeked: it is there */
             mg_conn_close(c);
             return -1;
         }
@@ -483,7 +464,7 @@ static void read_cb(struct ev_loop *ev, ev_io *w, int revents)
         linger_read(c); /* raw bytes: nothing after close_notify matters */
         return;
     }
-    if (c->tls) {
+    if (c->sock.tls) {
         tls_read_event(c);
         return;
     }
@@ -503,9 +484,9 @@ static void start_linger(mg_conn_t *c)
 {
     /* Half-close and drain what the client still sends, so the kernel does
      * not reset the connection and destroy the response we just sent. */
-    if (c->tls)
-        mg_tls_shutdown(c->tls);
-    shutdown(c->fd, SHUT_WR);
+    if (c->sock.tls)
+        mg_tls_shutdown(c->sock.tls);
+    shutdown(c->sock.fd, SHUT_WR);
     set_timeout(c, T_LINGER, MG_LINGER_SECONDS);
     if (c->wio_on) {
         ev_io_stop(c->loop->ev, &c->wio);
@@ -523,20 +504,7 @@ void mg_conn_flush(mg_conn_t *c)
         return;
     int wrote = 0, wait_read = 0;
     while (c->wbuf.len > 0) {
-        ssize_t n;
-        if (c->tls == NULL) {
-            n = send(c->fd, mg_buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
-        } else {
-            n = mg_tls_write(c->tls, mg_buf_data(&c->wbuf), c->wbuf.len);
-            if (n == MG_EAGAIN) {
-                wait_read = mg_tls_want(c->tls) == MG_TLS_WANT_READ;
-                break;
-            }
-            if (n < 0) {
-                mg_conn_close(c);
-                return;
-            }
-        }
+        ssize_t n = mg_sock_send(&c->sock, mg_buf_data(&c->wbuf), c->wbuf.len);
         if (n > 0) {
             mg_buf_consume(&c->wbuf, (size_t)n);
             wrote = 1;
@@ -544,8 +512,10 @@ void mg_conn_flush(mg_conn_t *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN)
+        if (n < 0 && errno == EAGAIN) {
+            wait_read = c->sock.wr_wr;
             break;
+        }
         mg_conn_close(c);
         return;
     }
@@ -554,8 +524,8 @@ void mg_conn_flush(mg_conn_t *c)
     if (c->wbuf.len > 0 && wait_read) {
         /* the session must hear from the client first: the read watcher
          * retries this write (tls_read_event) */
-        c->tls_write_wants_read = 1;
-        if (c->wio_on && !c->tls_read_wants_write) {
+        c->sock.wr_wr = 1;
+        if (c->wio_on && !c->sock.rd_ww) {
             ev_io_stop(c->loop->ev, &c->wio);
             c->wio_on = 0;
         }
@@ -567,7 +537,7 @@ void mg_conn_flush(mg_conn_t *c)
             c->wio_on = 1;
         }
     } else {
-        if (c->wio_on && !c->tls_read_wants_write) {
+        if (c->wio_on && !c->sock.rd_ww) {
             ev_io_stop(c->loop->ev, &c->wio);
             c->wio_on = 0;
         }
@@ -588,8 +558,8 @@ static void write_cb(struct ev_loop *ev, ev_io *w, int revents)
     (void)ev;
     (void)revents;
     mg_conn_t *c = w->data;
-    if (c->tls_read_wants_write) {
-        c->tls_read_wants_write = 0;
+    if (c->sock.rd_ww) {
+        c->sock.rd_ww = 0;
         if (c->wbuf.len == 0 && c->wio_on) {
             ev_io_stop(ev, &c->wio);
             c->wio_on = 0;
@@ -615,8 +585,8 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
         return;
     }
     if (tls) {
-        c->tls = mg_tls_new(tls, fd);
-        if (c->tls == NULL) {
+        c->sock.tls = mg_tls_new(tls, fd);
+        if (c->sock.tls == NULL) {
             mg_log_error("out of memory starting a TLS session");
             free(c);
             close(fd);
@@ -628,7 +598,7 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
     c->w.ops = &mg_conn_writer_ops;
     c->src.ops = &mg_conn_src_ops;
     c->loop = loop;
-    c->fd = fd;
+    c->sock.fd = fd;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, c->remote, sizeof c->remote);
@@ -649,7 +619,7 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
         if (cfg->ntrusted && !mg_cidr_match_text(cfg->trusted, cfg->ntrusted, c->remote)) {
             mg_log_info("refusing %s on a proxy_protocol listener: not in trusted_proxies",
                         c->remote);
-            mg_tls_free(c->tls);
+            mg_tls_free(c->sock.tls);
             free(c);
             close(fd);
             return;
@@ -751,13 +721,13 @@ void mg_conn_close_idle(mg_conn_t *c)
 void mg_conn_detach(mg_conn_t *c, int *fd, struct mg_tls **tls, mg_buf_t *out, const char **in,
                     size_t *in_n, int *eof)
 {
-    *fd = c->fd;
-    *tls = c->tls;
+    *fd = c->sock.fd;
+    *tls = c->sock.tls;
     *out = c->wbuf;
     *eof = c->eof;
     c->wbuf = (mg_buf_t){ 0 };
-    c->fd = -1;
-    c->tls = NULL;
+    c->sock.fd = -1;
+    c->sock.tls = NULL;
     c->req = NULL;
     /* the parser stopped after the request: what follows is the tunnel's */
     *in = c->rbuf.len ? mg_buf_data(&c->rbuf) : NULL; /* freed with c, later */
@@ -781,11 +751,11 @@ void mg_conn_close(mg_conn_t *c)
     ev_io_stop(loop->ev, &c->rio);
     ev_io_stop(loop->ev, &c->wio);
     ev_timer_stop(loop->ev, &c->timer);
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-    mg_tls_free(c->tls); /* after close(): SSL_free sends nothing */
-    c->tls = NULL;
+    if (c->sock.fd >= 0)
+        close(c->sock.fd);
+    c->sock.fd = -1;
+    mg_tls_free(c->sock.tls); /* after close(): SSL_free sends nothing */
+    c->sock.tls = NULL;
     if (c->prev)
         c->prev->next = c->next;
     else

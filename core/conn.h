@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "http1.h"
+#include "sock.h"
 #include "writer.h"
 
 struct sockaddr;
@@ -23,7 +24,8 @@ struct ssl_ctx_st;
 
 typedef struct mg_conn {
     mg_loop_t *loop;
-    int fd;
+    mg_sock_t sock;          /* fd and TLS session (sock.h: rd_ww/wr_wr route a TLS read
+                              * that waits for writability and the reverse) */
     ev_io rio, wio;
     ev_timer timer;
     double deadline_at;      /* when the current timeout fires */
@@ -38,7 +40,6 @@ typedef struct mg_conn {
     mg_reqsrc_t src;         /* its request source; src.paused: body reading paused */
     char remote[64];         /* client IP as text */
     int remote_port;
-    struct mg_tls *tls;      /* TLS session on a TLS listener; NULL for plain TCP */
     struct mg_conn *prev, *next;   /* loop->conns */
     unsigned closing : 1;    /* close once wbuf is flushed */
     unsigned closed : 1;     /* fd closed, memory freed later */
@@ -48,8 +49,6 @@ typedef struct mg_conn {
     unsigned rio_on : 1;
     unsigned admin : 1;      /* accepted on the admin listener */
     unsigned https : 1;      /* accepted on a TLS listener (X-Forwarded-Proto, req.scheme) */
-    unsigned tls_read_wants_write : 1; /* a TLS read waits for the socket to take bytes */
-    unsigned tls_write_wants_read : 1; /* a TLS write waits for bytes from the client */
     unsigned parse_held : 1; /* the next pipelined request waits for wbuf to drain */
     unsigned resp_chunked : 1; /* the response in progress is chunk-encoded */
     unsigned resp_close : 1; /* ... or ends with the connection (HTTP/1.0 client) */

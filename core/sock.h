@@ -1,7 +1,7 @@
 /* One nonblocking socket, plain TCP or TLS (server side through tls.c,
  * client side through tls_client.c), read and written like recv(2) and
- * send(2). The transport under upstream connections (upstream.c) and
- * tunnels (tunnel.c).
+ * send(2). The one transport under client connections (conn.c), upstream
+ * connections (upstream.c) and tunnels (tunnel.c).
  *
  * What TLS adds is in three flags the owner's watchers follow: decrypted
  * bytes OpenSSL holds where epoll cannot see them (`more`: read again at
