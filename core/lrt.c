@@ -5,9 +5,11 @@
 #include "loop.h"
 #include "req.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -15,6 +17,120 @@
 
 
 #define HOOK_EVERY 1000  /* instructions between count-hook calls */
+#define WATCH_TICK_US 10000 /* CPU time between watchdog ticks */
+
+/* The instruction budget's watchdog. A count hook makes the Lua VM check
+ * every instruction it runs (10 to 17% of a Lua plugin's request), and
+ * almost every stretch of Lua between two waits is short. So a request's
+ * coroutine runs without a hook, and a CPU-time interval timer
+ * (ITIMER_VIRTUAL: it only ticks while the worker runs user code, so an
+ * idle worker gets no signals) looks at the thread running Lua: one that
+ * has been running since the previous tick gets the count hook, which then
+ * enforces lua.max_instructions as before. The hook goes again when the
+ * stretch ends. lua_sethook may be called from a signal handler (Lua's
+ * own lua.c stops scripts that way); these three are the signal handler's
+ * view of the loop, the one state outside mg_loop_t. coroutine.resume and
+ * coroutine.wrap are wrapped so that watch_co is the thread that runs. */
+static lua_State *volatile watch_co;     /* the thread running Lua now, or NULL */
+static volatile sig_atomic_t watch_serial; /* stretches started */
+static volatile sig_atomic_t watch_seen;   /* the serial the last tick saw */
+
+static void count_hook(lua_State *co, lua_Debug *ar);
+
+static void watch_tick(int sig)
+{
+    (void)sig;
+    lua_State *co = watch_co;
+    if (co == NULL)
+        return;
+    if (watch_seen != watch_serial) {
+        watch_seen = watch_serial;
+        return;
+    }
+    if (lua_gethook(co) == NULL)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* Runs `co` as the watched thread until it stops; returns the previous. */
+static lua_State *watch_enter(lua_State *co)
+{
+    lua_State *prev = watch_co;
+    watch_serial++;
+    watch_co = co;
+    return prev;
+}
+
+/* The stretch on `co` ended: the hook the watchdog set (if any) goes,
+ * unless the thread was caught (killed threads keep checking). */
+static void watch_leave(lua_State *co, lua_State *prev, int killed)
+{
+    watch_co = prev;
+    watch_serial++;
+    if (!killed && lua_gethook(co) != NULL)
+        lua_sethook(co, NULL, 0, 0);
+}
+
+static void watch_start(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = watch_tick;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    struct itimerval it = { { 0, WATCH_TICK_US }, { 0, WATCH_TICK_US } };
+    if (sigaction(SIGVTALRM, &sa, NULL) != 0 || setitimer(ITIMER_VIRTUAL, &it, NULL) != 0)
+        mg_log_warn("no Lua watchdog timer; every coroutine carries the count hook");
+}
+
+/* coroutine.resume / a coroutine.wrap function (upvalue 1 the base
+ * library's, upvalue 2 the thread for wrap): the base library's, with the
+ * thread watched while it runs, and the caller's hook (a stretch the
+ * watchdog caught) carried into it. */
+static int watched_resume(lua_State *L)
+{
+    lua_State *co = lua_type(L, lua_upvalueindex(2)) == LUA_TTHREAD ? lua_tothread(L, lua_upvalueindex(2))
+                                                                   : lua_tothread(L, 1);
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    if (co == NULL || co == L) /* the base library says what is wrong */
+        return lua_call(L, n, LUA_MULTRET), lua_gettop(L);
+    lua_Hook h = lua_gethook(L);
+    if (h != NULL && lua_gethook(co) == NULL)
+        lua_sethook(co, h, lua_gethookmask(L), lua_gethookcount(L));
+    lua_State *prev = watch_enter(co);
+    int st = lua_pcall(L, n, LUA_MULTRET, 0);
+    mg_req_t *r = mg_lrt_loop(L)->cur_req;
+    int killed = r && r->killed;
+    watch_leave(co, prev, killed);
+    if (killed && lua_gethook(L) == NULL) /* caught in there: stop here too */
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    if (st != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+static int watched_wrap(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the base library's wrap */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    lua_getupvalue(L, -1, 1); /* its thread */
+    lua_pushcclosure(L, watched_resume, 2);
+    return 1;
+}
+
+static void watch_coroutines(lua_State *L)
+{
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, watched_resume, 1);
+    lua_setfield(L, -2, "resume");
+    lua_getfield(L, -1, "wrap");
+    lua_pushcclosure(L, watched_wrap, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
+}
 
 mg_loop_t *mg_lrt_loop(lua_State *L)
 {
@@ -113,6 +229,7 @@ static int boot(lua_State *L)
     mg_loop_t *loop = lua_touserdata(L, 1);
     const mg_home_t *home = lua_touserdata(L, 2);
     luaL_openlibs(L);
+    watch_coroutines(L);
     /* package.path: the runtime first */
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;", home->lua);
@@ -178,6 +295,7 @@ lua_State *mg_lrt_new(mg_loop_t *loop)
         return NULL;
     }
     free(home);
+    watch_start();
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run");
     loop->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run_log");
@@ -214,7 +332,7 @@ static lua_State *get_thread(mg_loop_t *loop, int *ref)
         return co;
     }
     lua_State *co = lua_newthread(L);
-    lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_sethook(co, NULL, 0, 0); /* not the main thread's: the watchdog sets one */
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return co;
 }
@@ -423,7 +541,10 @@ int mg_lrt_resume(mg_req_t *r, int nargs, int *ctx_ref)
     loop->lua_limit_on = 1;
     loop->lua_oom = 0;
     int nres = 0;
+    lua_State *watch_prev = r->script ? NULL : watch_enter(co);
     int st = lua_resume(co, NULL, nargs, &nres);
+    if (!r->script)
+        watch_leave(co, watch_prev, r->killed);
     loop->lua_limit_on = prev_limit;
     loop->lua_oom = 0;
     loop->cur_req = prev;

@@ -108,7 +108,7 @@ def test_api_misuse_raises(gateway):
 LIMITS = {"max_instructions": 1e7, "memory_limit": 64 * 1024 * 1024}
 
 
-@pytest.mark.parametrize("mode", ["plain", "pcall", "sort"])
+@pytest.mark.parametrize("mode", ["plain", "pcall", "sort", "wrap", "resume"])
 def test_endless_loop_is_stopped_and_others_are_served(gateway, mode):
     g = gateway(lua_config([
         {"match": {"path": "/loop"}, "plugins": [plugin("t_loop", mode=mode)],
