@@ -70,7 +70,7 @@ static void watch_leave(lua_State *co, lua_State *prev, int killed)
         lua_sethook(co, NULL, 0, 0);
 }
 
-static void watch_start(void)
+void mg_lrt_watch_start(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -295,7 +295,6 @@ lua_State *mg_lrt_new(mg_loop_t *loop)
         return NULL;
     }
     free(home);
-    watch_start();
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run");
     loop->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, LUA_REGISTRYINDEX, "mg_run_log");

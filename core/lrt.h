@@ -13,6 +13,9 @@ typedef struct mg_loop mg_loop_t;
  * module, the traceback handler. NULL on failure (logged). */
 lua_State *mg_lrt_new(mg_loop_t *loop);
 void mg_lrt_close(lua_State *L);
+/* Starts the instruction budget's watchdog timer (lrt.c) in the process
+ * that runs requests: a worker, after the fork (timers are not inherited). */
+void mg_lrt_watch_start(void);
 
 /* What running a request coroutine came to (ngx-lua's run_thread model):
  * lrt runs Lua and reports; the request layer (req_lua.c) decides what the

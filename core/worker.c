@@ -127,6 +127,7 @@ int mg_loop_run(mg_loop_t *loop)
 {
     if (mg_worker_open_access_log(loop) != 0)
         return 1;
+    mg_lrt_watch_start();
     /* before the listeners: once a client can connect, a signal an
      * operator sends finds its handler (a SIGHUP must not kill us) */
     ev_signal_init(&loop->sigterm, on_stop_signal, SIGTERM);

@@ -154,6 +154,22 @@ def test_endless_loop_is_stopped_and_others_are_served(gateway, mode):
     wait_for(lambda: "t_loop" in g.stderr_text(), timeout=3, what="the loop in the log")
 
 
+def test_endless_loop_is_stopped_in_forked_workers(gateway):
+    # workers are forked from the master: the budget's watchdog (a CPU-time
+    # timer, not inherited by fork) must run in each of them
+    g = gateway(lua_config([
+        {"match": {"path": "/loop"}, "plugins": [plugin("t_loop", mode="plain")],
+         "handler": handler('return 200, "finished?"')},
+        FAST,
+    ], lua=LIMITS, workers=2))
+    for _ in range(4):  # new connections: both workers get some
+        t = time.monotonic()
+        r = request(g.port, "GET", "/loop", timeout=6)
+        assert_internal_error(r)
+        assert time.monotonic() - t < 5
+        assert request(g.port, "GET", "/fast").status == 200
+
+
 def test_memory_hog_gets_500_and_the_worker_lives(gateway):
     g = gateway(lua_config([
         {"match": {"path": "/hog"}, "plugins": [plugin("t_hog")],
