@@ -307,18 +307,18 @@ static int lazy_index(lua_State *L)
     return 0;
 }
 
-/* Pushes the lazy response for a finished exchange. May raise (OOM). */
-static void push_lazy(lua_State *L, const mg_h1_head_t *h, const mg_buf_t *body)
+/* The size of a head as "name\0value\0" pairs. */
+static size_t raw_size(const mg_h1_head_t *h)
 {
     size_t rn = 0;
     for (int i = 0; i < h->nhdrs; i++)
         rn += mg_h1_name(h, i).n + mg_h1_value(h, i).n + 2;
-    resp_t *u = lua_newuserdatauv(L, sizeof *u + rn + body->len, UV_N);
-    u->tag = &resp_tag;
-    u->status = h->status;
-    u->rawlen = rn;
-    u->bodylen = body->len;
-    char *w = u->data;
+    return rn;
+}
+
+/* Writes the head as "name\0value\0" pairs at w (raw_size(h) bytes). */
+static void pack_raw(const mg_h1_head_t *h, char *w)
+{
     for (int i = 0; i < h->nhdrs; i++) {
         mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
         memcpy(w, n.p, n.n);
@@ -328,8 +328,20 @@ static void push_lazy(lua_State *L, const mg_h1_head_t *h, const mg_buf_t *body)
         w += v.n;
         *w++ = '\0';
     }
+}
+
+/* Pushes the lazy response for a finished exchange. May raise (OOM). */
+static void push_lazy(lua_State *L, const mg_h1_head_t *h, const mg_buf_t *body)
+{
+    size_t rn = raw_size(h);
+    resp_t *u = lua_newuserdatauv(L, sizeof *u + rn + body->len, UV_N);
+    u->tag = &resp_tag;
+    u->status = h->status;
+    u->rawlen = rn;
+    u->bodylen = body->len;
+    pack_raw(h, u->data);
     if (body->len)
-        memcpy(w, mg_buf_data(body), body->len);
+        memcpy(u->data + rn, mg_buf_data(body), body->len);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &resp_tag);
     lua_setmetatable(L, -2);
 }
@@ -346,20 +358,9 @@ void mg_lhttp_push_response(lua_State *L, const mg_h1_head_t *h, const mg_buf_t 
     lua_setfield(L, ri, "status");
     lua_pushlstring(L, body->len ? mg_buf_data(body) : "", body->len);
     lua_setfield(L, ri, "body");
-    size_t rn = 0;
-    for (int i = 0; i < h->nhdrs; i++)
-        rn += mg_h1_name(h, i).n + mg_h1_value(h, i).n + 2;
+    size_t rn = raw_size(h);
     luaL_Buffer raw;
-    char *w = luaL_buffinitsize(L, &raw, rn);
-    for (int i = 0; i < h->nhdrs; i++) {
-        mg_str_t n = mg_h1_name(h, i), v = mg_h1_value(h, i);
-        memcpy(w, n.p, n.n);
-        w += n.n;
-        *w++ = '\0';
-        memcpy(w, v.p, v.n);
-        w += v.n;
-        *w++ = '\0';
-    }
+    pack_raw(h, luaL_buffinitsize(L, &raw, rn));
     luaL_pushresultsize(&raw, rn);
     lua_createtable(L, 1, 1); /* this response's metatable */
     lua_insert(L, -2);
