@@ -451,26 +451,8 @@ static void add_forwarded_table(lua_State *L, http_state_t *st, const call_t *c,
         const char *name = lua_tolstring(L, -2, &nn);
         if (!mg_h1_is_token(name, nn))
             luaL_error(L, "gw.http.request: invalid header name '%s'", name);
-        mg_str_t n = { name, nn };
-        if (forwards(st, c, conn, n)) {
-            if (MG_STR_EQ_CI(n, "host"))
-                *has_host = 1;
-            int vidx = lua_gettop(L);
-            if (lua_type(L, vidx) == LUA_TTABLE) {
-                lua_Integer len = luaL_len(L, vidx);
-                for (lua_Integer i = 1; i <= len; i++) {
-                    lua_geti(L, vidx, i);
-                    if (!header_value_ok(L, -1))
-                        luaL_error(L, "gw.http.request: header %s: values must be strings", name);
-                    add_header(L, st, name, nn, lua_gettop(L));
-                    lua_pop(L, 1);
-                }
-            } else if (header_value_ok(L, vidx)) {
-                add_header(L, st, name, nn, vidx);
-            } else {
-                luaL_error(L, "gw.http.request: header %s: value must be a string", name);
-            }
-        }
+        if (forwards(st, c, conn, (mg_str_t){ name, nn }))
+            *has_host |= add_given(L, st, name, nn, lua_gettop(L), 0);
         lua_pop(L, 1);
     }
 }
