@@ -540,6 +540,25 @@ static size_t check_max_body(lua_State *L, int idx)
     return (size_t)lua_tointeger(L, idx);
 }
 
+/* The exchange's options in the table at 1, shared by gw.http.request and
+ * gw.http.template: timeout, max_body, tls_verify and lazy_headers, in
+ * that order, each field's value left on the stack (four slots). May
+ * raise. */
+static void exchange_opts(lua_State *L, call_t *c)
+{
+    c->timeout = opt_type(L, 1, "timeout", LUA_TNUMBER, "number") ? check_timeout(L, -1)
+                                                                  : DEFAULT_TIMEOUT;
+    c->max_body = MG_HC_MAX_BODY;
+    if (opt_type(L, 1, "max_body", LUA_TNUMBER, "number"))
+        c->max_body = check_max_body(L, -1);
+    c->tls_verify = 1;
+    if (opt_type(L, 1, "tls_verify", LUA_TBOOLEAN, "boolean"))
+        c->tls_verify = lua_toboolean(L, -1);
+    c->lazy = 0;
+    if (opt_type(L, 1, "lazy_headers", LUA_TBOOLEAN, "boolean"))
+        c->lazy = lua_toboolean(L, -1);
+}
+
 /* The `forward` option at idx: a req object, or a stand-in with a
  * headers() method (plugin tests), whose table is pushed and its index
  * kept in c->ftab. May raise. */
@@ -662,16 +681,7 @@ static int l_request(lua_State *L)
         c.hidx = 4;
     if (opt_type(L, 1, "body", LUA_TSTRING, "string")) /* 5 */
         c.body = lua_tolstring(L, 5, &c.blen);
-    c.timeout = opt_type(L, 1, "timeout", LUA_TNUMBER, "number") ? check_timeout(L, 6)
-                                                                 : DEFAULT_TIMEOUT; /* 6 */
-    c.max_body = MG_HC_MAX_BODY;
-    if (opt_type(L, 1, "max_body", LUA_TNUMBER, "number")) /* 7 */
-        c.max_body = check_max_body(L, 7);
-    c.tls_verify = 1;
-    if (opt_type(L, 1, "tls_verify", LUA_TBOOLEAN, "boolean")) /* 8 */
-        c.tls_verify = lua_toboolean(L, 8);
-    if (opt_type(L, 1, "lazy_headers", LUA_TBOOLEAN, "boolean")) /* 9 */
-        c.lazy = lua_toboolean(L, 9);
+    exchange_opts(L, &c); /* 6..9 */
     if (lua_getfield(L, 1, "forward") != LUA_TNIL) /* 10, a stand-in's table 11 */
         check_forward(L, 10, &c);
 
@@ -730,17 +740,11 @@ static int l_template(lua_State *L)
         return luaL_error(L, "gw.http.template: url must be a string");
     size_t ulen;
     const char *url = lua_tolstring(L, -1, &ulen);
-    t->timeout = DEFAULT_TIMEOUT;
-    if (opt_type(L, 1, "timeout", LUA_TNUMBER, "number"))
-        t->timeout = check_timeout(L, -1);
-    t->max_body = MG_HC_MAX_BODY;
-    if (opt_type(L, 1, "max_body", LUA_TNUMBER, "number"))
-        t->max_body = check_max_body(L, -1);
-    t->tls_verify = 1;
-    if (opt_type(L, 1, "tls_verify", LUA_TBOOLEAN, "boolean"))
-        t->tls_verify = lua_toboolean(L, -1);
-    if (opt_type(L, 1, "lazy_headers", LUA_TBOOLEAN, "boolean"))
-        t->lazy = lua_toboolean(L, -1);
+    exchange_opts(L, &c);
+    t->timeout = c.timeout;
+    t->max_body = c.max_body;
+    t->tls_verify = c.tls_verify;
+    t->lazy = c.lazy;
     if (opt_type(L, 1, "forward_drop", LUA_TTABLE, "table"))
         nameset_fill(L, &t->drop, lua_gettop(L), "forward_drop");
     if (opt_type(L, 1, "forward_only", LUA_TTABLE, "table"))
