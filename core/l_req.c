@@ -101,14 +101,15 @@ static const char *check_value(lua_State *L, int idx, size_t *n)
 
 static void push_lower(lua_State *L, mg_str_t n)
 {
-    char buf[256];
-    if (n.n > sizeof buf) {
-        lua_pushlstring(L, n.p, n.n);
-        return;
-    }
+    char small[256];
+    luaL_Buffer b;
+    char *buf = n.n <= sizeof small ? small : luaL_buffinitsize(L, &b, n.n);
     for (size_t j = 0; j < n.n; j++)
         buf[j] = (n.p[j] >= 'A' && n.p[j] <= 'Z') ? (char)(n.p[j] | 0x20) : n.p[j];
-    lua_pushlstring(L, buf, n.n);
+    if (buf == small)
+        lua_pushlstring(L, buf, n.n);
+    else
+        luaL_pushresultsize(&b, n.n); /* a name past 256 bytes is lower-cased too */
 }
 
 /* Pushes { lower-case name = value } for a head with edits applied;

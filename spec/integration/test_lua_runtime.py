@@ -375,6 +375,23 @@ def test_set_and_remove_header_reach_the_upstream(gateway, upstream):
     assert up_header(d, "X-Seen") == "yes,nil,new,nil"
 
 
+def test_headers_table_names_are_lower_case_at_any_length(gateway, upstream):
+    long = "X-" + "Long" * 75  # 302 bytes
+    g = gateway(lua_config([route([hook(access="""
+        local h = req:headers()
+        local n = 0
+        for k, v in pairs(h) do
+          if #k > 256 then n = n + 1; req:set_header("X-Long-Seen", k == k:lower() and v or "upper") end
+        end
+        req:set_header("X-Long-Count", n)
+    """)])], upstream))
+    r = request(g.port, "GET", "/echo", headers=[(long, "v1")])
+    assert r.status == 200, r
+    d = r.json()
+    assert up_header(d, "X-Long-Count") == "1"
+    assert up_header(d, "X-Long-Seen") == "v1"
+
+
 def test_set_header_with_a_list_sends_one_field_per_value(gateway, upstream):
     g = gateway(lua_config([route([hook(access="""
         req:set_header("X-Group", { "g1", "g2", 3 })
