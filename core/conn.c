@@ -5,13 +5,13 @@
  *
  * Reads and writes go through c->sock (sock.h, the transport upstream
  * connections and tunnels use too): plain TCP stays on recv()/send()
- * behind one pointer test; on a TLS listener tls.c's session. TLS differs
- * in three ways: a read may need the socket writable (and a write
- * readable), which sock's rd_ww/wr_wr flags route through the other watcher; OpenSSL may
- * hold bytes it already took off the socket, which the kernel will not
- * report, so the read watcher is fed by hand while it does; and a clean
- * close sends close_notify first (never on an abort, where it would make a
- * truncated response look complete). */
+ * behind an inline test that no TLS is set; on a TLS listener tls.c's
+ * session. TLS differs in three ways: a read may need the socket writable
+ * (and a write readable), which sock's rd_ww/wr_wr flags route through the
+ * other watcher; OpenSSL may hold bytes it already took off the socket,
+ * which the kernel will not report, so the read watcher is fed by hand
+ * while it does; and a clean close sends close_notify first (never on an
+ * abort, where it would make a truncated response look complete). */
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
