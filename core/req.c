@@ -88,6 +88,7 @@ mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head)
         r->head = head;
     } else if ((r->head = calloc(1, sizeof *r->head)) == NULL) {
         mg_gen_unref(r->gen);
+        mg_buf_free(&r->uhead); /* a reused request's kept buffer */
         free(r);
         return NULL;
     }
