@@ -103,7 +103,7 @@ static int watched_resume(lua_State *L)
     mg_req_t *r = mg_lrt_loop(L)->cur_req;
     int killed = r && r->killed;
     watch_leave(co, prev, killed);
-    if (killed && lua_gethook(L) == NULL) /* caught in there: stop here too */
+    if (killed && L == r->co && lua_gethook(L) == NULL) /* caught in there: stop here too */
         lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
     if (st != LUA_OK)
         return lua_error(L);
