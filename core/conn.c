@@ -5,13 +5,13 @@
  *
  * Reads and writes go through c->sock (sock.h, the transport upstream
  * connections and tunnels use too): plain TCP stays on recv()/send()
- * behind one pointer test; on a TLS listener tls.c's session. TLS differs
- * in three ways: a read may need the socket writable (and a write
- * readable), which sock's rd_ww/wr_wr flags route through the other watcher; OpenSSL may
- * hold bytes it already took off the socket, which the kernel will not
- * report, so the read watcher is fed by hand while it does; and a clean
- * close sends close_notify first (never on an abort, where it would make a
- * truncated response look complete). */
+ * behind an inline test that no TLS is set; on a TLS listener tls.c's
+ * session. TLS differs in three ways: a read may need the socket writable
+ * (and a write readable), which sock's rd_ww/wr_wr flags route through the
+ * other watcher; OpenSSL may hold bytes it already took off the socket,
+ * which the kernel will not report, so the read watcher is fed by hand
+ * while it does; and a clean close sends close_notify first (never on an
+ * abort, where it would make a truncated response look complete). */
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
@@ -61,27 +61,18 @@ static const mg_limits_t *limits(mg_conn_t *c)
     return &c->loop->gen->cfg->limits;
 }
 
-/* The one timer follows the deadline lazily (libev "be smart about
- * timeouts"): it is restarted only when the deadline moves earlier than
- * the time it is armed for; when it fires before the deadline, timer_cb
- * re-arms it for the rest. A keep-alive connection's timeouts change
- * several times per request (idle, header, busy, idle), and restarting a
- * timer is two heap operations among every connection's timers. T_NONE
- * leaves the timer to fire and find nothing to do. */
+/* The one timer follows the deadline lazily (loop.h's mg_timer_follow): a
+ * keep-alive connection's timeouts change several times per request (idle,
+ * header, busy, idle). T_NONE leaves the timer to fire and find nothing to
+ * do. */
 static void set_timeout(mg_conn_t *c, int kind, double secs)
 {
     struct ev_loop *ev = c->loop->ev;
     c->timeout_kind = kind;
     if (kind == T_NONE)
         return;
-    double at = ev_now(ev) + secs;
-    c->deadline_at = at;
-    if (ev_is_active(&c->timer) && c->armed_at <= at)
-        return;
-    ev_timer_stop(ev, &c->timer);
-    ev_timer_set(&c->timer, secs, 0.);
-    ev_timer_start(ev, &c->timer);
-    c->armed_at = at;
+    c->deadline_at = ev_now(ev) + secs;
+    mg_timer_follow(ev, &c->timer, &c->armed_at, c->deadline_at);
 }
 
 static void write_raw_error(mg_conn_t *c, int status, const char *msg)
@@ -117,15 +108,10 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)revents;
     mg_conn_t *c = w->data;
-    double now = ev_now(ev);
     if (c->timeout_kind == T_NONE)
         return;
-    if (c->deadline_at > now + 1e-3) { /* fired early: the deadline moved on */
-        ev_timer_set(&c->timer, c->deadline_at - now, 0.);
-        ev_timer_start(ev, &c->timer);
-        c->armed_at = c->deadline_at;
-        return;
-    }
+    if (mg_timer_early(ev, &c->timer, &c->armed_at, c->deadline_at))
+        return; /* the deadline moved on */
     switch (c->timeout_kind) {
     case T_IDLE:
         close_clean(c);

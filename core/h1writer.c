@@ -15,12 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define CONN_OF(p, field) ((mg_conn_t *)((char *)(p) - offsetof(mg_conn_t, field)))
-
-static int no_length(int status)
-{
-    return status == 204 || status == 304 || (status >= 100 && status < 200);
-}
+#define CONN_OF(p, field) mg_container_of(p, mg_conn_t, field)
 
 /* True if a handler's own headers (CRLF-separated lines) set Date. */
 static int has_date(const char *h)
@@ -55,7 +50,7 @@ static void generated_head(mg_conn_t *c, const mg_req_t *r, const mg_resp_head_t
         mg_buf_puts(o, mg_loop_date(r->loop));
     if (h->ctype)
         mg_buf_printf(o, "Content-Type: %s\r\n", h->ctype);
-    if (!no_length(h->status))
+    if (!mg_status_no_length(h->status))
         mg_buf_printf(o, "Content-Length: %zu\r\n", h->length);
     if (h->extra)
         mg_buf_append(o, h->extra, strlen(h->extra));
@@ -140,7 +135,7 @@ static ssize_t w_head(mg_writer_t *w, mg_req_t *r, const mg_resp_head_t *h, cons
     } else {
         generated_head(c, r, h, o);
     }
-    if (body && r->head->method != HTTP_HEAD && !no_length(h->status))
+    if (body && r->head->method != HTTP_HEAD && !mg_status_no_length(h->status))
         mg_buf_append(o, body, n);
     if (o->failed) { /* one check for the whole piece (buf.h): nothing goes out */
         mg_buf_rollback(o, before);

@@ -137,6 +137,35 @@ typedef struct mg_loop {
 
 static inline mg_loop_t *mg_loop_of(struct ev_loop *ev) { return (mg_loop_t *)ev_userdata(ev); }
 
+/* A one-shot timer that follows a deadline lazily (libev's "be smart about
+ * timeouts"), for client (conn.c) and upstream (upstream.c) connections,
+ * whose timeouts change several times per request: restarting a timer is
+ * two heap operations among every connection's timers. *armed_at is when
+ * w is due (<= the deadline). mg_timer_follow arms w for `at` only when
+ * it is not armed or due later; mg_timer_early, first in w's callback,
+ * re-arms it for the rest and returns 1 when it fired before `deadline`. */
+static inline void mg_timer_follow(struct ev_loop *ev, ev_timer *w, double *armed_at, double at)
+{
+    if (ev_is_active(w) && *armed_at <= at)
+        return;
+    ev_timer_stop(ev, w);
+    ev_timer_set(w, at - ev_now(ev), 0.);
+    ev_timer_start(ev, w);
+    *armed_at = at;
+}
+
+static inline int mg_timer_early(struct ev_loop *ev, ev_timer *w, double *armed_at,
+                                 double deadline)
+{
+    double now = ev_now(ev);
+    if (deadline <= now + 1e-3)
+        return 0;
+    ev_timer_set(w, deadline - now, 0.);
+    ev_timer_start(ev, w);
+    *armed_at = deadline;
+    return 1;
+}
+
 /* The TLS context for new connections on the listener `addr` (its text as
  * configured) in generation g, or NULL for a plain listener. Borrowed. */
 struct ssl_ctx_st *mg_gen_tls(const mg_gen_t *g, const char *addr);

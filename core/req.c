@@ -88,6 +88,7 @@ mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head)
         r->head = head;
     } else if ((r->head = calloc(1, sizeof *r->head)) == NULL) {
         mg_gen_unref(r->gen);
+        mg_buf_free(&r->uhead); /* a reused request's kept buffer */
         free(r);
         return NULL;
     }
@@ -340,8 +341,7 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
         mg_req_finish(r);
         return;
     }
-    int no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
-                  r->head->method == HTTP_HEAD;
+    int no_body = mg_status_no_length(status) || r->head->method == HTTP_HEAD;
     mg_resp_head_t h = { .status = status, .ctype = ctype, .extra = extra_headers, .length = n };
     ssize_t k = r->w->ops->head(r->w, r, &h, body ? body : "", n);
     if (k < 0) {
@@ -355,11 +355,6 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     r->resp_bytes = (uint64_t)k;
     r->resp_body_bytes = no_body || k == 0 ? 0 : n;
     mg_req_finish(r);
-}
-
-static int no_length(int status)
-{
-    return status == 204 || status == 304 || (status >= 100 && status < 200);
 }
 
 mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n)
@@ -380,9 +375,10 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
     char num[24];
     int nl = snprintf(num, sizeof num, "%zu", n);
     if ((ctype && mg_h1_head_add(h, "Content-Type", 12, ctype, strlen(ctype)) != MG_OK) ||
-        (!no_length(status) && mg_h1_head_add(h, "Content-Length", 14, num, (size_t)nl) != MG_OK))
+        (!mg_status_no_length(status) &&
+         mg_h1_head_add(h, "Content-Length", 14, num, (size_t)nl) != MG_OK))
         return NULL;
-    if (!no_length(status))
+    if (!mg_status_no_length(status))
         h->flags |= MG_H1_HAS_CL; /* the writer frames it by its length */
     return h;
 }
@@ -390,7 +386,7 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
 int mg_req_stage_end(mg_req_t *r, const char *body, size_t n)
 {
     int status = r->res_head->status;
-    if (!no_length(status) && r->head->method != HTTP_HEAD &&
+    if (!mg_status_no_length(status) && r->head->method != HTTP_HEAD &&
         mg_buf_append(&r->hold, body, n) != MG_OK)
         return MG_ENOMEM; /* mg_req_respond drops whatever was held */
     r->status = status;

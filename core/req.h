@@ -206,6 +206,13 @@ uint32_t mg_req_hash(const mg_req_t *r, const char *key);
 
 const char *mg_status_reason(int status);
 
+/* A response with this status has no body and no Content-Length (1xx, 204,
+ * 304). */
+static inline int mg_status_no_length(int status)
+{
+    return status == 204 || status == 304 || (status >= 100 && status < 200);
+}
+
 /* The response phase's states and transitions (r->rs). */
 #include "resphase.h"
 

@@ -84,6 +84,27 @@ static inline int dir_from(side_t *s)
 
 /* --- WebSocket frame boundaries ------------------------------------------ */
 
+/* The length of the frame header that starts at h (h[0..2) present). */
+static inline size_t wsf_need(const unsigned char *h)
+{
+    unsigned len7 = h[1] & 0x7f;
+    return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((h[1] & 0x80) ? 4 : 0);
+}
+
+/* A whole frame header h[0..wsf_need(h)): its payload follows. */
+static inline void wsf_begin(wsf_t *f, const unsigned char *h)
+{
+    uint64_t len = h[1] & 0x7f;
+    if (len == 126)
+        len = (uint64_t)h[2] << 8 | h[3];
+    else if (len == 127)
+        for (int i = 0; i < 8; i++)
+            len = (i ? len << 8 : 0) | h[2 + i];
+    if ((h[0] & 0x0f) == 8)
+        f->closed = 1;
+    f->left = len;
+}
+
 static void wsf_feed(wsf_t *f, const unsigned char *p, size_t n)
 {
     while (n > 0) {
@@ -94,42 +115,19 @@ static void wsf_feed(wsf_t *f, const unsigned char *p, size_t n)
             n -= k;
             continue;
         }
-        if (f->hn == 0 && n >= 2) {
+        size_t need;
+        if (f->hn == 0 && n >= 2 && n >= (need = wsf_need(p))) {
             /* fast path: the whole header is in this read (the usual case) */
-            unsigned len7 = p[1] & 0x7f;
-            size_t need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((p[1] & 0x80) ? 4 : 0);
-            if (n >= need) {
-                uint64_t len = len7;
-                if (len7 == 126)
-                    len = (uint64_t)p[2] << 8 | p[3];
-                else if (len7 == 127)
-                    for (int i = 0; i < 8; i++)
-                        len = len << 8 | p[2 + i];
-                if ((p[0] & 0x0f) == 8)
-                    f->closed = 1;
-                f->left = len;
-                p += need;
-                n -= need;
-                continue;
-            }
+            wsf_begin(f, p);
+            p += need;
+            n -= need;
+            continue;
         }
         f->hdr[f->hn++] = *p++;
         n--;
-        if (f->hn < 2)
+        if (f->hn < 2 || f->hn < wsf_need(f->hdr))
             continue;
-        unsigned len7 = f->hdr[1] & 0x7f;
-        unsigned need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((f->hdr[1] & 0x80) ? 4 : 0);
-        if (f->hn < need)
-            continue;
-        uint64_t len = len7;
-        if (len7 == 126)
-            len = (uint64_t)f->hdr[2] << 8 | f->hdr[3];
-        else if (len7 == 127)
-            for (int i = 0; i < 8; i++)
-                len = (i ? len << 8 : 0) | f->hdr[2 + i];
-        if ((f->hdr[0] & 0x0f) == 8)
-            f->closed = 1;
-        f->left = len;
+        wsf_begin(f, f->hdr);
         f->hn = 0;
     }
 }

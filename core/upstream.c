@@ -273,13 +273,8 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)revents;
     mg_upconn_t *u = w->data;
-    double now = ev_now(ev);
-    if (u->deadline > now + 1e-3) { /* fired early: the deadline moved on */
-        ev_timer_set(&u->timer, u->deadline - now, 0.);
-        ev_timer_start(ev, &u->timer);
-        u->armed_at = u->deadline;
-        return;
-    }
+    if (mg_timer_early(ev, &u->timer, &u->armed_at, u->deadline))
+        return; /* the deadline moved on */
     if (u->owner == NULL) {
         mg_up_conn_close(u); /* idle too long */
         return;
@@ -316,21 +311,13 @@ void mg_up_pause_read(mg_upconn_t *u, int pause)
     }
 }
 
-/* Lazily, as conn.c's timer: restarted only when the deadline moves
- * earlier than the time the timer is due; timer_cb re-arms it when it
- * fires before the deadline. A pooled connection goes idle -> read timeout
- * -> idle on every exchange. */
+/* Lazily (loop.h's mg_timer_follow): a pooled connection goes idle -> read
+ * timeout -> idle on every exchange. */
 void mg_up_arm_timer(mg_upconn_t *u, double secs)
 {
     struct ev_loop *ev = u->loop->ev;
-    double at = ev_now(ev) + secs;
-    u->deadline = at;
-    if (ev_is_active(&u->timer) && u->armed_at <= at)
-        return;
-    ev_timer_stop(ev, &u->timer);
-    ev_timer_set(&u->timer, secs, 0.);
-    ev_timer_start(ev, &u->timer);
-    u->armed_at = at;
+    u->deadline = ev_now(ev) + secs;
+    mg_timer_follow(ev, &u->timer, &u->armed_at, u->deadline);
 }
 
 mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *ops,
