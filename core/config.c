@@ -428,11 +428,12 @@ static void walk_listen(lua_State *L, walk_t *w)
         snprintf(where, sizeof where, "listen[%d]", i);
         lua_rawgeti(L, -1, i);
         mg_cfg_listen_t *l = &cfg->listen[cfg->nlisten++];
+        l->http2 = 1;
         if (lua_type(L, -1) == LUA_TSTRING) {
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
         } else {
             expect_table(L, w, where, "listen");
-            static const char *const keys[] = { "addr", "tls", "proxy_protocol", NULL };
+            static const char *const keys[] = { "addr", "tls", "proxy_protocol", "http2", NULL };
             check_keys(L, w, where, keys);
             lua_getfield(L, -1, "addr");
             if (lua_type(L, -1) != LUA_TSTRING)
@@ -441,6 +442,7 @@ static void walk_listen(lua_State *L, walk_t *w)
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
             lua_pop(L, 1);
             l->proxy_protocol = opt_bool(L, w, where, "proxy_protocol", 0);
+            l->http2 = opt_bool(L, w, where, "http2", 1);
             lua_getfield(L, -1, "tls");
             if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
                 expect_table(L, w, where, "tls");
@@ -473,13 +475,14 @@ static void walk_limits(lua_State *L, walk_t *w)
     lim->drain_timeout = 30;
     lim->underscore_headers = MG_CFG_US_DROP;
     lim->tunnel_idle_timeout = 3600;
+    lim->h2_max_streams = 128;
     lua_getfield(L, -1, "limits");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "limits", "limits");
         static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
                                             "max_body_bytes", "header_timeout", "idle_timeout",
                                             "drain_timeout", "tunnel_idle_timeout",
-                                            "underscore_headers", NULL };
+                                            "underscore_headers", "h2_max_streams", NULL };
         check_keys(L, w, "limits", keys);
         lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
         lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
@@ -488,6 +491,7 @@ static void walk_limits(lua_State *L, walk_t *w)
         lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
         lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
         lim->tunnel_idle_timeout = opt_number(L, w, "limits", "tunnel_idle_timeout", 3600, 0.001);
+        lim->h2_max_streams = opt_count(L, w, "limits", "h2_max_streams", 128, 1);
         lua_getfield(L, -1, "underscore_headers");
         if (!lua_isnil(L, -1)) {
             const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";

@@ -30,6 +30,7 @@ typedef struct mg_cfg_listen {
     char *tls_cert, *tls_key;  /* TLS listener: PEM files, resolved against the config's directory */
     int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
     int proxy_protocol;     /* every connection starts with a PROXY protocol v1/v2 header */
+    int http2;              /* HTTP/2 too (h2c preface, ALPN h2); default on */
 } mg_cfg_listen_t;
 
 /* limits.underscore_headers: a request header whose name has "_" */
@@ -40,6 +41,7 @@ typedef struct mg_limits {
     double header_timeout, idle_timeout, drain_timeout;
     int underscore_headers;   /* MG_CFG_US_*; default drop, as nginx */
     double tunnel_idle_timeout; /* a tunnel with no byte either way this long closes */
+    int h2_max_streams;       /* concurrent HTTP/2 streams per connection */
 } mg_limits_t;
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
