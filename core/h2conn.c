@@ -304,7 +304,8 @@ static void start_linger(mg_h2c_t *c);
  * GOAWAY by hand, since the session can no longer make one, then close. */
 static void fatal(mg_h2c_t *c, int rv)
 {
-    uint32_t code = (c->calm || rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_CALLBACK_FAILURE)
+    uint32_t code = (c->calm || rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_CALLBACK_FAILURE ||
+                     rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS || rv == NGHTTP2_ERR_TOO_MANY_SETTINGS)
                         ? NGHTTP2_ENHANCE_YOUR_CALM
                     : rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR
                                               : NGHTTP2_PROTOCOL_ERROR;
