@@ -1,6 +1,5 @@
 #include "metrics.h"
 
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,49 +153,6 @@ void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now)
 
 /* --- rendering ------------------------------------------------------------ */
 
-typedef struct out {
-    char *p;
-    size_t len, cap;
-} out_t;
-
-static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(out_t *o, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->p ? o->p + o->len : NULL, o->p ? o->cap - o->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (o->p && o->len + (size_t)n < o->cap) {
-            o->len += (size_t)n;
-            return;
-        }
-        size_t cap = o->cap ? o->cap * 2 : 8192;
-        while (cap < o->len + (size_t)n + 1)
-            cap *= 2;
-        char *q = realloc(o->p, cap);
-        if (q == NULL)
-            return;
-        o->p = q;
-        o->cap = cap;
-    }
-}
-
-/* Prometheus label values: escape backslash, quote and newline. */
-static void put_label(out_t *o, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
-            put(o, "\\%c", *s);
-        else if (*s == '\n')
-            put(o, "\\n");
-        else
-            put(o, "%c", *s);
-    }
-}
-
 /* Whether `name` appears in a worker's table before worker wi: it was
  * rendered with that worker's. */
 #define SEEN_BEFORE(m, wi, table, slotfn, name, seen)                                     \
@@ -207,11 +163,12 @@ static void put_label(out_t *o, const char *s)
     } while (0)
 
 /* The latency histogram, one per route (summed over the workers). */
-static void render_histograms(out_t *o, const mg_met_shm_t *m)
+static void render_histograms(mg_buf_t *o, const mg_met_shm_t *m)
 {
     int n = m->nworkers;
-    put(o, "# HELP moongate_request_duration_seconds Time from request head to response end, "
-           "by route.\n# TYPE moongate_request_duration_seconds histogram\n");
+    mg_buf_printf(o, "# HELP moongate_request_duration_seconds Time from request head to "
+                     "response end, by route.\n"
+                     "# TYPE moongate_request_duration_seconds histogram\n");
     for (int wi = 0; wi < n; wi++) {
         for (int k = 0; k < MG_MET_ROUTES; k++) {
             const mg_met_route_t *rt = &m->w[wi].routes[k];
@@ -235,25 +192,26 @@ static void render_histograms(out_t *o, const mg_met_shm_t *m)
             uint64_t cum = 0;
             for (int b = 0; b <= MG_MET_BUCKETS; b++) {
                 cum += hist[b];
-                put(o, "moongate_request_duration_seconds_bucket{route=\"");
-                put_label(o, rt->route);
+                mg_buf_printf(o, "moongate_request_duration_seconds_bucket{route=\"");
+                mg_buf_prom_label(o, rt->route);
                 if (b < MG_MET_BUCKETS)
-                    put(o, "\",le=\"%g\"} %llu\n", mg_met_bounds[b], (unsigned long long)cum);
+                    mg_buf_printf(o, "\",le=\"%g\"} %llu\n", mg_met_bounds[b],
+                                  (unsigned long long)cum);
                 else
-                    put(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+                    mg_buf_printf(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
             }
-            put(o, "moongate_request_duration_seconds_sum{route=\"");
-            put_label(o, rt->route);
-            put(o, "\"} %.6f\n", sum);
-            put(o, "moongate_request_duration_seconds_count{route=\"");
-            put_label(o, rt->route);
-            put(o, "\"} %llu\n", (unsigned long long)count);
+            mg_buf_printf(o, "moongate_request_duration_seconds_sum{route=\"");
+            mg_buf_prom_label(o, rt->route);
+            mg_buf_printf(o, "\"} %.6f\n", sum);
+            mg_buf_printf(o, "moongate_request_duration_seconds_count{route=\"");
+            mg_buf_prom_label(o, rt->route);
+            mg_buf_printf(o, "\"} %llu\n", (unsigned long long)count);
         }
     }
 }
 
 /* Upstream errors and retries, by upstream (summed over the workers). */
-static void render_upstreams(out_t *o, const mg_met_shm_t *m)
+static void render_upstreams(mg_buf_t *o, const mg_met_shm_t *m)
 {
     static const struct {
         const char *name, *help;
@@ -270,12 +228,12 @@ static void render_upstreams(out_t *o, const mg_met_shm_t *m)
     int n = m->nworkers;
     for (size_t f = 0; f <= sizeof fams / sizeof fams[0]; f++) {
         if (f < sizeof fams / sizeof fams[0])
-            put(o, "# HELP %s %s\n# TYPE %s counter\n", fams[f].name, fams[f].help,
+            mg_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n", fams[f].name, fams[f].help,
                 fams[f].name);
         else
-            put(o, "# HELP moongate_upstream_errors_total Upstream failures, by upstream and "
-                   "kind (connect, timeout, reset, invalid).\n"
-                   "# TYPE moongate_upstream_errors_total counter\n");
+            mg_buf_printf(o, "# HELP moongate_upstream_errors_total Upstream failures, by "
+                             "upstream and kind (connect, timeout, reset, invalid).\n"
+                             "# TYPE moongate_upstream_errors_total counter\n");
         for (int wi = 0; wi < n; wi++) {
             for (int k = 0; k < MG_MET_UPS; k++) {
                 const mg_met_up_t *u = &m->w[wi].ups[k];
@@ -292,28 +250,28 @@ static void render_upstreams(out_t *o, const mg_met_shm_t *m)
                         tot[i] += q->n[i];
                 }
                 if (f < sizeof fams / sizeof fams[0]) {
-                    put(o, "%s{upstream=\"", fams[f].name);
-                    put_label(o, u->name);
-                    put(o, "\"} %llu\n", (unsigned long long)tot[fams[f].what]);
+                    mg_buf_printf(o, "%s{upstream=\"", fams[f].name);
+                    mg_buf_prom_label(o, u->name);
+                    mg_buf_printf(o, "\"} %llu\n", (unsigned long long)tot[fams[f].what]);
                     continue;
                 }
                 for (int i = 0; i < 4; i++) {
-                    put(o, "moongate_upstream_errors_total{upstream=\"");
-                    put_label(o, u->name);
-                    put(o, "\",kind=\"%s\"} %llu\n", kinds[i], (unsigned long long)tot[i]);
+                    mg_buf_printf(o, "moongate_upstream_errors_total{upstream=\"");
+                    mg_buf_prom_label(o, u->name);
+                    mg_buf_printf(o, "\",kind=\"%s\"} %llu\n", kinds[i],
+                                  (unsigned long long)tot[i]);
                 }
             }
         }
     }
 }
 
-char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
+void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out)
 {
-    out_t o = { 0 };
     int n = m->nworkers;
-    put(&o, "# HELP moongate_build_info moongate version.\n# TYPE moongate_build_info gauge\n"
+    mg_buf_printf(out, "# HELP moongate_build_info moongate version.\n# TYPE moongate_build_info gauge\n"
             "moongate_build_info{version=\"%s\"} 1\n", version);
-    put(&o, "# HELP moongate_requests_total Requests answered, by route and status.\n"
+    mg_buf_printf(out, "# HELP moongate_requests_total Requests answered, by route and status.\n"
             "# TYPE moongate_requests_total counter\n");
     /* merge the workers' (route, status) pairs */
     for (int wi = 0; wi < n; wi++) {
@@ -337,9 +295,9 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
                     if (q->used && q->status == key->status && strcmp(q->route, key->route) == 0)
                         total += q->count;
                 }
-            put(&o, "moongate_requests_total{route=\"");
-            put_label(&o, key->route);
-            put(&o, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
+            mg_buf_printf(out, "moongate_requests_total{route=\"");
+            mg_buf_prom_label(out, key->route);
+            mg_buf_printf(out, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
         }
     }
     uint64_t restarts = 0;
@@ -353,42 +311,40 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
         busy += w->lua_busy;
         tunnels += w->tunnels;
     }
-    render_histograms(&o, m);
-    render_upstreams(&o, m);
-    put(&o, "# HELP moongate_connections_active Open client connections.\n"
+    render_histograms(out, m);
+    render_upstreams(out, m);
+    mg_buf_printf(out, "# HELP moongate_connections_active Open client connections.\n"
             "# TYPE moongate_connections_active gauge\nmoongate_connections_active %lld\n",
         (long long)conns);
-    put(&o, "# HELP moongate_requests_active Requests in flight.\n"
+    mg_buf_printf(out, "# HELP moongate_requests_active Requests in flight.\n"
             "# TYPE moongate_requests_active gauge\nmoongate_requests_active %lld\n",
         (long long)active);
-    put(&o, "# HELP moongate_tunnels_active Open tunnels (WebSocket and other upgrades).\n"
+    mg_buf_printf(out, "# HELP moongate_tunnels_active Open tunnels (WebSocket and other upgrades).\n"
             "# TYPE moongate_tunnels_active gauge\nmoongate_tunnels_active %lld\n",
         (long long)tunnels);
     /* aborts must bring this back to 0 too: a request whose wait was not
      * cancelled keeps its coroutine */
-    put(&o, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"
+    mg_buf_printf(out, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"
             "# TYPE moongate_lua_coroutines gauge\nmoongate_lua_coroutines %lld\n",
         (long long)busy);
-    put(&o, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
+    mg_buf_printf(out, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
             "# TYPE moongate_upstream_connections_idle gauge\n"
             "moongate_upstream_connections_idle %lld\n", (long long)idle);
-    put(&o, "# HELP moongate_lua_memory_bytes Lua heap per worker.\n"
+    mg_buf_printf(out, "# HELP moongate_lua_memory_bytes Lua heap per worker.\n"
             "# TYPE moongate_lua_memory_bytes gauge\n");
     for (int wi = 0; wi < n; wi++)
-        put(&o, "moongate_lua_memory_bytes{worker=\"%d\"} %lld\n", wi, (long long)m->w[wi].lua_mem);
-    put(&o, "# HELP moongate_reloads_total Config reloads by result.\n"
+        mg_buf_printf(out, "moongate_lua_memory_bytes{worker=\"%d\"} %lld\n", wi, (long long)m->w[wi].lua_mem);
+    mg_buf_printf(out, "# HELP moongate_reloads_total Config reloads by result.\n"
             "# TYPE moongate_reloads_total counter\n"
             "moongate_reloads_total{result=\"ok\"} %llu\n"
             "moongate_reloads_total{result=\"failed\"} %llu\n",
         (unsigned long long)m->reloads_ok, (unsigned long long)m->reloads_failed);
-    put(&o, "# HELP moongate_config_generation The config generation in force.\n"
+    mg_buf_printf(out, "# HELP moongate_config_generation The config generation in force.\n"
             "# TYPE moongate_config_generation gauge\nmoongate_config_generation %u\n",
         m->generation);
-    put(&o, "# HELP moongate_workers Worker processes.\n# TYPE moongate_workers gauge\n"
+    mg_buf_printf(out, "# HELP moongate_workers Worker processes.\n# TYPE moongate_workers gauge\n"
             "moongate_workers %d\n", n);
-    put(&o, "# HELP moongate_worker_restarts_total Workers restarted after dying.\n"
+    mg_buf_printf(out, "# HELP moongate_worker_restarts_total Workers restarted after dying.\n"
             "# TYPE moongate_worker_restarts_total counter\n"
             "moongate_worker_restarts_total %llu\n", (unsigned long long)restarts);
-    *len = o.len;
-    return o.p;
 }
