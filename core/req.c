@@ -542,6 +542,10 @@ static void req_free(void *p)
         mg_h1_head_free(r->res_head);
         free(r->res_head);
     }
+    if (r->res_trailers) {
+        mg_h1_head_free(r->res_trailers);
+        free(r->res_trailers);
+    }
     mg_buf_free(&r->body_buf);
     mg_buf_free(&r->hold);
     mg_edits_free(&r->edits);

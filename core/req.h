@@ -86,9 +86,13 @@ struct mg_req {
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
 
     /* upstream */
-    mg_h1c_t *up;             /* the exchange in progress (&exchange), or NULL */
+    /* the exchange in progress: &exchange (HTTP/1.1), or h2x (an h2
+     * upstream); NULL when none runs */
+    void *up;
     const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
     mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
+    struct mg_h2c *h2x;       /* an h2 upstream's exchange (h2client.h; proxy.c frees it), or NULL */
+    mg_h1_head_t *res_trailers; /* the response's trailers, held with a held response (owned) */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
