@@ -13,6 +13,8 @@ Paths:
   /reset         RST_STREAM (INTERNAL_ERROR) before any response
   /die           the head and part of the body, then the connection closes
   /goaway        GOAWAY (last stream = this one), then answers it
+  /refuse-first  on the first connection: GOAWAY leaving this stream out (it
+                 was not processed); on any other: as /echo
   /status?code=N answers N with a short body
 
 Counters: connections (accepted), peak (most streams open at once on one
@@ -31,6 +33,7 @@ import h2.connection
 import h2.events
 import h2.errors
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 
 def pattern(n):
@@ -185,12 +188,21 @@ class _Proto(asyncio.Protocol):
             await asyncio.sleep(0.05)
             self.transport.close()
         elif p == "/goaway":
-            c.close_connection(last_stream_id=sid)
+            # a raw GOAWAY (h2's own would refuse to send anything after it)
             self.flush()
+            self.transport.write(GoAwayFrame(0, last_stream_id=sid).serialize())
+            await asyncio.sleep(0.05)
             body = b"bye"
             c.send_headers(sid, [(":status", "200"), ("content-length", "3")])
             c.send_data(sid, body, end_stream=True)
             self.flush()
+        elif p == "/refuse-first" and self.num == 1:
+            # GOAWAY that leaves this stream out: not processed, so it may go
+            # again; this connection answers nothing more
+            self.flush()
+            self.transport.write(GoAwayFrame(0, last_stream_id=max(0, sid - 2)).serialize())
+        elif p == "/refuse-first":
+            await self.route(sid, "/echo", q, rec)
         elif p == "/status":
             code = q.get("code", ["200"])[0]
             body = ("status %s" % code).encode()
