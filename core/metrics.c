@@ -1,6 +1,5 @@
 #include "metrics.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,56 +81,12 @@ void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now)
 
 /* --- rendering ------------------------------------------------------------ */
 
-typedef struct out {
-    char *p;
-    size_t len, cap;
-} out_t;
-
-static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(out_t *o, const char *fmt, ...)
+void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->p ? o->p + o->len : NULL, o->p ? o->cap - o->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (o->p && o->len + (size_t)n < o->cap) {
-            o->len += (size_t)n;
-            return;
-        }
-        size_t cap = o->cap ? o->cap * 2 : 8192;
-        while (cap < o->len + (size_t)n + 1)
-            cap *= 2;
-        char *q = realloc(o->p, cap);
-        if (q == NULL)
-            return;
-        o->p = q;
-        o->cap = cap;
-    }
-}
-
-/* Prometheus label values: escape backslash, quote and newline. */
-static void put_label(out_t *o, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
-            put(o, "\\%c", *s);
-        else if (*s == '\n')
-            put(o, "\\n");
-        else
-            put(o, "%c", *s);
-    }
-}
-
-char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
-{
-    out_t o = { 0 };
     int n = m->nworkers;
-    put(&o, "# HELP moongate_build_info moongate version.\n# TYPE moongate_build_info gauge\n"
+    mg_buf_printf(out, "# HELP moongate_build_info moongate version.\n# TYPE moongate_build_info gauge\n"
             "moongate_build_info{version=\"%s\"} 1\n", version);
-    put(&o, "# HELP moongate_requests_total Requests answered, by route and status.\n"
+    mg_buf_printf(out, "# HELP moongate_requests_total Requests answered, by route and status.\n"
             "# TYPE moongate_requests_total counter\n");
     /* merge the workers' (route, status) pairs */
     for (int wi = 0; wi < n; wi++) {
@@ -155,9 +110,9 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
                     if (q->used && q->status == key->status && strcmp(q->route, key->route) == 0)
                         total += q->count;
                 }
-            put(&o, "moongate_requests_total{route=\"");
-            put_label(&o, key->route);
-            put(&o, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
+            mg_buf_printf(out, "moongate_requests_total{route=\"");
+            mg_buf_prom_label(out, key->route);
+            mg_buf_printf(out, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
         }
     }
     uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0, ce = 0, to = 0, re = 0, restarts = 0;
@@ -179,61 +134,59 @@ char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len)
         busy += w->lua_busy;
         tunnels += w->tunnels;
     }
-    put(&o, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
+    mg_buf_printf(out, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
             "# TYPE moongate_request_duration_seconds histogram\n");
     uint64_t cum = 0;
     for (int b = 0; b < MG_MET_BUCKETS; b++) {
         cum += hist[b];
-        put(&o, "moongate_request_duration_seconds_bucket{le=\"%g\"} %llu\n", mg_met_bounds[b],
+        mg_buf_printf(out, "moongate_request_duration_seconds_bucket{le=\"%g\"} %llu\n", mg_met_bounds[b],
             (unsigned long long)cum);
     }
     cum += hist[MG_MET_BUCKETS];
-    put(&o, "moongate_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    put(&o, "moongate_request_duration_seconds_sum %.6f\n", sum);
-    put(&o, "moongate_request_duration_seconds_count %llu\n", (unsigned long long)count);
-    put(&o, "# HELP moongate_upstream_connect_errors_total Failed upstream connects.\n"
+    mg_buf_printf(out, "moongate_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    mg_buf_printf(out, "moongate_request_duration_seconds_sum %.6f\n", sum);
+    mg_buf_printf(out, "moongate_request_duration_seconds_count %llu\n", (unsigned long long)count);
+    mg_buf_printf(out, "# HELP moongate_upstream_connect_errors_total Failed upstream connects.\n"
             "# TYPE moongate_upstream_connect_errors_total counter\n"
             "moongate_upstream_connect_errors_total %llu\n", (unsigned long long)ce);
-    put(&o, "# HELP moongate_upstream_timeouts_total Upstream connect or read timeouts.\n"
+    mg_buf_printf(out, "# HELP moongate_upstream_timeouts_total Upstream connect or read timeouts.\n"
             "# TYPE moongate_upstream_timeouts_total counter\n"
             "moongate_upstream_timeouts_total %llu\n", (unsigned long long)to);
-    put(&o, "# HELP moongate_upstream_retries_total Requests retried on another server.\n"
+    mg_buf_printf(out, "# HELP moongate_upstream_retries_total Requests retried on another server.\n"
             "# TYPE moongate_upstream_retries_total counter\n"
             "moongate_upstream_retries_total %llu\n", (unsigned long long)re);
-    put(&o, "# HELP moongate_connections_active Open client connections.\n"
+    mg_buf_printf(out, "# HELP moongate_connections_active Open client connections.\n"
             "# TYPE moongate_connections_active gauge\nmoongate_connections_active %lld\n",
         (long long)conns);
-    put(&o, "# HELP moongate_requests_active Requests in flight.\n"
+    mg_buf_printf(out, "# HELP moongate_requests_active Requests in flight.\n"
             "# TYPE moongate_requests_active gauge\nmoongate_requests_active %lld\n",
         (long long)active);
-    put(&o, "# HELP moongate_tunnels_active Open tunnels (WebSocket and other upgrades).\n"
+    mg_buf_printf(out, "# HELP moongate_tunnels_active Open tunnels (WebSocket and other upgrades).\n"
             "# TYPE moongate_tunnels_active gauge\nmoongate_tunnels_active %lld\n",
         (long long)tunnels);
     /* aborts must bring this back to 0 too: a request whose wait was not
      * cancelled keeps its coroutine */
-    put(&o, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"
+    mg_buf_printf(out, "# HELP moongate_lua_coroutines Request coroutines alive, log phases included.\n"
             "# TYPE moongate_lua_coroutines gauge\nmoongate_lua_coroutines %lld\n",
         (long long)busy);
-    put(&o, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
+    mg_buf_printf(out, "# HELP moongate_upstream_connections_idle Idle keep-alive upstream connections.\n"
             "# TYPE moongate_upstream_connections_idle gauge\n"
             "moongate_upstream_connections_idle %lld\n", (long long)idle);
-    put(&o, "# HELP moongate_lua_memory_bytes Lua heap per worker.\n"
+    mg_buf_printf(out, "# HELP moongate_lua_memory_bytes Lua heap per worker.\n"
             "# TYPE moongate_lua_memory_bytes gauge\n");
     for (int wi = 0; wi < n; wi++)
-        put(&o, "moongate_lua_memory_bytes{worker=\"%d\"} %lld\n", wi, (long long)m->w[wi].lua_mem);
-    put(&o, "# HELP moongate_reloads_total Config reloads by result.\n"
+        mg_buf_printf(out, "moongate_lua_memory_bytes{worker=\"%d\"} %lld\n", wi, (long long)m->w[wi].lua_mem);
+    mg_buf_printf(out, "# HELP moongate_reloads_total Config reloads by result.\n"
             "# TYPE moongate_reloads_total counter\n"
             "moongate_reloads_total{result=\"ok\"} %llu\n"
             "moongate_reloads_total{result=\"failed\"} %llu\n",
         (unsigned long long)m->reloads_ok, (unsigned long long)m->reloads_failed);
-    put(&o, "# HELP moongate_config_generation The config generation in force.\n"
+    mg_buf_printf(out, "# HELP moongate_config_generation The config generation in force.\n"
             "# TYPE moongate_config_generation gauge\nmoongate_config_generation %u\n",
         m->generation);
-    put(&o, "# HELP moongate_workers Worker processes.\n# TYPE moongate_workers gauge\n"
+    mg_buf_printf(out, "# HELP moongate_workers Worker processes.\n# TYPE moongate_workers gauge\n"
             "moongate_workers %d\n", n);
-    put(&o, "# HELP moongate_worker_restarts_total Workers restarted after dying.\n"
+    mg_buf_printf(out, "# HELP moongate_worker_restarts_total Workers restarted after dying.\n"
             "# TYPE moongate_worker_restarts_total counter\n"
             "moongate_worker_restarts_total %llu\n", (unsigned long long)restarts);
-    *len = o.len;
-    return o.p;
 }

@@ -1,12 +1,14 @@
 /* Metrics shared by all workers: one shared-memory region (mmap'd by the
  * master before it forks) with a slot per worker. Each worker writes only
  * its own slot; /metrics sums the slots. A respawned worker keeps its
- * slot's counters, so totals never go backwards. Leaf module: libc only. */
+ * slot's counters, so totals never go backwards. Leaf module: libc and buf.h only. */
 #ifndef MG_METRICS_H
 #define MG_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "buf.h"
 
 #define MG_MET_MAX_WORKERS 64
 #define MG_MET_KEYS 512          /* distinct (route, status) pairs per worker */
@@ -76,7 +78,7 @@ void mg_met_request(mg_met_worker_t *w, const char *route, int status, double se
 /* Records a reload result (ok, or the error text). */
 void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now);
 
-/* Renders the Prometheus text exposition into a malloc'd string. */
-char *mg_met_render(const mg_met_shm_t *m, const char *version, size_t *len);
+/* Appends the Prometheus text exposition to out (buf.h: check out->failed). */
+void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out);
 
 #endif
