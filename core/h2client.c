@@ -243,6 +243,33 @@ fail:
 
 /* --- the request body (nghttp2 pulls it) ---------------------------------- */
 
+/* The request's trailers as a trailing HEADERS frame (names lower-cased;
+ * framing and hop-by-hop fields left out). 1 if submitted. */
+static int submit_trailers(nghttp2_session *s, int32_t sid, const mg_h1_head_t *t)
+{
+    nghttp2_nv *nv = malloc(sizeof *nv * (size_t)t->nhdrs);
+    char *low = malloc(t->store.len + 1);
+    int k = 0, ok = 0;
+    if (nv == NULL || low == NULL)
+        goto out;
+    char *lo = low;
+    for (int i = 0; i < t->nhdrs; i++) {
+        mg_str_t tn = mg_h1_name(t, i), tv = mg_h1_value(t, i);
+        if (skip_field(tn.p, tn.n) || MG_STR_EQ_CI(tn, "content-length") ||
+            MG_STR_EQ_CI(tn, "trailer"))
+            continue;
+        for (size_t j = 0; j < tn.n; j++)
+            lo[j] = (char)((tn.p[j] >= 'A' && tn.p[j] <= 'Z') ? tn.p[j] + 32 : tn.p[j]);
+        nv_set(&nv[k++], lo, tn.n, tv.p, tv.n);
+        lo += tn.n;
+    }
+    ok = k > 0 && nghttp2_submit_trailer(s, sid, nv, (size_t)k) == 0;
+out:
+    free(nv);
+    free(low);
+    return ok;
+}
+
 static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
@@ -259,28 +286,8 @@ static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     }
     if (x->body.len == 0 && x->body_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-        const mg_h1_head_t *t = x->req_trailers;
-        if (t && t->nhdrs) {
-            nghttp2_nv nv[MG_H1_MAX_HEADERS];
-            int k = 0;
-            for (int i = 0; i < t->nhdrs && k < MG_H1_MAX_HEADERS; i++) {
-                mg_str_t tn = mg_h1_name(t, i), tv = mg_h1_value(t, i);
-                nv_set(&nv[k++], tn.p, tn.n, tv.p, tv.n);
-            }
-            /* names from a client may carry capitals: HTTP/2 wants none */
-            char low[MG_H1_MAX_HEADERS][64];
-            for (int i = 0; i < k; i++) {
-                if (nv[i].namelen >= sizeof low[0])
-                    continue;
-                for (size_t j = 0; j < nv[i].namelen; j++) {
-                    char ch = (char)nv[i].name[j];
-                    low[i][j] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
-                }
-                nv[i].name = (uint8_t *)low[i];
-            }
-            if (nghttp2_submit_trailer(s, sid, nv, (size_t)k) == 0)
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-        }
+        if (x->req_trailers && x->req_trailers->nhdrs && submit_trailers(s, sid, x->req_trailers))
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     } else if (n == 0) {
         x->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;

@@ -658,7 +658,7 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 void mg_proxy_body_done(mg_req_t *r)
 {
     if (r->h2x)
-        mg_h2c_end(r->h2x, NULL);
+        mg_h2c_end(r->h2x, r->req_trailers);
     else
         mg_h1c_end(r->up);
 }

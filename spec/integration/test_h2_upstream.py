@@ -287,3 +287,22 @@ def test_protocol_option_is_checked(run_moongate, h2up):
     assert check({"protocol": "h2"}, health={"type": "tcp"}).returncode == 0
     p = check({"protocol": "h2"}, health={"path": "/healthz"})
     assert p.returncode != 0 and "type" in p.stderr_text
+
+
+def test_chunked_request_trailers_go_up_as_trailing_headers(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    with Client(g.port) as c:
+        c.send(b"POST /echo/tr HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+               b"\r\n5\r\nhello\r\n0\r\nX-Sum: 5\r\nGrpc-Thing: yes\r\n"
+               b"Content-Length: 99\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200, r
+        doc = r.json()
+        assert doc["body_len"] == 5
+        # names lower-cased; framing fields left out
+        assert doc["trailers"] == [["x-sum", "5"], ["grpc-thing", "yes"]]
+        # a chunked request without trailers ends with END_STREAM on DATA
+        c.send(Client.build("POST", "/echo/none", body=b"abc", chunked=True))
+        r = c.read_response()
+        assert r.status == 200 and r.json()["trailers"] == [] and r.json()["body_len"] == 3
