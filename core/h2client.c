@@ -87,7 +87,8 @@ static void link_x(mg_h2conn_t *c, mg_h2c_t *x)
         c->streams->prev = x;
     c->streams = x;
     c->nstreams++;
-    ev_timer_stop(c->u->loop->ev, &c->u->timer); /* the idle timer */
+    if (c->ready) /* the idle timer; before, it is the connect timer */
+        ev_timer_stop(c->u->loop->ev, &c->u->timer);
 }
 
 /* Takes x off its connection (and its stream off the session: a stream
@@ -133,6 +134,8 @@ static void x_complete(mg_h2c_t *x)
         x_fail(x, x->code ? x->code : MG_H1C_INVALID, x->why ? x->why : "invalid response", 0);
         return;
     }
+    if (x->c == NULL)
+        return; /* the owner ended it */
     x->resp_done = 1;
     mg_h2conn_t *c = x->c;
     c->served++;
@@ -156,7 +159,10 @@ static int x_body(mg_h2c_t *x, const uint8_t *p, size_t n)
         x_fail(x, x->code ? x->code : MG_H1C_INVALID, x->why ? x->why : "invalid response", 0);
         return -1;
     }
-    if (x->c && x->sid > 0)
+    if (x->c == NULL)
+        return -1; /* the owner ended it */
+    x->got_data = 1;
+    if (x->sid > 0)
         nghttp2_session_consume(x->c->s, x->sid, n);
     return 0;
 }
@@ -401,7 +407,10 @@ static int got_head(mg_h2c_t *x)
         x_fail(x, x->code ? x->code : MG_H1C_INVALID, x->why ? x->why : "invalid response", 0);
         return -1;
     }
+    if (x->c == NULL)
+        return -1; /* the owner ended it */
     x->no_body = rc == 1;
+    x->got_data = 1;
     return 0;
 }
 
@@ -614,7 +623,9 @@ static void c_flush(mg_h2conn_t *c)
 static int c_limit(const mg_h2conn_t *c)
 {
     uint32_t m = nghttp2_session_get_remote_settings(c->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
-    return m > 1000000 ? 1000000 : (int)m;
+    /* 0 (no new streams for now): one waits on it, not a new connection
+     * per request */
+    return m == 0 ? 1 : m > 1000000 ? 1000000 : (int)m;
 }
 
 static int place(mg_h2c_t *x, mg_up_t *up, int s, mg_h2conn_t *not, const char **err);
@@ -726,8 +737,10 @@ static void c_on_read(mg_upconn_t *u)
      * may end its own exchange, never another) */
     for (mg_h2c_t *x = c->streams, *nx; x && !c->closed; x = nx) {
         nx = x->next;
-        if (x->cb->on_read && x->final)
+        if (x->got_data && x->cb->on_read) {
+            x->got_data = 0;
             x->cb->on_read(x->ud);
+        }
     }
     after_io(c);
 }
@@ -815,13 +828,11 @@ static mg_h2conn_t *c_new(mg_up_t *up, int s, double connect_timeout, const char
     up->close_h2 = close_server;
     c->next = sv->h2;
     sv->h2 = c;
-    if (c->u->connecting) {
-        if (connect_timeout > 0)
-            mg_up_arm_timer(c->u, connect_timeout);
-    } else {
-        /* connected at once (loopback): the preface goes when writable */
-        mg_up_want_write(c->u, 1);
-    }
+    /* the connect, the TLS handshake and the server's SETTINGS */
+    if (connect_timeout > 0)
+        mg_up_arm_timer(c->u, connect_timeout);
+    if (!c->u->connecting)
+        mg_up_want_write(c->u, 1); /* connected at once: the preface goes when writable */
     return c;
 fail:
     if (cbs)

@@ -86,6 +86,7 @@ struct mg_h2c {
     unsigned replayed : 1;     /* already sent again once */
     unsigned reused : 1;       /* went out on a connection that served others before */
     unsigned replay : 1;       /* wake: attach again to the same server */
+    unsigned got_data : 1;     /* response bytes went up since the last on_read */
 };
 
 /* A new exchange: msg is the request head (HTTP/1.1 text, borrowed until

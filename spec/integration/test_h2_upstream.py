@@ -306,3 +306,35 @@ def test_chunked_request_trailers_go_up_as_trailing_headers(gateway, h2up):
         c.send(Client.build("POST", "/echo/none", body=b"abc", chunked=True))
         r = c.read_response()
         assert r.status == 200 and r.json()["trailers"] == [] and r.json()["body_len"] == 3
+
+
+def test_no_settings_within_connect_timeout_is_504(gateway):
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    accepted = []
+
+    def accept_silently():
+        while True:
+            try:
+                s, _ = lsock.accept()
+            except OSError:
+                return
+            accepted.append(s)  # never answers: no SETTINGS
+
+    t = threading.Thread(target=accept_silently, daemon=True)
+    t.start()
+    try:
+        addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+        g = gateway(h2_config([addr], connect_timeout=0.3, retries=0))
+        import time
+        t0 = time.monotonic()
+        assert_json_error(request(g.port, "GET", "/echo/x"), 504)
+        assert time.monotonic() - t0 < 3
+        assert len(accepted) == 1
+    finally:
+        lsock.close()
+        for s in accepted:
+            s.close()
