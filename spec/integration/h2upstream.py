@@ -245,6 +245,12 @@ class H2Upstream:
         self.loop.run_until_complete(start())
         self._ready.set()
         self.loop.run_forever()
+        # handlers still waiting (a slow answer nobody waits for) end here
+        tasks = asyncio.all_tasks(self.loop)
+        for t in tasks:
+            t.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
 
     def stop(self):
         def halt():
