@@ -338,3 +338,21 @@ def test_no_settings_within_connect_timeout_is_504(gateway):
         lsock.close()
         for s in accepted:
             s.close()
+
+
+def test_response_plugins_keep_the_trailers(gateway, h2up):
+    up = h2up()
+    from conftest import Raw
+    routes = [{"name": "all", "match": {"prefix": "/"}, "upstream": "app",
+               "plugins": Raw('{ { "headers", response = { set = { ["X-Gw"] = "held" } } } }')}]
+    g = gateway(h2_config([up.addr], routes=routes))
+    with Client(g.port) as c:
+        c.request("GET", "/trailers", headers=[("TE", "trailers")])
+        r = c.read_response()
+        assert r.status == 200 and r.header("x-gw") == "held"
+        assert r.body == b"hello"
+        assert "x-checksum: abc" in [t.lower() for t in r.trailers]
+        c.request("POST", "/echo/p", body=b"z" * 70000)
+        r = c.read_response()
+        assert r.status == 200 and r.header("x-gw") == "held"
+        assert r.json()["body_len"] == 70000
