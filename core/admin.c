@@ -125,14 +125,15 @@ void mg_admin_handle(mg_req_t *r)
             not_allowed(r, "GET, HEAD");
             return;
         }
-        size_t len = 0;
-        char *text = r->loop->met_shm ? mg_met_render(r->loop->met_shm, MG_VERSION, &len) : NULL;
         mg_buf_t b = { 0 };
-        mg_buf_append(&b, text ? text : "", len);
+        if (r->loop->met_shm)
+            mg_met_render(r->loop->met_shm, MG_VERSION, &b);
         mg_health_metrics(r->loop, &b);
-        mg_req_respond(r, 200, "text/plain; version=0.0.4", b.base ? b.base : "", b.len, NULL);
+        if (b.failed)
+            mg_req_error(r, 500, "out of memory");
+        else
+            mg_req_respond(r, 200, "text/plain; version=0.0.4", b.base ? b.base : "", b.len, NULL);
         mg_buf_free(&b);
-        free(text);
     } else if (MG_STR_EQ_CI(p, "/status")) {
         if (m != HTTP_GET && m != HTTP_HEAD) {
             not_allowed(r, "GET, HEAD");

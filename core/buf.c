@@ -150,3 +150,15 @@ void mg_buf_json_str(mg_buf_t *b, const char *s)
     }
     mg_buf_append(b, "\"", 1);
 }
+
+void mg_buf_prom_label(mg_buf_t *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            mg_buf_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            mg_buf_puts(b, "\\n");
+        else
+            mg_buf_append(b, s, 1);
+    }
+}

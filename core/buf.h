@@ -62,5 +62,7 @@ void mg_buf_free(mg_buf_t *b);
 
 /* Appends s as a JSON string (quoted; " \\ and control characters escaped). */
 void mg_buf_json_str(mg_buf_t *b, const char *s);
+/* Appends s as a Prometheus label value (unquoted; \\ " and newline escaped). */
+void mg_buf_prom_label(mg_buf_t *b, const char *s);
 
 #endif

@@ -447,19 +447,6 @@ void mg_health_free(mg_loop_t *loop)
 
 /* --- admin ------------------------------------------------------------------ */
 
-/* Prometheus label value escaping. */
-static void label(mg_buf_t *b, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
-            mg_buf_printf(b, "\\%c", *s);
-        else if (*s == '\n')
-            mg_buf_puts(b, "\\n");
-        else
-            mg_buf_append(b, s, 1);
-    }
-}
-
 /* Is server s of upstream up up? Checked servers: the shared state (the
  * same answer from every worker); others: this worker's passive view. */
 static int server_up(mg_loop_t *loop, const mg_up_t *up, int s)
@@ -518,9 +505,9 @@ void mg_health_metrics(mg_loop_t *loop, mg_buf_t *b)
         const mg_up_t *up = &g->ups[i];
         for (int s = 0; up->servers && s < up->nservers; s++) {
             mg_buf_puts(b, "moongate_upstream_server_up{upstream=\"");
-            label(b, g->cfg->upstreams[i].name);
+            mg_buf_prom_label(b, g->cfg->upstreams[i].name);
             mg_buf_puts(b, "\",server=\"");
-            label(b, up->servers[s].addr->text);
+            mg_buf_prom_label(b, up->servers[s].addr->text);
             mg_buf_printf(b, "\"} %d\n", server_up(loop, up, s));
         }
     }

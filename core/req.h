@@ -84,11 +84,17 @@ struct mg_req {
     unsigned aborted : 1;
     unsigned rs : 3;          /* the response phase: MG_RS_* (resphase.h) */
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
+    unsigned own_held : 1;    /* the held response is a staged reply, not the upstream's */
 
     /* upstream */
-    mg_h1c_t *up;             /* the exchange in progress (&exchange), or NULL */
+    /* the exchange in progress: &exchange (HTTP/1.1), or h2x (an h2
+     * upstream); NULL when none runs */
+    void *up;
     const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
     mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
+    struct mg_h2c *h2x;       /* an h2 upstream's exchange (h2client.h; proxy.c frees it), or NULL */
+    mg_h1_head_t *res_trailers; /* the response's trailers, held with a held response (owned) */
+    mg_h1_head_t *req_trailers; /* the request's trailers (mg_req_trailer_store; owned), or NULL */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
@@ -139,6 +145,11 @@ mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head);
 void mg_req_dispatch(mg_req_t *r);
 void mg_req_body(mg_req_t *r, const char *p, size_t n);
 void mg_req_body_done(mg_req_t *r);
+/* Where the client side puts the request's trailers (a chunked body's, an
+ * HTTP/2 client's trailing HEADERS) before mg_req_body_done: r's own store,
+ * made on first use; NULL without memory. An h2 upstream gets them as
+ * trailing HEADERS after the body. */
+mg_h1_head_t *mg_req_trailer_store(mg_req_t *r);
 
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
@@ -152,6 +163,21 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
  * (no client, no memory): the caller answers with mg_req_respond. */
 mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n);
 int mg_req_stage_end(mg_req_t *r, const char *body, size_t n);
+/* gRPC calls (req_grpc.c). 1 if r is one: its Content-Type starts with
+ * application/grpc (never an admin request, nor one whose head is not
+ * complete). */
+int mg_req_grpc_call(const mg_req_t *r);
+/* If r is a gRPC call and status an error (>= 400): fills *h with the
+ * gRPC answer (200, Content-Type, grpc-status, grpc-message from `body`,
+ * the lines of `extra` but Content-Type; no body), its lines kept in
+ * `lines` (the caller frees it), and returns 1; -1 out of memory; 0 for
+ * any other answer (h untouched). */
+int mg_req_grpc_head(const mg_req_t *r, int status, const char *extra, const char *body,
+                     size_t n, mg_resp_head_t *h, mg_buf_t *lines);
+/* A held reply (own_held) that is an error to a gRPC call goes out the
+ * gRPC way now, with the response plugins' edits, and finishes r:
+ * returns 1. 0: not such a reply (mg_proxy_send_held sends it). */
+int mg_req_grpc_send_held(mg_req_t *r);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
 /* Body reading: stop (1) or go on (0); no-op without a client. */

@@ -58,7 +58,8 @@ int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg)
             return MG_EINVAL;
         }
         up->tls_owned = 1;
-        if (mg_up_use_tls(up, t, cfg->tls_server_name) != MG_OK) {
+        if ((cfg->h2 && mg_tlsc_offer_h2(t) != 0) ||
+            mg_up_use_tls(up, t, cfg->tls_server_name) != MG_OK) {
             mg_up_close(up);
             return MG_ENOMEM;
         }
@@ -105,6 +106,8 @@ void mg_up_close(mg_up_t *up)
         return;
     for (int i = 0; i < up->nservers; i++) {
         mg_up_server_t *sv = &up->servers[i];
+        if (sv->h2 && up->close_h2)
+            up->close_h2(sv);
         while (sv->idle)
             mg_up_conn_close(sv->idle);
         free(sv->tls_name);
@@ -347,10 +350,13 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     if (sv->addr->name) {
         if (sv->dns == NULL) {
             *err = "host name without a resolver";
+            errno = EHOSTUNREACH;
             return NULL;
         }
-        if (mg_dns_name_addr(sv->dns, sv->addr->port, &resolved, &salen, err) != 0)
+        if (mg_dns_name_addr(sv->dns, sv->addr->port, &resolved, &salen, err) != 0) {
+            errno = EHOSTUNREACH; /* no address for the name (yet) */
             return NULL;
+        }
         sa = (const struct sockaddr *)&resolved;
     }
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -364,6 +370,7 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     if (u == NULL) {
         close(fd);
         *err = "out of memory";
+        errno = ENOMEM;
         return NULL;
     }
     u->loop = loop;
@@ -372,9 +379,11 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     u->dns_gen = sv->dns ? mg_dns_name_gen(sv->dns) : 0;
     int rc = connect(fd, sa, salen);
     if (rc != 0 && errno != EINPROGRESS) {
-        *err = strerror(errno);
+        int e = errno;
+        *err = strerror(e);
         close(fd);
         free(u);
+        errno = e; /* the caller classifies the failure by it */
         return NULL;
     }
     /* TLS: the handshake starts from the write watcher even when the
