@@ -148,8 +148,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     (void)flags;
     (void)ud;
     mg_h2s_t *s = stream_of(ng, f->hd.stream_id);
-    if (s == NULL || s->headers_done || f->hd.type != NGHTTP2_HEADERS)
-        return 0; /* trailers of a request: not kept */
+    if (s == NULL || f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (s->headers_done)
+        return mg_h2s_trailer(s, name, nn, value, vn);
     return mg_h2s_header(s, name, nn, value, vn);
 }
 

@@ -121,6 +121,10 @@ extern const mg_reqsrc_ops_t mg_h2s_src_ops;
 /* A decoded request header (pseudo-headers included); 0, or an nghttp2
  * error code to return from the callback. */
 int mg_h2s_header(mg_h2s_t *s, const uint8_t *name, size_t nn, const uint8_t *value, size_t vn);
+/* A decoded field of the request's trailers (kept for an h2 upstream);
+ * 0 or an nghttp2 error code. */
+int mg_h2s_trailer(mg_h2s_t *s, const uint8_t *name, size_t nn, const uint8_t *value,
+                   size_t vn);
 /* The request head is complete: make the request and dispatch it. */
 void mg_h2s_start(mg_h2s_t *s);
 /* Submits what s has waiting (its response head, resumed body). */

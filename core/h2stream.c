@@ -128,6 +128,24 @@ int mg_h2s_header(mg_h2s_t *s, const uint8_t *name, size_t nn, const uint8_t *va
     return 0;
 }
 
+int mg_h2s_trailer(mg_h2s_t *s, const uint8_t *name, size_t nn, const uint8_t *value,
+                   size_t vn)
+{
+    const mg_limits_t *lim = &s->c->loop->gen->cfg->limits;
+    s->hbytes += nn + vn + 4; /* the head's and the trailers' bytes together */
+    if (s->hbytes > 4 * lim->max_header_bytes + 65536) {
+        s->c->calm = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    mg_req_t *r = s->req;
+    if (r == NULL || r->done || s->hbytes > lim->max_header_bytes || (nn && name[0] == ':'))
+        return 0; /* over the limit: dropped */
+    mg_h1_head_t *t = mg_req_trailer_store(r);
+    if (t && t->nhdrs < MG_H1_MAX_HEADERS)
+        mg_h1_head_add(t, (const char *)name, nn, (const char *)value, vn);
+    return 0;
+}
+
 void mg_h2s_start(mg_h2s_t *s)
 {
     mg_h2c_t *c = s->c;

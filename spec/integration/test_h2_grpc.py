@@ -74,3 +74,30 @@ def test_grpcio_over_tls_alpn_h2(gateway, grpc_server, tmp_path):  # noqa: F811
         s = stubs(ch)
         assert s["Unary"](b"tls", timeout=10) == b"echo:tls"
         assert list(s["Bidi"](iter([b"a", b"b"]), timeout=10)) == [b"A", b"B"]
+
+
+def test_trailers_both_ways_h2_client_to_h2_upstream(gateway):
+    """Request trailers from an HTTP/2 client reach an h2 upstream; the
+    upstream's response trailers reach the client as a trailing HEADERS
+    frame."""
+    from conftest import free_port
+    from h2help import H2Conn
+    from h2upstream import H2Upstream
+    import json
+    up = H2Upstream(free_port())
+    try:
+        g = gateway(proxy_config([up.addr], protocol="h2"))
+        c = H2Conn(g.port)
+        sid = c.request("POST", "/echo", headers=[("te", "trailers")], body=b"abc", end=False)
+        c.h2.send_headers(sid, [("x-req-trailer", "yes")], end_stream=True)
+        c.flush()
+        s = c.response(sid)
+        assert s.status == 200
+        doc = json.loads(bytes(s.data))
+        assert ["x-req-trailer", "yes"] in doc["trailers"], doc
+        s = c.get("/trailers", headers=[("te", "trailers")])
+        assert bytes(s.data) == b"hello"
+        assert ("x-checksum", "abc") in s.trailers and ("grpc-status", "0") in s.trailers
+        assert s.frames[-2:] == ["TrailersReceived", "StreamEnded"]
+    finally:
+        up.stop()
