@@ -572,6 +572,14 @@ static void start_linger(mg_h2c_t *c)
 {
     if (c->closed)
         return;
+    c->stopping = 1;
+    if (!c->lingering) {
+        /* no more frames: streams still in flight are cut off now */
+        while (c->streams) {
+            nghttp2_session_set_stream_user_data(c->ng, c->streams->id, NULL);
+            stream_gone(c, c->streams);
+        }
+    }
     c->lingering = 1;
     if (write_out(c) != 0 || c->wbuf.len > 0)
         return; /* the write watcher comes back here */

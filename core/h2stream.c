@@ -443,6 +443,11 @@ static int s_done(mg_reqsrc_t *src, int keepalive, mg_h1_head_t *head)
     s->req = NULL;
     if (!s->end_stream)
         s->reset_after = 1;
+    if (s->unacked && !s->closed) { /* a body held back is now dropped as it comes */
+        nghttp2_session_consume_stream(s->c->ng, s->id, s->unacked);
+        s->unacked = 0;
+        mg_h2c_kick(s->c);
+    }
     return 0;
 }
 
