@@ -60,6 +60,7 @@ class H2Conn:
         self.goaway = None          # (error_code, last_stream_id)
         self.closed = False
         self.settings = {}
+        self.no_ack = set()         # streams whose DATA we do not acknowledge (stalled readers)
         self.flush()
 
     def flush(self):
@@ -137,7 +138,11 @@ class H2Conn:
         elif isinstance(ev, h2.events.DataReceived):
             if st is not None:
                 st.data += ev.data
-            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if ev.stream_id in self.no_ack:
+                # the connection's window is given back, the stream's is not
+                self.h2.increment_flow_control_window(ev.flow_controlled_length)
+            else:
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.TrailersReceived):
             st.trailers = [(k, v) for k, v in ev.headers]
         elif isinstance(ev, h2.events.StreamEnded):

@@ -289,3 +289,51 @@ def test_trusted_proxies_over_h2(gateway):
     c = H2Conn(g.port)
     s = c.get("/lua", headers=[("x-forwarded-for", "203.0.113.9")])
     assert bytes(s.data).split(b"|")[1] == b"203.0.113.9"
+
+
+def test_stalled_stream_holds_up_no_other(gateway, upstream):
+    """A stream whose client grants no more window (stops reading it) leaves
+    the connection's other streams free."""
+    g = gateway(h2_config(upstream))
+    c = H2Conn(g.port)
+    big = c.request("GET", "/bytes/%d" % (30 * 1024 * 1024))
+    c.no_ack.add(big)
+    c.wait(lambda: len(c.streams[big].data) >= 60000)
+    for i in range(5):
+        s = c.get("/echo?other=%d" % i)
+        assert s.status == 200
+    assert not c.streams[big].done
+    assert len(c.streams[big].data) < 2 * 1024 * 1024  # held to its window
+
+
+def test_request_body_backpressure_holds_the_window(gateway):
+    """A request whose body nobody reads yet (Lua sleeps before req:body())
+    does not reopen its stream window: the client is stopped, then all of
+    it arrives."""
+    route = '''{ name = "slowbody", match = { path = "/slowbody" }, handler = function(req)
+        gw.sleep(1.0)
+        local b = req:body()
+        return 200, tostring(#b)
+      end },'''
+    g = gateway(h2_config(limits={"max_body_bytes": 16 * 1024 * 1024}, extra_routes=route))
+    c = H2Conn(g.port)
+    sid = c.request("POST", "/slowbody", end=False)
+    body = b"b" * (8 * 1024 * 1024)
+    sent = 0
+    t0 = time.monotonic()
+    stalled_at = None
+    while sent < len(body):
+        win = min(c.h2.local_flow_control_window(sid), c.h2.max_outbound_frame_size)
+        if win <= 0:
+            if stalled_at is None:
+                stalled_at = time.monotonic() - t0
+            c.read_once()
+            continue
+        c.h2.send_data(sid, body[sent:sent + win])
+        sent += win
+        c.flush()
+    c.h2.end_stream(sid)
+    c.flush()
+    s = c.response(sid, 20)
+    assert s.status == 200 and bytes(s.data) == str(len(body)).encode()
+    assert stalled_at is not None and stalled_at < 0.9  # held back while Lua slept
