@@ -129,6 +129,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     }
     s->c = c;
     s->id = f->hd.stream_id;
+    s->t0 = ev_now(c->loop->ev);
     s->head = h;
     s->w.ops = &mg_h2s_writer_ops;
     s->src.ops = &mg_h2s_src_ops;
@@ -654,7 +655,8 @@ static void goaway(mg_h2c_t *c)
 
 /* One repeating timer checks the deadlines: a connection with no stream
  * closes after header_timeout (before its first request) or idle_timeout;
- * a header block not finished in header_timeout, or a client that reads
+ * a header block not finished header_timeout after it began (however
+ * slowly its bytes trickle in), or a client that reads
  * nothing of ours or sends none of a body we wait for in idle_timeout,
  * ends the connection. */
 static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
@@ -685,7 +687,7 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
     }
     int want_body = 0, want_out = c->wbuf.len > 0;
     for (mg_h2s_t *s = c->streams; s; s = s->next) {
-        if (!s->headers_done && now - c->last_read >= lim->header_timeout) {
+        if (!s->headers_done && now - s->t0 >= lim->header_timeout) {
             mg_log_info("closing %s: HTTP/2 request header timeout", c->remote);
             h2c_close(c);
             return;

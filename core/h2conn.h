@@ -35,6 +35,7 @@ typedef struct mg_h2s {
     mg_req_t *req;            /* the request while it owns this client side, or NULL */
     mg_h1_head_t *head;       /* the request head being decoded; the request's once made */
     size_t hbytes;            /* decoded header bytes so far (limits) */
+    double t0;                /* when its HEADERS began (header_timeout) */
     int err_status;           /* the head broke a limit: answer this (414, 431, 400) */
     const char *err_reason;   /* static */
     mg_buf_t cookie;          /* cookie crumbs, joined with "; " (RFC 9113 8.2.3) */

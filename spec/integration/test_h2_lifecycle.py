@@ -156,3 +156,34 @@ def test_metrics_count_h2_requests(gateway, ca):
     # the admin API answers over h2c too
     a = H2Conn(g.ports[1])
     assert a.get("/status").status == 200
+
+
+def test_trickled_header_block_times_out(gateway, ca):
+    """A HEADERS frame whose bytes trickle in (slowloris) is bounded by
+    header_timeout from its start, not reset by each byte."""
+    g = gateway(config(tls=False, limits="header_timeout = 0.5"))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    block = b"\x82\x84\x86" + b"\x40\x03x-a\x0a0123456789" * 20
+    s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x5, 1, block)[:12])
+    t0 = time.monotonic()
+    closed = False
+    for b in block[3:]:
+        time.sleep(0.05)
+        try:
+            s.sendall(bytes([b]))
+        except OSError:
+            closed = True
+            break
+        if time.monotonic() - t0 > 3:
+            break
+    if not closed:
+        s.settimeout(3)
+        try:
+            while s.recv(65536):
+                pass
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        except socket.timeout:
+            pass
+    assert closed and time.monotonic() - t0 < 3
