@@ -337,3 +337,30 @@ def test_request_body_backpressure_holds_the_window(gateway):
     s = c.response(sid, 20)
     assert s.status == 200 and bytes(s.data) == str(len(body)).encode()
     assert stalled_at is not None and stalled_at < 0.9  # held back while Lua slept
+
+
+def test_extended_connect_is_refused(gateway, upstream):
+    """WebSocket over HTTP/2 (RFC 8441) is not offered: no
+    SETTINGS_ENABLE_CONNECT_PROTOCOL, and such a request is refused on its
+    stream; plain CONNECT gets 400 as over HTTP/1.1."""
+    g = gateway(h2_config(upstream))
+    c = H2Conn(g.port)
+    c.wait(lambda: 3 in c.settings)
+    assert c.settings.get(8) in (None, 0)  # ENABLE_CONNECT_PROTOCOL
+    c.h2.config.validate_outbound_headers = False
+    c.h2.config.normalize_outbound_headers = False
+    sid = c.h2.get_next_available_stream_id()
+    c.streams[sid] = __import__("h2help").Stream(sid)
+    c.h2.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                            (":scheme", "http"), (":path", "/chat"), (":authority", "x"),
+                            ("sec-websocket-version", "13")])
+    c.flush()
+    s = c.response(sid)
+    assert s.reset is not None or s.status == 400, (s.reset, s.status)
+    sid = c.h2.get_next_available_stream_id()
+    c.streams[sid] = __import__("h2help").Stream(sid)
+    c.h2.send_headers(sid, [(":method", "CONNECT"), (":authority", "example.com:443")])
+    c.flush()
+    s = c.response(sid)
+    assert s.status == 400 or s.reset is not None
+    assert c.get("/echo?still").status == 200
