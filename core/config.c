@@ -1541,6 +1541,14 @@ static void cfg_wrap_loaders(lua_State *L, mg_cfg_t *cfg, int install)
 
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
 {
+    return mg_cfg_load_ex(L, file, err, errlen, NULL);
+}
+
+mg_cfg_t *mg_cfg_load_ex(lua_State *L, const char *file, char *err, size_t errlen,
+                         mg_cfg_t **partial)
+{
+    if (partial)
+        *partial = NULL;
     mg_cfg_t *cfg = calloc(1, sizeof *cfg);
     if (cfg == NULL) {
         snprintf(err, errlen, "%s:1: out of memory", file);
@@ -1589,7 +1597,13 @@ mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
     }
     if (w.nerr > 0) {
         format_errors(&w, err, errlen);
-        goto fail;
+        free_walk(&w);
+        lua_settop(L, top);
+        if (partial)
+            *partial = cfg; /* the walk ran: what it read is consistent */
+        else
+            mg_cfg_free(cfg);
+        return NULL;
     }
     free_walk(&w);
     lua_settop(L, top);
