@@ -350,13 +350,18 @@ static double opt_number(lua_State *L, walk_t *w, const char *where, const char 
 {
     lua_getfield(L, -1, key);
     double r = def;
+    /* noted without raising: the section's other options are still checked
+     * (-t reports every error); the default stands in for the bad value */
     if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            cfg_fail(L, w, key, "%s.%s: expected a number, got %s", where, key,
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            cfg_note(w, key, "%s.%s: expected a number, got %s", where, key,
                      luaL_typename(L, -1));
-        r = lua_tonumber(L, -1);
-        if (r < min)
-            cfg_fail(L, w, key, "%s.%s: must be at least %f", where, key, min);
+        } else if (lua_tonumber(L, -1) < min) {
+            cfg_note(w, key, "%s.%s: must be at least %g, got %g", where, key, min,
+                     lua_tonumber(L, -1));
+        } else {
+            r = lua_tonumber(L, -1);
+        }
     }
     lua_pop(L, 1);
     return r;
@@ -367,8 +372,10 @@ static int opt_count(lua_State *L, walk_t *w, const char *where, const char *key
                      int min)
 {
     double r = opt_number(L, w, where, key, def, min);
-    if (r != (double)(long)r || r > 1e9)
-        cfg_fail(L, w, key, "%s.%s: expected a whole number, got %f", where, key, r);
+    if (r != (double)(long)r || r > 1e9) {
+        cfg_note(w, key, "%s.%s: expected a whole number, got %g", where, key, r);
+        return def;
+    }
     return (int)r;
 }
 
