@@ -1147,12 +1147,15 @@ static void walk_trusted(lua_State *L, walk_t *w)
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
             const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0)
-                cfg_fail(L, w, s ? s : "trusted_proxies",
+            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0) {
+                /* noted: the list's other entries are still checked */
+                cfg_note(w, s ? s : "trusted_proxies",
                          "trusted_proxies[%d]: expected an address or CIDR like "
-                         "\"10.0.0.0/8\" or \"::1/128\", got %s", i,
-                         s ? lua_pushfstring(L, "'%s'", s) : luaL_typename(L, -1));
-            w->cfg->ntrusted++;
+                         "\"10.0.0.0/8\" or \"::1/128\", got %s%s%s", i, s ? "'" : "",
+                         s ? s : luaL_typename(L, -1), s ? "'" : "");
+            } else {
+                w->cfg->ntrusted++;
+            }
             lua_pop(L, 1);
         }
     }

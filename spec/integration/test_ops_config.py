@@ -292,6 +292,7 @@ def test_check_reports_every_bad_value_of_one_section(run_moongate):
             "  upstreams = { a = { servers = { \"127.0.0.1:1\" }, keepalive = -1,\n"
             "                      retries = 1.5, read_timeout = \"slow\" } },\n"
             "  routes = {},\n"
+            "  trusted_proxies = { \"10.0.0.0/33\", \"10.0.0.0/8\", \"nope\" },\n"
             "}\n")
     p = run_moongate("-t", "-c", "$CFG", config=text)
     assert p.returncode == 1
@@ -303,4 +304,8 @@ def test_check_reports_every_bad_value_of_one_section(run_moongate):
         "6: upstreams.a.keepalive: must be at least 0, got -1",
         "7: upstreams.a.read_timeout: expected a number, got string",
         "7: upstreams.a.retries: expected a whole number, got 1.5",
+        "9: trusted_proxies[1]: expected an address or CIDR like \"10.0.0.0/8\" or \"::1/128\","
+        " got '10.0.0.0/33'",
+        "9: trusted_proxies[3]: expected an address or CIDR like \"10.0.0.0/8\" or \"::1/128\","
+        " got 'nope'",
     ], p.stderr_text
