@@ -589,6 +589,7 @@ static void walk_upstream_health(lua_State *L, walk_t *w, const char *uwhere,
     h->status_lo = 200;
     h->status_hi = 399;
     if (t == LUA_TBOOLEAN) {
+        h->tcp = u->h2; /* an h2 upstream's checks only connect */
         h->path = xstrdup("/");
         lua_pop(L, 1);
         if (h->path == NULL)
@@ -601,12 +602,16 @@ static void walk_upstream_health(lua_State *L, walk_t *w, const char *uwhere,
     static const char *const keys[] = { "type", "path", "host", "interval", "timeout",
                                         "rise", "fall", "status", NULL };
     check_keys(L, w, where, keys);
-    char *type = opt_string(L, w, where, "type", "http");
+    /* an h2 upstream's checks only connect (the check speaks HTTP/1.1) */
+    char *type = opt_string(L, w, where, "type", u->h2 ? "tcp" : "http");
     h->tcp = strcmp(type, "tcp") == 0;
     int known = h->tcp || strcmp(type, "http") == 0;
     free(type);
     if (!known)
         cfg_fail(L, w, "type", "%s.type: expected \"http\" or \"tcp\"", where);
+    if (u->h2 && !h->tcp)
+        cfg_fail(L, w, "type", "%s.type: an upstream with protocol = \"h2\" is checked with "
+                 "type = \"tcp\" (a connect; with tls, the handshake)", where);
     static const char *const http_only[] = { "path", "host", "status", NULL };
     for (const char *const *o = http_only; *o && h->tcp; o++)
         if (field_type(L, *o) != LUA_TNIL)
@@ -696,7 +701,7 @@ static void walk_upstream(lua_State *L, walk_t *w)
                                         "connect_timeout", "read_timeout", "idle_timeout",
                                         "retries", "max_fails", "fail_timeout", "tls",
                                         "tls_verify", "tls_server_name", "tls_ca", "health",
-                                        NULL };
+                                        "protocol", NULL };
     check_keys(L, w, where, keys);
     mg_cfg_upstream_t *u = &cfg->upstreams[cfg->nupstreams - 1];
     lua_getfield(L, -1, "servers");
@@ -756,6 +761,12 @@ static void walk_upstream(lua_State *L, walk_t *w)
     u->max_fails = opt_count(L, w, where, "max_fails", 1, 0);
     u->fail_timeout = opt_number(L, w, where, "fail_timeout", 10, 0.001);
     walk_upstream_tls(L, w, where, u);
+    char *proto = opt_string(L, w, where, "protocol", "http1");
+    u->h2 = strcmp(proto, "h2") == 0;
+    int proto_ok = u->h2 || strcmp(proto, "http1") == 0;
+    free(proto);
+    if (!proto_ok)
+        cfg_fail(L, w, "protocol", "%s.protocol: expected \"http1\" or \"h2\"", where);
     walk_upstream_health(L, w, where, u);
 }
 

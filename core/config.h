@@ -70,6 +70,7 @@ typedef struct mg_cfg_upstream {
     int tls_verify;         /* check their certificates (chain and name) */
     char *tls_server_name;  /* SNI and the name checked; NULL: each server's host */
     char *tls_ca;           /* PEM file of trusted CAs; NULL: the system store */
+    int h2;                 /* protocol = "h2": HTTP/2 (prior knowledge, ALPN h2 with tls) */
     mg_cfg_health_t health;
 } mg_cfg_upstream_t;
 

@@ -216,7 +216,15 @@ static int on_done(void *ud)
     return c->req == NULL && !c->parse_held ? 1 : 0;
 }
 
-static const mg_h1_cb_t req_cbs = { on_begin, on_head, on_body, on_done };
+/* A chunked request's trailers: kept with the request (an h2 upstream
+ * gets them as trailing HEADERS). */
+static mg_h1_head_t *on_trailers(void *ud)
+{
+    mg_conn_t *c = ud;
+    return c->req && !c->req->done ? mg_req_trailer_store(c->req) : NULL;
+}
+
+static const mg_h1_cb_t req_cbs = { on_begin, on_head, on_body, on_done, on_trailers };
 
 /* --- reading -------------------------------------------------------------- */
 

@@ -114,7 +114,7 @@ static int p_on_done(void *ud)
     return 0;
 }
 
-static const mg_h1_cb_t parser_cbs = { p_on_begin, p_on_head, p_on_body, p_on_done };
+static const mg_h1_cb_t parser_cbs = { p_on_begin, p_on_head, p_on_body, p_on_done, NULL };
 
 /* --- ending an attachment -------------------------------------------------- */
 

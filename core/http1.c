@@ -79,8 +79,14 @@ static int fail(mg_h1_t *h, int status, const char *reason)
 static int span(mg_h1_t *h, int kind, const char *at, size_t n)
 {
     mg_h1_head_t *hd = h->head;
-    if (h->in_body)
-        return 0; /* chunked trailers: dropped, never part of the head */
+    if (h->in_body) {
+        /* chunked trailers: never part of the head; kept apart if the
+         * owner wants them */
+        if (h->tr == NULL && (h->cb->trailer_store == NULL ||
+                              (h->tr = h->cb->trailer_store(h->ud)) == NULL))
+            return 0;
+        hd = h->tr;
+    }
     if (hd == NULL)
         return fail(h, 400, "bad request");
     if (n == 0)
@@ -166,6 +172,7 @@ static int on_message_begin(llhttp_t *p)
         return fail(h, 500, "out of memory");
     mg_h1_head_reset(h->head);
     h->in_msg = 1;
+    h->tr = NULL;
     h->last = SPAN_NONE;
     h->head_bytes = 0;
     h->drop_field = 0;
@@ -177,10 +184,11 @@ static int on_message_begin(llhttp_t *p)
 static int on_value_complete(llhttp_t *p)
 {
     mg_h1_t *h = H(p);
-    mg_h1_head_t *hd = h->head;
-    /* chunked trailers end here too: they were dropped by span(), and the
-     * head's last field (already seen by the owner) is not theirs to edit */
-    if (h->in_body || hd == NULL || hd->nhdrs == 0)
+    /* chunked trailers end here too: in their own store, or dropped by
+     * span(); the head's last field (already seen by the owner) is not
+     * theirs to edit */
+    mg_h1_head_t *hd = h->in_body ? h->tr : h->head;
+    if (hd == NULL || hd->nhdrs == 0)
         return 0;
     mg_h1_hdr_t *e = &hd->hdrs[hd->nhdrs - 1];
     if (h->drop_field) {
@@ -230,14 +238,15 @@ static int on_field_complete(llhttp_t *p)
     mg_h1_t *h = H(p);
     int had_name = h->last == SPAN_FIELD;
     h->last = SPAN_NONE;
-    if (h->in_body || h->head == NULL)
+    mg_h1_head_t *hd = h->in_body ? h->tr : h->head;
+    if (hd == NULL)
         return 0;
     /* llhttp 8 also lets an empty name through (a line ": v"): no field
      * bytes arrived, and the value would be added to the previous field
      * (or an empty-named one reach the upstream) */
-    if (!had_name || h->head->nhdrs == 0)
+    if (!had_name || hd->nhdrs == 0)
         return fail(h, 400, "invalid header name");
-    mg_str_t n = mg_h1_name(h->head, h->head->nhdrs - 1);
+    mg_str_t n = mg_h1_name(hd, hd->nhdrs - 1);
     if (!mg_h1_is_token(n.p, n.n))
         return fail(h, 400, "invalid header name");
     if (h->underscores != MG_H1_US_ALLOW && h->mode != FR_OFF && memchr(n.p, '_', n.n) != NULL) {
@@ -362,6 +371,7 @@ static int on_message_complete(llhttp_t *p)
     h->in_body = 0;
     h->in_msg = 0;
     h->head = NULL;
+    h->tr = NULL;
     p->upgrade = 0;
     int r = h->cb->on_done(h->ud);
     if (r < 0) {

@@ -79,6 +79,10 @@ typedef struct mg_h1_cb {
     int (*on_head)(void *ud, mg_h1_head_t *head);
     int (*on_body)(void *ud, const char *p, size_t n);
     int (*on_done)(void *ud);
+    /* Requests: where a chunked body's trailer fields go (parsed and
+     * checked as header fields, counted against max_header), asked for at
+     * the first one; NULL (or returning NULL): they are dropped. */
+    mg_h1_head_t *(*trailer_store)(void *ud);
 } mg_h1_cb_t;
 
 /* What a request parser does with a header field whose name has an
@@ -96,6 +100,7 @@ typedef struct mg_h1 {
     const mg_h1_cb_t *cb;
     void *ud;
     mg_h1_head_t *head;      /* borrowed from on_begin until on_head returns */
+    mg_h1_head_t *tr;        /* borrowed from trailer_store while trailers are parsed */
     int last;                /* which span the previous callback was */
     size_t max_uri;          /* 0 = unlimited */
     size_t max_header;       /* whole head: request line + headers */

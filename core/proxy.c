@@ -10,6 +10,7 @@
 #include "proxy.h"
 #include "h1client.h"
 #include "h1fields.h"
+#include "h2client.h"
 #include "log.h"
 #include "metrics.h"
 #include "loop.h"
@@ -27,6 +28,40 @@
 enum { FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_TIMEOUT, FAIL_GARBAGE };
 
 static void proxy_fail(mg_req_t *r, int kind, const char *why);
+
+/* --- the two exchange engines --------------------------------------------- */
+/* An upstream with protocol = "h2" runs its exchanges on h2client.c
+ * (r->h2x), any other on h1client.c (r->exchange); both call the same
+ * callbacks below. */
+
+static void up_reason(mg_req_t *r, mg_h1c_err_t code, const char *why)
+{
+    if (r->h2x)
+        mg_h2c_reason(r->h2x, code, why);
+    else
+        mg_h1c_reason(&r->exchange, code, why);
+}
+
+static void up_pause(mg_req_t *r, int pause)
+{
+    if (r->up == NULL)
+        return;
+    if (r->h2x)
+        mg_h2c_pause_read(r->h2x, pause);
+    else
+        mg_h1c_pause_read(r->up, pause);
+}
+
+/* Ends the exchange without callbacks (r->up already NULL). */
+static void up_end(mg_req_t *r)
+{
+    if (r->h2x) {
+        mg_h2c_free(r->h2x);
+        r->h2x = NULL;
+    } else {
+        mg_h1c_cancel(&r->exchange);
+    }
+}
 
 /* --- the request head for the upstream ------------------------------------ */
 
@@ -76,6 +111,8 @@ static void build_request_head(mg_req_t *r)
     mg_str_t proto = mg_req_upgrade(r);
     r->upgrading = proto.p && r->route >= 0 &&
                    upgrade_allowed(&r->gen->cfg->routes[r->route], proto);
+    if (r->gen->ups[r->upstream].cfg->h2)
+        r->upgrading = 0; /* no 101 over HTTP/2: it goes up as plain HTTP */
     r->websocket = r->upgrading && MG_STR_EQ_CI(proto, "websocket");
     if (r->upgrading) {
         mg_buf_puts(o, "Connection: upgrade\r\nUpgrade: ");
@@ -193,7 +230,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     mg_req_t *r = ud;
     if (h->status == 101 && (!r->upgrading || !r->body_done)) {
         /* a switch nobody asked for (or before the request ended) */
-        mg_h1c_reason(r->up, MG_H1C_INVALID, "upstream switched protocols");
+        up_reason(r, MG_H1C_INVALID, "upstream switched protocols");
         return -1;
     }
     if (r->w == NULL)
@@ -204,7 +241,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     if ((hold || r->keep_res_head) && r->res_head == NULL) {
         r->res_head = head_copy(h);
         if (r->res_head == NULL) {
-            mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
+            up_reason(r, MG_H1C_NOMEM, "out of memory");
             return -1;
         }
     }
@@ -215,7 +252,7 @@ static int r_on_head(void *ud, mg_h1_head_t *h)
     }
     if (send_head(r, h, NULL) != MG_OK) { /* nothing of the head went out */
         r->resp_bytes = 0;
-        mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
+        up_reason(r, MG_H1C_NOMEM, "out of memory");
         return -1;
     }
     mg_rs_send(r);
@@ -229,34 +266,42 @@ static int r_on_body(void *ud, const char *p, size_t n)
         return -1;
     if (mg_rs_held(r)) { /* raw bytes: framed when the held head goes out */
         if (mg_buf_append(&r->hold, p, n) != MG_OK) {
-            mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
+            up_reason(r, MG_H1C_NOMEM, "out of memory");
             return -1;
         }
         r->resp_body_bytes += n;
         if (r->hold.len > MG_WRITER_HIGH)
-            mg_h1c_pause_read(r->up, 1);
+            up_pause(r, 1);
         return 0;
     }
     ssize_t k = r->w->ops->body(r->w, p, n);
     if (k < 0) { /* the rest cannot follow a missing piece: the exchange fails */
-        mg_h1c_reason(r->up, MG_H1C_NOMEM, "out of memory");
+        up_reason(r, MG_H1C_NOMEM, "out of memory");
         return -1;
     }
     r->resp_bytes += (uint64_t)k;
     r->resp_body_bytes += n;
     if (r->w->full)
-        mg_h1c_pause_read(r->up, 1);
+        up_pause(r, 1);
     return 0;
 }
 
 static int r_on_done(void *ud)
 {
     mg_req_t *r = ud;
+    const mg_h1_head_t *t = r->h2x ? mg_h2c_trailers(r->h2x) : NULL;
     if (mg_rs_sent(r) && r->w) {
-        ssize_t k = r->w->ops->end(r->w, NULL);
+        ssize_t k = r->w->ops->end(r->w, t);
         if (k < 0)
             return -1;
         r->resp_bytes += (uint64_t)k;
+    } else if (t && r->res_trailers == NULL) {
+        /* a held response: its trailers go out with it */
+        r->res_trailers = head_copy(t);
+        if (r->res_trailers == NULL) {
+            up_reason(r, MG_H1C_NOMEM, "out of memory");
+            return -1;
+        }
     }
     return 0;
 }
@@ -332,6 +377,10 @@ static void x_on_done(void *ud)
 {
     mg_req_t *r = ud;
     r->up = NULL;
+    if (r->h2x) {
+        mg_h2c_free(r->h2x); /* h2client touches it no more */
+        r->h2x = NULL;
+    }
     mg_writer_t *w = r->w;
     if (mg_rs_held(r)) {
         mg_rs_held_complete(r); /* finished when the Lua response phase sends it */
@@ -373,7 +422,8 @@ void mg_proxy_send_held(mg_req_t *r)
     mg_writer_t *w = r->w;
     if (w == NULL)
         return;
-    int switched = r->up && r->up->resp_done && r->upgrading && r->res_head &&
+    int switched = r->up && !r->h2x && ((mg_h1c_t *)r->up)->resp_done && r->upgrading &&
+                   r->res_head &&
                    r->res_head->status == 101;
     if (switched && r->status != 101)
         r->keepalive = 0; /* a plugin turned the switch down: the body ends at close */
@@ -401,7 +451,7 @@ void mg_proxy_send_held(mg_req_t *r)
         r->resp_bytes += (uint64_t)k;
     }
     if (complete) {
-        ssize_t k = w->ops->end(w, NULL);
+        ssize_t k = w->ops->end(w, r->res_trailers);
         if (k < 0) {
             held_failed(r, w);
             return;
@@ -410,8 +460,7 @@ void mg_proxy_send_held(mg_req_t *r)
         mg_req_finish(r);
         return;
     }
-    if (r->up)
-        mg_h1c_pause_read(r->up, 0);
+    up_pause(r, 0);
     w->ops->flush(w);
 }
 
@@ -457,20 +506,20 @@ static void x_on_error(void *ud, const mg_h1c_error_t *e)
 {
     mg_req_t *r = ud;
     mg_loop_t *loop = r->loop;
-    mg_h1c_t *x = &r->exchange;
+    mg_up_server_t *sv = r->h2x ? r->h2x->server : r->exchange.server;
     r->up = NULL;
     int kind = e->code == MG_H1C_TIMEOUT ? (e->connecting ? FAIL_CONNECT_TIMEOUT : FAIL_TIMEOUT)
                : e->connecting           ? FAIL_CONNECT
                : e->code == MG_H1C_INVALID || e->code == MG_H1C_NOMEM ? FAIL_GARBAGE
                                                                        : FAIL_RESET;
-    mg_up_t *up = x->server->up;
+    mg_up_t *up = sv->up;
     const mg_cfg_upstream_t *cfg = up->cfg;
     double now = ev_now(loop->ev);
     if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) {
         count_up(r, MG_MET_UP_CONNECT);
-        if (mg_up_server_failed(up, (int)(x->server - up->servers), now))
+        if (mg_up_server_failed(up, (int)(sv - up->servers), now))
             mg_log_warn("upstream %s: server %s marked down for %gs (%s)", cfg->name,
-                        x->server->addr->text, cfg->fail_timeout, e->why);
+                        sv->addr->text, cfg->fail_timeout, e->why);
     }
     if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
         count_up(r, MG_MET_UP_TIMEOUT);
@@ -485,7 +534,7 @@ static void x_on_error(void *ud, const mg_h1c_error_t *e)
         proxy_attach(r);
         return;
     }
-    mg_h1c_cancel(x);
+    up_end(r);
     proxy_fail(r, kind, e->why);
 }
 
@@ -514,7 +563,7 @@ static void proxy_attach(mg_req_t *r)
             s = mg_up_pick(up, hash, r->tried);
         }
         if (s < 0) {
-            mg_h1c_cancel(&r->exchange);
+            up_end(r);
             mg_req_error(r, 503, "no healthy upstream");
             return;
         }
@@ -525,13 +574,17 @@ static void proxy_attach(mg_req_t *r)
         memcpy(r->upstream_addr, at, an); /* for the log: no printf per request */
         r->upstream_addr[an] = '\0';
         const char *err = NULL;
-        int rc = mg_h1c_attach(&r->exchange, up, s, &err);
+        int rc = r->h2x ? mg_h2c_attach(r->h2x, up, s, &err)
+                        : mg_h1c_attach(&r->exchange, up, s, &err);
         mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
                      r->upstream_addr, r->tries + 1,
-                     rc != MG_OK ? (err ? err : "connect failed")
-                     : r->exchange.u->connecting ? "connecting" : "idle keep-alive connection");
+                     rc != MG_OK  ? (err ? err : "connect failed")
+                     : r->h2x     ? (mg_h2c_connecting(r->h2x) ? "HTTP/2, connecting"
+                                                               : "HTTP/2 connection")
+                     : r->exchange.u->connecting ? "connecting"
+                                                 : "idle keep-alive connection");
         if (rc == MG_ENOMEM) {
-            mg_h1c_cancel(&r->exchange);
+            up_end(r);
             mg_log_error("out of memory queueing the upstream request");
             mg_req_error(r, 500, "internal error");
             return;
@@ -543,11 +596,11 @@ static void proxy_attach(mg_req_t *r)
                 count_up(r, MG_MET_UP_RETRY);
                 continue;
             }
-            mg_h1c_cancel(&r->exchange);
+            up_end(r);
             respond_fail(r, FAIL_CONNECT, err ? err : "connect failed");
             return;
         }
-        r->up = &r->exchange;
+        r->up = r->h2x ? (void *)r->h2x : (void *)&r->exchange;
         return;
     }
 }
@@ -575,6 +628,21 @@ void mg_proxy_start(mg_req_t *r, int upstream)
         return;
     }
     const mg_cfg_upstream_t *cfg = r->gen->ups[upstream].cfg;
+    if (cfg->h2) {
+        mg_h2c_free(r->h2x);
+        r->h2x = mg_h2c_new(r->loop, &x_cbs, r, &r->uhead, r->body_done && !r->has_body);
+        if (r->h2x == NULL) {
+            mg_log_error("out of memory starting an HTTP/2 upstream exchange");
+            mg_req_error(r, 500, "internal error");
+            return;
+        }
+        int te = mg_h1_find(r->head, "te", 2, 0);
+        r->h2x->te_trailers = te >= 0 && mg_h1_list_has(mg_h1_value(r->head, te), "trailers", 8);
+        r->h2x->connect_timeout = cfg->connect_timeout;
+        r->h2x->read_timeout = cfg->read_timeout;
+        proxy_attach(r);
+        return;
+    }
     mg_h1c_t *x = &r->exchange;
     mg_h1c_init(x, &x_cbs, r, &r->uhead, r->uhead.len, r->body_done && !r->has_body);
     x->chunked = r->req_chunked;
@@ -586,29 +654,38 @@ void mg_proxy_start(mg_req_t *r, int upstream)
 
 void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 {
-    mg_h1c_send(r->up, p, n);
+    if (r->h2x == NULL) {
+        mg_h1c_send(r->up, p, n);
+        return;
+    }
+    if (mg_h2c_send(r->h2x, p, n) != MG_OK) { /* a piece is missing: no way on */
+        r->up = NULL;
+        up_end(r);
+        proxy_fail(r, FAIL_GARBAGE, "out of memory queueing the request body");
+    }
 }
 
 void mg_proxy_body_done(mg_req_t *r)
 {
-    mg_h1c_end(r->up);
+    if (r->h2x)
+        mg_h2c_end(r->h2x, r->req_trailers);
+    else
+        mg_h1c_end(r->up);
 }
 
 /* r->on_drained: the client's write queue drained, resume reading the
  * upstream. */
 static void client_drained(mg_req_t *r)
 {
-    if (r->up)
-        mg_h1c_pause_read(r->up, 0);
+    up_pause(r, 0);
 }
 
 void mg_proxy_abort(mg_req_t *r)
 {
-    mg_h1c_t *x = r->up;
-    if (x == NULL)
+    if (r->up == NULL)
         return;
     r->up = NULL;
-    mg_h1c_cancel(x);
+    up_end(r);
 }
 
 void mg_proxy_run(mg_req_t *r)

@@ -322,6 +322,13 @@ void mg_req_body_done(mg_req_t *r)
     }
 }
 
+mg_h1_head_t *mg_req_trailer_store(mg_req_t *r)
+{
+    if (r->req_trailers == NULL)
+        r->req_trailers = calloc(1, sizeof *r->req_trailers);
+    return r->req_trailers;
+}
+
 /* --- responses ------------------------------------------------------------- */
 
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,
@@ -554,6 +561,14 @@ static void req_free(void *p)
     if (r->res_head) {
         mg_h1_head_free(r->res_head);
         free(r->res_head);
+    }
+    if (r->res_trailers) {
+        mg_h1_head_free(r->res_trailers);
+        free(r->res_trailers);
+    }
+    if (r->req_trailers) {
+        mg_h1_head_free(r->req_trailers);
+        free(r->req_trailers);
     }
     mg_buf_free(&r->body_buf);
     mg_buf_free(&r->hold);

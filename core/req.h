@@ -87,9 +87,14 @@ struct mg_req {
     unsigned own_held : 1;    /* the held response is a staged reply, not the upstream's */
 
     /* upstream */
-    mg_h1c_t *up;             /* the exchange in progress (&exchange), or NULL */
+    /* the exchange in progress: &exchange (HTTP/1.1), or h2x (an h2
+     * upstream); NULL when none runs */
+    void *up;
     const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
     mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
+    struct mg_h2c *h2x;       /* an h2 upstream's exchange (h2client.h; proxy.c frees it), or NULL */
+    mg_h1_head_t *res_trailers; /* the response's trailers, held with a held response (owned) */
+    mg_h1_head_t *req_trailers; /* the request's trailers (mg_req_trailer_store; owned), or NULL */
     /* The client's write queue drained below its low mark: the producer of
      * the response body (set by the proxy) may go on. NULL: nobody waits. */
     void (*on_drained)(mg_req_t *r);
@@ -140,6 +145,11 @@ mg_req_t *mg_req_new(mg_loop_t *loop, mg_h1_head_t *head);
 void mg_req_dispatch(mg_req_t *r);
 void mg_req_body(mg_req_t *r, const char *p, size_t n);
 void mg_req_body_done(mg_req_t *r);
+/* Where the client side puts the request's trailers (a chunked body's, an
+ * HTTP/2 client's trailing HEADERS) before mg_req_body_done: r's own store,
+ * made on first use; NULL without memory. An h2 upstream gets them as
+ * trailing HEADERS after the body. */
+mg_h1_head_t *mg_req_trailer_store(mg_req_t *r);
 
 /* Queues a complete response (head and body) and finishes the request. */
 void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body, size_t n,

@@ -109,6 +109,20 @@ int mg_tlsc_verifies(const mg_tlsc_t *t)
     return t->verify;
 }
 
+int mg_tlsc_offer_h2(mg_tlsc_t *t)
+{
+    static const unsigned char alpn[] = "\x02h2";
+    return SSL_CTX_set_alpn_protos(t->ctx, alpn, sizeof alpn - 1) == 0 ? 0 : -1;
+}
+
+int mg_tlsc_is_h2(struct ssl_st *s)
+{
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(s, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
 static int is_ip_literal(const char *name)
 {
     unsigned char b[16];

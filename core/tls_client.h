@@ -39,6 +39,11 @@ mg_tlsc_t *mg_tlsc_new(int verify, const char *ca_file, char *err, size_t errlen
 /* NULL-tolerant. Connections made from it must be closed first. */
 void mg_tlsc_free(mg_tlsc_t *t);
 int mg_tlsc_verifies(const mg_tlsc_t *t);
+/* Makes t's connections offer ALPN "h2" only (instead of "http/1.1"):
+ * for HTTP/2 upstreams. 0 or -1 (out of memory). */
+int mg_tlsc_offer_h2(mg_tlsc_t *t);
+/* Whether the server selected ALPN "h2" on the finished handshake s. */
+int mg_tlsc_is_h2(struct ssl_st *s);
 
 /* A TLS client on the connected socket fd (not owned). name: SNI and the
  * name the certificate must match; an IP literal is checked against the

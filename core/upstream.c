@@ -58,7 +58,8 @@ int mg_up_init(mg_up_t *up, mg_loop_t *loop, const mg_cfg_upstream_t *cfg)
             return MG_EINVAL;
         }
         up->tls_owned = 1;
-        if (mg_up_use_tls(up, t, cfg->tls_server_name) != MG_OK) {
+        if ((cfg->h2 && mg_tlsc_offer_h2(t) != 0) ||
+            mg_up_use_tls(up, t, cfg->tls_server_name) != MG_OK) {
             mg_up_close(up);
             return MG_ENOMEM;
         }
@@ -105,6 +106,8 @@ void mg_up_close(mg_up_t *up)
         return;
     for (int i = 0; i < up->nservers; i++) {
         mg_up_server_t *sv = &up->servers[i];
+        if (sv->h2 && up->close_h2)
+            up->close_h2(sv);
         while (sv->idle)
             mg_up_conn_close(sv->idle);
         free(sv->tls_name);

@@ -36,6 +36,7 @@ typedef struct mg_up_server {
     double down_until;         /* loop time until which the balancer skips it */
     const uint32_t *hdown;     /* active health (health.c): nonzero while its checks have it
                                 * down (shared memory, read atomically); NULL: no checks */
+    struct mg_h2conn *h2;      /* protocol = "h2": its HTTP/2 connections (h2client.c), or NULL */
 } mg_up_server_t;
 
 struct mg_up {
@@ -49,6 +50,9 @@ struct mg_up {
     int nidle;                 /* over all servers: up to cfg->keepalive, and up to 4x that for a second after a burst */
     mg_tlsc_t *tls;            /* NULL: plain TCP */
     int tls_owned;             /* tls is freed with the pool */
+    /* Closes a server's HTTP/2 connections (sv->h2) when the pool closes;
+     * set by h2client.c when it opens the first. */
+    void (*close_h2)(mg_up_server_t *sv);
 };
 
 /* What the exchange running on a connection does with its events. While a

@@ -277,7 +277,7 @@ static int cb_done(void *ud)
     return r->done_ret;
 }
 
-static const mg_h1_cb_t CB = { cb_begin, cb_head, cb_body, cb_done };
+static const mg_h1_cb_t CB = { cb_begin, cb_head, cb_body, cb_done, NULL };
 
 static const size_t LIMITS[4][2] = {
     { 0, 0 }, { 8192, 16384 }, { 16, 64 }, { 64, 40 },

@@ -22,6 +22,7 @@ typedef struct opts {
     int no_body_204_304;  /* on_head returns 1 for 204/304, as proxy.c does */
     int eof;              /* call mg_h1_eof once all input is fed */
     int us;               /* underscore_headers policy (MG_H1_US_*), requests */
+    int keep_trailers;    /* give the parser a trailer store (conn.c does) */
 } opts_t;
 
 static const opts_t REQ = { .type = HTTP_REQUEST };
@@ -29,6 +30,7 @@ static const opts_t RESP = { .type = HTTP_RESPONSE };
 
 typedef struct rec {
     mg_h1_head_t head;
+    mg_h1_head_t trailers;
     const opts_t *o;
     char log[16384];
     size_t loglen;
@@ -126,6 +128,11 @@ static int cb_done(void *ud)
     rec_t *r = ud;
     if (r->bodylen)
         logf_(r, "body=[%.*s]\n", (int)r->bodylen, r->body);
+    for (int i = 0; i < r->trailers.nhdrs; i++) {
+        mg_str_t n = mg_h1_name(&r->trailers, i), v = mg_h1_value(&r->trailers, i);
+        logf_(r, "trailer %.*s=[%.*s]\n", (int)n.n, n.p, (int)v.n, v.p);
+    }
+    mg_h1_head_reset(&r->trailers);
     /* The owner still holds views into the head: it must not have moved
      * or grown since on_head (chunked trailers, for instance). */
     if (r->head.store.base != r->seen_base || r->head.store.len != r->seen_len ||
@@ -143,7 +150,13 @@ static int cb_done(void *ud)
     return r->o->done_ret; /* by default pause after every message, as conn does */
 }
 
-static const mg_h1_cb_t CB = { cb_begin, cb_head, cb_body, cb_done };
+static mg_h1_head_t *cb_trailers(void *ud)
+{
+    rec_t *r = ud;
+    return r->o->keep_trailers ? &r->trailers : NULL;
+}
+
+static const mg_h1_cb_t CB = { cb_begin, cb_head, cb_body, cb_done, cb_trailers };
 
 /* Parses `in`, delivered in reads of `first` bytes then `step` bytes (0 =
  * all the rest), into r->log. Returns the error status or 0. */
@@ -170,6 +183,7 @@ static int parse(const opts_t *o, const char *in, size_t n, size_t first, size_t
                 logf_(r, "partial=[%.*s]\n", (int)r->bodylen, r->body);
             logf_(r, "error %d %s\n", h.err_status, h.err_reason ? h.err_reason : "?");
             mg_h1_head_free(&r->head);
+            mg_h1_head_free(&r->trailers);
             return h.err_status;
         }
         off += (size_t)got;
@@ -194,6 +208,7 @@ static int parse(const opts_t *o, const char *in, size_t n, size_t first, size_t
             mg_h1_resume(&h);
     }
     mg_h1_head_free(&r->head);
+    mg_h1_head_free(&r->trailers);
     return 0;
 }
 
@@ -394,6 +409,26 @@ static void test_chunked_trailers(void)
                               0),
               "http1.c span(): chunked trailers are appended to the head after on_head, "
               "moving head->store");
+}
+
+static void test_chunked_trailers_kept(void)
+{
+    /* With a trailer store the fields land there, whole however the bytes
+     * arrive, values trimmed, the head untouched; the next message starts
+     * with none. */
+    static const opts_t keep = { .type = HTTP_REQUEST, .keep_trailers = 1 };
+    EXPECT(&keep,
+           "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Last: keep\r\n\r\n"
+           "2\r\nhi\r\n0\r\nX-Checksum: abc  \r\nGrpc-Status: 0\r\nX-E:\r\n\r\n"
+           "GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+           "POST /t 1.1 CHUNKED TE KA\nHost=[x]\nTransfer-Encoding=[chunked]\nX-Last=[keep]\n"
+           "body=[hi]\ntrailer X-Checksum=[abc]\ntrailer Grpc-Status=[0]\ntrailer X-E=[]\n"
+           "done\nGET /n 1.1 KA\nHost=[x]\ndone\n");
+    /* a bad trailer name is refused as a bad header name is */
+    EXPECT_ERROR(&keep,
+                 "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "0\r\nBad Name: v\r\n\r\n",
+                 400);
 }
 
 static void test_obs_fold(void)
@@ -1032,6 +1067,7 @@ int main(void)
     RUN(test_content_length_body);
     RUN(test_chunked_body);
     RUN(test_chunked_trailers);
+    RUN(test_chunked_trailers_kept);
     RUN(test_obs_fold);
     RUN(test_header_values);
     RUN(test_keepalive_flags);
