@@ -124,6 +124,8 @@ static void x_fail(mg_h2u_t *x, mg_h1c_err_t code, const char *why, int connecti
 {
     mg_h1c_error_t e = { code, why, connecting ? 1 : 0 };
     unlink_x(x, !x->got_end || !x->body_end);
+    if (x->cb == NULL)
+        return; /* freed by its owner (mg_h2u_free) */
     x->cb->on_error(x->ud, &e);
 }
 

@@ -17,7 +17,7 @@ Paths:
                  was not processed); on any other: as /echo
   /status?code=N answers N with a short body
 
-Counters: connections (accepted), peak (most streams open at once on one
+Counters: connections (accepted), closed (connections that ended), peak (most streams open at once on one
 connection), requests (list of dicts).
 """
 
@@ -73,6 +73,8 @@ class _Proto(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        with self.srv.lock:
+            self.srv.closed += 1
         for w in self.window_waiters:
             if not w.done():
                 w.set_result(None)
@@ -223,6 +225,7 @@ class H2Upstream:
         self.connections = 0
         self.peak = 0
         self.resets = 0
+        self.closed = 0
         self.requests = []
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()

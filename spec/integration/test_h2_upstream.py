@@ -356,3 +356,23 @@ def test_response_plugins_keep_the_trailers(gateway, h2up):
         r = c.read_response()
         assert r.status == 200 and r.header("x-gw") == "held"
         assert r.json()["body_len"] == 70000
+
+
+def test_reload_moves_to_a_new_connection_and_closes_the_old(gateway, h2up):
+    import signal
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    assert request(g.port, "GET", "/echo/1").json()["conn"] == 1
+    # a request in flight keeps the old generation (and its connection)
+    slow = concurrent.futures.ThreadPoolExecutor(1).submit(
+        request, g.port, "GET", "/slow?ms=700")
+    wait_for(lambda: any(q["path"] == "/slow?ms=700" for q in up.requests),
+             what="the slow request upstream")
+    g.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: request(g.port, "GET", "/echo/2").json()["conn"] == 2,
+             what="a request on the new generation's connection")
+    r = slow.result(10)
+    assert r.status == 200 and r.json()["conn"] == 1
+    # the old generation ends with its last request: its connection closes
+    wait_for(lambda: up.closed >= 1, what="the old connection closed")
+    assert request(g.port, "GET", "/echo/3").json()["conn"] == 2
