@@ -87,6 +87,7 @@ static void link_x(mg_h2uconn_t *c, mg_h2u_t *x)
         c->streams->prev = x;
     c->streams = x;
     c->nstreams++;
+    c->sv->active++; /* least_conn counts requests in flight: streams here */
     if (c->ready) /* the idle timer; before, it is the connect timer */
         ev_timer_stop(c->u->loop->ev, &c->u->timer);
 }
@@ -112,6 +113,7 @@ static void unlink_x(mg_h2u_t *x, int rst)
     x->prev = x->next = NULL;
     x->c = NULL;
     c->nstreams--;
+    c->sv->active--;
     ev_timer_stop(x->loop->ev, &x->rt);
     if (c->nstreams == 0 && !c->closed && c->ready)
         mg_up_arm_timer(c->u, c->sv->up->cfg->idle_timeout);

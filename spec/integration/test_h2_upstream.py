@@ -376,3 +376,25 @@ def test_reload_moves_to_a_new_connection_and_closes_the_old(gateway, h2up):
     # the old generation ends with its last request: its connection closes
     wait_for(lambda: up.closed >= 1, what="the old connection closed")
     assert request(g.port, "GET", "/echo/3").json()["conn"] == 2
+
+
+def test_least_conn_counts_streams(gateway, h2up):
+    a, b = h2up(), h2up()
+    g = gateway(h2_config([a.addr, b.addr], balance="least_conn"))
+    # both servers get their connection first
+    for i in range(4):
+        assert request(g.port, "GET", "/echo/warm%d" % i).status == 200
+    assert a.connections == 1 and b.connections == 1
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    slow = ex.submit(request, g.port, "GET", "/slow?ms=1500")
+    wait_for(lambda: any(q["path"].startswith("/slow") for u in (a, b) for q in u.requests),
+             what="the slow request upstream")
+    busy = a if any(q["path"].startswith("/slow") for q in a.requests) else b
+    free = b if busy is a else a
+    before = len(free.requests)
+    # one stream in flight on busy's connection, none on free's: every quick
+    # request goes to free (counting connections, they would alternate)
+    for i in range(4):
+        assert request(g.port, "GET", "/echo/q%d" % i).status == 200
+    assert len(free.requests) == before + 4
+    assert slow.result(10).status == 200
