@@ -293,6 +293,7 @@ static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
         memcpy(buf, mg_buf_data(&x->body), n);
         mg_buf_consume(&x->body, n);
         x->sent += n;
+        x->last_io = ev_now(x->loop->ev); /* bytes written count as progress */
     }
     if (x->body.len == 0 && x->body_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;

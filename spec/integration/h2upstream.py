@@ -15,9 +15,11 @@ Paths:
   /goaway        GOAWAY (last stream = this one), then answers it
   /refuse-first  on the first connection: GOAWAY leaving this stream out (it
                  was not processed); on any other: as /echo
+  /close-after   as /echo, then the server ends the connection (FIN, no GOAWAY)
   /status?code=N answers N with a short body
 
-Counters: connections (accepted), closed (connections that ended), peak (most streams open at once on one
+Counters: connections (accepted), closed (connections that ended), peak (most
+streams open at once on one
 connection), requests (list of dicts).
 """
 
@@ -205,6 +207,11 @@ class _Proto(asyncio.Protocol):
             self.transport.write(GoAwayFrame(0, last_stream_id=max(0, sid - 2)).serialize())
         elif p == "/refuse-first":
             await self.route(sid, "/echo", q, rec)
+        elif p == "/close-after":
+            # answers, then ends the connection without a GOAWAY (FIN; what
+            # comes after is still read, so no RST loses the answer)
+            await self.route(sid, "/echo", q, rec)
+            self.transport.write_eof()
         elif p == "/status":
             code = q.get("code", ["200"])[0]
             body = ("status %s" % code).encode()
