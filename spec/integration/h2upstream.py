@@ -19,8 +19,8 @@ Paths:
   /status?code=N answers N with a short body
 
 Counters: connections (accepted), closed (connections that ended), peak (most
-streams open at once on one
-connection), requests (list of dicts).
+streams open at once on one connection), resets (streams the gateway reset),
+requests (list of dicts).
 """
 
 import asyncio
