@@ -14,11 +14,11 @@
  * once submitted, the session's stream user data. Whoever ends an
  * attachment unlinks it from both first, then calls the owner back last. */
 #include "h2client.h"
+#include "dns.h"
 #include "log.h"
 #include "loop.h"
 #include "tls_client.h"
 #include "upstream.h"
-#include "dns.h"
 
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
@@ -35,7 +35,7 @@ typedef struct mg_h2uconn {
     mg_upconn_t *u;
     nghttp2_session *s;
     mg_up_server_t *sv;
-    struct mg_h2uconn *next;    /* the server's connections */
+    struct mg_h2uconn *next;   /* the server's connections */
     mg_h2u_t *streams;         /* attached exchanges: waiting (sid 0) or open */
     int nstreams;
     unsigned served;           /* exchanges completed on it */

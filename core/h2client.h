@@ -53,7 +53,7 @@ struct mg_h2u {
     const mg_h1c_cbs_t *cb;
     void *ud;
     mg_loop_t *loop;
-    struct mg_h2uconn *c;       /* the connection, while attached */
+    struct mg_h2uconn *c;      /* the connection, while attached */
     mg_h2u_t *prev, *next;     /* the connection's exchanges */
     mg_up_server_t *server;    /* its server (kept after a failure: passive health) */
     const mg_buf_t *msg;       /* the request head as HTTP/1.1 text (the owner's) */
