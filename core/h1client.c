@@ -347,8 +347,10 @@ static void x_on_timer(mg_upconn_t *u)
 int mg_h1c_attach(mg_h1c_t *x, mg_up_t *up, int s, const char **err)
 {
     mg_upconn_t *u = mg_up_get(up, s, x, &x_ops, err);
-    if (u == NULL)
-        return MG_ECLOSED;
+    if (u == NULL) {
+        x->code = errno_code(errno);
+        return x->code == MG_H1C_NOMEM ? MG_ENOMEM : MG_ECLOSED;
+    }
     x->u = u;
     x->server = u->server;
     x->wrote = 0;
@@ -365,6 +367,7 @@ int mg_h1c_attach(mg_h1c_t *x, mg_up_t *up, int s, const char **err)
     } else if (mg_buf_append(&u->wbuf, mg_buf_data(x->msg), x->msg->len) != MG_OK) {
         mg_up_conn_close(unlink_conn(x));
         *err = "out of memory";
+        x->code = MG_H1C_NOMEM;
         return MG_ENOMEM;
     }
     if (u->connecting) {

@@ -141,7 +141,8 @@ static inline void mg_h1c_init(mg_h1c_t *x, const mg_h1c_cbs_t *cb, void *ud,
 }
 /* Runs the exchange on a connection to server s of up (idle or new): the
  * carried bytes of a failed attempt, else the message, go out. MG_OK, or
- * an error with *err saying why (no connection; nothing was called). */
+ * MG_ENOMEM / MG_ECLOSED with *err saying why (for logs) and x->code the
+ * failure's code (no connection; nothing was called). */
 int mg_h1c_attach(mg_h1c_t *x, mg_up_t *up, int s, const char **err);
 /* Queues body bytes (chunk-encoded with x->chunked) and writes what the
  * socket takes. MG_OK, or -1 when the exchange failed (on_error ran). */

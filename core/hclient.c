@@ -21,7 +21,6 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -504,12 +503,12 @@ static const char *attach(mg_hc_t *hc)
     int rc = mg_h1c_attach(&hc->x, &o->up, 0, &e);
     if (rc == MG_OK)
         return NULL;
-    if (rc == MG_ENOMEM || (e && strcmp(e, "out of memory") == 0))
+    if (rc == MG_ENOMEM)
         return mg_hc_err_nomem;
-    if (e && strcmp(e, strerror(ECONNREFUSED)) == 0)
+    if (hc->x.code == MG_H1C_REFUSED)
         return mg_hc_err_refused;
     mg_log_info("http client: connect to %s: %s", o->addr.text, e ? e : "?");
-    return mg_h1c_strerror(MG_H1C_CONNECT);
+    return mg_h1c_strerror(hc->x.code);
 }
 
 /* --- the exchange: API ------------------------------------------------------ */
@@ -538,8 +537,7 @@ static int need_lookup(const mg_hc_ctx_t *ctx, const mg_hc_origin_t *o)
     return o->resolved_at == 0 || ev_now(ctx->loop->ev) - o->resolved_at > DNS_TTL;
 }
 
-const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_hc_done_fn done,
-                        void *ud)
+const char *mg_hc_start(mg_hc_t *hc, const mg_hc_opts_t *o, mg_hc_done_fn done, void *ud)
 {
     mg_hc_ctx_t *ctx = hc->ctx;
     if (ctx->shut)
@@ -553,7 +551,6 @@ const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_
     mg_hc_origin_t *origin = origin_get(ctx, o->host, o->host_len, o->port, t);
     if (origin == NULL)
         return mg_hc_err_nomem;
-    (void)owner; /* the connection's owner is the exchange itself */
     hc->origin = origin;
     hc->done = done;
     hc->ud = ud;

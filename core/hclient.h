@@ -22,7 +22,6 @@
 #include "http1.h"
 
 typedef struct mg_loop mg_loop_t;
-typedef struct mg_req mg_req_t;
 typedef struct mg_hc mg_hc_t;
 typedef struct mg_hc_ctx mg_hc_ctx_t;
 
@@ -71,12 +70,11 @@ typedef struct mg_hc_opts {
 mg_hc_t *mg_hc_new(mg_hc_ctx_t *ctx);
 /* The buffer the caller writes the whole request into (head and body). */
 mg_buf_t *mg_hc_request(mg_hc_t *hc);
-/* Starts the exchange. `owner` is the request it serves (never
- * dereferenced; the pooled connection's owner is the exchange). Returns NULL when
- * the exchange is under way (done will run later), or an error text when it
- * failed at once (done will not run). */
-const char *mg_hc_start(mg_hc_t *hc, mg_req_t *owner, const mg_hc_opts_t *o, mg_hc_done_fn done,
-                        void *ud);
+/* Starts the exchange (the pooled connection's owner is the exchange;
+ * `ud` is the caller's). Returns NULL when the exchange is under way (done
+ * will run later), or an error text when it failed at once (done will not
+ * run). */
+const char *mg_hc_start(mg_hc_t *hc, const mg_hc_opts_t *o, mg_hc_done_fn done, void *ud);
 /* Stops a running exchange: the connection is closed (a half-read response
  * never goes back to the pool), timers stopped, done never runs. No-op once
  * the exchange ended. */

@@ -650,7 +650,7 @@ static int run(lua_State *L, http_state_t *st, call_t *c)
         .tls = u->tls,
         .tls_verify = c->tls_verify,
     };
-    const char *err = mg_hc_start(hc, r, &o, request_done, r);
+    const char *err = mg_hc_start(hc, &o, request_done, r);
     if (err) {
         mg_hc_free(hc);
         lua_pushnil(L);

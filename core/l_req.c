@@ -687,7 +687,8 @@ static int op_proxy(lua_State *L)
 static int op_send_head(lua_State *L)
 {
     mg_req_t *r = check_own(L, "send_head");
-    mg_proxy_send_held(r);
+    if (!mg_req_grpc_send_held(r))
+        mg_proxy_send_held(r);
     return 0;
 }
 

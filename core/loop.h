@@ -65,7 +65,6 @@ typedef struct mg_stats {
     int active;              /* requests in flight */
     int lua_busy;            /* request coroutines alive (log phases included) */
     int tunnels;             /* open tunnels (upgraded connections) */
-    uint64_t up_connect_errors, up_timeouts, up_retries;
 } mg_stats_t;
 
 typedef struct mg_loop {
@@ -88,7 +87,6 @@ typedef struct mg_loop {
     ev_timer watch_timer;    /* polls them */
     ev_timer watch_debounce;
     int met_owned;
-    uint64_t met_base[3];    /* slot counters before this process started */
     mg_conn_t *conns;        /* every open client connection */
     struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
     struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */

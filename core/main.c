@@ -104,6 +104,10 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else {
+            if (strcmp(argv[i], "-c") == 0)
+                fprintf(stderr, "moongate: -c needs a FILE\n");
+            else
+                fprintf(stderr, "moongate: unknown option '%s'\n", argv[i]);
             usage(stderr);
             return 2;
         }

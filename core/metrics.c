@@ -1,5 +1,6 @@
 #include "metrics.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,14 +39,85 @@ static uint32_t hash_key(const char *route, int status)
     return h;
 }
 
+static uint32_t hash_name(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* The length `name` is kept with (cut to fit the slots' arrays). */
+static size_t name_len(const char *name)
+{
+    size_t n = strlen(name);
+    return n >= MG_MET_ROUTE_LEN ? MG_MET_ROUTE_LEN - 1 : n;
+}
+
+/* Route histograms and upstream counters are open-addressed tables keyed
+ * by name: the same probe order in every worker, so a reader finds a name
+ * in any worker's table the way its writer placed it. A table has `cap`
+ * entries of `size` bytes, each starting with its `used` word, its name
+ * at `name_off`. `claim`: take a free slot for a name not there yet (the
+ * writer only). NULL: not there (or the table is full). */
+static void *find_slot(void *tab, size_t size, int cap, size_t name_off, const char *name,
+                       int claim)
+{
+    size_t n = name_len(name);
+    uint32_t h = hash_name(name, n);
+    for (int p = 0; p < cap; p++) {
+        char *e = (char *)tab + size * ((h + (uint32_t)p) % (uint32_t)cap);
+        uint32_t *used = (uint32_t *)(void *)e;
+        char *nm = e + name_off;
+        if (!__atomic_load_n(used, __ATOMIC_ACQUIRE)) {
+            if (!claim)
+                return NULL;
+            memcpy(nm, name, n);
+            nm[n] = '\0';
+            __atomic_store_n(used, 1, __ATOMIC_RELEASE);
+            return e;
+        }
+        if (strncmp(nm, name, n) == 0 && nm[n] == '\0')
+            return e;
+    }
+    return NULL;
+}
+
+static mg_met_route_t *route_slot(const mg_met_route_t *tab, const char *name, int claim)
+{
+    return find_slot((void *)tab, sizeof *tab, MG_MET_ROUTES, offsetof(mg_met_route_t, route),
+                     name, claim);
+}
+
+static mg_met_up_t *up_slot(const mg_met_up_t *tab, const char *name, int claim)
+{
+    return find_slot((void *)tab, sizeof *tab, MG_MET_UPS, offsetof(mg_met_up_t, name), name,
+                     claim);
+}
+
+void mg_met_upstream(mg_met_worker_t *w, const char *name, int what)
+{
+    mg_met_up_t *u = w && what >= 0 && what < MG_MET_UP_N ? up_slot(w->ups, name, 1) : NULL;
+    if (u)
+        u->n[what]++;
+}
+
 void mg_met_request(mg_met_worker_t *w, const char *route, int status, double seconds)
 {
     w->requests++;
     int b = 0;
     while (b < MG_MET_BUCKETS && seconds > mg_met_bounds[b])
         b++;
-    w->hist[b]++;
-    w->latency_sum += seconds;
+    mg_met_route_t *rt = route_slot(w->routes, route, 1);
+    if (rt) {
+        rt->hist[b]++;
+        rt->sum += seconds;
+        rt->count++;
+    } else {
+        w->route_overflow++;
+    }
     size_t rl = strlen(route);
     if (rl >= MG_MET_ROUTE_LEN)
         rl = MG_MET_ROUTE_LEN - 1;
@@ -81,6 +153,119 @@ void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now)
 
 /* --- rendering ------------------------------------------------------------ */
 
+/* Whether `name` appears in a worker's table before worker wi: it was
+ * rendered with that worker's. */
+#define SEEN_BEFORE(m, wi, table, slotfn, name, seen)                                     \
+    do {                                                                                   \
+        seen = 0;                                                                          \
+        for (int pw_ = 0; pw_ < (wi) && !seen; pw_++)                                      \
+            seen = slotfn((m)->w[pw_].table, (name), 0) != NULL;                           \
+    } while (0)
+
+/* The latency histogram, one per route (summed over the workers). */
+static void render_histograms(mg_buf_t *o, const mg_met_shm_t *m)
+{
+    int n = m->nworkers;
+    mg_buf_printf(o, "# HELP moongate_request_duration_seconds Time from request head to "
+                     "response end, by route.\n"
+                     "# TYPE moongate_request_duration_seconds histogram\n");
+    for (int wi = 0; wi < n; wi++) {
+        for (int k = 0; k < MG_MET_ROUTES; k++) {
+            const mg_met_route_t *rt = &m->w[wi].routes[k];
+            if (!__atomic_load_n(&rt->used, __ATOMIC_ACQUIRE))
+                continue;
+            int seen;
+            SEEN_BEFORE(m, wi, routes, route_slot, rt->route, seen);
+            if (seen)
+                continue;
+            uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0;
+            double sum = 0;
+            for (int ow = wi; ow < n; ow++) {
+                const mg_met_route_t *q = route_slot(m->w[ow].routes, rt->route, 0);
+                if (q == NULL)
+                    continue;
+                for (int b = 0; b <= MG_MET_BUCKETS; b++)
+                    hist[b] += q->hist[b];
+                count += q->count;
+                sum += q->sum;
+            }
+            uint64_t cum = 0;
+            for (int b = 0; b <= MG_MET_BUCKETS; b++) {
+                cum += hist[b];
+                mg_buf_printf(o, "moongate_request_duration_seconds_bucket{route=\"");
+                mg_buf_prom_label(o, rt->route);
+                if (b < MG_MET_BUCKETS)
+                    mg_buf_printf(o, "\",le=\"%g\"} %llu\n", mg_met_bounds[b],
+                                  (unsigned long long)cum);
+                else
+                    mg_buf_printf(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+            }
+            mg_buf_printf(o, "moongate_request_duration_seconds_sum{route=\"");
+            mg_buf_prom_label(o, rt->route);
+            mg_buf_printf(o, "\"} %.6f\n", sum);
+            mg_buf_printf(o, "moongate_request_duration_seconds_count{route=\"");
+            mg_buf_prom_label(o, rt->route);
+            mg_buf_printf(o, "\"} %llu\n", (unsigned long long)count);
+        }
+    }
+}
+
+/* Upstream errors and retries, by upstream (summed over the workers). */
+static void render_upstreams(mg_buf_t *o, const mg_met_shm_t *m)
+{
+    static const struct {
+        const char *name, *help;
+        int what;
+    } fams[] = {
+        { "moongate_upstream_connect_errors_total", "Failed upstream connects, by upstream.",
+          MG_MET_UP_CONNECT },
+        { "moongate_upstream_timeouts_total", "Upstream connect or read timeouts, by upstream.",
+          MG_MET_UP_TIMEOUT },
+        { "moongate_upstream_retries_total", "Requests retried on another server, by upstream.",
+          MG_MET_UP_RETRY },
+    };
+    static const char *const kinds[] = { "connect", "timeout", "reset", "invalid" };
+    int n = m->nworkers;
+    for (size_t f = 0; f <= sizeof fams / sizeof fams[0]; f++) {
+        if (f < sizeof fams / sizeof fams[0])
+            mg_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n", fams[f].name, fams[f].help,
+                fams[f].name);
+        else
+            mg_buf_printf(o, "# HELP moongate_upstream_errors_total Upstream failures, by "
+                             "upstream and kind (connect, timeout, reset, invalid).\n"
+                             "# TYPE moongate_upstream_errors_total counter\n");
+        for (int wi = 0; wi < n; wi++) {
+            for (int k = 0; k < MG_MET_UPS; k++) {
+                const mg_met_up_t *u = &m->w[wi].ups[k];
+                if (!__atomic_load_n(&u->used, __ATOMIC_ACQUIRE))
+                    continue;
+                int seen;
+                SEEN_BEFORE(m, wi, ups, up_slot, u->name, seen);
+                if (seen)
+                    continue;
+                uint64_t tot[MG_MET_UP_N] = { 0 };
+                for (int ow = wi; ow < n; ow++) {
+                    const mg_met_up_t *q = up_slot(m->w[ow].ups, u->name, 0);
+                    for (int i = 0; q && i < MG_MET_UP_N; i++)
+                        tot[i] += q->n[i];
+                }
+                if (f < sizeof fams / sizeof fams[0]) {
+                    mg_buf_printf(o, "%s{upstream=\"", fams[f].name);
+                    mg_buf_prom_label(o, u->name);
+                    mg_buf_printf(o, "\"} %llu\n", (unsigned long long)tot[fams[f].what]);
+                    continue;
+                }
+                for (int i = 0; i < 4; i++) {
+                    mg_buf_printf(o, "moongate_upstream_errors_total{upstream=\"");
+                    mg_buf_prom_label(o, u->name);
+                    mg_buf_printf(o, "\",kind=\"%s\"} %llu\n", kinds[i],
+                                  (unsigned long long)tot[i]);
+                }
+            }
+        }
+    }
+}
+
 void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out)
 {
     int n = m->nworkers;
@@ -115,18 +300,10 @@ void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out)
             mg_buf_printf(out, "\",status=\"%d\"} %llu\n", key->status, (unsigned long long)total);
         }
     }
-    uint64_t hist[MG_MET_BUCKETS + 1] = { 0 }, count = 0, ce = 0, to = 0, re = 0, restarts = 0;
-    double sum = 0;
+    uint64_t restarts = 0;
     int64_t conns = 0, active = 0, idle = 0, busy = 0, tunnels = 0;
     for (int wi = 0; wi < n; wi++) {
         const mg_met_worker_t *w = &m->w[wi];
-        for (int b = 0; b <= MG_MET_BUCKETS; b++)
-            hist[b] += w->hist[b];
-        count += w->requests;
-        sum += w->latency_sum;
-        ce += w->up_connect_errors;
-        to += w->up_timeouts;
-        re += w->up_retries;
         restarts += w->restarts;
         conns += w->conns;
         active += w->active;
@@ -134,27 +311,8 @@ void mg_met_render(const mg_met_shm_t *m, const char *version, mg_buf_t *out)
         busy += w->lua_busy;
         tunnels += w->tunnels;
     }
-    mg_buf_printf(out, "# HELP moongate_request_duration_seconds Time from request head to response end.\n"
-            "# TYPE moongate_request_duration_seconds histogram\n");
-    uint64_t cum = 0;
-    for (int b = 0; b < MG_MET_BUCKETS; b++) {
-        cum += hist[b];
-        mg_buf_printf(out, "moongate_request_duration_seconds_bucket{le=\"%g\"} %llu\n", mg_met_bounds[b],
-            (unsigned long long)cum);
-    }
-    cum += hist[MG_MET_BUCKETS];
-    mg_buf_printf(out, "moongate_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    mg_buf_printf(out, "moongate_request_duration_seconds_sum %.6f\n", sum);
-    mg_buf_printf(out, "moongate_request_duration_seconds_count %llu\n", (unsigned long long)count);
-    mg_buf_printf(out, "# HELP moongate_upstream_connect_errors_total Failed upstream connects.\n"
-            "# TYPE moongate_upstream_connect_errors_total counter\n"
-            "moongate_upstream_connect_errors_total %llu\n", (unsigned long long)ce);
-    mg_buf_printf(out, "# HELP moongate_upstream_timeouts_total Upstream connect or read timeouts.\n"
-            "# TYPE moongate_upstream_timeouts_total counter\n"
-            "moongate_upstream_timeouts_total %llu\n", (unsigned long long)to);
-    mg_buf_printf(out, "# HELP moongate_upstream_retries_total Requests retried on another server.\n"
-            "# TYPE moongate_upstream_retries_total counter\n"
-            "moongate_upstream_retries_total %llu\n", (unsigned long long)re);
+    render_histograms(out, m);
+    render_upstreams(out, m);
     mg_buf_printf(out, "# HELP moongate_connections_active Open client connections.\n"
             "# TYPE moongate_connections_active gauge\nmoongate_connections_active %lld\n",
         (long long)conns);

@@ -22,12 +22,35 @@ typedef struct mg_met_key {
     uint64_t count;
 } mg_met_key_t;
 
+/* One route's latency histogram (the route as in mg_met_key_t). */
+#define MG_MET_ROUTES 128
+typedef struct mg_met_route {
+    uint32_t used;               /* set last, with release order */
+    char route[MG_MET_ROUTE_LEN];
+    uint64_t hist[MG_MET_BUCKETS + 1];   /* latency buckets, last is +Inf */
+    double sum;
+    uint64_t count;
+} mg_met_route_t;
+
+/* What goes wrong with an upstream, counted per upstream name. */
+enum {
+    MG_MET_UP_CONNECT,           /* a connect failed (refused, unreachable, timed out) */
+    MG_MET_UP_TIMEOUT,           /* a connect or read timed out */
+    MG_MET_UP_RESET,             /* the connection was reset or closed early */
+    MG_MET_UP_INVALID,           /* the answer was not HTTP (or too large) */
+    MG_MET_UP_RETRY,             /* a request went again to another server */
+    MG_MET_UP_N
+};
+#define MG_MET_UPS 128
+typedef struct mg_met_up {
+    uint32_t used;               /* set last, with release order */
+    char name[MG_MET_ROUTE_LEN];
+    uint64_t n[MG_MET_UP_N];
+} mg_met_up_t;
+
 typedef struct mg_met_worker {
     int pid;
     uint64_t requests;
-    uint64_t hist[MG_MET_BUCKETS + 1];   /* latency buckets, last is +Inf */
-    double latency_sum;
-    uint64_t up_connect_errors, up_timeouts, up_retries;
     uint64_t restarts;
     int64_t conns, active, up_idle;      /* gauges, refreshed each loop iteration */
     int64_t lua_mem;
@@ -35,7 +58,10 @@ typedef struct mg_met_worker {
     int64_t tunnels;                     /* open tunnels (WebSocket and other upgrades) */
     uint32_t generation;
     uint32_t overflow;                   /* (route, status) pairs that found no slot */
+    uint32_t route_overflow;             /* requests of routes that found no histogram */
     mg_met_key_t keys[MG_MET_KEYS];
+    mg_met_route_t routes[MG_MET_ROUTES];
+    mg_met_up_t ups[MG_MET_UPS];
 } mg_met_worker_t;
 
 /* One upstream server's active-health state (health.c), found by its
@@ -75,6 +101,8 @@ mg_met_shm_t *mg_met_create(int nworkers);
 void mg_met_destroy(mg_met_shm_t *m);
 /* Counts one finished request in a worker's slot. */
 void mg_met_request(mg_met_worker_t *w, const char *route, int status, double seconds);
+/* Counts one MG_MET_UP_* event of upstream `name` in a worker's slot. */
+void mg_met_upstream(mg_met_worker_t *w, const char *name, int what);
 /* Records a reload result (ok, or the error text). */
 void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now);
 

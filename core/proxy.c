@@ -12,6 +12,7 @@
 #include "h1fields.h"
 #include "h2client.h"
 #include "log.h"
+#include "metrics.h"
 #include "loop.h"
 #include "req.h"
 #include "tunnel.h"
@@ -491,6 +492,13 @@ static void proxy_fail(mg_req_t *r, int kind, const char *why)
     respond_fail(r, kind, why);
 }
 
+/* Counts an MG_MET_UP_* event of r's upstream (metrics.h). */
+static void count_up(mg_req_t *r, int what)
+{
+    if (r->loop->met)
+        mg_met_upstream(r->loop->met, r->gen->cfg->upstreams[r->upstream].name, what);
+}
+
 /* h1client's failure (a stale pooled connection was already replayed
  * there): a failed connect is retried on the next server where that is
  * allowed, with the bytes it did not send. */
@@ -508,18 +516,20 @@ static void x_on_error(void *ud, const mg_h1c_error_t *e)
     const mg_cfg_upstream_t *cfg = up->cfg;
     double now = ev_now(loop->ev);
     if (kind == FAIL_CONNECT || kind == FAIL_CONNECT_TIMEOUT) {
-        loop->stats.up_connect_errors++;
+        count_up(r, MG_MET_UP_CONNECT);
         if (mg_up_server_failed(up, (int)(sv - up->servers), now))
             mg_log_warn("upstream %s: server %s marked down for %gs (%s)", cfg->name,
                         sv->addr->text, cfg->fail_timeout, e->why);
     }
     if (kind == FAIL_TIMEOUT || kind == FAIL_CONNECT_TIMEOUT)
-        loop->stats.up_timeouts++;
+        count_up(r, MG_MET_UP_TIMEOUT);
+    else if (kind == FAIL_RESET || kind == FAIL_GARBAGE)
+        count_up(r, kind == FAIL_RESET ? MG_MET_UP_RESET : MG_MET_UP_INVALID);
     /* a retry needs a server that is not down; else the client gets this
      * failure (502/504), not the 503 of a request that found all down */
     if (e->connecting && !mg_rs_sent(r) && r->tries < cfg->retries && mg_up_any_up(up, now)) {
         r->tries++;
-        loop->stats.up_retries++;
+        count_up(r, MG_MET_UP_RETRY);
         mg_log_info("upstream %s: %s; retrying", r->upstream_addr, e->why);
         proxy_attach(r);
         return;
@@ -580,10 +590,10 @@ static void proxy_attach(mg_req_t *r)
             return;
         }
         if (rc != MG_OK) {
-            r->loop->stats.up_connect_errors++;
+            count_up(r, MG_MET_UP_CONNECT);
             if (r->tries < up->cfg->retries) {
                 r->tries++;
-                r->loop->stats.up_retries++;
+                count_up(r, MG_MET_UP_RETRY);
                 continue;
             }
             up_end(r);

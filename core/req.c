@@ -336,6 +336,17 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
 {
     if (r->done || mg_rs_sent(r))
         return;
+    /* a gRPC call's error goes the gRPC way (req_grpc.c); made now, while
+     * `body` may still be the held response's */
+    mg_resp_head_t h = { .status = status, .ctype = ctype, .extra = extra_headers, .length = n };
+    mg_buf_t glines = { 0 };
+    int grpc = mg_req_grpc_head(r, status, extra_headers, body, n, &h, &glines);
+    if (grpc > 0) {
+        body = "";
+        n = 0;
+    } else if (grpc < 0) { /* no memory for it: the plain answer goes out */
+        mg_buf_free(&glines);
+    }
     if (r->up)
         r->upx->cancel(r);
     if (mg_rs_held(r)) { /* an error before a held upstream response went out */
@@ -345,11 +356,11 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
     r->status = status;
     mg_rs_send(r);
     if (r->w == NULL) {
+        mg_buf_free(&glines);
         mg_req_finish(r);
         return;
     }
     int no_body = mg_status_no_length(status) || r->head->method == HTTP_HEAD;
-    mg_resp_head_t h = { .status = status, .ctype = ctype, .extra = extra_headers, .length = n };
     ssize_t k = r->w->ops->head(r->w, r, &h, body ? body : "", n);
     if (k < 0) {
         /* nothing of this response goes out, and the connection ends
@@ -359,6 +370,7 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
         r->w->ops->close(r->w);
         k = 0;
     }
+    mg_buf_free(&glines);
     r->resp_bytes = (uint64_t)k;
     r->resp_body_bytes = no_body || k == 0 ? 0 : n;
     mg_req_finish(r);
@@ -374,6 +386,7 @@ mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, siz
     if (h == NULL && (h = calloc(1, sizeof *h)) == NULL)
         return NULL;
     r->res_head = h;
+    r->own_held = 1; /* the gateway's own answer, held (req_grpc.c) */
     mg_h1_head_reset(h);
     h->status = status;
     h->http_major = h->http_minor = 1;

@@ -84,6 +84,7 @@ struct mg_req {
     unsigned aborted : 1;
     unsigned rs : 3;          /* the response phase: MG_RS_* (resphase.h) */
     unsigned stage_replies : 1; /* generated responses wait for the response phase */
+    unsigned own_held : 1;    /* the held response is a staged reply, not the upstream's */
 
     /* upstream */
     /* the exchange in progress: &exchange (HTTP/1.1), or h2x (an h2
@@ -162,6 +163,21 @@ void mg_req_respond(mg_req_t *r, int status, const char *ctype, const char *body
  * (no client, no memory): the caller answers with mg_req_respond. */
 mg_h1_head_t *mg_req_stage_begin(mg_req_t *r, int status, const char *ctype, size_t n);
 int mg_req_stage_end(mg_req_t *r, const char *body, size_t n);
+/* gRPC calls (req_grpc.c). 1 if r is one: its Content-Type starts with
+ * application/grpc (never an admin request, nor one whose head is not
+ * complete). */
+int mg_req_grpc_call(const mg_req_t *r);
+/* If r is a gRPC call and status an error (>= 400): fills *h with the
+ * gRPC answer (200, Content-Type, grpc-status, grpc-message from `body`,
+ * the lines of `extra` but Content-Type; no body), its lines kept in
+ * `lines` (the caller frees it), and returns 1; -1 out of memory; 0 for
+ * any other answer (h untouched). */
+int mg_req_grpc_head(const mg_req_t *r, int status, const char *extra, const char *body,
+                     size_t n, mg_resp_head_t *h, mg_buf_t *lines);
+/* A held reply (own_held) that is an error to a gRPC call goes out the
+ * gRPC way now, with the response plugins' edits, and finishes r:
+ * returns 1. 0: not such a reply (mg_proxy_send_held sends it). */
+int mg_req_grpc_send_held(mg_req_t *r);
 /* {"error": msg} with the status. */
 void mg_req_error(mg_req_t *r, int status, const char *msg);
 /* Body reading: stop (1) or go on (0); no-op without a client. */

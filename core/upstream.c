@@ -350,10 +350,13 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     if (sv->addr->name) {
         if (sv->dns == NULL) {
             *err = "host name without a resolver";
+            errno = EHOSTUNREACH;
             return NULL;
         }
-        if (mg_dns_name_addr(sv->dns, sv->addr->port, &resolved, &salen, err) != 0)
+        if (mg_dns_name_addr(sv->dns, sv->addr->port, &resolved, &salen, err) != 0) {
+            errno = EHOSTUNREACH; /* no address for the name (yet) */
             return NULL;
+        }
         sa = (const struct sockaddr *)&resolved;
     }
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -367,6 +370,7 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     if (u == NULL) {
         close(fd);
         *err = "out of memory";
+        errno = ENOMEM;
         return NULL;
     }
     u->loop = loop;
@@ -375,9 +379,11 @@ mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *o
     u->dns_gen = sv->dns ? mg_dns_name_gen(sv->dns) : 0;
     int rc = connect(fd, sa, salen);
     if (rc != 0 && errno != EINPROGRESS) {
-        *err = strerror(errno);
+        int e = errno;
+        *err = strerror(e);
         close(fd);
         free(u);
+        errno = e; /* the caller classifies the failure by it */
         return NULL;
     }
     /* TLS: the handshake starts from the write watcher even when the

@@ -125,7 +125,9 @@ static inline void mg_up_server_ok(mg_up_server_t *sv)
 int mg_up_any_up(const mg_up_t *up, double now);
 /* An idle connection to server s, or a new connecting one (write watcher
  * armed for the connect), now serving `owner` with ops. NULL when the socket
- * could not even be created (err says why). */
+ * could not even be created or the connect failed at once: err says why
+ * (for logs) and errno is the cause (ECONNREFUSED, ENOMEM, EHOSTUNREACH for
+ * a host name with no address, ...), for callers to classify it. */
 mg_upconn_t *mg_up_get(mg_up_t *up, int s, void *owner, const mg_upconn_ops_t *ops,
                        const char **err);
 /* Drives a connecting connection (u->connecting) on: call it when its

@@ -42,9 +42,6 @@ static void prepare_cb(struct ev_loop *ev, ev_prepare *w, int revents)
         w->lua_mem = (int64_t)loop->lua_mem;
         w->lua_busy = loop->stats.lua_busy;
         w->tunnels = loop->stats.tunnels;
-        w->up_connect_errors = loop->stats.up_connect_errors + loop->met_base[0];
-        w->up_timeouts = loop->stats.up_timeouts + loop->met_base[1];
-        w->up_retries = loop->stats.up_retries + loop->met_base[2];
         int64_t idle = 0;
         if (loop->gen && loop->gen->ups)
             for (int i = 0; i < loop->gen->cfg->nupstreams; i++)
@@ -160,9 +157,6 @@ int mg_loop_run(mg_loop_t *loop)
     if (loop->met) {
         loop->met->pid = (int)getpid();
         loop->met->generation = loop->gen->id;
-        loop->met_base[0] = loop->met->up_connect_errors;
-        loop->met_base[1] = loop->met->up_timeouts;
-        loop->met_base[2] = loop->met->up_retries;
     }
     mg_worker_setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,

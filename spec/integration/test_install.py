@@ -264,6 +264,10 @@ def test_help_lists_every_option_the_signals_and_the_runtime_folders(run_moongat
     # a bad option: the same text on stderr, exit 2
     bad = run_moongate("--no-such-option")
     assert bad.returncode == 2 and "usage: moongate" in bad.stderr_text
+    # ... saying what was wrong first
+    assert bad.stderr_text.startswith("moongate: unknown option '--no-such-option'\n")
+    bad = run_moongate("-c")
+    assert bad.returncode == 2 and bad.stderr_text.startswith("moongate: -c needs a FILE\n")
 
 
 # --------------------------------------------------------------------------

@@ -134,13 +134,17 @@ def test_metrics_format_and_names(gateway, tmp_path, upstream, workers):
     assert metric(ms, "moongate_reloads_total", result="ok") == 0
     assert metric(ms, "moongate_reloads_total", result="failed") == 0
     assert metric(ms, "moongate_connections_active") >= 1  # this /metrics request
-    # histogram: cumulative buckets ending in +Inf == count
+    # histogram, by route: cumulative buckets ending in +Inf == count
     buckets = sorted(((float(dict(l)["le"]), v) for (n, l), v in ms.items()
-                      if n == "moongate_request_duration_seconds_bucket"), key=lambda x: x[0])
+                      if n == "moongate_request_duration_seconds_bucket"
+                      and dict(l).get("route") == "hello"), key=lambda x: x[0])
     assert len(buckets) >= 5 and buckets[-1][0] == float("inf")
     vals = [v for _, v in buckets]
     assert vals == sorted(vals), buckets
-    assert vals[-1] == metric(ms, "moongate_request_duration_seconds_count")
+    assert vals[-1] == metric(ms, "moongate_request_duration_seconds_count", route="hello") >= 3
+    # every histogram sample names its route
+    assert all("route" in dict(l) for (n, l) in ms
+               if n.startswith("moongate_request_duration_seconds")), ms
 
 
 @WORKERS
@@ -152,16 +156,17 @@ def test_latency_histogram_sees_slow_requests(gateway, tmp_path, workers):
     ms = metrics(g)
 
     def bucket(m, le):
-        return metric(m, "moongate_request_duration_seconds_bucket", le=le)
+        return metric(m, "moongate_request_duration_seconds_bucket", route="sleep", le=le)
 
-    # both land above 0.25 s and at or below 0.5 s
-    assert bucket(ms, "0.25") - bucket(ms0, "0.25") <= 2  # (the /metrics calls themselves)
-    assert bucket(ms, "0.5") - bucket(ms0, "0.5") >= 2
-    assert (bucket(ms, "0.5") - bucket(ms0, "0.5")) - (bucket(ms, "0.25") - bucket(ms0, "0.25")) \
-        == 2
-    dsum = metric(ms, "moongate_request_duration_seconds_sum") - \
-        metric(ms0, "moongate_request_duration_seconds_sum")
+    # both land above 0.25 s and at or below 0.5 s, in their route's histogram
+    assert bucket(ms, "0.25") - bucket(ms0, "0.25") == 0
+    assert bucket(ms, "0.5") - bucket(ms0, "0.5") == 2
+    dsum = metric(ms, "moongate_request_duration_seconds_sum", route="sleep") - \
+        metric(ms0, "moongate_request_duration_seconds_sum", route="sleep")
     assert 0.59 <= dsum < 1.5, dsum
+    # another route's histogram saw none of them
+    assert metric(ms, "moongate_request_duration_seconds_count", route="hello") == \
+        metric(ms0, "moongate_request_duration_seconds_count", route="hello")
 
 
 @WORKERS
@@ -188,7 +193,9 @@ def test_upstream_error_counters(gateway, tmp_path, upstream):
     extra = ('upstreams = { app = { servers = { "%s", "%s" }, retries = 1, keepalive = 8, '
              'connect_timeout = 1, read_timeout = 0.5 } },' % (dead, upstream.addr))
     g = start_ops(gateway, tmp_path, workers=1, extra_top=extra, extra_routes=(
-        '{ name = "app", match = { prefix = "/app/" }, upstream = "app" },'))
+        '{ name = "app", match = { prefix = "/app/" }, upstream = "app" },'
+        '{ name = "reset", match = { path = "/reset" }, upstream = "app" },'
+        '{ name = "garbage", match = { path = "/garbage" }, upstream = "app" },'))
     ok = 0
     for i in range(6):
         r = request(g.port, "GET", "/app/echo?i=%d" % i)
@@ -196,12 +203,27 @@ def test_upstream_error_counters(gateway, tmp_path, upstream):
     assert ok == 6, "retries must hide the dead server"
     ms = metrics(g)
     assert metric(ms, "moongate_upstream_connections_idle") >= 1, "the pool keeps a connection"
-    assert metric(ms, "moongate_upstream_connect_errors_total") >= 1
-    assert metric(ms, "moongate_upstream_retries_total") >= 1
-    t0 = metric(ms, "moongate_upstream_timeouts_total")
+    ce = metric(ms, "moongate_upstream_connect_errors_total", upstream="app")
+    assert ce >= 1
+    assert metric(ms, "moongate_upstream_errors_total", upstream="app", kind="connect") == ce
+    assert metric(ms, "moongate_upstream_retries_total", upstream="app") >= 1
+    t0 = metric(ms, "moongate_upstream_timeouts_total", upstream="app")
     r = request(g.port, "GET", "/app/echo?delay=2000")
     assert r.status == 504, r
-    assert metric(metrics(g), "moongate_upstream_timeouts_total") >= t0 + 1
+    ms = metrics(g)
+    assert metric(ms, "moongate_upstream_timeouts_total", upstream="app") == t0 + 1
+    assert metric(ms, "moongate_upstream_errors_total", upstream="app", kind="timeout") == t0 + 1
+    # a reset and an answer that is not HTTP, counted by kind; all by upstream
+    r0 = metric(ms, "moongate_upstream_errors_total", upstream="app", kind="reset")
+    for path in ("/reset", "/garbage"):
+        for _ in range(3):  # the dead server may be picked first: retried, then these
+            if request(g.port, "GET", path).status == 502:
+                break
+    ms = metrics(g)
+    assert metric(ms, "moongate_upstream_errors_total", upstream="app", kind="reset") >= r0 + 1
+    assert metric(ms, "moongate_upstream_errors_total", upstream="app", kind="invalid") >= 1
+    assert all(dict(l).get("upstream") for (n, l) in ms if n.startswith("moongate_upstream_")
+               and n.endswith("_total")), ms
 
 
 def test_failed_reload_error_is_json_escaped(gateway, tmp_path):

@@ -257,6 +257,14 @@ describe("gw.http.request", function()
     assert.equal("connection refused", err)
   end)
 
+  it("reports a connect the kernel refuses at once by its cause", function()
+    -- Linux refuses TCP to a broadcast address with ENETUNREACH, inside
+    -- connect() itself: the failure is classified by its errno, not its text
+    local r, err = gw.http.request{ url = "http://255.255.255.255:80/", timeout = 2 }
+    assert.is_nil(r)
+    assert.equal("network unreachable", err)
+  end)
+
   it("caps the response size", function()
     local r, err = gw.http.request{ url = up:url("/bytes/100000"), max_body = 1000 }
     assert.is_nil(r)
