@@ -38,7 +38,7 @@ typedef struct mg_h2uconn {
     struct mg_h2uconn *next;   /* the server's connections */
     mg_h2u_t *streams;         /* attached exchanges: waiting (sid 0) or open */
     int nstreams;
-    unsigned served;           /* exchanges completed on it */
+    unsigned opened;           /* streams submitted on it so far */
     unsigned ready : 1;        /* connected, and the server's SETTINGS arrived */
     unsigned got_settings : 1; /* (set in the callback, acted on in after_io) */
     unsigned draining : 1;     /* GOAWAY (or a changed DNS answer): no new streams */
@@ -141,8 +141,6 @@ static void x_complete(mg_h2u_t *x)
     if (x->c == NULL)
         return; /* the owner ended it */
     x->resp_done = 1;
-    mg_h2uconn_t *c = x->c;
-    c->served++;
     /* the request may still be streaming up: the server is done with it */
     unlink_x(x, !x->body_end || x->body.len > 0);
     x->cb->on_done(x->ud);
@@ -326,7 +324,8 @@ static int submit(mg_h2u_t *x)
         return MG_ECLOSED;
     }
     x->sid = sid;
-    x->reused = c->served > 0;
+    /* not the connection's first: it may have died idle under this one */
+    x->reused = c->opened++ > 0;
     x->last_io = ev_now(x->loop->ev);
     if (x->read_timeout > 0) {
         ev_timer_set(&x->rt, x->read_timeout, 0.);

@@ -84,7 +84,7 @@ struct mg_h2u {
     unsigned stop_send : 1;    /* on_sendable(0) was said */
     unsigned resp_done : 1;    /* the response ended (on_end ran) */
     unsigned replayed : 1;     /* already sent again once */
-    unsigned reused : 1;       /* went out on a connection that served others before */
+    unsigned reused : 1;       /* went out on a connection that carried others before */
     unsigned replay : 1;       /* wake: attach again to the same server */
     unsigned got_data : 1;     /* response bytes went up since the last on_read */
 };
