@@ -139,6 +139,11 @@ typedef struct mg_cfg {
 /* Loads and checks FILE in L. Returns a new config, or NULL with
  * "file:line: reason" in err. Never raises. */
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen);
+/* The same; when FILE ran but has errors and `partial` is not NULL,
+ * *partial gets what could be read of it (`moongate -t` still checks its
+ * host names; the caller frees it with mg_cfg_free), else NULL. */
+mg_cfg_t *mg_cfg_load_ex(lua_State *L, const char *file, char *err, size_t errlen,
+                         mg_cfg_t **partial);
 /* Releases the config and its Lua refs. NULL-tolerant. */
 void mg_cfg_free(mg_cfg_t *cfg);
 /* Parses "host:port", "[v6]:port", ":port" or "port" (resolving names, so

@@ -1,7 +1,7 @@
 /* Exchanges on shared HTTP/2 upstream connections (h2client.h), on
  * libnghttp2.
  *
- * A connection (mg_h2conn) owns one upstream.c connection (its socket,
+ * A connection (mg_h2uconn) owns one upstream.c connection (its socket,
  * watchers and timer: connect, then idle) and one nghttp2 client session.
  * Bytes go through the session's memory interface: what it produces is
  * queued in u->wbuf and written as the socket takes it; what the socket
@@ -14,11 +14,11 @@
  * once submitted, the session's stream user data. Whoever ends an
  * attachment unlinks it from both first, then calls the owner back last. */
 #include "h2client.h"
+#include "dns.h"
 #include "log.h"
 #include "loop.h"
 #include "tls_client.h"
 #include "upstream.h"
-#include "dns.h"
 
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
@@ -31,28 +31,28 @@
 #define H2_OUT_CHUNK (64 * 1024)       /* frames queued per write */
 #define H2_MAX_FIELDS 256              /* response header fields (each of head, trailers) */
 
-typedef struct mg_h2conn {
+typedef struct mg_h2uconn {
     mg_upconn_t *u;
     nghttp2_session *s;
     mg_up_server_t *sv;
-    struct mg_h2conn *next;    /* the server's connections */
-    mg_h2c_t *streams;         /* attached exchanges: waiting (sid 0) or open */
+    struct mg_h2uconn *next;   /* the server's connections */
+    mg_h2u_t *streams;         /* attached exchanges: waiting (sid 0) or open */
     int nstreams;
-    unsigned served;           /* exchanges completed on it */
+    unsigned opened;           /* streams submitted on it so far */
     unsigned ready : 1;        /* connected, and the server's SETTINGS arrived */
     unsigned got_settings : 1; /* (set in the callback, acted on in after_io) */
     unsigned draining : 1;     /* GOAWAY (or a changed DNS answer): no new streams */
     unsigned closed : 1;
     unsigned in_io : 1;        /* inside nghttp2 (mem_recv): no writes, no teardown */
-} mg_h2conn_t;
+} mg_h2uconn_t;
 
 static void c_on_read(mg_upconn_t *u);
 static void c_on_write(mg_upconn_t *u);
 static void c_on_timer(mg_upconn_t *u);
 static const mg_upconn_ops_t c_ops = { c_on_read, c_on_write, c_on_timer };
 
-static void c_flush(mg_h2conn_t *c);
-static void c_fail(mg_h2conn_t *c, mg_h1c_err_t code, const char *why);
+static void c_flush(mg_h2uconn_t *c);
+static void c_fail(mg_h2uconn_t *c, mg_h1c_err_t code, const char *why);
 static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents);
 static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents);
 
@@ -78,7 +78,7 @@ static mg_h1c_err_t errno_code(int e)
 
 /* --- the exchange's list on its connection -------------------------------- */
 
-static void link_x(mg_h2conn_t *c, mg_h2c_t *x)
+static void link_x(mg_h2uconn_t *c, mg_h2u_t *x)
 {
     x->c = c;
     x->prev = NULL;
@@ -87,15 +87,16 @@ static void link_x(mg_h2conn_t *c, mg_h2c_t *x)
         c->streams->prev = x;
     c->streams = x;
     c->nstreams++;
+    c->sv->active++; /* least_conn counts requests in flight: streams here */
     if (c->ready) /* the idle timer; before, it is the connect timer */
         ev_timer_stop(c->u->loop->ev, &c->u->timer);
 }
 
 /* Takes x off its connection (and its stream off the session: a stream
  * still open is reset). The connection goes idle when it was the last. */
-static void unlink_x(mg_h2c_t *x, int rst)
+static void unlink_x(mg_h2u_t *x, int rst)
 {
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     if (c == NULL)
         return;
     if (x->sid > 0 && c->s) {
@@ -112,6 +113,7 @@ static void unlink_x(mg_h2c_t *x, int rst)
     x->prev = x->next = NULL;
     x->c = NULL;
     c->nstreams--;
+    c->sv->active--;
     ev_timer_stop(x->loop->ev, &x->rt);
     if (c->nstreams == 0 && !c->closed && c->ready)
         mg_up_arm_timer(c->u, c->sv->up->cfg->idle_timeout);
@@ -120,15 +122,17 @@ static void unlink_x(mg_h2c_t *x, int rst)
 }
 
 /* Ends x with an error; the owner is called last. */
-static void x_fail(mg_h2c_t *x, mg_h1c_err_t code, const char *why, int connecting)
+static void x_fail(mg_h2u_t *x, mg_h1c_err_t code, const char *why, int connecting)
 {
     mg_h1c_error_t e = { code, why, connecting ? 1 : 0 };
     unlink_x(x, !x->got_end || !x->body_end);
+    if (x->cb == NULL)
+        return; /* freed by its owner (mg_h2u_free) */
     x->cb->on_error(x->ud, &e);
 }
 
 /* The response ended and every byte of it went up. */
-static void x_complete(mg_h2c_t *x)
+static void x_complete(mg_h2u_t *x)
 {
     if (x->cb->on_end && x->cb->on_end(x->ud) < 0) {
         x_fail(x, x->code ? x->code : MG_H1C_INVALID, x->why ? x->why : "invalid response", 0);
@@ -137,8 +141,6 @@ static void x_complete(mg_h2c_t *x)
     if (x->c == NULL)
         return; /* the owner ended it */
     x->resp_done = 1;
-    mg_h2conn_t *c = x->c;
-    c->served++;
     /* the request may still be streaming up: the server is done with it */
     unlink_x(x, !x->body_end || x->body.len > 0);
     x->cb->on_done(x->ud);
@@ -146,7 +148,7 @@ static void x_complete(mg_h2c_t *x)
 
 /* Hands response body bytes up (or holds them while paused). 0, or -1
  * when x ended (failed). */
-static int x_body(mg_h2c_t *x, const uint8_t *p, size_t n)
+static int x_body(mg_h2u_t *x, const uint8_t *p, size_t n)
 {
     if (x->paused || x->pending.len) {
         if (mg_buf_append(&x->pending, p, n) != MG_OK) {
@@ -191,7 +193,7 @@ static void nv_set(nghttp2_nv *v, const char *n, size_t nn, const char *val, siz
 /* The header list of a head in HTTP/1.1 text (request line, fields, blank
  * line): *nva and *low (lower-cased names) are the caller's to free.
  * Returns the count, or -1 (no memory, or not a request head). */
-static int request_nva(const mg_h2c_t *x, int tls, nghttp2_nv **nva, char **low)
+static int request_nva(const mg_h2u_t *x, int tls, nghttp2_nv **nva, char **low)
 {
     const char *p = mg_buf_data(x->msg), *end = p + x->msg->len;
     size_t lines = 0;
@@ -281,7 +283,7 @@ static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
 {
     (void)src;
     (void)ud;
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, sid);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, sid);
     if (x == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* cancelled: reset */
     size_t n = x->body.len < length ? x->body.len : length;
@@ -289,6 +291,7 @@ static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
         memcpy(buf, mg_buf_data(&x->body), n);
         mg_buf_consume(&x->body, n);
         x->sent += n;
+        x->last_io = ev_now(x->loop->ev); /* bytes written count as progress */
     }
     if (x->body.len == 0 && x->body_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -302,9 +305,9 @@ static ssize_t body_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
 }
 
 /* Submits x's request on its (ready) connection. MG_OK or an error. */
-static int submit(mg_h2c_t *x)
+static int submit(mg_h2u_t *x)
 {
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     nghttp2_nv *nva;
     char *low;
     int n = request_nva(x, c->sv->up->tls != NULL, &nva, &low);
@@ -321,7 +324,8 @@ static int submit(mg_h2c_t *x)
         return MG_ECLOSED;
     }
     x->sid = sid;
-    x->reused = c->served > 0;
+    /* not the connection's first: it may have died idle under this one */
+    x->reused = c->opened++ > 0;
     x->last_io = ev_now(x->loop->ev);
     if (x->read_timeout > 0) {
         ev_timer_set(&x->rt, x->read_timeout, 0.);
@@ -335,7 +339,7 @@ static int submit(mg_h2c_t *x)
 static int cb_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
     (void)ud;
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (x == NULL || f->hd.type != NGHTTP2_HEADERS)
         return 0;
     if (!x->final) {
@@ -353,7 +357,7 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 {
     (void)flags;
     (void)ud;
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (x == NULL)
         return 0;
     mg_h1_head_t *h = x->in_trailers ? &x->trailers : &x->head;
@@ -363,11 +367,11 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return 0;
     }
     if (h->nhdrs >= H2_MAX_FIELDS || h->store.len + nn + vn > MG_H1C_MAX_HEAD) {
-        mg_h2c_reason(x, MG_H1C_TOO_LARGE, "response head too large");
+        mg_h2u_reason(x, MG_H1C_TOO_LARGE, "response head too large");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (mg_h1_head_add(h, (const char *)name, nn, (const char *)value, vn) != MG_OK) {
-        mg_h2c_reason(x, MG_H1C_NOMEM, "out of memory");
+        mg_h2u_reason(x, MG_H1C_NOMEM, "out of memory");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (!x->in_trailers && nn == 14 && memcmp(name, "content-length", 14) == 0) {
@@ -382,7 +386,7 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 
 /* A complete head: interim ones are dropped, the final one goes up. 0, or
  * -1 when x ended. */
-static int got_head(mg_h2c_t *x)
+static int got_head(mg_h2u_t *x)
 {
     mg_h1_head_t *h = &x->head;
     x->in_head = 0;
@@ -415,7 +419,7 @@ static int got_head(mg_h2c_t *x)
 }
 
 /* END_STREAM: the response is complete once its held bytes went up. */
-static void got_end(mg_h2c_t *x)
+static void got_end(mg_h2u_t *x)
 {
     x->got_end = 1;
     if (!x->final) {
@@ -428,7 +432,7 @@ static void got_end(mg_h2c_t *x)
 
 static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
-    mg_h2conn_t *c = ud;
+    mg_h2uconn_t *c = ud;
     if (f->hd.stream_id == 0) {
         if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK))
             c->got_settings = 1;
@@ -436,7 +440,7 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
             c->draining = 1;
         return 0;
     }
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (x == NULL)
         return 0;
     x->last_io = ev_now(x->loop->ev);
@@ -461,7 +465,7 @@ static int cb_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
                    void *ud)
 {
     (void)flags;
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, sid);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, sid);
     if (x == NULL) {
         nghttp2_session_consume_connection(s, n); /* a cancelled stream's */
         (void)ud;
@@ -475,7 +479,7 @@ static int cb_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
 static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *ud)
 {
     (void)ud;
-    mg_h2c_t *x = nghttp2_session_get_stream_user_data(s, sid);
+    mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, sid);
     if (x == NULL)
         return 0;
     if (err == NGHTTP2_REFUSED_STREAM && !x->final && x->sent == 0 && !x->replayed) {
@@ -502,9 +506,9 @@ static void conn_free(void *p)
 }
 
 /* Takes c off its server's list: no new exchange finds it. */
-static void c_unlist(mg_h2conn_t *c)
+static void c_unlist(mg_h2uconn_t *c)
 {
-    for (mg_h2conn_t **pp = &c->sv->h2; *pp; pp = &(*pp)->next) {
+    for (mg_h2uconn_t **pp = &c->sv->h2; *pp; pp = &(*pp)->next) {
         if (*pp == c) {
             *pp = c->next;
             break;
@@ -515,14 +519,14 @@ static void c_unlist(mg_h2conn_t *c)
 
 /* Closes c without calling anyone: its exchanges (if any) are only
  * detached. */
-static void c_close(mg_h2conn_t *c)
+static void c_close(mg_h2uconn_t *c)
 {
     if (c->closed)
         return;
     c->closed = 1;
     c_unlist(c);
     while (c->streams) {
-        mg_h2c_t *x = c->streams;
+        mg_h2u_t *x = c->streams;
         unlink_x(x, 0);
     }
     nghttp2_session_del(c->s);
@@ -535,7 +539,7 @@ static void c_close(mg_h2conn_t *c)
 
 /* The connection failed: every exchange on it fails (a connect failure if
  * it never got ready: nothing was sent), or goes again when that is safe. */
-static void c_fail(mg_h2conn_t *c, mg_h1c_err_t code, const char *why)
+static void c_fail(mg_h2uconn_t *c, mg_h1c_err_t code, const char *why)
 {
     if (c->closed)
         return;
@@ -545,16 +549,16 @@ static void c_fail(mg_h2conn_t *c, mg_h1c_err_t code, const char *why)
     snprintf(why_copy, sizeof why_copy, "%s", why);
     mg_log_debug("upstream %s: HTTP/2 connection failed: %s", c->sv->addr->text, why_copy);
     /* detach them all first: a callback may attach elsewhere */
-    mg_h2c_t *list = NULL;
+    mg_h2u_t *list = NULL;
     while (c->streams) {
-        mg_h2c_t *x = c->streams;
+        mg_h2u_t *x = c->streams;
         unlink_x(x, 0);
         x->next = list;
         list = x;
     }
     c_close(c);
     while (list) {
-        mg_h2c_t *x = list;
+        mg_h2u_t *x = list;
         list = x->next;
         x->next = NULL;
         if (!connecting && x->reused && !x->final && x->sent == 0 && !x->replayed) {
@@ -572,7 +576,7 @@ static void c_fail(mg_h2conn_t *c, mg_h1c_err_t code, const char *why)
 }
 
 /* The session's frames out to the socket, as far as it takes them. */
-static void c_flush(mg_h2conn_t *c)
+static void c_flush(mg_h2uconn_t *c)
 {
     mg_upconn_t *u = c->u;
     if (c->closed || u->connecting || c->in_io)
@@ -610,7 +614,7 @@ static void c_flush(mg_h2conn_t *c)
     }
     mg_up_want_write(u, 0);
     /* request producers that were told to stop may go on */
-    for (mg_h2c_t *x = c->streams; x; x = x->next) {
+    for (mg_h2u_t *x = c->streams; x; x = x->next) {
         if (x->stop_send && x->body.len < MG_H1C_WBUF_LOW && x->cb->on_sendable) {
             x->stop_send = 0;
             x->cb->on_sendable(x->ud, 1);
@@ -620,7 +624,7 @@ static void c_flush(mg_h2conn_t *c)
         c_close(c); /* after GOAWAY both ways, with nothing in flight */
 }
 
-static int c_limit(const mg_h2conn_t *c)
+static int c_limit(const mg_h2uconn_t *c)
 {
     uint32_t m = nghttp2_session_get_remote_settings(c->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
     /* 0 (no new streams for now): one waits on it, not a new connection
@@ -628,7 +632,7 @@ static int c_limit(const mg_h2conn_t *c)
     return m == 0 ? 1 : m > 1000000 ? 1000000 : (int)m;
 }
 
-static int place(mg_h2c_t *x, mg_up_t *up, int s, mg_h2conn_t *not, const char **err);
+static int place(mg_h2u_t *x, mg_up_t *up, int s, mg_h2uconn_t *not, const char **err);
 
 /* Closes a server's connections when its pool closes (up->close_h2). */
 static void close_server(mg_up_server_t *sv)
@@ -639,7 +643,7 @@ static void close_server(mg_up_server_t *sv)
 
 /* The server's SETTINGS arrived: waiting exchanges go out up to its stream
  * limit; the rest find other connections. */
-static void c_ready(mg_h2conn_t *c)
+static void c_ready(mg_h2uconn_t *c)
 {
     c->ready = 1;
     mg_upconn_t *u = c->u;
@@ -649,8 +653,8 @@ static void c_ready(mg_h2conn_t *c)
     else
         ev_timer_stop(u->loop->ev, &u->timer);
     int limit = c_limit(c), open = 0;
-    mg_h2c_t *over = NULL;
-    for (mg_h2c_t *x = c->streams, *nx; x; x = nx) {
+    mg_h2u_t *over = NULL;
+    for (mg_h2u_t *x = c->streams, *nx; x; x = nx) {
         nx = x->next;
         if (x->sid > 0) {
             open++;
@@ -665,7 +669,7 @@ static void c_ready(mg_h2conn_t *c)
         over = x;
     }
     while (over) {
-        mg_h2c_t *x = over;
+        mg_h2u_t *x = over;
         over = x->next;
         x->next = NULL;
         const char *err = NULL;
@@ -678,7 +682,7 @@ static void c_ready(mg_h2conn_t *c)
 }
 
 /* After nghttp2 ran (or a watcher fired): what its callbacks left to do. */
-static void after_io(mg_h2conn_t *c)
+static void after_io(mg_h2uconn_t *c)
 {
     if (c->closed)
         return;
@@ -690,7 +694,7 @@ static void after_io(mg_h2conn_t *c)
     }
     if (c->draining) {
         /* waiting ones go elsewhere; the open ones finish here */
-        for (mg_h2c_t *x = c->streams, *nx; x; x = nx) {
+        for (mg_h2u_t *x = c->streams, *nx; x; x = nx) {
             nx = x->next;
             if (x->sid == 0 && c->ready) {
                 unlink_x(x, 0);
@@ -709,7 +713,7 @@ static void after_io(mg_h2conn_t *c)
 
 static void c_on_read(mg_upconn_t *u)
 {
-    mg_h2conn_t *c = u->owner;
+    mg_h2uconn_t *c = u->owner;
     mg_loop_t *loop = u->loop;
     ssize_t n = mg_up_recv(u, loop->scratch, loop->scratch_cap);
     if (n < 0) {
@@ -735,7 +739,7 @@ static void c_on_read(mg_upconn_t *u)
     }
     /* response bytes went up: the consumers' writers may send (a callback
      * may end its own exchange, never another) */
-    for (mg_h2c_t *x = c->streams, *nx; x && !c->closed; x = nx) {
+    for (mg_h2u_t *x = c->streams, *nx; x && !c->closed; x = nx) {
         nx = x->next;
         if (x->got_data && x->cb->on_read) {
             x->got_data = 0;
@@ -747,7 +751,7 @@ static void c_on_read(mg_upconn_t *u)
 
 static void c_on_write(mg_upconn_t *u)
 {
-    mg_h2conn_t *c = u->owner;
+    mg_h2uconn_t *c = u->owner;
     if (u->connecting) {
         char err[256];
         int sys_errno;
@@ -771,7 +775,7 @@ static void c_on_write(mg_upconn_t *u)
 
 static void c_on_timer(mg_upconn_t *u)
 {
-    mg_h2conn_t *c = u->owner;
+    mg_h2uconn_t *c = u->owner;
     if (!c->ready) {
         c_fail(c, MG_H1C_TIMEOUT,
                u->connecting ? (u->handshaking ? "tls handshake timed out" : "connect timed out")
@@ -788,10 +792,10 @@ static void c_on_timer(mg_upconn_t *u)
 }
 
 /* A new connection to server s; NULL with *err. */
-static mg_h2conn_t *c_new(mg_up_t *up, int s, double connect_timeout, const char **err)
+static mg_h2uconn_t *c_new(mg_up_t *up, int s, double connect_timeout, const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];
-    mg_h2conn_t *c = calloc(1, sizeof *c);
+    mg_h2uconn_t *c = calloc(1, sizeof *c);
     nghttp2_session_callbacks *cbs = NULL;
     nghttp2_option *opt = NULL;
     if (c == NULL || nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0) {
@@ -848,10 +852,10 @@ fail:
 
 /* Puts x on a connection to server s with room for it (not `not`), or a
  * new one. */
-static int place(mg_h2c_t *x, mg_up_t *up, int s, mg_h2conn_t *not, const char **err)
+static int place(mg_h2u_t *x, mg_up_t *up, int s, mg_h2uconn_t *not, const char **err)
 {
     mg_up_server_t *sv = &up->servers[s];
-    mg_h2conn_t *c;
+    mg_h2uconn_t *c;
     for (c = sv->h2; c; c = c->next) {
         if (c == not || c->draining || c->closed)
             continue;
@@ -886,7 +890,7 @@ static int place(mg_h2c_t *x, mg_up_t *up, int s, mg_h2conn_t *not, const char *
 static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)revents;
-    mg_h2c_t *x = w->data;
+    mg_h2u_t *x = w->data;
     double rt = x->read_timeout;
     double left = x->last_io + rt - ev_now(ev);
     /* not the upstream's fault: the request is still streaming up, or the
@@ -896,7 +900,7 @@ static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents)
         ev_timer_start(ev, w);
         return;
     }
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     x_fail(x, MG_H1C_TIMEOUT, "upstream timed out", 0);
     if (c)
         after_io(c);
@@ -907,7 +911,7 @@ static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)ev;
     (void)revents;
-    mg_h2c_t *x = w->data;
+    mg_h2u_t *x = w->data;
     if (x->replay) {
         x->replay = 0;
         x->replayed = 1;
@@ -922,7 +926,7 @@ static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
         }
         return;
     }
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     if (c == NULL)
         return;
     while (x->pending.len && !x->paused) {
@@ -949,10 +953,10 @@ static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
 
 /* --- API ------------------------------------------------------------------- */
 
-mg_h2c_t *mg_h2c_new(mg_loop_t *loop, const mg_h1c_cbs_t *cb, void *ud, const mg_buf_t *msg,
+mg_h2u_t *mg_h2u_new(mg_loop_t *loop, const mg_h1c_cbs_t *cb, void *ud, const mg_buf_t *msg,
                      int body_end)
 {
-    mg_h2c_t *x = calloc(1, sizeof *x);
+    mg_h2u_t *x = calloc(1, sizeof *x);
     if (x == NULL)
         return NULL;
     x->loop = loop;
@@ -969,7 +973,7 @@ mg_h2c_t *mg_h2c_new(mg_loop_t *loop, const mg_h1c_cbs_t *cb, void *ud, const mg
 
 static void x_free(void *p)
 {
-    mg_h2c_t *x = p;
+    mg_h2u_t *x = p;
     mg_buf_free(&x->body);
     mg_buf_free(&x->pending);
     mg_h1_head_free(&x->head);
@@ -977,11 +981,11 @@ static void x_free(void *p)
     free(x);
 }
 
-void mg_h2c_free(mg_h2c_t *x)
+void mg_h2u_free(mg_h2u_t *x)
 {
     if (x == NULL)
         return;
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     unlink_x(x, 1);
     ev_timer_stop(x->loop->ev, &x->rt);
     ev_timer_stop(x->loop->ev, &x->wake);
@@ -991,7 +995,7 @@ void mg_h2c_free(mg_h2c_t *x)
     mg_loop_defer(x->loop, x_free, x);
 }
 
-int mg_h2c_attach(mg_h2c_t *x, mg_up_t *up, int s, const char **err)
+int mg_h2u_attach(mg_h2u_t *x, mg_up_t *up, int s, const char **err)
 {
     x->final = x->in_head = x->in_trailers = x->got_end = x->resp_done = x->no_body = 0;
     x->interim = 0;
@@ -1001,15 +1005,15 @@ int mg_h2c_attach(mg_h2c_t *x, mg_up_t *up, int s, const char **err)
     return place(x, up, s, NULL, err);
 }
 
-int mg_h2c_connecting(const mg_h2c_t *x)
+int mg_h2u_connecting(const mg_h2u_t *x)
 {
     return x->c && !x->c->ready;
 }
 
 /* New body bytes (or the end) for a stream that waits for them. */
-static void x_more(mg_h2c_t *x)
+static void x_more(mg_h2u_t *x)
 {
-    mg_h2conn_t *c = x->c;
+    mg_h2uconn_t *c = x->c;
     if (c == NULL || x->sid == 0)
         return;
     if (x->deferred) {
@@ -1020,7 +1024,7 @@ static void x_more(mg_h2c_t *x)
         mg_up_want_write(c->u, 1);
 }
 
-int mg_h2c_send(mg_h2c_t *x, const char *p, size_t n)
+int mg_h2u_send(mg_h2u_t *x, const char *p, size_t n)
 {
     if (mg_buf_append(&x->body, p, n) != MG_OK)
         return MG_ENOMEM;
@@ -1032,7 +1036,7 @@ int mg_h2c_send(mg_h2c_t *x, const char *p, size_t n)
     return MG_OK;
 }
 
-int mg_h2c_end(mg_h2c_t *x, const mg_h1_head_t *trailers)
+int mg_h2u_end(mg_h2u_t *x, const mg_h1_head_t *trailers)
 {
     x->body_end = 1;
     x->req_trailers = trailers;
@@ -1040,7 +1044,7 @@ int mg_h2c_end(mg_h2c_t *x, const mg_h1_head_t *trailers)
     return MG_OK;
 }
 
-void mg_h2c_pause_read(mg_h2c_t *x, int pause)
+void mg_h2u_pause_read(mg_h2u_t *x, int pause)
 {
     if (!pause == !x->paused)
         return;

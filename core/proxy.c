@@ -37,7 +37,7 @@ static void proxy_fail(mg_req_t *r, int kind, const char *why);
 static void up_reason(mg_req_t *r, mg_h1c_err_t code, const char *why)
 {
     if (r->h2x)
-        mg_h2c_reason(r->h2x, code, why);
+        mg_h2u_reason(r->h2x, code, why);
     else
         mg_h1c_reason(&r->exchange, code, why);
 }
@@ -47,7 +47,7 @@ static void up_pause(mg_req_t *r, int pause)
     if (r->up == NULL)
         return;
     if (r->h2x)
-        mg_h2c_pause_read(r->h2x, pause);
+        mg_h2u_pause_read(r->h2x, pause);
     else
         mg_h1c_pause_read(r->up, pause);
 }
@@ -56,7 +56,7 @@ static void up_pause(mg_req_t *r, int pause)
 static void up_end(mg_req_t *r)
 {
     if (r->h2x) {
-        mg_h2c_free(r->h2x);
+        mg_h2u_free(r->h2x);
         r->h2x = NULL;
     } else {
         mg_h1c_cancel(&r->exchange);
@@ -289,7 +289,7 @@ static int r_on_body(void *ud, const char *p, size_t n)
 static int r_on_done(void *ud)
 {
     mg_req_t *r = ud;
-    const mg_h1_head_t *t = r->h2x ? mg_h2c_trailers(r->h2x) : NULL;
+    const mg_h1_head_t *t = r->h2x ? mg_h2u_trailers(r->h2x) : NULL;
     if (mg_rs_sent(r) && r->w) {
         ssize_t k = r->w->ops->end(r->w, t);
         if (k < 0)
@@ -378,7 +378,7 @@ static void x_on_done(void *ud)
     mg_req_t *r = ud;
     r->up = NULL;
     if (r->h2x) {
-        mg_h2c_free(r->h2x); /* h2client touches it no more */
+        mg_h2u_free(r->h2x); /* h2client touches it no more */
         r->h2x = NULL;
     }
     mg_writer_t *w = r->w;
@@ -574,12 +574,12 @@ static void proxy_attach(mg_req_t *r)
         memcpy(r->upstream_addr, at, an); /* for the log: no printf per request */
         r->upstream_addr[an] = '\0';
         const char *err = NULL;
-        int rc = r->h2x ? mg_h2c_attach(r->h2x, up, s, &err)
+        int rc = r->h2x ? mg_h2u_attach(r->h2x, up, s, &err)
                         : mg_h1c_attach(&r->exchange, up, s, &err);
         mg_log_debug("upstream %s: server %s picked (try %d): %s", up->cfg->name,
                      r->upstream_addr, r->tries + 1,
                      rc != MG_OK  ? (err ? err : "connect failed")
-                     : r->h2x     ? (mg_h2c_connecting(r->h2x) ? "HTTP/2, connecting"
+                     : r->h2x     ? (mg_h2u_connecting(r->h2x) ? "HTTP/2, connecting"
                                                                : "HTTP/2 connection")
                      : r->exchange.u->connecting ? "connecting"
                                                  : "idle keep-alive connection");
@@ -629,8 +629,8 @@ void mg_proxy_start(mg_req_t *r, int upstream)
     }
     const mg_cfg_upstream_t *cfg = r->gen->ups[upstream].cfg;
     if (cfg->h2) {
-        mg_h2c_free(r->h2x);
-        r->h2x = mg_h2c_new(r->loop, &x_cbs, r, &r->uhead, r->body_done && !r->has_body);
+        mg_h2u_free(r->h2x);
+        r->h2x = mg_h2u_new(r->loop, &x_cbs, r, &r->uhead, r->body_done && !r->has_body);
         if (r->h2x == NULL) {
             mg_log_error("out of memory starting an HTTP/2 upstream exchange");
             mg_req_error(r, 500, "internal error");
@@ -658,7 +658,7 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
         mg_h1c_send(r->up, p, n);
         return;
     }
-    if (mg_h2c_send(r->h2x, p, n) != MG_OK) { /* a piece is missing: no way on */
+    if (mg_h2u_send(r->h2x, p, n) != MG_OK) { /* a piece is missing: no way on */
         r->up = NULL;
         up_end(r);
         proxy_fail(r, FAIL_GARBAGE, "out of memory queueing the request body");
@@ -668,7 +668,7 @@ void mg_proxy_body(mg_req_t *r, const char *p, size_t n)
 void mg_proxy_body_done(mg_req_t *r)
 {
     if (r->h2x)
-        mg_h2c_end(r->h2x, r->req_trailers);
+        mg_h2u_end(r->h2x, r->req_trailers);
     else
         mg_h1c_end(r->up);
 }

@@ -92,7 +92,7 @@ struct mg_req {
     void *up;
     const mg_req_exchange_ops_t *upx; /* its operations (r->up set) */
     mg_h1c_t exchange;        /* the upstream exchange (h1client.h) */
-    struct mg_h2c *h2x;       /* an h2 upstream's exchange (h2client.h; proxy.c frees it), or NULL */
+    struct mg_h2u *h2x;       /* an h2 upstream's exchange (h2client.h; proxy.c frees it), or NULL */
     mg_h1_head_t *res_trailers; /* the response's trailers, held with a held response (owned) */
     mg_h1_head_t *req_trailers; /* the request's trailers (mg_req_trailer_store; owned), or NULL */
     /* The client's write queue drained below its low mark: the producer of

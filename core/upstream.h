@@ -36,7 +36,7 @@ typedef struct mg_up_server {
     double down_until;         /* loop time until which the balancer skips it */
     const uint32_t *hdown;     /* active health (health.c): nonzero while its checks have it
                                 * down (shared memory, read atomically); NULL: no checks */
-    struct mg_h2conn *h2;      /* protocol = "h2": its HTTP/2 connections (h2client.c), or NULL */
+    struct mg_h2uconn *h2;     /* protocol = "h2": its HTTP/2 connections (h2client.c), or NULL */
 } mg_up_server_t;
 
 struct mg_up {

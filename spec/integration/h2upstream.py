@@ -15,10 +15,12 @@ Paths:
   /goaway        GOAWAY (last stream = this one), then answers it
   /refuse-first  on the first connection: GOAWAY leaving this stream out (it
                  was not processed); on any other: as /echo
+  /close-after   as /echo, then the server ends the connection (FIN, no GOAWAY)
   /status?code=N answers N with a short body
 
-Counters: connections (accepted), peak (most streams open at once on one
-connection), requests (list of dicts).
+Counters: connections (accepted), closed (connections that ended), peak (most
+streams open at once on one connection), resets (streams the gateway reset),
+requests (list of dicts).
 """
 
 import asyncio
@@ -73,6 +75,8 @@ class _Proto(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        with self.srv.lock:
+            self.srv.closed += 1
         for w in self.window_waiters:
             if not w.done():
                 w.set_result(None)
@@ -203,6 +207,11 @@ class _Proto(asyncio.Protocol):
             self.transport.write(GoAwayFrame(0, last_stream_id=max(0, sid - 2)).serialize())
         elif p == "/refuse-first":
             await self.route(sid, "/echo", q, rec)
+        elif p == "/close-after":
+            # answers, then ends the connection without a GOAWAY (FIN; what
+            # comes after is still read, so no RST loses the answer)
+            await self.route(sid, "/echo", q, rec)
+            self.transport.write_eof()
         elif p == "/status":
             code = q.get("code", ["200"])[0]
             body = ("status %s" % code).encode()
@@ -223,6 +232,7 @@ class H2Upstream:
         self.connections = 0
         self.peak = 0
         self.resets = 0
+        self.closed = 0
         self.requests = []
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()

@@ -356,3 +356,58 @@ def test_response_plugins_keep_the_trailers(gateway, h2up):
         r = c.read_response()
         assert r.status == 200 and r.header("x-gw") == "held"
         assert r.json()["body_len"] == 70000
+
+
+def test_reload_moves_to_a_new_connection_and_closes_the_old(gateway, h2up):
+    import signal
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    assert request(g.port, "GET", "/echo/1").json()["conn"] == 1
+    # a request in flight keeps the old generation (and its connection)
+    slow = concurrent.futures.ThreadPoolExecutor(1).submit(
+        request, g.port, "GET", "/slow?ms=700")
+    wait_for(lambda: any(q["path"] == "/slow?ms=700" for q in up.requests),
+             what="the slow request upstream")
+    g.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: request(g.port, "GET", "/echo/2").json()["conn"] == 2,
+             what="a request on the new generation's connection")
+    r = slow.result(10)
+    assert r.status == 200 and r.json()["conn"] == 1
+    # the old generation ends with its last request: its connection closes
+    wait_for(lambda: up.closed >= 1, what="the old connection closed")
+    assert request(g.port, "GET", "/echo/3").json()["conn"] == 2
+
+
+def test_least_conn_counts_streams(gateway, h2up):
+    a, b = h2up(), h2up()
+    g = gateway(h2_config([a.addr, b.addr], balance="least_conn"))
+    # both servers get their connection first
+    for i in range(4):
+        assert request(g.port, "GET", "/echo/warm%d" % i).status == 200
+    assert a.connections == 1 and b.connections == 1
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    slow = ex.submit(request, g.port, "GET", "/slow?ms=1500")
+    wait_for(lambda: any(q["path"].startswith("/slow") for u in (a, b) for q in u.requests),
+             what="the slow request upstream")
+    busy = a if any(q["path"].startswith("/slow") for q in a.requests) else b
+    free = b if busy is a else a
+    before = len(free.requests)
+    # one stream in flight on busy's connection, none on free's: every quick
+    # request goes to free (counting connections, they would alternate)
+    for i in range(4):
+        assert request(g.port, "GET", "/echo/q%d" % i).status == 200
+    assert len(free.requests) == before + 4
+    assert slow.result(10).status == 200
+
+
+def test_connection_dropped_between_requests(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    for i in range(10):
+        r = request(g.port, "GET", "/close-after?i=%d" % i)
+        assert r.status == 200, r
+        # the next one finds the connection gone (or about to go): it gets a
+        # new one, sent again at most once, never an error
+        r = request(g.port, "GET", "/echo/next%d" % i)
+        assert r.status == 200, r
+    assert up.connections >= 11
