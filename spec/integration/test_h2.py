@@ -364,3 +364,23 @@ def test_extended_connect_is_refused(gateway, upstream):
     s = c.response(sid)
     assert s.status == 400 or s.reset is not None
     assert c.get("/echo?still").status == 200
+
+
+def test_expect_100_continue_head_and_many_fields(gateway, upstream):
+    g = gateway(h2_config(upstream))
+    c = H2Conn(g.port)
+    # 100-continue: an interim HEADERS before the final answer
+    sid = c.request("POST", "/upload", headers=[("expect", "100-continue"),
+                                                ("content-length", "5")], end=False)
+    c.wait(lambda: "InformationalResponseReceived" in c.streams[sid].frames)
+    c.send_body(sid, b"hello")
+    s = c.response(sid)
+    assert s.status == 200 and json.loads(bytes(s.data))["length"] == 5
+    # HEAD: the GET's head (Content-Length included), one HEADERS frame
+    s = c.response(c.request("HEAD", "/bytes/1000"))
+    assert s.status == 200 and s.header("content-length") == "1000"
+    assert bytes(s.data) == b""
+    # more fields than HTTP/1 allows (128): 431, the connection goes on
+    s = c.get("/echo", headers=[("x-f%d" % i, "v") for i in range(140)])
+    assert s.status == 431
+    assert c.get("/echo?ok").status == 200
