@@ -384,3 +384,32 @@ def test_expect_100_continue_head_and_many_fields(gateway, upstream):
     s = c.get("/echo", headers=[("x-f%d" % i, "v") for i in range(140)])
     assert s.status == 431
     assert c.get("/echo?ok").status == 200
+
+
+def test_proxy_protocol_then_h2c(gateway):
+    """A PROXY protocol header, then the HTTP/2 preface: the stream's client
+    is the one the header names."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(h2_config(listen='{ addr = "127.0.0.1:$PORT", proxy_protocol = true }'))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    s.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/lua"), (":scheme", "http"),
+                          (":authority", "h")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    body = b""
+    done = False
+    while not done:
+        data = s.recv(65536)
+        assert data
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            if isinstance(ev, h2.events.StreamEnded):
+                done = True
+        s.sendall(conn.data_to_send())
+    assert body.split(b"|")[:2] == [b"2", b"198.51.100.7"], body
