@@ -413,3 +413,37 @@ def test_proxy_protocol_then_h2c(gateway):
                 done = True
         s.sendall(conn.data_to_send())
     assert body.split(b"|")[:2] == [b"2", b"198.51.100.7"], body
+
+
+def test_preface_in_pieces_and_lookalike_http1(gateway):
+    """The preface may arrive in pieces; a request that only starts like it
+    (POST, PUT) is HTTP/1.1."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(h2_config())
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/hello"), (":scheme", "http"),
+                          (":authority", "h")], end_stream=True)
+    data = conn.data_to_send()
+    for piece in (data[:1], data[1:5], data[5:23], data[23:]):
+        s.sendall(piece)
+        time.sleep(0.05)
+    body = b""
+    done = False
+    while not done:
+        d = s.recv(65536)
+        assert d
+        for ev in conn.receive_data(d):
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            if isinstance(ev, h2.events.StreamEnded):
+                done = True
+    assert body == b"hello 2 GET /hello"
+    r = request(g.port, "POST", "/hello", body=b"x")
+    assert r.status == 200 and r.body == b"hello 1.1 POST /hello"
+    r = request(g.port, "PUT", "/hello", body=b"x")
+    assert r.status == 200
