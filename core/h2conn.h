@@ -54,7 +54,6 @@ typedef struct mg_h2s {
     unsigned reset_after : 1; /* its body is unread: dropped, the stream reset past a bound */
     unsigned closed : 1;      /* nghttp2 closed the stream */
     unsigned drained : 1;     /* out went below the low mark: tell the producer */
-    unsigned refused : 1;     /* over h2_max_streams: refused, not counted */
     unsigned eof_sent : 1;    /* the response's END_STREAM went out */
     struct mg_h2s *prev, *next;   /* c->streams */
     struct mg_h2s *pend;      /* c->pending: a head or body waiting for the next send */
