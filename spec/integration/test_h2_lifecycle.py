@@ -187,3 +187,24 @@ def test_trickled_header_block_times_out(gateway, ca):
         except socket.timeout:
             pass
     assert closed and time.monotonic() - t0 < 3
+
+
+def test_config_check_of_the_http2_options(run_moongate):
+    p = run_moongate("-t", "-c", "$CFG", config="""return {
+  listen = { { addr = "127.0.0.1:$PORT", htp2 = false }, { addr = "127.0.0.1:1", http2 = "yes" } },
+  limits = { h2_max_streams = 0 },
+  routes = {},
+}
+""")
+    assert p.returncode == 1
+    err = p.stdout_text + p.stderr_text
+    assert "listen[1].htp2: unknown option (did you mean 'http2'?)" in err, err
+    assert "listen[2].http2: expected true or false, got string" in err, err
+    assert "limits.h2_max_streams: must be at least 1, got 0" in err, err
+    p = run_moongate("-t", "-c", "$CFG", config="""return {
+  listen = { { addr = "127.0.0.1:$PORT", http2 = false } },
+  limits = { h2_max_streams = 16 },
+  routes = {},
+}
+""")
+    assert p.returncode == 0, p.stdout_text + p.stderr_text
