@@ -51,7 +51,7 @@ def config(upstream=None, tls=True, http2=True, limits="", admin=False):
 
 
 def test_tls_alpn_h2_curl_and_nghttp(gateway, upstream, ca):
-    g = gateway(config(upstream))
+    g = gateway(config(upstream, limits="max_body_bytes = 8388608"))
     p = curl("--http2", "-k", "-i", "https://127.0.0.1:%d/hello" % g.port)
     out = p.stdout.decode()
     assert out.startswith("HTTP/2 200"), out
@@ -65,6 +65,13 @@ def test_tls_alpn_h2_curl_and_nghttp(gateway, upstream, ca):
     doc = json.loads(bytes(s.data))
     hdrs = {k.lower(): v for k, v in doc["headers"]}
     assert hdrs["x-forwarded-proto"] == "https"
+    # big bodies both ways over TLS
+    import hashlib
+    body = bytes(range(256)) * 4096 * 4  # 4 MiB
+    s = c.response(c.request("POST", "/upload", body=body), 30)
+    assert json.loads(bytes(s.data))["sha256"] == hashlib.sha256(body).hexdigest()
+    s = c.get("/bytes/%d" % (8 * 1024 * 1024), timeout=30)
+    assert len(s.data) == 8 * 1024 * 1024
     # HTTP/1.1 clients still get HTTP/1.1
     p = curl("--http1.1", "-k", "https://127.0.0.1:%d/hello" % g.port)
     assert p.stdout == b"hello 1.1 https"
