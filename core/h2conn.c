@@ -781,6 +781,8 @@ void mg_h2_accept(mg_loop_t *loop, mg_sock_t *sock, const char *remote, int flag
     ev_io_start(loop->ev, &c->rio);
     c->rio_on = 1;
     feed(c, in, n);
+    if (!c->closed && loop->stopping)
+        goaway(c); /* came in while the worker drains: its first streams finish */
     if (!c->closed && c->sock.tls && mg_tls_pending(c->sock.tls))
         ev_feed_event(loop->ev, &c->rio, EV_READ);
     return;
