@@ -74,6 +74,7 @@ struct mg_h2c {
     int nstreams;             /* streams counted against h2_max_streams */
     int max_streams;          /* limits.h2_max_streams when the connection started */
     double last_read, last_write, last_busy;
+    double period;            /* the timer's period while streams are open */
     double rst_tokens, ctl_tokens, tokens_at; /* flood budgets (h2conn.c) */
     struct mg_h2c *prev, *next;   /* loop->h2conns */
     unsigned https : 1;

@@ -165,13 +165,22 @@ def test_metrics_count_h2_requests(gateway, ca):
     assert a.get("/status").status == 200
 
 
-def test_trickled_header_block_times_out(gateway, ca):
+@pytest.mark.parametrize("after_idle", [False, True])
+def test_trickled_header_block_times_out(gateway, ca, after_idle):
     """A HEADERS frame whose bytes trickle in (slowloris) is bounded by
-    header_timeout from its start, not reset by each byte."""
+    header_timeout from its start, not reset by each byte; also on a
+    connection that sat idle after a request (its timer slept)."""
     g = gateway(config(tls=False, limits="header_timeout = 0.5"))
     s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
     block = b"\x82\x84\x86" + b"\x40\x03x-a\x0a0123456789" * 20
-    s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x5, 1, block)[:12])
+    sid = 1
+    s.sendall(PREFACE + frame(4, 0, 0))
+    if after_idle:
+        s.sendall(frame(1, 0x5, 1, b"\x82\x84\x86\x41\x01h"))  # GET / http, :authority h
+        read_frames(s, 1.0, until=lambda t, f, i, p: i == 1 and f & 1)
+        time.sleep(0.6)
+        sid = 3
+    s.sendall(frame(1, 0x5, sid, block)[:12])
     t0 = time.monotonic()
     closed = False
     for b in block[3:]:
