@@ -350,13 +350,18 @@ static double opt_number(lua_State *L, walk_t *w, const char *where, const char 
 {
     lua_getfield(L, -1, key);
     double r = def;
+    /* noted without raising: the section's other options are still checked
+     * (-t reports every error); the default stands in for the bad value */
     if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            cfg_fail(L, w, key, "%s.%s: expected a number, got %s", where, key,
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            cfg_note(w, key, "%s.%s: expected a number, got %s", where, key,
                      luaL_typename(L, -1));
-        r = lua_tonumber(L, -1);
-        if (r < min)
-            cfg_fail(L, w, key, "%s.%s: must be at least %f", where, key, min);
+        } else if (lua_tonumber(L, -1) < min) {
+            cfg_note(w, key, "%s.%s: must be at least %g, got %g", where, key, min,
+                     lua_tonumber(L, -1));
+        } else {
+            r = lua_tonumber(L, -1);
+        }
     }
     lua_pop(L, 1);
     return r;
@@ -367,8 +372,10 @@ static int opt_count(lua_State *L, walk_t *w, const char *where, const char *key
                      int min)
 {
     double r = opt_number(L, w, where, key, def, min);
-    if (r != (double)(long)r || r > 1e9)
-        cfg_fail(L, w, key, "%s.%s: expected a whole number, got %f", where, key, r);
+    if (r != (double)(long)r || r > 1e9) {
+        cfg_note(w, key, "%s.%s: expected a whole number, got %g", where, key, r);
+        return def;
+    }
     return (int)r;
 }
 
@@ -428,11 +435,12 @@ static void walk_listen(lua_State *L, walk_t *w)
         snprintf(where, sizeof where, "listen[%d]", i);
         lua_rawgeti(L, -1, i);
         mg_cfg_listen_t *l = &cfg->listen[cfg->nlisten++];
+        l->http2 = 1;
         if (lua_type(L, -1) == LUA_TSTRING) {
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
         } else {
             expect_table(L, w, where, "listen");
-            static const char *const keys[] = { "addr", "tls", "proxy_protocol", NULL };
+            static const char *const keys[] = { "addr", "tls", "proxy_protocol", "http2", NULL };
             check_keys(L, w, where, keys);
             lua_getfield(L, -1, "addr");
             if (lua_type(L, -1) != LUA_TSTRING)
@@ -441,6 +449,7 @@ static void walk_listen(lua_State *L, walk_t *w)
             parse_addr_field(L, w, where, lua_tostring(L, -1), &l->addr);
             lua_pop(L, 1);
             l->proxy_protocol = opt_bool(L, w, where, "proxy_protocol", 0);
+            l->http2 = opt_bool(L, w, where, "http2", 1);
             lua_getfield(L, -1, "tls");
             if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
                 expect_table(L, w, where, "tls");
@@ -473,13 +482,14 @@ static void walk_limits(lua_State *L, walk_t *w)
     lim->drain_timeout = 30;
     lim->underscore_headers = MG_CFG_US_DROP;
     lim->tunnel_idle_timeout = 3600;
+    lim->h2_max_streams = 128;
     lua_getfield(L, -1, "limits");
     if (!lua_isnil(L, -1)) {
         expect_table(L, w, "limits", "limits");
         static const char *const keys[] = { "max_uri_bytes", "max_header_bytes",
                                             "max_body_bytes", "header_timeout", "idle_timeout",
                                             "drain_timeout", "tunnel_idle_timeout",
-                                            "underscore_headers", NULL };
+                                            "underscore_headers", "h2_max_streams", NULL };
         check_keys(L, w, "limits", keys);
         lim->max_uri_bytes = (size_t)opt_number(L, w, "limits", "max_uri_bytes", 8192, 16);
         lim->max_header_bytes = (size_t)opt_number(L, w, "limits", "max_header_bytes", 16384, 256);
@@ -488,6 +498,7 @@ static void walk_limits(lua_State *L, walk_t *w)
         lim->idle_timeout = opt_number(L, w, "limits", "idle_timeout", 60, 0.001);
         lim->drain_timeout = opt_number(L, w, "limits", "drain_timeout", 30, 0);
         lim->tunnel_idle_timeout = opt_number(L, w, "limits", "tunnel_idle_timeout", 3600, 0.001);
+        lim->h2_max_streams = opt_count(L, w, "limits", "h2_max_streams", 128, 1);
         lua_getfield(L, -1, "underscore_headers");
         if (!lua_isnil(L, -1)) {
             const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
@@ -1151,12 +1162,15 @@ static void walk_trusted(lua_State *L, walk_t *w)
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
             const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0)
-                cfg_fail(L, w, s ? s : "trusted_proxies",
+            if (s == NULL || mg_cidr_parse(s, &w->cfg->trusted[w->cfg->ntrusted]) != 0) {
+                /* noted: the list's other entries are still checked */
+                cfg_note(w, s ? s : "trusted_proxies",
                          "trusted_proxies[%d]: expected an address or CIDR like "
-                         "\"10.0.0.0/8\" or \"::1/128\", got %s", i,
-                         s ? lua_pushfstring(L, "'%s'", s) : luaL_typename(L, -1));
-            w->cfg->ntrusted++;
+                         "\"10.0.0.0/8\" or \"::1/128\", got %s%s%s", i, s ? "'" : "",
+                         s ? s : luaL_typename(L, -1), s ? "'" : "");
+            } else {
+                w->cfg->ntrusted++;
+            }
             lua_pop(L, 1);
         }
     }
@@ -1552,6 +1566,14 @@ static void cfg_wrap_loaders(lua_State *L, mg_cfg_t *cfg, int install)
 
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
 {
+    return mg_cfg_load_ex(L, file, err, errlen, NULL);
+}
+
+mg_cfg_t *mg_cfg_load_ex(lua_State *L, const char *file, char *err, size_t errlen,
+                         mg_cfg_t **partial)
+{
+    if (partial)
+        *partial = NULL;
     mg_cfg_t *cfg = calloc(1, sizeof *cfg);
     if (cfg == NULL) {
         snprintf(err, errlen, "%s:1: out of memory", file);
@@ -1600,7 +1622,13 @@ mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen)
     }
     if (w.nerr > 0) {
         format_errors(&w, err, errlen);
-        goto fail;
+        free_walk(&w);
+        lua_settop(L, top);
+        if (partial)
+            *partial = cfg; /* the walk ran: what it read is consistent */
+        else
+            mg_cfg_free(cfg);
+        return NULL;
     }
     free_walk(&w);
     lua_settop(L, top);

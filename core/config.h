@@ -30,6 +30,7 @@ typedef struct mg_cfg_listen {
     char *tls_cert, *tls_key;  /* TLS listener: PEM files, resolved against the config's directory */
     int tls_cert_line, tls_key_line; /* where the config names them, for error messages */
     int proxy_protocol;     /* every connection starts with a PROXY protocol v1/v2 header */
+    int http2;              /* HTTP/2 too (h2c preface, ALPN h2); default on */
 } mg_cfg_listen_t;
 
 /* limits.underscore_headers: a request header whose name has "_" */
@@ -40,6 +41,7 @@ typedef struct mg_limits {
     double header_timeout, idle_timeout, drain_timeout;
     int underscore_headers;   /* MG_CFG_US_*; default drop, as nginx */
     double tunnel_idle_timeout; /* a tunnel with no byte either way this long closes */
+    int h2_max_streams;       /* concurrent HTTP/2 streams per connection */
 } mg_limits_t;
 
 enum { MG_BAL_ROUND_ROBIN, MG_BAL_LEAST_CONN, MG_BAL_HASH };
@@ -137,6 +139,11 @@ typedef struct mg_cfg {
 /* Loads and checks FILE in L. Returns a new config, or NULL with
  * "file:line: reason" in err. Never raises. */
 mg_cfg_t *mg_cfg_load(lua_State *L, const char *file, char *err, size_t errlen);
+/* The same; when FILE ran but has errors and `partial` is not NULL,
+ * *partial gets what could be read of it (`moongate -t` still checks its
+ * host names; the caller frees it with mg_cfg_free), else NULL. */
+mg_cfg_t *mg_cfg_load_ex(lua_State *L, const char *file, char *err, size_t errlen,
+                         mg_cfg_t **partial);
 /* Releases the config and its Lua refs. NULL-tolerant. */
 void mg_cfg_free(mg_cfg_t *cfg);
 /* Parses "host:port", "[v6]:port", ":port" or "port" (resolving names, so

@@ -13,6 +13,7 @@
  * while it does; and a clean close sends close_notify first (never on an
  * abort, where it would make a truncated response look complete). */
 #include "conn.h"
+#include "h2conn.h"
 #include "log.h"
 #include "loop.h"
 #include "proxyproto.h"
@@ -308,6 +309,47 @@ static void linger_read(mg_conn_t *c)
     }
 }
 
+/* The connection's first bytes, p[0..n) (read into rbuf's free room
+ * unless `direct`): when TLS agreed on h2 or the client starts with the
+ * HTTP/2 preface, the socket and every byte so far go to h2conn.c and
+ * this connection ends. Returns 1 when it took care of the bytes (handed
+ * over, or keeping the start of a preface), 0 to parse them as HTTP/1. */
+static int h2_first_bytes(mg_conn_t *c, const char *p, size_t n, int direct)
+{
+    static const char preface[24] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if (c->sock.tls) {
+        c->h2_sniff = 0;
+        if (!mg_tls_alpn_h2(c->sock.tls))
+            return 0;
+    } else {
+        const char *all = direct ? p : mg_buf_data(&c->rbuf);
+        size_t have = direct ? n : c->rbuf.len + n;
+        if (memcmp(all, preface, have < 24 ? have : 24) != 0) {
+            c->h2_sniff = 0;
+            return 0;
+        }
+        if (have < 24) { /* the rest of the preface is still to come */
+            if (!direct)
+                c->rbuf.len += n;
+            else if (mg_buf_append(&c->rbuf, p, n) != MG_OK)
+                mg_conn_close(c);
+            return 1;
+        }
+    }
+    if (!direct) {
+        c->rbuf.len += n;
+        p = mg_buf_data(&c->rbuf);
+        n = c->rbuf.len;
+    }
+    mg_sock_t s = c->sock;
+    c->sock.fd = -1; /* h2conn's now */
+    c->sock.tls = NULL;
+    int flags = (c->https ? MG_H2_F_HTTPS : 0) | (c->admin ? MG_H2_F_ADMIN : 0);
+    mg_conn_close(c); /* c (and rbuf, which p may point into) is freed later */
+    mg_h2_accept(c->loop, &s, c->remote, flags, p, n);
+    return 1;
+}
+
 /* Reads what the socket has and parses it. */
 static inline void read_some(mg_conn_t *c)
 {
@@ -363,6 +405,8 @@ static inline void read_some(mg_conn_t *c)
         return;
     }
     progress(c);
+    if (c->h2_sniff && h2_first_bytes(c, dst, (size_t)n, direct))
+        return;
     if (!direct) {
         c->rbuf.len += (size_t)n;
         conn_process(c);
@@ -620,6 +664,7 @@ void mg_conn_accept(mg_loop_t *loop, int fd, const struct sockaddr *sa, int flag
         }
         c->pp_wait = 1;
     }
+    c->h2_sniff = (flags & MG_CONN_F_H2) ? 1 : 0;
     ev_io_init(&c->rio, read_cb, fd, EV_READ);
     c->rio.data = c;
     ev_io_init(&c->wio, write_cb, fd, EV_WRITE);

@@ -53,12 +53,13 @@ typedef struct mg_conn {
     unsigned resp_chunked : 1; /* the response in progress is chunk-encoded */
     unsigned resp_close : 1; /* ... or ends with the connection (HTTP/1.0 client) */
     unsigned pp_wait : 1;    /* a PROXY protocol header is still to come (rbuf holds its start) */
+    unsigned h2_sniff : 1;   /* the first bytes may make it HTTP/2 (h2conn.c) */
 } mg_conn_t;
 
 enum { MG_CONN_T_NONE, MG_CONN_T_IDLE, MG_CONN_T_HEADER, MG_CONN_T_SEND };
 
 /* mg_conn_accept flags */
-enum { MG_CONN_F_ADMIN = 1, MG_CONN_F_PROXY_PROTOCOL = 2 };
+enum { MG_CONN_F_ADMIN = 1, MG_CONN_F_PROXY_PROTOCOL = 2, MG_CONN_F_H2 = 4 };
 
 /* Takes ownership of fd (already nonblocking). With tls (borrowed; the
  * session takes its own reference) the connection speaks TLS; the

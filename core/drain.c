@@ -4,6 +4,7 @@
  * gets its 1001). */
 #include "worker.h"
 #include "conn.h"
+#include "h2conn.h"
 #include "log.h"
 #include "notify.h"
 #include "server.h"
@@ -31,8 +32,10 @@ static void drain_check(mg_loop_t *loop)
             mg_conn_close_idle(c);
             c = next;
         }
+        mg_h2_close_idle_all(loop);
         /* log phases still running keep the worker up (within drain_timeout) */
-        if (loop->conns == NULL && loop->stats.lua_busy == 0 && loop->stats.tunnels == 0)
+        if (loop->conns == NULL && loop->h2conns == NULL && loop->stats.lua_busy == 0 &&
+            loop->stats.tunnels == 0)
             ev_break(loop->ev, EVBREAK_ALL);
     }
 }
@@ -54,6 +57,7 @@ void mg_loop_stop(mg_loop_t *loop)
         mg_conn_close_idle(c);
         c = next;
     }
+    mg_h2_stop_all(loop); /* GOAWAY: the streams in flight finish */
     ev_timer_init(&loop->drain_timer, drain_timeout_cb, loop->gen->cfg->limits.drain_timeout, 0.);
     ev_timer_start(loop->ev, &loop->drain_timer);
     mg_loop_check_drained(loop);

@@ -60,6 +60,7 @@ static int build_tls(mg_gen_t *g, char *err, size_t errlen)
                      key_at_fault ? l->tls_key_line : l->tls_cert_line, i + 1, why);
             return -1;
         }
+        mg_tls_ctx_h2(g->tls[i], l->http2);
         g->ntls++;
     }
     return 0;

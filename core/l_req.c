@@ -794,7 +794,10 @@ static int req_index(lua_State *L)
         }
         break;
     case RF_VERSION:
-        lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
+        if (r->head->http_major == 2)
+            lua_pushliteral(L, "2");
+        else
+            lua_pushfstring(L, "%d.%d", r->head->http_major, r->head->http_minor);
         break;
     case RF_UPGRADE: {
         mg_str_t u = mg_req_upgrade(r);

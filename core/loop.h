@@ -88,6 +88,7 @@ typedef struct mg_loop {
     ev_timer watch_debounce;
     int met_owned;
     mg_conn_t *conns;        /* every open client connection */
+    struct mg_h2c *h2conns;  /* every open HTTP/2 client connection (h2conn.c) */
     struct mg_dns *dns;      /* the resolver (dns.h): upstream/Redis host names, gw.http */
     struct mg_tun *tunnels;  /* every open tunnel (tunnel.c) */
     void (*close_tunnels)(struct mg_loop *loop); /* set by tunnel.c once one opened */

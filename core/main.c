@@ -5,6 +5,7 @@
 #include "worker.h"
 #include "lrt.h"
 #include "master.h"
+#include "config.h"
 #include "netcheck.h"
 #include "req.h"
 #include "server.h"
@@ -127,6 +128,15 @@ int main(int argc, char **argv)
     loop->admin_handler = mg_admin_handle;
     if (mg_loop_load(loop, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        if (test) {
+            /* -t reports every error: the host names of what could be read
+             * are checked too (the config runs a second time for that) */
+            char scratch[256];
+            mg_cfg_t *partial = NULL;
+            mg_cfg_free(mg_cfg_load_ex(loop->L, file, scratch, sizeof scratch, &partial));
+            mg_netcheck_partial(loop, partial, 10.0, stderr);
+            mg_cfg_free(partial);
+        }
         mg_loop_free(loop);
         return 1;
     }

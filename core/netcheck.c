@@ -86,3 +86,40 @@ int mg_netcheck(mg_loop_t *loop, int report, double timeout, FILE *out)
     free(rc);
     return bad;
 }
+
+int mg_netcheck_partial(mg_loop_t *loop, const mg_cfg_t *cfg, double timeout, FILE *out)
+{
+    if (loop->dns == NULL || cfg == NULL)
+        return 0;
+    int n = 0, bad = 0;
+    for (int u = 0; u < cfg->nupstreams; u++)
+        n += cfg->upstreams[u].nservers;
+    mg_dns_name_t **dn = calloc((size_t)n + 1, sizeof *dn);
+    if (dn == NULL)
+        return 0;
+    mg_dns_configure(loop->dns, cfg->resolver, cfg->resolver_valid); /* its name servers */
+    int k = 0;
+    for (int u = 0; u < cfg->nupstreams; u++)
+        for (int s = 0; s < cfg->upstreams[u].nservers; s++, k++)
+            if (cfg->upstreams[u].servers[s].name)
+                dn[k] = mg_dns_name(loop->dns, cfg->upstreams[u].servers[s].name);
+    mg_dns_settle(loop->dns, timeout);
+    k = 0;
+    for (int u = 0; u < cfg->nupstreams; u++) {
+        const mg_cfg_upstream_t *up = &cfg->upstreams[u];
+        for (int s = 0; s < up->nservers; s++, k++) {
+            struct sockaddr_storage ss;
+            socklen_t sl;
+            const char *err = NULL;
+            if (dn[k] == NULL || mg_dns_name_addr(dn[k], up->servers[s].port, &ss, &sl, &err) == 0)
+                continue;
+            bad++;
+            fprintf(out, "%s:%d: upstreams.%s.servers[%d]: %s\n", cfg->file, up->servers[s].line,
+                    up->name, s + 1, err ? err : "cannot resolve");
+        }
+    }
+    for (int i = 0; i < n; i++)
+        mg_dns_name_unref(dn[i]);
+    free(dn);
+    return bad;
+}

@@ -74,7 +74,8 @@ static void accept_cb(struct ev_loop *ev, ev_io *w, int revents)
     struct ssl_ctx_st *tls = l->admin ? NULL : mg_gen_tls(l->loop->gen, l->addr.text);
     const mg_cfg_listen_t *lc = l->admin ? NULL : mg_cfg_listener(l->loop->gen->cfg, l->addr.text);
     int flags = (l->admin ? MG_CONN_F_ADMIN : 0) |
-                (lc && lc->proxy_protocol ? MG_CONN_F_PROXY_PROTOCOL : 0);
+                (lc && lc->proxy_protocol ? MG_CONN_F_PROXY_PROTOCOL : 0) |
+                (lc == NULL || lc->http2 ? MG_CONN_F_H2 : 0);
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;

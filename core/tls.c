@@ -24,18 +24,20 @@ struct mg_tls {
 };
 
 static const unsigned char alpn_http11[] = "\x08http/1.1";
+static const unsigned char alpn_h2[] = "\x02h2\x08http/1.1";
 
-/* Picks http/1.1 when the client offers it; otherwise goes on without ALPN
- * rather than failing the handshake (a client offering only h2 then gets
- * HTTP/1.1 errors it can read, not an alert). */
+/* Picks h2 (when the listener speaks HTTP/2: arg non-NULL), else
+ * http/1.1, in our order of preference among what the client offers;
+ * with neither, goes on without ALPN rather than failing the handshake
+ * (the client then gets HTTP/1.1 errors it can read, not an alert). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
     (void)ssl;
-    (void)arg;
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, alpn_http11, sizeof alpn_http11 - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    const unsigned char *ours = arg ? alpn_h2 : alpn_http11;
+    unsigned int n = arg ? sizeof alpn_h2 - 1 : sizeof alpn_http11 - 1;
+    if (SSL_select_next_proto(&sel, outlen, ours, n, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -156,6 +158,19 @@ struct ssl_ctx_st *mg_tls_ctx_new(const char *cert, const char *key, int *key_at
 fail:
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+void mg_tls_ctx_h2(struct ssl_ctx_st *ctx, int on)
+{
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, on ? (void *)alpn_h2 : NULL);
+}
+
+int mg_tls_alpn_h2(const mg_tls_t *t)
+{
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
 }
 
 void mg_tls_ctx_free(struct ssl_ctx_st *ctx)

@@ -26,6 +26,11 @@ struct ssl_ctx_st *mg_tls_ctx_new(const char *cert, const char *key, int *key_at
  * (OpenSSL counts them), so an old generation's certificate lives on for
  * its connections after a reload. NULL-tolerant. */
 void mg_tls_ctx_free(struct ssl_ctx_st *ctx);
+/* Whether ALPN offers h2 (before http/1.1) on ctx's connections; a new
+ * context offers only http/1.1. */
+void mg_tls_ctx_h2(struct ssl_ctx_st *ctx, int on);
+/* True once the handshake agreed on h2. */
+int mg_tls_alpn_h2(const mg_tls_t *t);
 
 /* A server-side TLS session on fd (borrowed: the caller closes it). NULL on
  * out of memory. The handshake runs inside the first reads and writes. */

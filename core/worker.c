@@ -5,6 +5,7 @@
  * access_log_file.c, busy_poll.c. */
 #include "worker.h"
 #include "conn.h"
+#include "h2conn.h"
 #include "dns.h"
 #include "health.h"
 #include "log.h"
@@ -183,6 +184,7 @@ void mg_loop_free(mg_loop_t *loop)
             loop->close_tunnels(loop);
         while (loop->conns)
             mg_conn_close(loop->conns);
+        mg_h2_close_all(loop);
         prepare_cb(loop->ev, &loop->prepare, 0);
         mg_gen_unref(loop->gen);
         loop->gen = NULL;

@@ -1,7 +1,7 @@
 /* The response writer and the request source: how a request answers its
  * client and reads from it without knowing the protocol that carries it
  * (h2o's h2o_ostream_t is the model). The HTTP/1 connection implements
- * both (h1writer.c); an HTTP/2 stream would implement the same ops.
+ * both (h1writer.c), and so does an HTTP/2 stream (h2stream.c).
  *
  * A request holds `r->w` and `r->src` while it owns its client side; both
  * go NULL together when the client is gone or the request handed it on.

@@ -279,3 +279,33 @@ def test_tls_ca_is_relative_to_the_config_folder(run_moongate, tmp_path):
     p = run_moongate("-t", "-c", "$CFG", config=text, name="conf/moongate.lua")
     assert p.returncode == 0, p.stderr_text
     assert (conf / "logs.txt").exists() and not (tmp_path / "logs.txt").exists()
+
+
+def test_check_reports_every_bad_value_of_one_section(run_moongate):
+    """A bad value does not hide the next one in the same section: each is
+    reported at its line, bounds written as numbers people write."""
+    text = ("return {\n"
+            "  listen = { { addr = \"127.0.0.1:$PORT\" } },\n"
+            "  limits = { header_timeout = \"x\",\n"
+            "             idle_timeout = -2,\n"
+            "             max_body_bytes = -1 },\n"
+            "  upstreams = { a = { servers = { \"127.0.0.1:1\" }, keepalive = -1,\n"
+            "                      retries = 1.5, read_timeout = \"slow\" } },\n"
+            "  routes = {},\n"
+            "  trusted_proxies = { \"10.0.0.0/33\", \"10.0.0.0/8\", \"nope\" },\n"
+            "}\n")
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1
+    got = [re.sub(r"^.*moongate\.lua:", "", l) for l in p.stderr_text.strip().splitlines()]
+    assert got == [
+        "3: limits.header_timeout: expected a number, got string",
+        "4: limits.idle_timeout: must be at least 0.001, got -2",
+        "5: limits.max_body_bytes: must be at least 0, got -1",
+        "6: upstreams.a.keepalive: must be at least 0, got -1",
+        "7: upstreams.a.read_timeout: expected a number, got string",
+        "7: upstreams.a.retries: expected a whole number, got 1.5",
+        "9: trusted_proxies[1]: expected an address or CIDR like \"10.0.0.0/8\" or \"::1/128\","
+        " got '10.0.0.0/33'",
+        "9: trusted_proxies[3]: expected an address or CIDR like \"10.0.0.0/8\" or \"::1/128\","
+        " got 'nope'",
+    ], p.stderr_text

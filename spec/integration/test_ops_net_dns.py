@@ -172,3 +172,27 @@ def test_check_reports_a_redis_socket_path_that_is_not_a_socket(run_moongate, tm
     assert re.search(r"moongate\.lua:\d+: redis\.b\.addr: .*plain\.file\" is not a unix socket",
                      p.stderr_text), p.stderr_text
     assert "redis.c." not in p.stderr_text
+
+
+def test_check_reports_unresolvable_names_among_other_errors(run_moongate, dns):
+    """-t reports every error: a config with a typo still has its upstream
+    host names checked (and the typo reported)."""
+    import re
+    dns.records["good.test"] = ["127.0.0.1"]
+    text = config(resolver=[dns.addr], workerz=1,
+                  upstreams={"app": {"servers": ["good.test:80", "nope.test:80"]},
+                             "other": {"servers": ["also-nope.test:81"], "balanse": "x"}},
+                  routes=[{"match": {"prefix": "/"}, "upstream": "app"}])
+    p = run_moongate("-t", "-c", "$CFG", config=text)
+    assert p.returncode == 1, p.stdout_text + p.stderr_text
+    err = p.stderr_text
+    lines = p.config_path.read_text().splitlines()
+    assert re.search(r"moongate\.lua:\d+: workerz: unknown option", err), err
+    assert re.search(r"moongate\.lua:\d+: upstreams\.other\.balanse: unknown option", err), err
+    for up, i, host in (("app", 2, "nope.test"), ("other", 1, "also-nope.test")):
+        m = re.search(r'moongate\.lua:(\d+): upstreams\.%s\.servers\[%d\]: cannot resolve "%s"'
+                      % (up, i, re.escape(host)), err)
+        assert m, err
+        assert host in lines[int(m.group(1)) - 1]
+    assert "good.test\"" not in err and "servers[1]: cannot" not in err.replace(
+        "other.servers[1]", ""), err
