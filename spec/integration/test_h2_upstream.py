@@ -411,3 +411,18 @@ def test_connection_dropped_between_requests(gateway, h2up):
         r = request(g.port, "GET", "/echo/next%d" % i)
         assert r.status == 200, r
     assert up.connections >= 11
+
+
+def test_streams_of_an_h2_client_share_one_upstream_connection(gateway, h2up):
+    from h2help import H2Conn
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    c = H2Conn(g.port)
+    try:
+        sids = [c.request("GET", "/slow?ms=300&i=%d" % i) for i in range(10)]
+        for s in sids:
+            st = c.response(s)
+            assert st.status == 200 and json.loads(bytes(st.data))["conn"] == 1
+        assert up.connections == 1 and up.peak >= 4
+    finally:
+        c.close()
