@@ -426,3 +426,15 @@ def test_streams_of_an_h2_client_share_one_upstream_connection(gateway, h2up):
         assert up.connections == 1 and up.peak >= 4
     finally:
         c.close()
+
+
+def test_big_request_body_goes_up_under_flow_control(gateway, h2up):
+    """8 MiB: far past the upstream's 1 MiB window and the gateway's 256 KiB
+    request queue, so both flow control and the client's backpressure run."""
+    up = h2up()
+    g = gateway(h2_config([up.addr], limits={"max_body_bytes": 16 * 1024 * 1024}))
+    body = pattern(8 * 1024 * 1024)
+    r = request(g.port, "POST", "/echo/big", body=body, timeout=60)
+    assert r.status == 200, r
+    doc = r.json()
+    assert doc["body_len"] == len(body) and doc["body_sha256"] == sha256(body)
