@@ -17,8 +17,8 @@ from h2upstream import H2Upstream, pattern
 def h2up():
     started = []
 
-    def make(**kw):
-        u = H2Upstream(free_port(), **kw)
+    def make(port=None, **kw):
+        u = H2Upstream(port or free_port(), **kw)
         started.append(u)
         return u
 
@@ -438,3 +438,22 @@ def test_big_request_body_goes_up_under_flow_control(gateway, h2up):
     assert r.status == 200, r
     doc = r.json()
     assert doc["body_len"] == len(body) and doc["body_sha256"] == sha256(body)
+
+
+def test_upstream_restart_in_flight_streams_fail_then_service_resumes(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr], retries=0))
+    assert request(g.port, "GET", "/echo/first").status == 200
+    ex = concurrent.futures.ThreadPoolExecutor(4)
+    futs = [ex.submit(request, g.port, "GET", "/slow?ms=3000&i=%d" % i) for i in range(4)]
+    wait_for(lambda: sum(q["path"].startswith("/slow") for q in up.requests) == 4,
+             what="4 streams upstream")
+    up.stop()  # the server goes away under 4 streams
+    for f in futs:
+        assert_json_error(f.result(10), 502)
+    # nothing listens: a refused connect
+    assert_json_error(request(g.port, "GET", "/echo/down"), 502)
+    # back on the same port: a new connection serves again
+    up2 = h2up(port=up.port)
+    r = request(g.port, "GET", "/echo/back")
+    assert r.status == 200 and up2.connections == 1
