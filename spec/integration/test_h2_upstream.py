@@ -457,3 +457,13 @@ def test_upstream_restart_in_flight_streams_fail_then_service_resumes(gateway, h
     up2 = h2up(port=up.port)
     r = request(g.port, "GET", "/echo/back")
     assert r.status == 200 and up2.connections == 1
+
+
+def test_one_connection_per_worker(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr]).replace("return {", "return { workers = 2,", 1))
+    rs = parallel(g.port, ["/slow?ms=300&i=%d" % i for i in range(24)])
+    assert [r.status for r in rs] == [200] * 24
+    # each worker has its own connection to the server, and only one
+    conns = {r.json()["conn"] for r in rs}
+    assert 1 <= len(conns) <= 2 and up.connections == len(conns), (conns, up.connections)
