@@ -86,6 +86,45 @@ def test_answer_before_a_big_or_awaited_body_closes(gateway, upstream):
     assert_serves(g.port)
 
 
+def test_h2_answer_before_the_body_leaves_the_connection_usable(gateway, upstream):
+    # over HTTP/2 the stream's own rules apply (its unread body is dropped
+    # or the stream reset): the answer comes, the connection goes on
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(proxy_config([upstream.addr], routes=[
+        {"match": {"prefix": "/echo"}, "upstream": "app"}]))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/nothing"),
+                          (":authority", "x"), ("content-length", "100")])
+    s.sendall(conn.data_to_send())
+    status = {}
+
+    def until_ended(sid):
+        while True:
+            data = s.recv(65536)
+            assert data, status
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived):
+                    status[e.stream_id] = dict(e.headers)[b":status"]
+                if isinstance(e, h2.events.StreamEnded) and e.stream_id == sid:
+                    s.sendall(conn.data_to_send())
+                    return
+            s.sendall(conn.data_to_send())
+    try:
+        until_ended(1)
+        conn.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":path", "/echo"),
+                              (":authority", "x")], end_stream=True)
+        s.sendall(conn.data_to_send())
+        until_ended(3)
+    finally:
+        s.close()
+    assert status == {1: b"404", 3: b"200"}, status
+
+
 # -- 408 ---------------------------------------------------------------------
 
 def test_408_slow_headers(gw):
