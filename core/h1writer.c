@@ -21,7 +21,7 @@
 /* The Connection header as needed, and the blank line. */
 static void end_head(mg_conn_t *c, const mg_req_t *r, mg_buf_t *o)
 {
-    if (!r->keepalive || !r->body_done || c->resp_close)
+    if (!r->keepalive || (!r->body_done && !mg_req_discard_body(r)) || c->resp_close)
         mg_buf_append(o, "Connection: close\r\n\r\n", 21);
     else if (r->http10)
         mg_buf_append(o, "Connection: keep-alive\r\n\r\n", 26);
