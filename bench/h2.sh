@@ -96,7 +96,9 @@ load_show() { grep -E '^(finished in|requests:|status codes:|time for request:|H
 # no percentiles); connect: clients not connected halfway; read: errored;
 # write: failed but neither errored nor a non-2xx answer, plus h2load's timeouts; timeout: "slow", one
 # for a stalled client (req/s under 1/10 of the mean), one for a request over
-# BENCH_WRK_TIMEOUT s; status: 3xx + 4xx + 5xx.
+# BENCH_WRK_TIMEOUT s, one if h2load never finished (it waits for streams
+# that do not complete: the deadline kills it, and the run counts no request);
+# status: 3xx + 4xx + 5xx.
 load_parse() {
   awk -v tmo="$WRK_TIMEOUT" '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v + 0 }
@@ -107,7 +109,11 @@ load_parse() {
     /^req\/s +:/ { cmin = $3; cmean = $5 }
     /^H2CONNS / { have = $2; want = $4 }
     END {
-      if (!seen_req) exit
+      if (!seen_req) {   # h2load did not finish (killed by the deadline: stuck clients)
+        printf "MGBENCH requests=0 duration_us=0 rps=0 p50_us=0 p99_us=0 connect=%d read=0 write=0 timeout=1 status=0\n",
+          (want != "" && have < want) ? want - have : 0
+        exit
+      }
       conn = (want != "" && have < want) ? want - have : 0
       other = failed - errored - (s3 + s4 + s5)   # h2load counts a non-2xx answer as failed too
       if (other < 0) other = 0
@@ -124,8 +130,9 @@ load_parse() {
 command -v "$NGINX" >/dev/null || die "nginx not found: it is the origin (make deps-bench)"
 NDK_SO=$(nginx_module libnginx-mod-http-ndk ndk_http_module.so)
 LUA_SO=$(nginx_module libnginx-mod-http-lua ngx_http_lua_module.so)
-[ -n "$LUA_SO" ] && [ -n "$NDK_SO" ] ||
+if [ -z "$LUA_SO" ] || [ -z "$NDK_SO" ]; then
   die "lua-nginx-module not installed: the origin's h2c server reads each request message with it (apt-get install libnginx-mod-http-lua)"
+fi
 free_port upstream; free_port upstream_h2
 start_nginx upstream "$LOAD_CPU" upstream-h2-nginx.conf.in PORT="${PORT[upstream]}" H2PORT="${PORT[upstream_h2]}" \
   NDK_MODULE="$NDK_SO" LUA_MODULE="$LUA_SO"
@@ -211,12 +218,12 @@ done
 for t in $WANT_TARGETS; do
   g=${GW_OF[$t]}
   case $t in
-    *-grpc) KIND[$t]=grpc; add_target "$t" "$g" "http://127.0.0.1:${PORT[$g]}$GRPC_PATH" ;;
-    *)      KIND[$t]=get;  add_target "$t" "$g" "http://127.0.0.1:${PORT[$g]}/" ;;
+    *-grpc) KIND[$t]="grpc"; add_target "$t" "$g" "http://127.0.0.1:${PORT[$g]}$GRPC_PATH" ;;
+    *)      KIND[$t]="get";  add_target "$t" "$g" "http://127.0.0.1:${PORT[$g]}/" ;;
   esac
   if [ -n "${GW_ERR[$g]:-}" ]; then STATUS[$t]=${GW_ERR[$g]}; log "$t: ${STATUS[$t]}"; continue; fi
-  if [ "${KIND[$t]}" = grpc ]; then check_grpc "${TURL[$t]}"; else check_get "${TURL[$t]}"; fi
-  if [ $? -eq 0 ]; then
+  check=check_get; [ "${KIND[$t]}" = grpc ] && check=check_grpc
+  if "$check" "${TURL[$t]}"; then
     STATUS[$t]=ok; log "$t: ${TURL[$t]} (pid ${PID[$g]})"
   else
     STATUS[$t]="wrong answer: $CHECK_ERR"; log "$t: ${STATUS[$t]}"
