@@ -140,8 +140,9 @@ def test_refused_before_method_logs_dash(gateway, upstream, tmp_path):
     import socket
     log = tmp_path / "access.log"
     g = gateway(_fields_config(upstream, log, "json"))
-    # an HTTP/2 preface on an HTTP/1 port, and a CL+TE smuggling attempt
-    for data in (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    # a TLS ClientHello on a plain port (an HTTP/2 preface is h2c there now),
+    # and a CL+TE smuggling attempt
+    for data in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
                  b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
         s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
