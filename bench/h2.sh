@@ -56,6 +56,7 @@ WARMUP_CONNS=50x10
 LAT_HEAD="mean ms | max ms"
 ERR_HEAD="errors conn/errored/failed/slow"
 STATUS_HEAD="non-2xx"
+INVALID_TEXT="any error (conn/errored/failed/slow) or non-2xx answer"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOAD_LINE="h2load -t$THREADS -c N -m M (conns NxM) -D"

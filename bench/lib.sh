@@ -43,7 +43,8 @@
 #   load_show OUTFILE    the lines of the output worth logging per run
 # A concurrency (BENCH_CONNS entry) is N, or NxM for a tool that multiplexes
 # (M streams on each of N connections; wrk takes only N). LAT_HEAD, ERR_HEAD
-# and STATUS_HEAD name the latency, error and status columns, LOAD_LINE
+# and STATUS_HEAD name the latency, error and status columns (INVALID_TEXT
+# says what makes a row INVALID), LOAD_LINE
 # describes the command in the section head, WARMUP_CONNS is the warm-up's
 # concurrency [50].
 #
@@ -742,7 +743,7 @@ summary_table() {  # the per-target table for every concurrency
   echo "brackets the % of CFS periods in which the cap throttled it (near 100: the gateway"
   echo "set the pace). Load CPU busy %: CPU $LOAD_CPU ($LOAD_TOOL and the servers behind) from /proc/stat."
   echo "Peak RSS is VmHWM of the serving process (nginx: its worker, with the master in brackets)."
-  echo "A row with any socket error or non-2xx/3xx answer is INVALID and compared to nothing."
+  echo "A row with ${INVALID_TEXT:-any socket error or non-2xx/3xx answer} is INVALID and compared to nothing."
 }
 
 # bracket_ratio a b conc metric: median over rounds of the paired ratio,
