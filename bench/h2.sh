@@ -80,10 +80,11 @@ printf '\x00\x00\x00\x00\x0bhello world' >"$WORK/grpc-req.bin"
 declare -A KIND=()   # target -> get | grpc
 grpc_args=(-d "$WORK/grpc-req.bin" -H 'content-type: application/grpc' -H 'te: trailers')
 load_argv() {  # target conc(NxM) seconds
-  local n=${2%%x*} m=1 extra=()
+  local n=${2%%x*} m=1 extra=() th=$THREADS
   [[ $2 == *x* ]] && m=${2#*x}
+  [ "$th" -gt "$n" ] && th=$n   # h2load wants no more threads than clients
   [ "${KIND[$1]}" = grpc ] && extra=("${grpc_args[@]}")
-  LOAD_ARGV=("$H2LOAD" -t"$THREADS" -c"$n" -m"$m" -D"$3" "${extra[@]}" "${TURL[$1]}")
+  LOAD_ARGV=("$H2LOAD" -t"$th" -c"$n" -m"$m" -D"$3" "${extra[@]}" "${TURL[$1]}")
 }
 # h2load -D counts no failed connect: halfway through, count the client side
 # of the connections to the gateway's port (only h2load connects to it then)
