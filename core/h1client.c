@@ -48,7 +48,7 @@ const char *mg_h1c_strerror(mg_h1c_err_t code)
     }
 }
 
-static mg_h1c_err_t errno_code(int e)
+mg_h1c_err_t mg_h1c_errno(int e)
 {
     switch (e) {
     case ECONNREFUSED:
@@ -229,7 +229,7 @@ static int flush(mg_h1c_t *x)
         if (n < 0 && errno == EAGAIN)
             break;
         if (n < 0)
-            fail(x, errno_code(errno), strerror(errno), 1);
+            fail(x, mg_h1c_errno(errno), strerror(errno), 1);
         else
             fail(x, MG_H1C_WRITE, "write failed", 1);
         return -1;
@@ -266,7 +266,7 @@ static void x_on_write(mg_upconn_t *u)
         if (rc == MG_EAGAIN)
             return;
         if (rc != MG_OK) {
-            fail(x, sys_errno ? errno_code(sys_errno) : MG_H1C_TLS, err, 0);
+            fail(x, sys_errno ? mg_h1c_errno(sys_errno) : MG_H1C_TLS, err, 0);
             return;
         }
         mg_log_debug("upstream %s: connection ready, sending the request", u->server->addr->text);
@@ -283,7 +283,7 @@ static void x_on_read(mg_upconn_t *u)
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
-        fail(x, errno_code(errno), strerror(errno), 1);
+        fail(x, mg_h1c_errno(errno), strerror(errno), 1);
         return;
     }
     u->last_io = ev_now(loop->ev);
@@ -348,7 +348,7 @@ int mg_h1c_attach(mg_h1c_t *x, mg_up_t *up, int s, const char **err)
 {
     mg_upconn_t *u = mg_up_get(up, s, x, &x_ops, err);
     if (u == NULL) {
-        x->code = errno_code(errno);
+        x->code = mg_h1c_errno(errno);
         return x->code == MG_H1C_NOMEM ? MG_ENOMEM : MG_ECLOSED;
     }
     x->u = u;

@@ -63,6 +63,9 @@ typedef struct mg_h1c_error {
 } mg_h1c_error_t;
 
 const char *mg_h1c_strerror(mg_h1c_err_t code);
+/* The code of a socket error (errno): refused, reset, timeout, ... (h2client
+ * too). */
+mg_h1c_err_t mg_h1c_errno(int e);
 
 /* Callbacks, all with the owner's `ud`. */
 typedef struct mg_h1c_cbs {

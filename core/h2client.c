@@ -56,26 +56,6 @@ static void c_fail(mg_h2uconn_t *c, mg_h1c_err_t code, const char *why);
 static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents);
 static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents);
 
-static mg_h1c_err_t errno_code(int e)
-{
-    switch (e) {
-    case ECONNREFUSED:
-        return MG_H1C_REFUSED;
-    case ECONNRESET:
-    case EPIPE:
-        return MG_H1C_RESET;
-    case ETIMEDOUT:
-        return MG_H1C_TIMEOUT;
-    case ENETUNREACH:
-    case EHOSTUNREACH:
-        return MG_H1C_UNREACHABLE;
-    case ENOMEM:
-        return MG_H1C_NOMEM;
-    default:
-        return MG_H1C_CONNECT;
-    }
-}
-
 /* --- the exchange's list on its connection -------------------------------- */
 
 static void link_x(mg_h2uconn_t *c, mg_h2u_t *x)
@@ -609,7 +589,8 @@ static void c_flush(mg_h2uconn_t *c)
             mg_up_want_write(u, 1);
             return;
         }
-        c_fail(c, n < 0 ? errno_code(errno) : MG_H1C_WRITE, n < 0 ? strerror(errno) : "write failed");
+        c_fail(c, n < 0 ? mg_h1c_errno(errno) : MG_H1C_WRITE,
+               n < 0 ? strerror(errno) : "write failed");
         return;
     }
     mg_up_want_write(u, 0);
@@ -719,7 +700,7 @@ static void c_on_read(mg_upconn_t *u)
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
-        c_fail(c, errno_code(errno), strerror(errno));
+        c_fail(c, mg_h1c_errno(errno), strerror(errno));
         return;
     }
     if (n == 0) {
@@ -759,7 +740,7 @@ static void c_on_write(mg_upconn_t *u)
         if (rc == MG_EAGAIN)
             return;
         if (rc != MG_OK) {
-            c_fail(c, sys_errno ? errno_code(sys_errno) : MG_H1C_TLS, err);
+            c_fail(c, sys_errno ? mg_h1c_errno(sys_errno) : MG_H1C_TLS, err);
             return;
         }
         if (u->sock.ssl && !mg_tlsc_is_h2(u->sock.ssl)) {
@@ -785,7 +766,6 @@ static void c_on_timer(mg_upconn_t *u)
     if (c->nstreams == 0) {
         /* idle too long: a polite GOAWAY, then the close */
         nghttp2_session_terminate_session(c->s, NGHTTP2_NO_ERROR);
-        c->in_io = 0;
         c_flush(c);
         c_close(c);
     }

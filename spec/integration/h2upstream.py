@@ -65,6 +65,7 @@ class _Proto(asyncio.Protocol):
         with self.srv.lock:
             self.srv.connections += 1
             self.num = self.srv.connections
+            self.srv.protos.add(self)
         settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
         if self.srv.max_streams is not None:
             settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self.srv.max_streams
@@ -77,6 +78,7 @@ class _Proto(asyncio.Protocol):
         self.closed = True
         with self.srv.lock:
             self.srv.closed += 1
+            self.srv.protos.discard(self)
         for w in self.window_waiters:
             if not w.done():
                 w.set_result(None)
@@ -233,6 +235,8 @@ class H2Upstream:
         self.peak = 0
         self.resets = 0
         self.closed = 0
+        self.protos = set()
+        self.stopped = False
         self.requests = []
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -263,9 +267,17 @@ class H2Upstream:
         self.loop.close()
 
     def stop(self):
+        """Stops listening and drops every connection (as a dying server
+        would); idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+
         def halt():
             self.server.close()
-            self.loop.stop()
+            for p in list(self.protos):
+                p.transport.abort()
+            self.loop.call_soon(self.loop.stop)  # after the aborts took effect
         self.loop.call_soon_threadsafe(halt)
         self._thread.join(5)
         time.sleep(0)

@@ -4,8 +4,9 @@ has protocol = "h2" (h2c).
 The grpcio server uses generic handlers with raw-bytes messages (no
 protobuf). The calls here are made by a client speaking HTTP/1.1 to the
 gateway with gRPC's framing (length-prefixed messages, TE: trailers): that
-exercises the upstream half (HTTP/2 to a real gRPC server, trailers back);
-grpcio clients need HTTP/2 from the gateway too."""
+exercises the upstream half (HTTP/2 to a real gRPC server, trailers back).
+grpcio clients (HTTP/2 to the gateway) are at the end: a bidi call answered
+message by message, and a jwt plugin refusing calls."""
 
 import struct
 from concurrent import futures
@@ -121,3 +122,71 @@ def test_grpc_status_errors_reach_the_client(gateway, grpc_server):
     r, t = call_h1(g.port, "FailLate", [b"x"])
     assert unframe(r.body) == [b"partial"]
     assert t["grpc-status"] == "8" and t["grpc-message"] == "out of quota"
+
+
+# --------------------------------------------------------------------------
+# grpcio clients (HTTP/2 to the gateway); test_h2_grpc.py has the calls of
+# every kind and the status errors
+
+def test_grpcio_bidi_streams_message_by_message(gateway, grpc_server):
+    """Each answer comes back before the next request message is sent:
+    nothing waits for the end of either stream."""
+    import queue
+    g = gateway(proxy_config([grpc_server], protocol="h2"))
+    q = queue.Queue()
+
+    def requests():
+        while True:
+            m = q.get()
+            if m is None:
+                return
+            yield m
+
+    with grpc.insecure_channel("127.0.0.1:%d" % g.port) as ch:
+        call = ch.stream_stream("/test.Echo/Bidi")(requests(), timeout=10)
+        for word in (b"alpha", b"beta", b"gamma"):
+            q.put(word)
+            assert next(call) == word.upper()
+        q.put(None)
+        assert list(call) == []
+        assert call.code() == grpc.StatusCode.OK
+
+
+def _hs256(secret, claims):
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def test_grpcio_call_refused_by_jwt(gateway, grpc_server):
+    import time
+    from conftest import Raw
+    routes = [{"name": "grpc", "match": {"prefix": "/"}, "upstream": "app",
+               "plugins": Raw('{ { "jwt", secret = "s3cret" } }')}]
+    g = gateway(proxy_config([grpc_server], protocol="h2", routes=routes))
+    with grpc.insecure_channel("127.0.0.1:%d" % g.port) as ch:
+        unary = ch.unary_unary("/test.Echo/Unary")
+        with pytest.raises(grpc.RpcError) as ei:
+            unary(b"hi", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bad = _hs256("wrong", {"sub": "u1", "exp": int(time.time()) + 600})
+        with pytest.raises(grpc.RpcError) as ei:
+            unary(b"hi", timeout=10, metadata=[("authorization", "Bearer " + bad)])
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # streaming calls are refused the same way, before anything goes up
+        with pytest.raises(grpc.RpcError) as ei:
+            list(ch.unary_stream("/test.Echo/ServerStream")(b"x", timeout=10))
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = _hs256("s3cret", {"sub": "u1", "exp": int(time.time()) + 600})
+        meta = [("authorization", "Bearer " + token)]
+        assert unary(b"hi", timeout=10, metadata=meta) == b"echo:hi"
+        assert list(ch.stream_stream("/test.Echo/Bidi")(iter([b"a"]), timeout=10,
+                                                        metadata=meta)) == [b"A"]

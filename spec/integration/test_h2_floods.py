@@ -34,6 +34,15 @@ class Bystander:
         self.stop = False
         self.t = threading.Thread(target=self.run, daemon=True)
         self.t.start()
+        # the flood starts once this client is being served, and finish()
+        # wants an answer that came after that
+        self.started = self.wait_more(0)
+
+    def wait_more(self, than):
+        deadline = time.monotonic() + 10
+        while self.ok <= than and not self.errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.ok
 
     def run(self):
         try:
@@ -48,10 +57,11 @@ class Bystander:
             self.errors.append(repr(e))
 
     def finish(self):
+        self.wait_more(self.started)
         self.stop = True
         self.t.join(10)
         assert not self.errors, self.errors
-        assert self.ok > 0
+        assert self.started > 0 and self.ok > self.started, (self.started, self.ok)
 
 
 def raw_conn(port):

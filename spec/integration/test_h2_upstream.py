@@ -17,8 +17,8 @@ from h2upstream import H2Upstream, pattern
 def h2up():
     started = []
 
-    def make(**kw):
-        u = H2Upstream(free_port(), **kw)
+    def make(port=None, **kw):
+        u = H2Upstream(port or free_port(), **kw)
         started.append(u)
         return u
 
@@ -411,3 +411,59 @@ def test_connection_dropped_between_requests(gateway, h2up):
         r = request(g.port, "GET", "/echo/next%d" % i)
         assert r.status == 200, r
     assert up.connections >= 11
+
+
+def test_streams_of_an_h2_client_share_one_upstream_connection(gateway, h2up):
+    from h2help import H2Conn
+    up = h2up()
+    g = gateway(h2_config([up.addr]))
+    c = H2Conn(g.port)
+    try:
+        sids = [c.request("GET", "/slow?ms=300&i=%d" % i) for i in range(10)]
+        for s in sids:
+            st = c.response(s)
+            assert st.status == 200 and json.loads(bytes(st.data))["conn"] == 1
+        assert up.connections == 1 and up.peak >= 4
+    finally:
+        c.close()
+
+
+def test_big_request_body_goes_up_under_flow_control(gateway, h2up):
+    """8 MiB: far past the upstream's 1 MiB window and the gateway's 256 KiB
+    request queue, so both flow control and the client's backpressure run."""
+    up = h2up()
+    g = gateway(h2_config([up.addr], limits={"max_body_bytes": 16 * 1024 * 1024}))
+    body = pattern(8 * 1024 * 1024)
+    r = request(g.port, "POST", "/echo/big", body=body, timeout=60)
+    assert r.status == 200, r
+    doc = r.json()
+    assert doc["body_len"] == len(body) and doc["body_sha256"] == sha256(body)
+
+
+def test_upstream_restart_in_flight_streams_fail_then_service_resumes(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr], retries=0))
+    assert request(g.port, "GET", "/echo/first").status == 200
+    ex = concurrent.futures.ThreadPoolExecutor(4)
+    futs = [ex.submit(request, g.port, "GET", "/slow?ms=3000&i=%d" % i) for i in range(4)]
+    wait_for(lambda: sum(q["path"].startswith("/slow") for q in up.requests) == 4,
+             what="4 streams upstream")
+    up.stop()  # the server goes away under 4 streams
+    for f in futs:
+        assert_json_error(f.result(10), 502)
+    # nothing listens: a refused connect
+    assert_json_error(request(g.port, "GET", "/echo/down"), 502)
+    # back on the same port: a new connection serves again
+    up2 = h2up(port=up.port)
+    r = request(g.port, "GET", "/echo/back")
+    assert r.status == 200 and up2.connections == 1
+
+
+def test_one_connection_per_worker(gateway, h2up):
+    up = h2up()
+    g = gateway(h2_config([up.addr]).replace("return {", "return { workers = 2,", 1))
+    rs = parallel(g.port, ["/slow?ms=300&i=%d" % i for i in range(24)])
+    assert [r.status for r in rs] == [200] * 24
+    # each worker has its own connection to the server, and only one
+    conns = {r.json()["conn"] for r in rs}
+    assert 1 <= len(conns) <= 2 and up.connections == len(conns), (conns, up.connections)
