@@ -44,6 +44,7 @@ typedef struct mg_h2uconn {
     unsigned draining : 1;     /* GOAWAY (or a changed DNS answer): no new streams */
     unsigned closed : 1;
     unsigned in_io : 1;        /* inside nghttp2 (mem_recv): no writes, no teardown */
+    char why[160];             /* nghttp2's last error message (for the logs) */
 } mg_h2uconn_t;
 
 static void c_on_read(mg_upconn_t *u);
@@ -478,6 +479,19 @@ static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *
     return 0;
 }
 
+/* What went wrong, as nghttp2 says it (a connection error it answers with
+ * GOAWAY on its own, garbage instead of SETTINGS): kept for the failure's
+ * log line. */
+static int cb_error(nghttp2_session *s, int code, const char *msg, size_t len, void *ud)
+{
+    (void)s;
+    (void)code;
+    mg_h2uconn_t *c = ud;
+    snprintf(c->why, sizeof c->why, "%.*s", (int)(len < sizeof c->why ? len : sizeof c->why - 1),
+             msg);
+    return 0;
+}
+
 /* --- the connection ------------------------------------------------------- */
 
 static void conn_free(void *p)
@@ -601,7 +615,11 @@ static void c_flush(mg_h2uconn_t *c)
             x->cb->on_sendable(x->ud, 1);
         }
     }
-    if (!c->closed && !nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s))
+    if (c->closed || nghttp2_session_want_read(c->s) || nghttp2_session_want_write(c->s))
+        return;
+    if (c->nstreams > 0) /* nghttp2 ended the session under them (it sent GOAWAY) */
+        c_fail(c, MG_H1C_INVALID, c->why[0] ? c->why : "HTTP/2 session ended");
+    else
         c_close(c); /* after GOAWAY both ways, with nothing in flight */
 }
 
@@ -787,6 +805,7 @@ static mg_h2uconn_t *c_new(mg_up_t *up, int s, double connect_timeout, const cha
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, cb_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, cb_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, cb_stream_close);
+    nghttp2_session_callbacks_set_error_callback2(cbs, cb_error);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     if (nghttp2_session_client_new2(&c->s, cbs, c, opt) != 0) {
         *err = "out of memory";
@@ -873,9 +892,10 @@ static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents)
     mg_h2u_t *x = w->data;
     double rt = x->read_timeout;
     double left = x->last_io + rt - ev_now(ev);
-    /* not the upstream's fault: the request is still streaming up, or the
-     * consumer is slow to take the response */
-    if (left > 1e-3 || x->paused || !x->body_end) {
+    /* not the upstream's fault: the consumer is slow to take the response,
+     * or the client is slow to send the request (every byte it sent was
+     * taken); bytes the upstream does not take (its window stays shut) are */
+    if (left > 1e-3 || x->paused || (!x->body_end && x->body.len == 0)) {
         ev_timer_set(w, left > 1e-3 ? left : rt, 0.);
         ev_timer_start(ev, w);
         return;
