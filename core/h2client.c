@@ -425,6 +425,8 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     if (x == NULL)
         return 0;
     x->last_io = ev_now(x->loop->ev);
+    if (f->hd.type == NGHTTP2_RST_STREAM)
+        x->peer_rst = 1;
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (x->in_head && got_head(x) < 0)
             return 0;
@@ -459,7 +461,6 @@ static int cb_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
 
 static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *ud)
 {
-    (void)ud;
     mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, sid);
     if (x == NULL)
         return 0;
@@ -471,6 +472,14 @@ static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *
         x->replay = 1;
         ev_timer_set(&x->wake, 0., 0.);
         ev_timer_start(x->loop->ev, &x->wake);
+        return 0;
+    }
+    if (!x->peer_rst) {
+        /* nghttp2 reset it: the response broke the protocol (a bad :status,
+         * a field or a length it refused), or a callback of ours failed */
+        mg_h2uconn_t *c = ud;
+        x_fail(x, x->code ? x->code : MG_H1C_INVALID,
+               x->why ? x->why : c->why[0] ? c->why : "invalid response", 0);
         return 0;
     }
     char why[128];
@@ -1002,6 +1011,7 @@ int mg_h2u_attach(mg_h2u_t *x, mg_up_t *up, int s, const char **err)
     x->why = NULL;
     x->code = 0;
     x->sid = 0;
+    x->peer_rst = 0;
     return place(x, up, s, NULL, err);
 }
 
