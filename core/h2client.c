@@ -27,7 +27,7 @@
 #include <string.h>
 
 #define H2_STREAM_WINDOW (256 * 1024)  /* per stream: the response bytes held while paused */
-#define H2_CONN_WINDOW (16 << 20)      /* per connection: one paused stream stalls no other */
+#define H2_CONN_WINDOW (16 << 20)      /* per connection: given back as bytes arrive */
 #define H2_OUT_CHUNK (64 * 1024)       /* frames queued per write */
 #define H2_MAX_FIELDS 256              /* response header fields (each of head, trailers) */
 
@@ -146,7 +146,7 @@ static int x_body(mg_h2u_t *x, const uint8_t *p, size_t n)
         return -1; /* the owner ended it */
     x->got_data = 1;
     if (x->sid > 0)
-        nghttp2_session_consume(x->c->s, x->sid, n);
+        nghttp2_session_consume_stream(x->c->s, x->sid, n);
     return 0;
 }
 
@@ -455,6 +455,10 @@ static int cb_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
         return 0;
     }
     x->last_io = ev_now(x->loop->ev);
+    /* the connection's window is given back at once: only the stream's
+     * window holds what its consumer has not taken, so stalled streams
+     * (however many, and whether they end or not) stall no other */
+    nghttp2_session_consume_connection(s, n);
     x_body(x, p, n);
     return 0;
 }
@@ -950,7 +954,7 @@ static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
         if (x->c == NULL)
             return;
         if (x->sid > 0)
-            nghttp2_session_consume(c->s, x->sid, n);
+            nghttp2_session_consume_stream(c->s, x->sid, n);
         mg_buf_consume(&x->pending, n);
     }
     if (x->cb->on_read)

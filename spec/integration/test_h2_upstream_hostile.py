@@ -203,6 +203,7 @@ def gw_config(bad, good, **bad_opts):
     return config(
         upstreams={"bad": b, "good": {"servers": [good], "protocol": "h2"}},
         routes=[{"name": "good", "match": {"prefix": "/echo/"}, "upstream": "good"},
+                {"name": "big", "match": {"prefix": "/big"}, "upstream": "good"},
                 {"name": "bad", "match": {"prefix": "/"}, "upstream": "bad"}],
         admin={"addr": "127.0.0.1:$PORT1"})
 
@@ -507,3 +508,31 @@ def test_upload_into_a_closed_window_is_504(env):
     assert_json_error(r, 504)
     assert time.monotonic() - t0 < 8
     assert errors(g, "timeout") >= 1
+
+
+def test_stalled_streams_do_not_stall_their_connection(env):
+    """Many streams whose clients take nothing: each holds at most its own
+    stream window of response bytes, and the upstream connection's window
+    is not used up by them, so a new stream on it is still answered."""
+    import h2.settings
+    g, bad, good = env()
+    c = H2Conn(g.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    try:
+        n = 70
+        for i in range(n):
+            sid = c.request("GET", "/big?n=1048576&i=%d" % i)
+            c.no_ack.add(sid)
+
+        def waiting():
+            try:
+                c.sock.settimeout(0.05)
+                c.read_once()
+            except socket.timeout:
+                pass
+            return sum(len(p.window_waiters) for p in list(good.protos)) >= n
+        wait_for(waiting, timeout=30, what="every stalled stream waiting on a window")
+        assert good.connections == 1
+        r = request(g.port, "GET", "/echo/bystander", timeout=5)
+        assert r.status == 200 and r.json()["conn"] == 1
+    finally:
+        c.close()
