@@ -211,8 +211,8 @@ def gw_config(bad, good, limits=None, **bad_opts):
     return config(
         upstreams={"bad": b, "good": {"servers": [good], "protocol": "h2"}},
         routes=[{"name": "good", "match": {"prefix": "/echo/"}, "upstream": "good"},
-                {"name": "big", "match": {"prefix": "/big"}, "upstream": "good"},
-                {"name": "slow", "match": {"prefix": "/slow"}, "upstream": "good"},
+                {"name": "big", "match": {"path": "/big"}, "upstream": "good"},
+                {"name": "slow", "match": {"path": "/slow"}, "upstream": "good"},
                 {"name": "bad", "match": {"prefix": "/"}, "upstream": "bad"}],
         admin={"addr": "127.0.0.1:$PORT1"}, **({"limits": limits} if limits else {}))
 
