@@ -568,6 +568,8 @@ static void c_fail(mg_h2uconn_t *c, mg_h1c_err_t code, const char *why)
         mg_h2u_t *x = list;
         list = x->next;
         x->next = NULL;
+        if (x->cb == NULL)
+            continue; /* its owner freed it from an earlier one's on_error */
         if (!connecting && x->reused && !x->final && x->sent == 0 && !x->replayed) {
             /* a kept connection died under a request that saw no answer */
             x->sid = 0;
@@ -684,6 +686,8 @@ static void c_ready(mg_h2uconn_t *c)
         mg_h2u_t *x = over;
         over = x->next;
         x->next = NULL;
+        if (x->cb == NULL)
+            continue; /* its owner freed it from an earlier one's on_error */
         const char *err = NULL;
         mg_up_t *up = c->sv->up;
         if (place(x, up, (int)(c->sv - up->servers), c, &err) != MG_OK) {
@@ -753,7 +757,7 @@ static void c_on_read(mg_upconn_t *u)
      * may end its own exchange, never another) */
     for (mg_h2u_t *x = c->streams, *nx; x && !c->closed; x = nx) {
         nx = x->next;
-        if (x->got_data && x->cb->on_read) {
+        if (x->got_data && x->cb && x->cb->on_read) {
             x->got_data = 0;
             x->cb->on_read(x->ud);
         }
