@@ -139,6 +139,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     c->streams = s;
     c->nstreams++;
     c->served = 1;
+    if (c->timer.repeat > c->period) { /* the timer slept through an idle stretch */
+        c->timer.repeat = c->period;
+        ev_timer_again(c->loop->ev, &c->timer);
+    }
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     return 0;
 }
@@ -653,12 +657,13 @@ static void goaway(mg_h2c_t *c)
 
 /* --- timeouts --------------------------------------------------------------- */
 
-/* One repeating timer checks the deadlines: a connection with no stream
- * closes after header_timeout (before its first request) or idle_timeout;
- * a header block not finished header_timeout after it began (however
- * slowly its bytes trickle in), or a client that reads
- * nothing of ours or sends none of a body we wait for in idle_timeout,
- * ends the connection. */
+/* One timer checks the deadlines: every `period` while streams are open,
+ * once at the deadline while the connection is idle (10,000 idle
+ * connections cost no wake-ups). A connection with no stream closes after
+ * header_timeout (before its first request) or idle_timeout; a header
+ * block not finished header_timeout after it began (however slowly its
+ * bytes trickle in), or a client that reads nothing of ours or sends none
+ * of a body we wait for in idle_timeout, ends the connection. */
 static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
     (void)revents;
@@ -678,11 +683,17 @@ static void timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
     const mg_limits_t *lim = limits(c);
     if (c->streams == NULL) {
         double t = c->served ? lim->idle_timeout : lim->header_timeout;
-        if (now - c->last_busy >= t) {
+        double left = c->last_busy + t - now;
+        if (left <= 1e-3) {
             if (!c->served)
                 mg_log_info("closing %s: no HTTP/2 request in time", c->remote);
             goaway(c);
+            return;
         }
+        /* idle: wake at the deadline, not every period (on_begin_headers
+         * brings the period back) */
+        w->repeat = left;
+        ev_timer_again(ev, w);
         return;
     }
     int want_body = 0, want_out = c->wbuf.len > 0;
@@ -771,7 +782,8 @@ void mg_h2_accept(mg_loop_t *loop, mg_sock_t *sock, const char *remote, int flag
     c->kick.data = c;
     ev_init(&c->timer, timer_cb);
     c->timer.data = c;
-    c->timer.repeat = timer_period(lim);
+    c->period = timer_period(lim);
+    c->timer.repeat = c->period;
     ev_timer_again(loop->ev, &c->timer);
     c->next = loop->h2conns;
     if (loop->h2conns)
@@ -781,6 +793,8 @@ void mg_h2_accept(mg_loop_t *loop, mg_sock_t *sock, const char *remote, int flag
     ev_io_start(loop->ev, &c->rio);
     c->rio_on = 1;
     feed(c, in, n);
+    if (!c->closed && loop->stopping)
+        goaway(c); /* came in while the worker drains: its first streams finish */
     if (!c->closed && c->sock.tls && mg_tls_pending(c->sock.tls))
         ev_feed_event(loop->ev, &c->rio, EV_READ);
     return;

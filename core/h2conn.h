@@ -54,7 +54,6 @@ typedef struct mg_h2s {
     unsigned reset_after : 1; /* its body is unread: dropped, the stream reset past a bound */
     unsigned closed : 1;      /* nghttp2 closed the stream */
     unsigned drained : 1;     /* out went below the low mark: tell the producer */
-    unsigned refused : 1;     /* over h2_max_streams: refused, not counted */
     unsigned eof_sent : 1;    /* the response's END_STREAM went out */
     struct mg_h2s *prev, *next;   /* c->streams */
     struct mg_h2s *pend;      /* c->pending: a head or body waiting for the next send */
@@ -75,6 +74,7 @@ struct mg_h2c {
     int nstreams;             /* streams counted against h2_max_streams */
     int max_streams;          /* limits.h2_max_streams when the connection started */
     double last_read, last_write, last_busy;
+    double period;            /* the timer's period while streams are open */
     double rst_tokens, ctl_tokens, tokens_at; /* flood budgets (h2conn.c) */
     struct mg_h2c *prev, *next;   /* loop->h2conns */
     unsigned https : 1;

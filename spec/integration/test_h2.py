@@ -364,3 +364,86 @@ def test_extended_connect_is_refused(gateway, upstream):
     s = c.response(sid)
     assert s.status == 400 or s.reset is not None
     assert c.get("/echo?still").status == 200
+
+
+def test_expect_100_continue_head_and_many_fields(gateway, upstream):
+    g = gateway(h2_config(upstream))
+    c = H2Conn(g.port)
+    # 100-continue: an interim HEADERS before the final answer
+    sid = c.request("POST", "/upload", headers=[("expect", "100-continue"),
+                                                ("content-length", "5")], end=False)
+    c.wait(lambda: "InformationalResponseReceived" in c.streams[sid].frames)
+    c.send_body(sid, b"hello")
+    s = c.response(sid)
+    assert s.status == 200 and json.loads(bytes(s.data))["length"] == 5
+    # HEAD: the GET's head (Content-Length included), one HEADERS frame
+    s = c.response(c.request("HEAD", "/bytes/1000"))
+    assert s.status == 200 and s.header("content-length") == "1000"
+    assert bytes(s.data) == b""
+    # more fields than HTTP/1 allows (128): 431, the connection goes on
+    s = c.get("/echo", headers=[("x-f%d" % i, "v") for i in range(140)])
+    assert s.status == 431
+    assert c.get("/echo?ok").status == 200
+
+
+def test_proxy_protocol_then_h2c(gateway):
+    """A PROXY protocol header, then the HTTP/2 preface: the stream's client
+    is the one the header names."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(h2_config(listen='{ addr = "127.0.0.1:$PORT", proxy_protocol = true }'))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    s.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/lua"), (":scheme", "http"),
+                          (":authority", "h")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    body = b""
+    done = False
+    while not done:
+        data = s.recv(65536)
+        assert data
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            if isinstance(ev, h2.events.StreamEnded):
+                done = True
+        s.sendall(conn.data_to_send())
+    assert body.split(b"|")[:2] == [b"2", b"198.51.100.7"], body
+
+
+def test_preface_in_pieces_and_lookalike_http1(gateway):
+    """The preface may arrive in pieces; a request that only starts like it
+    (POST, PUT) is HTTP/1.1."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(h2_config())
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/hello"), (":scheme", "http"),
+                          (":authority", "h")], end_stream=True)
+    data = conn.data_to_send()
+    for piece in (data[:1], data[1:5], data[5:23], data[23:]):
+        s.sendall(piece)
+        time.sleep(0.05)
+    body = b""
+    done = False
+    while not done:
+        d = s.recv(65536)
+        assert d
+        for ev in conn.receive_data(d):
+            if isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            if isinstance(ev, h2.events.StreamEnded):
+                done = True
+    assert body == b"hello 2 GET /hello"
+    r = request(g.port, "POST", "/hello", body=b"x")
+    assert r.status == 200 and r.body == b"hello 1.1 POST /hello"
+    r = request(g.port, "PUT", "/hello", body=b"x")
+    assert r.status == 200

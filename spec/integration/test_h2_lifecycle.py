@@ -51,7 +51,7 @@ def config(upstream=None, tls=True, http2=True, limits="", admin=False):
 
 
 def test_tls_alpn_h2_curl_and_nghttp(gateway, upstream, ca):
-    g = gateway(config(upstream))
+    g = gateway(config(upstream, limits="max_body_bytes = 8388608"))
     p = curl("--http2", "-k", "-i", "https://127.0.0.1:%d/hello" % g.port)
     out = p.stdout.decode()
     assert out.startswith("HTTP/2 200"), out
@@ -65,6 +65,13 @@ def test_tls_alpn_h2_curl_and_nghttp(gateway, upstream, ca):
     doc = json.loads(bytes(s.data))
     hdrs = {k.lower(): v for k, v in doc["headers"]}
     assert hdrs["x-forwarded-proto"] == "https"
+    # big bodies both ways over TLS
+    import hashlib
+    body = bytes(range(256)) * 4096 * 4  # 4 MiB
+    s = c.response(c.request("POST", "/upload", body=body), 30)
+    assert json.loads(bytes(s.data))["sha256"] == hashlib.sha256(body).hexdigest()
+    s = c.get("/bytes/%d" % (8 * 1024 * 1024), timeout=30)
+    assert len(s.data) == 8 * 1024 * 1024
     # HTTP/1.1 clients still get HTTP/1.1
     p = curl("--http1.1", "-k", "https://127.0.0.1:%d/hello" % g.port)
     assert p.stdout == b"hello 1.1 https"
@@ -158,13 +165,22 @@ def test_metrics_count_h2_requests(gateway, ca):
     assert a.get("/status").status == 200
 
 
-def test_trickled_header_block_times_out(gateway, ca):
+@pytest.mark.parametrize("after_idle", [False, True])
+def test_trickled_header_block_times_out(gateway, ca, after_idle):
     """A HEADERS frame whose bytes trickle in (slowloris) is bounded by
-    header_timeout from its start, not reset by each byte."""
+    header_timeout from its start, not reset by each byte; also on a
+    connection that sat idle after a request (its timer slept)."""
     g = gateway(config(tls=False, limits="header_timeout = 0.5"))
     s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
     block = b"\x82\x84\x86" + b"\x40\x03x-a\x0a0123456789" * 20
-    s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x5, 1, block)[:12])
+    sid = 1
+    s.sendall(PREFACE + frame(4, 0, 0))
+    if after_idle:
+        s.sendall(frame(1, 0x5, 1, b"\x82\x84\x86\x41\x01h"))  # GET / http, :authority h
+        read_frames(s, 1.0, until=lambda t, f, i, p: i == 1 and f & 1)
+        time.sleep(0.6)
+        sid = 3
+    s.sendall(frame(1, 0x5, sid, block)[:12])
     t0 = time.monotonic()
     closed = False
     for b in block[3:]:
@@ -187,3 +203,24 @@ def test_trickled_header_block_times_out(gateway, ca):
         except socket.timeout:
             pass
     assert closed and time.monotonic() - t0 < 3
+
+
+def test_config_check_of_the_http2_options(run_moongate):
+    p = run_moongate("-t", "-c", "$CFG", config="""return {
+  listen = { { addr = "127.0.0.1:$PORT", htp2 = false }, { addr = "127.0.0.1:1", http2 = "yes" } },
+  limits = { h2_max_streams = 0 },
+  routes = {},
+}
+""")
+    assert p.returncode == 1
+    err = p.stdout_text + p.stderr_text
+    assert "listen[1].htp2: unknown option (did you mean 'http2'?)" in err, err
+    assert "listen[2].http2: expected true or false, got string" in err, err
+    assert "limits.h2_max_streams: must be at least 1, got 0" in err, err
+    p = run_moongate("-t", "-c", "$CFG", config="""return {
+  listen = { { addr = "127.0.0.1:$PORT", http2 = false } },
+  limits = { h2_max_streams = 16 },
+  routes = {},
+}
+""")
+    assert p.returncode == 0, p.stdout_text + p.stderr_text
