@@ -27,7 +27,7 @@
 #include <string.h>
 
 #define H2_STREAM_WINDOW (256 * 1024)  /* per stream: the response bytes held while paused */
-#define H2_CONN_WINDOW (16 << 20)      /* per connection: one paused stream stalls no other */
+#define H2_CONN_WINDOW (16 << 20)      /* per connection: given back as bytes arrive */
 #define H2_OUT_CHUNK (64 * 1024)       /* frames queued per write */
 #define H2_MAX_FIELDS 256              /* response header fields (each of head, trailers) */
 
@@ -44,6 +44,7 @@ typedef struct mg_h2uconn {
     unsigned draining : 1;     /* GOAWAY (or a changed DNS answer): no new streams */
     unsigned closed : 1;
     unsigned in_io : 1;        /* inside nghttp2 (mem_recv): no writes, no teardown */
+    char why[160];             /* nghttp2's last error message (for the logs) */
 } mg_h2uconn_t;
 
 static void c_on_read(mg_upconn_t *u);
@@ -145,7 +146,7 @@ static int x_body(mg_h2u_t *x, const uint8_t *p, size_t n)
         return -1; /* the owner ended it */
     x->got_data = 1;
     if (x->sid > 0)
-        nghttp2_session_consume(x->c->s, x->sid, n);
+        nghttp2_session_consume_stream(x->c->s, x->sid, n);
     return 0;
 }
 
@@ -424,6 +425,8 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     if (x == NULL)
         return 0;
     x->last_io = ev_now(x->loop->ev);
+    if (f->hd.type == NGHTTP2_RST_STREAM)
+        x->peer_rst = 1;
     if (f->hd.type == NGHTTP2_HEADERS) {
         if (x->in_head && got_head(x) < 0)
             return 0;
@@ -452,13 +455,16 @@ static int cb_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
         return 0;
     }
     x->last_io = ev_now(x->loop->ev);
+    /* the connection's window is given back at once: only the stream's
+     * window holds what its consumer has not taken, so stalled streams
+     * (however many, and whether they end or not) stall no other */
+    nghttp2_session_consume_connection(s, n);
     x_body(x, p, n);
     return 0;
 }
 
 static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *ud)
 {
-    (void)ud;
     mg_h2u_t *x = nghttp2_session_get_stream_user_data(s, sid);
     if (x == NULL)
         return 0;
@@ -472,9 +478,30 @@ static int cb_stream_close(nghttp2_session *s, int32_t sid, uint32_t err, void *
         ev_timer_start(x->loop->ev, &x->wake);
         return 0;
     }
+    if (!x->peer_rst) {
+        /* nghttp2 reset it: the response broke the protocol (a bad :status,
+         * a field or a length it refused), or a callback of ours failed */
+        mg_h2uconn_t *c = ud;
+        x_fail(x, x->code ? x->code : MG_H1C_INVALID,
+               x->why ? x->why : c->why[0] ? c->why : "invalid response", 0);
+        return 0;
+    }
     char why[128];
     snprintf(why, sizeof why, "upstream reset the stream (%s)", nghttp2_http2_strerror(err));
     x_fail(x, MG_H1C_RESET, why, 0);
+    return 0;
+}
+
+/* What went wrong, as nghttp2 says it (a connection error it answers with
+ * GOAWAY on its own, garbage instead of SETTINGS): kept for the failure's
+ * log line. */
+static int cb_error(nghttp2_session *s, int code, const char *msg, size_t len, void *ud)
+{
+    (void)s;
+    (void)code;
+    mg_h2uconn_t *c = ud;
+    snprintf(c->why, sizeof c->why, "%.*s", (int)(len < sizeof c->why ? len : sizeof c->why - 1),
+             msg);
     return 0;
 }
 
@@ -541,6 +568,8 @@ static void c_fail(mg_h2uconn_t *c, mg_h1c_err_t code, const char *why)
         mg_h2u_t *x = list;
         list = x->next;
         x->next = NULL;
+        if (x->cb == NULL)
+            continue; /* its owner freed it from an earlier one's on_error */
         if (!connecting && x->reused && !x->final && x->sent == 0 && !x->replayed) {
             /* a kept connection died under a request that saw no answer */
             x->sid = 0;
@@ -601,7 +630,11 @@ static void c_flush(mg_h2uconn_t *c)
             x->cb->on_sendable(x->ud, 1);
         }
     }
-    if (!c->closed && !nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s))
+    if (c->closed || nghttp2_session_want_read(c->s) || nghttp2_session_want_write(c->s))
+        return;
+    if (c->nstreams > 0) /* nghttp2 ended the session under them (it sent GOAWAY) */
+        c_fail(c, MG_H1C_INVALID, c->why[0] ? c->why : "HTTP/2 session ended");
+    else
         c_close(c); /* after GOAWAY both ways, with nothing in flight */
 }
 
@@ -653,6 +686,8 @@ static void c_ready(mg_h2uconn_t *c)
         mg_h2u_t *x = over;
         over = x->next;
         x->next = NULL;
+        if (x->cb == NULL)
+            continue; /* its owner freed it from an earlier one's on_error */
         const char *err = NULL;
         mg_up_t *up = c->sv->up;
         if (place(x, up, (int)(c->sv - up->servers), c, &err) != MG_OK) {
@@ -722,7 +757,7 @@ static void c_on_read(mg_upconn_t *u)
      * may end its own exchange, never another) */
     for (mg_h2u_t *x = c->streams, *nx; x && !c->closed; x = nx) {
         nx = x->next;
-        if (x->got_data && x->cb->on_read) {
+        if (x->got_data && x->cb && x->cb->on_read) {
             x->got_data = 0;
             x->cb->on_read(x->ud);
         }
@@ -787,6 +822,7 @@ static mg_h2uconn_t *c_new(mg_up_t *up, int s, double connect_timeout, const cha
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, cb_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, cb_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, cb_stream_close);
+    nghttp2_session_callbacks_set_error_callback2(cbs, cb_error);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     if (nghttp2_session_client_new2(&c->s, cbs, c, opt) != 0) {
         *err = "out of memory";
@@ -873,9 +909,10 @@ static void x_rt_cb(struct ev_loop *ev, ev_timer *w, int revents)
     mg_h2u_t *x = w->data;
     double rt = x->read_timeout;
     double left = x->last_io + rt - ev_now(ev);
-    /* not the upstream's fault: the request is still streaming up, or the
-     * consumer is slow to take the response */
-    if (left > 1e-3 || x->paused || !x->body_end) {
+    /* not the upstream's fault: the consumer is slow to take the response,
+     * or the client is slow to send the request (every byte it sent was
+     * taken); bytes the upstream does not take (its window stays shut) are */
+    if (left > 1e-3 || x->paused || (!x->body_end && x->body.len == 0)) {
         ev_timer_set(w, left > 1e-3 ? left : rt, 0.);
         ev_timer_start(ev, w);
         return;
@@ -921,7 +958,7 @@ static void x_wake_cb(struct ev_loop *ev, ev_timer *w, int revents)
         if (x->c == NULL)
             return;
         if (x->sid > 0)
-            nghttp2_session_consume(c->s, x->sid, n);
+            nghttp2_session_consume_stream(c->s, x->sid, n);
         mg_buf_consume(&x->pending, n);
     }
     if (x->cb->on_read)
@@ -982,6 +1019,7 @@ int mg_h2u_attach(mg_h2u_t *x, mg_up_t *up, int s, const char **err)
     x->why = NULL;
     x->code = 0;
     x->sid = 0;
+    x->peer_rst = 0;
     return place(x, up, s, NULL, err);
 }
 

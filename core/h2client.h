@@ -87,6 +87,7 @@ struct mg_h2u {
     unsigned reused : 1;       /* went out on a connection that carried others before */
     unsigned replay : 1;       /* wake: attach again to the same server */
     unsigned got_data : 1;     /* response bytes went up since the last on_read */
+    unsigned peer_rst : 1;     /* the upstream sent RST_STREAM (else nghttp2 reset it) */
 };
 
 /* A new exchange: msg is the request head (HTTP/1.1 text, borrowed until

@@ -510,8 +510,10 @@ static void x_on_error(void *ud, const mg_h1c_error_t *e)
     r->up = NULL;
     int kind = e->code == MG_H1C_TIMEOUT ? (e->connecting ? FAIL_CONNECT_TIMEOUT : FAIL_TIMEOUT)
                : e->connecting           ? FAIL_CONNECT
-               : e->code == MG_H1C_INVALID || e->code == MG_H1C_NOMEM ? FAIL_GARBAGE
-                                                                       : FAIL_RESET;
+               : e->code == MG_H1C_INVALID || e->code == MG_H1C_NOMEM ||
+                       e->code == MG_H1C_TOO_LARGE
+                   ? FAIL_GARBAGE
+                   : FAIL_RESET;
     mg_up_t *up = sv->up;
     const mg_cfg_upstream_t *cfg = up->cfg;
     double now = ev_now(loop->ev);
