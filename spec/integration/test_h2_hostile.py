@@ -18,6 +18,7 @@ import hpack
 import pytest
 
 from conftest import is_sanitized_build, wait_for
+from test_redis import redis, redis_factory  # noqa: F401
 from h2help import GOAWAY, PREFACE, RST_STREAM, H2Conn, frame, goaway_code, read_frames
 
 PROTOCOL_ERROR = 1
@@ -448,3 +449,33 @@ def test_client_that_never_reads_is_bounded(gateway, upstream):
         for c in conns:
             c.close()
     assert_serves(g.port)
+
+
+def test_reset_while_waiting_on_redis(gateway, upstream, redis, tmp_path):  # noqa: F811
+    routes = """
+    { name = "blpop", match = { path = "/blpop" }, handler = function(req)
+        local v, err = gw.redis():call("BLPOP", "queue", 3)
+        return 200, tostring(v and v[2] or err) end },
+    { name = "get", match = { path = "/get" }, handler = function(req)
+        local v, err = gw.redis():call("GET", "k")
+        return 200, tostring(v or err) end },
+    """
+    g = gateway(cfg(upstream, routes=routes,
+                    lua='redis = { default = { addr = "%s", pool = 1, timeout = 5 } },'
+                    % redis.addr,
+                    access_log='{ path = "$DIR/access.log", format = "json" }'))
+    redis.command("SET", "k", "v1")
+    c = H2Conn(g.port)
+    sid = c.request("GET", "/blpop")
+    wait_for(lambda: b"blocked_clients:1" in redis.command("INFO", "clients"), what="BLPOP")
+    c.reset(sid)
+    assert c.get("/hello").status == 200  # read after the RST_STREAM: that was taken
+    # the one pooled connection still waits for the BLPOP's reply: the next
+    # command must get its own answer, not that one
+    redis.command("RPUSH", "queue", "late")
+    s = c.get("/get")
+    assert s.status == 200 and bytes(s.data) == b"v1"
+    log = tmp_path / "access.log"
+    wait_for(lambda: log.exists() and "/blpop" in log.read_text(), what="499 line")
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["status"] for x in lines if x["path"] == "/blpop"] == [499]
