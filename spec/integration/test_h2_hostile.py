@@ -162,6 +162,12 @@ def test_cr_lf_nul_and_uppercase_never_reach_the_upstream(gateway, upstream, nam
     [(":method", "GET"), (":path", "/a b"), (":scheme", "http")],
     [(":method", "GET"), (":path", "/a HTTP/1.1"), (":scheme", "http")],
     [(":method", "G ET"), (":path", "/echo"), (":scheme", "http")],
+    [(":method", "GET"), (":path", "/echo"), (":scheme", "http")],                 # no host at all
+    [(":method", "GET"), (":path", "/echo"), (":scheme", "http"), ("host", "a"), ("host", "b")],
+    [(":method", "GET"), (":path", "http://evil.example/x"), (":scheme", "http"),
+     (":authority", "a")],
+    [(":method", "GET"), (":path", "/echo"), (":scheme", "http"), (":authority", "a"),
+     ("content-length", "0"), ("content-length", "0")],
 ])
 def test_malformed_pseudo_headers(gateway, upstream, hs):
     g = gateway(cfg(upstream))
@@ -479,3 +485,20 @@ def test_reset_while_waiting_on_redis(gateway, upstream, redis, tmp_path):  # no
     wait_for(lambda: log.exists() and "/blpop" in log.read_text(), what="499 line")
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [x["status"] for x in lines if x["path"] == "/blpop"] == [499]
+
+
+def test_graceful_stop_does_not_wait_for_a_body_nobody_reads(gateway, upstream):
+    g = gateway(cfg(upstream, limits={"drain_timeout": 20}))
+    s = raw_conn(g.port)
+    s.sendall(frame(1, 0x4, 1, headers_block(req_headers("/hello", "POST"))))
+    s.sendall(frame(0, 0, 1, b"x" * 100))  # the body never ends
+    fr = read_frames(s, until=lambda t, f, sid, p: sid == 1 and f & 1)
+    assert any(f[0] == 0 and f[2] == 1 and f[3].startswith(b"hello") for f in fr), fr
+    t0 = time.monotonic()
+    g.proc.send_signal(15)
+    fr = read_frames(s, timeout=8)
+    assert goaway_code(fr) == 0, fr
+    assert [(f[2], f[3]) for f in fr if f[0] == RST_STREAM] == [(1, bytes(4))], fr
+    g.proc.wait(10)
+    assert time.monotonic() - t0 < 5, "the worker waited for a body nobody reads"
+    assert g.proc.returncode == 0
