@@ -502,3 +502,28 @@ def test_graceful_stop_does_not_wait_for_a_body_nobody_reads(gateway, upstream):
     g.proc.wait(10)
     assert time.monotonic() - t0 < 5, "the worker waited for a body nobody reads"
     assert g.proc.returncode == 0
+
+
+@pytest.mark.parametrize("what", ["zero_window_update", "malformed_streams"])
+def test_floods_of_stream_errors(gateway, upstream, what):
+    """Frames that each cost the client nothing and us a RST_STREAM: the
+    connection goes with ENHANCE_YOUR_CALM, nobody else notices."""
+    g = gateway(cfg(upstream))
+    s = raw_conn(g.port)
+    if what == "zero_window_update":
+        s.sendall(frame(1, 0x4, 1, headers_block(req_headers("/slow/3000", "POST"))))
+        data = frame(8, 0, 1, bytes(4)) * 5000
+    else:
+        bad = headers_block(req_headers("/echo", extra=[("connection", "x")]))
+        data = b"".join(frame(1, 0x5, 2 * i + 1, bad) for i in range(5000))
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    fr = read_frames(s, until=lambda t, f, sid, p: t == GOAWAY)
+    # nghttp2 makes a zero increment a connection error (PROTOCOL_ERROR) at once
+    assert goaway_code(fr) == (PROTOCOL_ERROR if what == "zero_window_update" else 11), \
+        [f[:3] for f in fr][-5:]
+    s.close()
+    assert up_log(upstream) == [] or what == "zero_window_update"
+    assert_serves(g.port)
