@@ -30,6 +30,24 @@
 # (add_target), sets PIVOTS, runs bench_run and writes its report with the
 # helpers at the end of this file.
 #
+# The load generator is wrk unless the script says otherwise: it sets, before
+# bench_init, LOAD_TOOL (its name in logs and reports) and LOAD_BIN (the
+# binary bench_init looks for), and after sourcing this file redefines
+#   load_argv TARGET CONC SECONDS  set LOAD_ARGV to the command (run_wrk pins
+#                        it to BENCH_LOAD_CPU, output to a file)
+#   load_parse OUTFILE   append the MGBENCH line (see wrk-report.lua: requests,
+#                        rps, p50_us, p99_us, connect, read, write, timeout,
+#                        status) to OUTFILE from the tool's own output
+#   load_during TARGET CONC SECONDS  optional: runs while the load does (a
+#                        mid-run sample); its stdout is appended to OUTFILE
+#   load_show OUTFILE    the lines of the output worth logging per run
+# A concurrency (BENCH_CONNS entry) is N, or NxM for a tool that multiplexes
+# (M streams on each of N connections; wrk takes only N). LAT_HEAD, ERR_HEAD
+# and STATUS_HEAD name the latency, error and status columns (INVALID_TEXT
+# says what makes a row INVALID), LOAD_LINE
+# describes the command in the section head, WARMUP_CONNS is the warm-up's
+# concurrency [50].
+#
 # ---- cgroup helpers (cgroup v1; cpu and cpuacct mounted apart or as one
 # cpu,cpuacct hierarchy). NAME is a short label; the directory is
 # <root>/moongate-bench-<pid of the script>-NAME in each hierarchy.
@@ -84,6 +102,12 @@ MOONGATE_BIN=${MOONGATE_BIN:-$REPO/build/moongate}
 NGINX=${NGINX:-nginx}
 WRK=${WRK:-wrk}
 BENCH_NAME=${BENCH_NAME:-bench}
+LOAD_TOOL=${LOAD_TOOL:-wrk}
+LOAD_BIN=${LOAD_BIN:-$WRK}
+WARMUP_CONNS=${WARMUP_CONNS:-50}
+LAT_HEAD=${LAT_HEAD:-"p50 ms | p99 ms"}
+ERR_HEAD=${ERR_HEAD:-"socket errors c/r/w/t"}
+STATUS_HEAD=${STATUS_HEAD:-"non-2xx/3xx"}
 
 log() { printf '[%s %s] %s\n' "$BENCH_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -225,14 +249,20 @@ bench_init() {
   done
   [[ $CPU_LIMIT =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_CPU_LIMIT must be a number of CPUs (0.3), got '$CPU_LIMIT'"
   [ "$CPU_PERIOD" -ge 1000 ] || die "BENCH_CPU_PERIOD must be >= 1000 (µs)"
-  for c in $CONNS; do [[ $c =~ ^[0-9]+$ ]] && [ "$c" -ge 1 ] || die "BENCH_CONNS: '$c' is not a positive number"; done
+  for c in $CONNS; do
+    if [ "$LOAD_TOOL" = wrk ]; then
+      [[ $c =~ ^[0-9]+$ ]] && [ "$c" -ge 1 ] || die "BENCH_CONNS: '$c' is not a positive number"
+    else
+      [[ $c =~ ^[1-9][0-9]*(x[1-9][0-9]*)?$ ]] || die "BENCH_CONNS: '$c' is not N or NxM (connections x streams)"
+    fi
+  done
   [ -n "$CONNS" ] || die "BENCH_CONNS is empty"
   [ "$DURATION" -ge 1 ] || die "BENCH_DURATION must be >= 1"
   [ "$ROUNDS" -ge 1 ] || die "BENCH_ROUNDS must be >= 1"
   MAX_CONN=0
-  for c in $CONNS; do [ "$c" -gt "$MAX_CONN" ] && MAX_CONN=$c; done
+  for c in $CONNS; do [ "${c%%x*}" -gt "$MAX_CONN" ] && MAX_CONN=${c%%x*}; done
 
-  command -v "$WRK" >/dev/null || die "wrk not found (make deps-bench installs it)"
+  command -v "$LOAD_BIN" >/dev/null || die "$LOAD_TOOL not found (make deps-bench installs it)"
   command -v curl >/dev/null || die "curl not found"
   command -v taskset >/dev/null || die "taskset not found (util-linux)"
 
@@ -262,7 +292,7 @@ bench_init() {
   CPU_NOTE=""
   taskset -c "$PROXY_CPU" true 2>/dev/null || die "cannot pin to CPU $PROXY_CPU"
   if ! taskset -c "$LOAD_CPU" true 2>/dev/null; then
-    CPU_NOTE="only $NCPU CPU(s) usable: wrk and the load share CPU $PROXY_CPU with the proxies; numbers are not comparable to a 2-CPU run"
+    CPU_NOTE="only $NCPU CPU(s) usable: $LOAD_TOOL and the load share CPU $PROXY_CPU with the proxies; numbers are not comparable to a 2-CPU run"
     log "warning: $CPU_NOTE"
     LOAD_CPU=$PROXY_CPU
   fi
@@ -489,20 +519,29 @@ rss_sample() {  # process name -> "serving_kb total_kb"; serving = workers if it
 
 now_us() { local t=${EPOCHREALTIME/./}; echo "${t#0}"; }
 
-# run_wrk target conc seconds outfile: 0 if wrk produced its report line. Also
+# The load command, wrk by default (see the head of this file for the hooks).
+load_argv() {  # target conc seconds: sets LOAD_ARGV
+  local hdr=()
+  [ -n "${THDR[$1]}" ] && hdr=(-H "${THDR[$1]}")
+  LOAD_ARGV=("$WRK" -t"$THREADS" -c"$2" -d"$3"s --latency --timeout "${WRK_TIMEOUT}"s "${hdr[@]}"
+    -s "$BENCH_DIR/wrk-report.lua" "${TURL[$1]}")
+}
+load_parse() { :; }   # wrk-report.lua prints the MGBENCH line itself
+load_show() { grep -E 'Requests/sec|Socket errors|Non-2xx' "$1"; }
+
+# run_wrk target conc seconds outfile: 0 if the load produced its report line. Also
 # sets CPU_PROXY, CPU_LOAD (busy % of the two CPUs), and for a gateway in a
 # cgroup CG_NS (CPU ns it used), CG_THR (% of CFS periods it was throttled),
 # WALL_US; "-" when there is no cgroup.
 run_wrk() {
-  local t=$1 hdr=() rc s0 s1 cg=${CGOF[${TPROC[$1]}]:-} u0=- u1 th0 th1 w0 w1 p0 p1 n0 n1
-  [ -n "${THDR[$t]}" ] && hdr=(-H "${THDR[$t]}")
+  local t=$1 rc s0 s1 cg=${CGOF[${TPROC[$1]}]:-} u0=- u1 th0 th1 w0 w1 p0 p1 n0 n1 during=""
+  load_argv "$t" "$2" "$3"
   if [ -n "$cg" ]; then u0=$(cg_usage "$cg"); th0=$(cg_throttled "$cg"); fi
   w0=$(now_us)
-  timeout -k 5 $(( $3 + WRK_TIMEOUT + 30 )) taskset -c "$LOAD_CPU" "$WRK" \
-    -t"$THREADS" -c"$2" -d"$3"s --latency --timeout "${WRK_TIMEOUT}"s "${hdr[@]}" \
-    -s "$BENCH_DIR/wrk-report.lua" "${TURL[$t]}" >"$4" 2>&1 &
+  timeout -k 5 $(( $3 + WRK_TIMEOUT + 30 )) taskset -c "$LOAD_CPU" "${LOAD_ARGV[@]}" >"$4" 2>&1 &
   WRK_PID=$!
   s0=$(cpu_snap)
+  declare -F load_during >/dev/null && during=$(load_during "$t" "$2" "$3")
   wait "$WRK_PID"; rc=$?
   s1=$(cpu_snap)
   w1=$(now_us)
@@ -515,7 +554,9 @@ run_wrk() {
     if capped && [ $(( p1 - p0 )) -gt 0 ]; then CG_THR=$(( 100 * (n1 - n0) / (p1 - p0) )); fi
   fi
   cpu_busy_between "$s0" "$s1"
-  grep -q '^MGBENCH ' "$4" || { log "wrk failed (rc $rc):"; tail_log "$4"; return 1; }
+  [ -n "$during" ] && echo "$during" >>"$4"
+  load_parse "$4"
+  grep -q '^MGBENCH ' "$4" || { log "$LOAD_TOOL failed (rc $rc):"; tail_log "$4"; return 1; }
 }
 
 proc_died() {  # target when: if its process is gone, mark every target it served
@@ -546,7 +587,7 @@ run_one() {  # target conc round
   run_wrk "$t" "$conc" "$DURATION" "$out"; ok=$?
   # a run during which the process died is not a measurement: the status says why
   if proc_died "$t" "the c=$conc run of round $round"; then
-    grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
+    load_show "$out" | sed 's/^/    /' >&2
   elif [ "$ok" -eq 0 ]; then
     read -r rw rt <<<"$(rss_sample "${TPROC[$t]}")"
     sed -n 's/^MGBENCH //p' "$out" | tr ' ' '\n' | awk -F= -v t="$t" -v c="$conc" -v r="$round" \
@@ -555,7 +596,7 @@ run_one() {  # target conc round
         printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, c, r,
           v["rps"], v["p50_us"], v["p99_us"], v["connect"], v["read"], v["write"],
           v["timeout"], v["status"], v["requests"], rw, rt, cp, cl, ns, wall, thr }' >>"$RAW"
-    grep -E 'Requests/sec|Socket errors|Non-2xx' "$out" | sed 's/^/    /' >&2
+    load_show "$out" | sed 's/^/    /' >&2
     [ "$CG_NS" != - ] && awk -v ns="$CG_NS" -v n="$(sed -n 's/^MGBENCH .*requests=\([0-9]*\).*/\1/p' "$out")" \
       -v thr="$CG_THR" 'BEGIN { if (n > 0) printf "    CPU %.1f µs/request, throttled %s%% of periods\n", ns / 1000 / n, thr }' >&2
   fi
@@ -602,8 +643,8 @@ bench_run() {
   for t in $ACTIVE; do
     [ "$WARMUP" -gt 0 ] || break
     [ "${STATUS[$t]}" = ok ] || continue
-    log "warm-up $t (${WARMUP}s, c=50)"
-    run_wrk "$t" 50 "$WARMUP" "$WORK/warmup-$t.txt" >/dev/null 2>&1
+    log "warm-up $t (${WARMUP}s, c=$WARMUP_CONNS)"
+    run_wrk "$t" "$WARMUP_CONNS" "$WARMUP" "$WORK/warmup-$t.txt" >/dev/null 2>&1
     proc_died "$t" "warm-up"
     sleep "$PAUSE"
   done
@@ -678,7 +719,7 @@ summary_row() {
   rss="–"; [ "$rw" != - ] && rss="$rw"; [ "$rt" != - ] && [ "$rt" != "$rw" ] && rss="$rw ($rt)"
   note="${STATUS[$t]}"; [ "$note" = ok ] && note=""; note=${note//|/\\|}
   [ "$n" -lt "$ROUNDS" ] && note="${note:+$note; }$n/$ROUNDS runs"
-  [ "${VALID[$t,$c]}" = 0 ] && note="**INVALID: $(( ec + er + ew + et )) socket errors, $es non-2xx/3xx**${note:+; $note}"
+  [ "${VALID[$t,$c]}" = 0 ] && note="**INVALID: $(( ec + er + ew + et )) ${ERR_HEAD% [a-z]*/*}, $es $STATUS_HEAD**${note:+; $note}"
   if awk -v m="$min" 'BEGIN{exit !(m + 0 <= 0)}'; then
     VALID[$t,$c]=0; note="**INVALID: a run completed no request**${note:+; $note}"
   fi
@@ -691,18 +732,18 @@ summary_row() {
 summary_table() {  # the per-target table for every concurrency
   local c t
   aggregate
-  echo "| target | conns | req/s (median) | req/s min–max | CPU µs/req (median) | µs/req min–max | gateway CPU % (throttled %) | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx/3xx | peak RSS KiB | load CPU busy % | note |"
+  echo "| target | conns | req/s (median) | req/s min–max | CPU µs/req (median) | µs/req min–max | gateway CPU % (throttled %) | $LAT_HEAD | $ERR_HEAD | $STATUS_HEAD | peak RSS KiB | load CPU busy % | note |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for c in $CONNS; do for t in $TARGETS; do summary_row "$t" "$c"; done; done
   echo
   echo "Medians over runs (moongate targets run $((ROUNDS + 1)) times per concurrency when peers are"
   echo "measured, the others $ROUNDS); errors are totals. CPU µs/req: the gateway cgroup's"
-  echo "cpuacct.usage over a run / the requests wrk completed (master, workers, threads)."
+  echo "cpuacct.usage over a run / the requests $LOAD_TOOL completed (master, workers, threads)."
   echo "Gateway CPU %: that usage over the run's wall time, % of one CPU$(capped && echo " (the cap is $(awk -v l="$CPU_LIMIT" 'BEGIN{printf "%.0f", l * 100}') %)"); in"
   echo "brackets the % of CFS periods in which the cap throttled it (near 100: the gateway"
-  echo "set the pace). Load CPU busy %: CPU $LOAD_CPU (wrk and the servers behind) from /proc/stat."
+  echo "set the pace). Load CPU busy %: CPU $LOAD_CPU ($LOAD_TOOL and the servers behind) from /proc/stat."
   echo "Peak RSS is VmHWM of the serving process (nginx: its worker, with the master in brackets)."
-  echo "A row with any socket error or non-2xx/3xx answer is INVALID and compared to nothing."
+  echo "A row with ${INVALID_TEXT:-any socket error or non-2xx/3xx answer} is INVALID and compared to nothing."
 }
 
 # bracket_ratio a b conc metric: median over rounds of the paired ratio,
@@ -798,11 +839,11 @@ header_lines() {  # title: the common head of a section
   echo "Run $DATE on $NCPU CPU(s), $MODEL$HYPER; moongate at $GITREV ($MG_VER$([ "$MOONGATE_BIN" != "$REPO/build/moongate" ] && echo ", binary $MOONGATE_BIN"))."
   method_line
   if [ -n "$PIVOTS" ]; then
-    echo "wrk -t$THREADS, ${DURATION}s per run, $ROUNDS round(s) per concurrency: the moongate targets before the first and after every round of peers (A B A B …), ${WARMUP}s unrecorded warm-up per target."
+    echo "${LOAD_LINE:-wrk -t$THREADS}, ${DURATION}s per run, $ROUNDS round(s) per concurrency: the moongate targets before the first and after every round of peers (A B A B …), ${WARMUP}s unrecorded warm-up per target."
   else
-    echo "wrk -t$THREADS, ${DURATION}s per run, $ROUNDS round(s) per concurrency, targets alternating (order rotated each round), ${WARMUP}s unrecorded warm-up per target."
+    echo "${LOAD_LINE:-wrk -t$THREADS}, ${DURATION}s per run, $ROUNDS round(s) per concurrency, targets alternating (order rotated each round), ${WARMUP}s unrecorded warm-up per target."
   fi
-  echo "wrk and ${LOAD_DESC:-the upstream} on CPU $LOAD_CPU, uncapped."
+  echo "$LOAD_TOOL and ${LOAD_DESC:-the upstream} on CPU $LOAD_CPU, uncapped."
   [ -n "$CPU_NOTE" ] && echo "**Warning:** $CPU_NOTE."
   echo "1-minute load average before the run: $LOAD_START, after: $LOAD_END (anything well above 0 before the run means other work shared the CPUs)."
 }
@@ -810,7 +851,7 @@ header_lines() {  # title: the common head of a section
 per_round_table() {
   echo "<details><summary>Per-run numbers</summary>"
   echo
-  echo "| conns | round | target | req/s | CPU µs/req | throttled % | p50 ms | p99 ms | errors c/r/w/t | non-2xx/3xx | VmHWM KiB |"
+  echo "| conns | round | target | req/s | CPU µs/req | throttled % | $LAT_HEAD | ${ERR_HEAD#socket } | $STATUS_HEAD | VmHWM KiB |"
   echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   awk -F'\t' '{ printf "%s\t%s\t%s\t%s\n", $2, $3, NR, $0 }' "$RAW" | sort -t$'\t' -k1,1n -k2,2n -k3,3n | cut -f4- |
     while IFS=$'\t' read -r t c r rps p50 p99 ec er ew et es req rw rt cp cl ns wall thr; do
@@ -870,7 +911,7 @@ EOF
     echo "- CPUs (nproc): $NCPU"
     echo "- model name: $MODEL$HYPER"
     echo "- kernel: $(uname -r); ulimit -n during the run: $NOFILE"
-    echo "- pinning: gateways on CPU $PROXY_CPU, upstream and wrk on CPU $LOAD_CPU"
+    echo "- pinning: gateways on CPU $PROXY_CPU, upstream and $LOAD_TOOL on CPU $LOAD_CPU"
     echo "- gateways: $(method_line)"
     echo "- last command: \`$cmd\` ($BENCH_NAME section)"
   } >"$machine"

@@ -9,12 +9,12 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-int mg_cfgnames_redis(lua_State *L, mg_cfgnames_redis_t *out, int max)
+static int redis_from(lua_State *L, const char *field, mg_cfgnames_redis_t *out, int max)
 {
     int n = 0, top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, "moongate.runtime");
-    if (lua_istable(L, -1) && lua_getfield(L, -1, "redis_conf") == LUA_TTABLE) {
+    if (lua_istable(L, -1) && lua_getfield(L, -1, field) == LUA_TTABLE) {
         int t = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, t)) {
@@ -32,6 +32,16 @@ int mg_cfgnames_redis(lua_State *L, mg_cfgnames_redis_t *out, int max)
     }
     lua_settop(L, top);
     return n;
+}
+
+int mg_cfgnames_redis(lua_State *L, mg_cfgnames_redis_t *out, int max)
+{
+    return redis_from(L, "redis_conf", out, max);
+}
+
+int mg_cfgnames_redis_read(lua_State *L, mg_cfgnames_redis_t *out, int max)
+{
+    return redis_from(L, "redis_conf_read", out, max);
 }
 
 int mg_cfgnames_hold_redis(lua_State *L, struct mg_dns *dns, mg_dns_name_t ***out)

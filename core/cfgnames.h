@@ -19,6 +19,9 @@ typedef struct mg_cfgnames_redis {
 
 /* Fills out[0..max) with the redis section's entries; returns how many. */
 int mg_cfgnames_redis(lua_State *L, mg_cfgnames_redis_t *out, int max);
+/* The same from the last config read when it failed elsewhere but its
+ * redis section was well-formed (runtime.redis_conf_read), for -t. */
+int mg_cfgnames_redis_read(lua_State *L, mg_cfgnames_redis_t *out, int max);
 /* A reference on the resolver's kept name for every Redis host name of the
  * config; *out is a new array of them (NULL when none). Returns the count. */
 int mg_cfgnames_hold_redis(lua_State *L, struct mg_dns *dns, struct mg_dns_name ***out);

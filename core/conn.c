@@ -295,18 +295,8 @@ static void drained(mg_conn_t *c)
 
 static void linger_read(mg_conn_t *c)
 {
-    char *buf = c->loop->scratch;
-    for (;;) {
-        ssize_t n = read(c->sock.fd, buf, c->loop->scratch_cap);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
+    if (mg_sock_discard(c->sock.fd, c->loop->scratch, c->loop->scratch_cap) != 0)
         mg_conn_close(c);
-        return;
-    }
 }
 
 /* The connection's first bytes, p[0..n) (read into rbuf's free room

@@ -147,6 +147,8 @@ static int reload_gen(mg_loop_t *loop, char *err, size_t errlen)
     }
     if (loop->met)
         loop->met->generation = loop->gen->id;
+    for (int i = 0; loop->met && i < loop->gen->cfg->nupstreams; i++) /* their series, at 0 */
+        mg_met_upstream(loop->met, loop->gen->cfg->upstreams[i].name, MG_MET_UP_N);
     /* checked by the config walk; a failure here keeps the old error log */
     if (mg_log_configure(loop->gen->cfg->error_log, loop->gen->cfg->error_log_level, err,
                          errlen) != 0)

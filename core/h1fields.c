@@ -1,6 +1,9 @@
 /* Connection-header token lists (h1fields.h). */
 #include "h1fields.h"
 
+#include <string.h>
+#include <strings.h>
+
 int mg_h1f_connection_lists(const mg_h1_head_t *h, int first, mg_str_t name)
 {
     for (int i = first; i >= 0; i = mg_h1_find(h, "connection", 10, i + 1))
@@ -24,4 +27,16 @@ void mg_h1f_tokens(const mg_h1_head_t *h, mg_h1f_tokens_t *ct)
             ct->t[ct->n++] = t;
         }
     }
+}
+
+int mg_h1f_lines_have_date(const char *x)
+{
+    for (const char *p = x; p && *p;) {
+        if (strncasecmp(p, "date:", 5) == 0)
+            return 1;
+        p = strstr(p, "\r\n");
+        if (p)
+            p += 2;
+    }
+    return 0;
 }

@@ -31,6 +31,9 @@ typedef struct mg_h1f_tokens {
     mg_str_t t[8];
 } mg_h1f_tokens_t;
 
+/* True if CRLF-separated "Name: value" lines (a handler's own headers)
+ * set Date. */
+int mg_h1f_lines_have_date(const char *lines);
 void mg_h1f_tokens(const mg_h1_head_t *h, mg_h1f_tokens_t *ct);
 /* True if `name` is one of the comma-separated tokens of h's Connection
  * headers, from the first one (index `first`, -1: none) on. */

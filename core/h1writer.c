@@ -17,23 +17,11 @@
 
 #define CONN_OF(p, field) mg_container_of(p, mg_conn_t, field)
 
-/* True if a handler's own headers (CRLF-separated lines) set Date. */
-static int has_date(const char *h)
-{
-    for (const char *p = h; p && *p;) {
-        if (strncasecmp(p, "date:", 5) == 0)
-            return 1;
-        p = strstr(p, "\r\n");
-        if (p)
-            p += 2;
-    }
-    return 0;
-}
 
 /* The Connection header as needed, and the blank line. */
 static void end_head(mg_conn_t *c, const mg_req_t *r, mg_buf_t *o)
 {
-    if (!r->keepalive || !r->body_done || c->resp_close)
+    if (!r->keepalive || (!r->body_done && !mg_req_discard_body(r)) || c->resp_close)
         mg_buf_append(o, "Connection: close\r\n\r\n", 21);
     else if (r->http10)
         mg_buf_append(o, "Connection: keep-alive\r\n\r\n", 26);
@@ -46,7 +34,7 @@ static void end_head(mg_conn_t *c, const mg_req_t *r, mg_buf_t *o)
 static void generated_head(mg_conn_t *c, const mg_req_t *r, const mg_resp_head_t *h, mg_buf_t *o)
 {
     mg_buf_printf(o, "HTTP/1.1 %d %s\r\n", h->status, mg_status_reason(h->status));
-    if (!has_date(h->extra))
+    if (!mg_h1f_lines_have_date(h->extra))
         mg_buf_puts(o, mg_loop_date(r->loop));
     if (h->ctype)
         mg_buf_printf(o, "Content-Type: %s\r\n", h->ctype);

@@ -504,18 +504,8 @@ static void feed(mg_h2c_t *c, const char *p, size_t n)
 
 static void linger_read(mg_h2c_t *c)
 {
-    char *buf = c->loop->scratch;
-    for (;;) {
-        ssize_t n = read(c->sock.fd, buf, c->loop->scratch_cap);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
+    if (mg_sock_discard(c->sock.fd, c->loop->scratch, c->loop->scratch_cap) != 0)
         h2c_close(c);
-        return;
-    }
 }
 
 static void read_some(mg_h2c_t *c)

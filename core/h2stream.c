@@ -255,17 +255,6 @@ static mg_h1_head_t *fresh(mg_h1_head_t **slot)
     return *slot;
 }
 
-static int has_date_line(const char *x)
-{
-    for (const char *p = x; p && *p;) {
-        if (strncasecmp(p, "date:", 5) == 0)
-            return 1;
-        p = strstr(p, "\r\n");
-        if (p)
-            p += 2;
-    }
-    return 0;
-}
 
 /* The Date value of the loop's "Date: ...\r\n" line. */
 static mg_str_t loop_date(mg_loop_t *loop)
@@ -309,7 +298,7 @@ static ssize_t w_head(mg_writer_t *w, mg_req_t *r, const mg_resp_head_t *rh, con
             put(h, "date", 4, d.p, d.n, &fail);
         }
     } else {
-        if (!has_date_line(rh->extra)) {
+        if (!mg_h1f_lines_have_date(rh->extra)) {
             mg_str_t d = loop_date(r->loop);
             put(h, "date", 4, d.p, d.n, &fail);
         }

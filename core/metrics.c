@@ -99,8 +99,8 @@ static mg_met_up_t *up_slot(const mg_met_up_t *tab, const char *name, int claim)
 
 void mg_met_upstream(mg_met_worker_t *w, const char *name, int what)
 {
-    mg_met_up_t *u = w && what >= 0 && what < MG_MET_UP_N ? up_slot(w->ups, name, 1) : NULL;
-    if (u)
+    mg_met_up_t *u = w && what >= 0 && what <= MG_MET_UP_N ? up_slot(w->ups, name, 1) : NULL;
+    if (u && what < MG_MET_UP_N)
         u->n[what]++;
 }
 

@@ -101,7 +101,8 @@ mg_met_shm_t *mg_met_create(int nworkers);
 void mg_met_destroy(mg_met_shm_t *m);
 /* Counts one finished request in a worker's slot. */
 void mg_met_request(mg_met_worker_t *w, const char *route, int status, double seconds);
-/* Counts one MG_MET_UP_* event of upstream `name` in a worker's slot. */
+/* Counts one MG_MET_UP_* event of upstream `name` in a worker's slot;
+ * MG_MET_UP_N counts nothing but gives the upstream its series (at 0). */
 void mg_met_upstream(mg_met_worker_t *w, const char *name, int what);
 /* Records a reload result (ok, or the error text). */
 void mg_met_reload(mg_met_shm_t *m, int ok, const char *err, double now);

@@ -103,6 +103,15 @@ int mg_netcheck_partial(mg_loop_t *loop, const mg_cfg_t *cfg, double timeout, FI
         for (int s = 0; s < cfg->upstreams[u].nservers; s++, k++)
             if (cfg->upstreams[u].servers[s].name)
                 dn[k] = mg_dns_name(loop->dns, cfg->upstreams[u].servers[s].name);
+    /* Redis host names, when the redis section itself was well-formed */
+    mg_cfgnames_redis_t *rc = loop->L ? calloc(MG_CFGNAMES_MAX, sizeof *rc) : NULL;
+    int nr = rc ? mg_cfgnames_redis_read(loop->L, rc, MG_CFGNAMES_MAX) : 0;
+    for (int i = 0; i < nr; i++) {
+        mg_rds_addr_t a;
+        char err[256];
+        if (mg_rds_parse_addr(rc[i].addr, &a, err, sizeof err) == 0 && a.is_name)
+            rc[i].dns = mg_dns_name(loop->dns, a.host);
+    }
     mg_dns_settle(loop->dns, timeout);
     k = 0;
     for (int u = 0; u < cfg->nupstreams; u++) {
@@ -118,6 +127,22 @@ int mg_netcheck_partial(mg_loop_t *loop, const mg_cfg_t *cfg, double timeout, FI
                     up->name, s + 1, err ? err : "cannot resolve");
         }
     }
+    for (int i = 0; i < nr; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        const char *err = NULL;
+        if (rc[i].dns == NULL)
+            continue;
+        if (mg_dns_name_addr(rc[i].dns, 1, &ss, &sl, &err) != 0) {
+            char needle[300];
+            snprintf(needle, sizeof needle, "addr\x01%s", rc[i].addr);
+            fprintf(out, "%s:%d: redis.%s.addr: %s\n", cfg->file,
+                    mg_cfg_locate_line(cfg->file, needle), rc[i].name, err);
+            bad++;
+        }
+        mg_dns_name_unref(rc[i].dns);
+    }
+    free(rc);
     for (int i = 0; i < n; i++)
         mg_dns_name_unref(dn[i]);
     free(dn);

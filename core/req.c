@@ -209,6 +209,7 @@ void mg_req_dispatch(mg_req_t *r)
         return;
     }
     if ((h->flags & MG_H1_HAS_CL) && h->content_length > cfg->limits.max_body_bytes) {
+        r->keepalive = 0; /* a body over the limit is not read, not even to drop it */
         mg_req_error(r, 413, "request body too large");
         return;
     }
@@ -286,6 +287,7 @@ void mg_req_body(mg_req_t *r, const char *p, size_t n)
 {
     r->body_bytes += n;
     if (r->body_bytes > r->gen->cfg->limits.max_body_bytes) {
+        r->keepalive = 0;
         if (!mg_rs_sent(r)) {
             mg_req_error(r, 413, "request body too large");
         } else {
@@ -459,7 +461,7 @@ static void release_conn(mg_req_t *r, int spare_head)
     mg_reqsrc_t *src = r->src;
     if (!r->done || src == NULL || r->in_lua)
         return;
-    int keepalive = r->keepalive && r->body_done;
+    int keepalive = r->keepalive && (r->body_done || mg_req_discard_body(r));
     r->w = NULL;
     r->src = NULL;
     if (src->ops->done(src, keepalive, spare_head ? r->head : NULL))
@@ -488,7 +490,9 @@ void mg_req_finish(mg_req_t *r)
                            r->status, ev_time() - r->t_start);
     }
     if (r->w) {
-        if (!r->body_done)
+        if (mg_req_discard_body(r))
+            mg_req_pause_body(r, 0); /* the rest is read and dropped */
+        else if (!r->body_done)
             r->w->ops->close(r->w); /* the rest of the body will not be read */
         /* inside Lua, conn goes on once lua_resume returned (req_lua.c):
          * it must not parse the next request under a running coroutine */

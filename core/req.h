@@ -192,6 +192,24 @@ static inline void mg_req_cut(mg_req_t *r)
     if (r->w)
         r->w->ops->abort(r->w);
 }
+/* Request body bytes still to come that may be read and dropped after the
+ * answer, so an HTTP/1 connection stays usable (as nginx discards a body
+ * it did not read); more, or an unknown amount, and the connection closes. */
+#define MG_REQ_DISCARD_MAX (64 * 1024)
+/* The rest of r's body (r->body_done not set yet) can be discarded: an
+ * HTTP/1 request (an HTTP/2 stream is reset instead: writer close) whose
+ * length is known (Content-Length, not chunked), at most
+ * MG_REQ_DISCARD_MAX bytes are missing, and no 100 Continue is awaited
+ * (such a client may never send the body it announced). */
+static inline int mg_req_discard_body(const mg_req_t *r)
+{
+    const mg_h1_head_t *h = r->head;
+    if (r->body_done || h == NULL || h->http_major != 1 ||
+        (h->flags & (MG_H1_CHUNKED | MG_H1_EXPECT_100)) ||
+        !(h->flags & MG_H1_HAS_CL) || r->body_bytes > h->content_length)
+        return 0;
+    return h->content_length - r->body_bytes <= MG_REQ_DISCARD_MAX;
+}
 /* Response fully queued: log it and release the connection for the next
  * (once Lua has returned, if it runs now). */
 void mg_req_finish(mg_req_t *r);

@@ -57,3 +57,13 @@ ssize_t mg_sock_tls_send(mg_sock_t *s, const void *p, size_t n)
     errno = e;
     return r;
 }
+
+int mg_sock_discard(int fd, char *buf, size_t cap)
+{
+    for (;;) {
+        ssize_t n = recv(fd, buf, cap, 0);
+        if (n > 0 || (n < 0 && errno == EINTR))
+            continue;
+        return n < 0 && errno == EAGAIN ? 0 : -1;
+    }
+}

@@ -32,6 +32,11 @@ typedef struct mg_sock {
 ssize_t mg_sock_tls_recv(mg_sock_t *s, void *p, size_t n);
 ssize_t mg_sock_tls_send(mg_sock_t *s, const void *p, size_t n);
 
+/* Reads and drops what the socket has (raw bytes: a lingering close, where
+ * nothing more matters, TLS or not), buf[0..cap) as scratch. 0: nothing
+ * more for now (EAGAIN); -1: the peer is gone (EOF or an error): close. */
+int mg_sock_discard(int fd, char *buf, size_t cap);
+
 static inline ssize_t mg_sock_recv(mg_sock_t *s, void *p, size_t n)
 {
     if (s->tls == NULL && s->ssl == NULL)

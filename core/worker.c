@@ -158,6 +158,8 @@ int mg_loop_run(mg_loop_t *loop)
     if (loop->met) {
         loop->met->pid = (int)getpid();
         loop->met->generation = loop->gen->id;
+        for (int i = 0; i < loop->gen->cfg->nupstreams; i++) /* their series, at 0 */
+            mg_met_upstream(loop->met, loop->gen->cfg->upstreams[i].name, MG_MET_UP_N);
     }
     mg_worker_setup_watch(loop);
     mg_log_info("moongate %s started (pid %d, worker %d, generation %u)", MG_VERSION,

@@ -284,9 +284,11 @@ function M.build(config, file)
     return nil, err, needle, { { message = err, path = "plugin_path", needle = needle } }
   end
   local errs = {}
+  M.redis_conf_read = nil -- a well-formed redis section, even if the rest fails (-t)
   if config.redis ~= nil then
     local ok, rerr, rneedle = M.check_redis(config.redis)
     if not ok then errs[#errs + 1] = { message = rerr, needle = rneedle } end
+    if ok then M.redis_conf_read = config.redis end
   end
   local loaded = {}
   local chains = {}

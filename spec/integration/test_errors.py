@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import (Client, PeerClosed, assert_json_error, assert_serves, free_port,
+from conftest import (Client, PeerClosed, Raw, assert_json_error, assert_serves, free_port,
                       proxy_config, raw_exchange, request)
 
 LIMITS = {"max_uri_bytes": 1024, "max_header_bytes": 4096, "max_body_bytes": 10000,
@@ -36,6 +36,93 @@ def test_404_no_route(gateway, upstream):
         c.request("GET", "/api/x")              # keep-alive survives a 404
         assert c.read_response().status == 200
     assert upstream.stats()["log"] == [["GET", "/api/x"]]
+
+
+def _answered_before_the_body(port, path, body_len, extra=(), split=True):
+    """POST with a body the gateway answers without reading (no route, a
+    refusal), then a pipelined GET: (first response, second response or
+    None if the connection closed instead)."""
+    with Client(port) as c:
+        head = Client.build("POST", path, headers=[("Content-Length", str(body_len))] + list(extra))
+        c.send(head)
+        if split:
+            r = c.read_response(method="POST")  # answered before any body byte
+        c.send(b"x" * body_len + Client.build("GET", "/echo?second=1"))
+        if not split:
+            r = c.read_response(method="POST")
+        try:
+            return r, c.read_response()
+        except PeerClosed:
+            return r, None
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_answer_before_the_body_keeps_the_connection(gateway, upstream, split):
+    # the unread rest of a Content-Length body (up to 64 KiB) is read and
+    # dropped: the connection stays usable, as after any other 404/401
+    g = gateway(proxy_config([upstream.addr], routes=[
+        {"match": {"prefix": "/echo"}, "upstream": "app"},
+        {"match": {"prefix": "/h/"}, "handler": Raw('function() return 401, "no" end')}]))
+    for path, status in (("/nothing", 404), ("/h/x", 401)):
+        for n in (5, 65536):
+            r, second = _answered_before_the_body(g.port, path, n, split=split)
+            assert r.status == status and not r.has("connection"), (path, n, r)
+            assert second is not None and second.status == 200, (path, n)
+            assert second.json()["path"] == "/echo?second=1"
+    assert upstream.stats()["log"] == [["GET", "/echo?second=1"]] * 4
+
+
+def test_answer_before_a_big_or_awaited_body_closes(gateway, upstream):
+    g = gateway(proxy_config([upstream.addr], routes=[
+        {"match": {"prefix": "/echo"}, "upstream": "app"}]))
+    # more than 64 KiB still to come: not worth reading, the connection ends
+    r, second = _answered_before_the_body(g.port, "/nothing", 65537)
+    assert r.status == 404 and r.header("connection") == "close" and second is None
+    # Expect: 100-continue answered with a final status: the client may
+    # never send the body, so its next bytes cannot be taken for one
+    r, second = _answered_before_the_body(g.port, "/nothing", 5,
+                                          extra=[("Expect", "100-continue")])
+    assert r.status == 404 and r.header("connection") == "close" and second is None
+    assert_serves(g.port)
+
+
+def test_h2_answer_before_the_body_leaves_the_connection_usable(gateway, upstream):
+    # over HTTP/2 the stream's own rules apply (its unread body is dropped
+    # or the stream reset): the answer comes, the connection goes on
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    g = gateway(proxy_config([upstream.addr], routes=[
+        {"match": {"prefix": "/echo"}, "upstream": "app"}]))
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", "/nothing"),
+                          (":authority", "x"), ("content-length", "100")])
+    s.sendall(conn.data_to_send())
+    status = {}
+
+    def until_ended(sid):
+        while True:
+            data = s.recv(65536)
+            assert data, status
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived):
+                    status[e.stream_id] = dict(e.headers)[b":status"]
+                if isinstance(e, h2.events.StreamEnded) and e.stream_id == sid:
+                    s.sendall(conn.data_to_send())
+                    return
+            s.sendall(conn.data_to_send())
+    try:
+        until_ended(1)
+        conn.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":path", "/echo"),
+                              (":authority", "x")], end_stream=True)
+        s.sendall(conn.data_to_send())
+        until_ended(3)
+    finally:
+        s.close()
+    assert status == {1: b"404", 3: b"200"}, status
 
 
 # -- 408 ---------------------------------------------------------------------

@@ -2,7 +2,9 @@
 (PRODUCT.md "Errors users see"): HTTP 200 with no body (Content-Length: 0
 over HTTP/1.1), grpc-status mapped from the HTTP error and grpc-message,
 the plugin's other headers kept; the upstream's own answers pass untouched;
-the access log and metrics keep the status the gateway decided."""
+the access log and metrics keep the status the gateway decided. Over HTTP/2
+(h2c) the answer is one HEADERS frame that ends the stream (gRPC's
+Trailers-Only form), and a grpcio client reads its code and message."""
 import json
 import struct
 import urllib.parse
@@ -206,3 +208,80 @@ def test_access_log_and_metrics_keep_the_decided_status(gw):
     m = request(gw.ports[1], "GET", "/metrics").text()
     assert any('status="401"' in ln for ln in m.splitlines()
                if ln.startswith("moongate_requests_total")), m
+
+# --- over HTTP/2 (h2c with prior knowledge on the plain listener) -----------
+
+def h2_grpc_call(port, path, headers=()):
+    """One gRPC-shaped POST over h2c; returns (events of the response, the
+    frames' flags seen): the response must be one HEADERS frame with
+    END_STREAM."""
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                            (":authority", "localhost"), ("content-type", "application/grpc"),
+                            ("te", "trailers")] + list(headers))
+    conn.send_data(sid, FRAME, end_stream=True)
+    s.sendall(conn.data_to_send())
+    got = []
+    try:
+        while not any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in got):
+            data = s.recv(65536)
+            if not data:
+                break
+            got += conn.receive_data(data)
+            s.sendall(conn.data_to_send())
+    finally:
+        s.close()
+    return sid, got
+
+
+@pytest.mark.parametrize("path,code,message", [
+    ("/pkg.Svc/Nothing", 12, "no route"),
+    ("/jwt/pkg.Svc/M", 16, "missing token"),
+    ("/jwtresp/pkg.Svc/M", 16, "missing token"),
+    ("/h401", 16, None),
+])
+def test_h2_answer_is_one_headers_frame_that_ends_the_stream(gw, path, code, message):
+    import h2.events
+    sid, got = h2_grpc_call(gw.port, path)
+    mine = [e for e in got if getattr(e, "stream_id", None) == sid]
+    resp = [e for e in mine if isinstance(e, h2.events.ResponseReceived)]
+    assert len(resp) == 1, mine
+    # END_STREAM on that HEADERS frame itself (Trailers-Only), no DATA, no trailers
+    assert resp[0].stream_ended is not None, mine
+    assert not [e for e in mine if isinstance(e, (h2.events.DataReceived,
+                                                   h2.events.TrailersReceived))], mine
+    h = {k.decode(): v.decode() for k, v in resp[0].headers}
+    assert h[":status"] == "200" and h["grpc-status"] == str(code), h
+    assert h["content-type"] == "application/grpc", h
+    if message is not None:
+        assert urllib.parse.unquote(h["grpc-message"]) == message, h
+
+
+def test_grpcio_client_gets_the_status_and_message(gw):
+    grpc = pytest.importorskip("grpc")
+    with grpc.insecure_channel("127.0.0.1:%d" % gw.port) as ch:
+        call = ch.unary_unary("/pkg.Svc/Nothing", request_serializer=lambda b: b,
+                              response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as ei:
+            call(b"abc", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert ei.value.details() == "no route"
+        call = ch.unary_unary("/jwt/pkg.Svc/M", request_serializer=lambda b: b,
+                              response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as ei:
+            call(b"abc", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert ei.value.details() == "missing token"
+        call = ch.unary_unary("/h401", request_serializer=lambda b: b,
+                              response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as ei:
+            call(b"abc", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert ei.value.details() == "who are you? 100% unknown caf\u00e9"

@@ -142,6 +142,13 @@ def test_metrics_format_and_names(gateway, tmp_path, upstream, workers):
     vals = [v for _, v in buckets]
     assert vals == sorted(vals), buckets
     assert vals[-1] == metric(ms, "moongate_request_duration_seconds_count", route="hello") >= 3
+    # each configured upstream has its error and retry series from the start, at 0
+    for fam in ("moongate_upstream_connect_errors_total", "moongate_upstream_timeouts_total",
+                "moongate_upstream_retries_total"):
+        assert ms.get((fam, (("upstream", "app"),))) == 0, fam
+    for kind in ("connect", "timeout", "reset", "invalid"):
+        assert ms.get(("moongate_upstream_errors_total",
+                       (("kind", kind), ("upstream", "app")))) == 0, kind
     # every histogram sample names its route
     assert all("route" in dict(l) for (n, l) in ms
                if n.startswith("moongate_request_duration_seconds")), ms

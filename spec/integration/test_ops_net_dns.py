@@ -176,12 +176,13 @@ def test_check_reports_a_redis_socket_path_that_is_not_a_socket(run_moongate, tm
 
 def test_check_reports_unresolvable_names_among_other_errors(run_moongate, dns):
     """-t reports every error: a config with a typo still has its upstream
-    host names checked (and the typo reported)."""
+    and Redis host names checked (and the typo reported)."""
     import re
     dns.records["good.test"] = ["127.0.0.1"]
     text = config(resolver=[dns.addr], workerz=1,
                   upstreams={"app": {"servers": ["good.test:80", "nope.test:80"]},
                              "other": {"servers": ["also-nope.test:81"], "balanse": "x"}},
+                  redis={"default": {"addr": "gone.test:6379"}},
                   routes=[{"match": {"prefix": "/"}, "upstream": "app"}])
     p = run_moongate("-t", "-c", "$CFG", config=text)
     assert p.returncode == 1, p.stdout_text + p.stderr_text
@@ -194,5 +195,8 @@ def test_check_reports_unresolvable_names_among_other_errors(run_moongate, dns):
                       % (up, i, re.escape(host)), err)
         assert m, err
         assert host in lines[int(m.group(1)) - 1]
+    m = re.search(r'moongate\.lua:(\d+): redis\.default\.addr: cannot resolve "gone\.test"', err)
+    assert m, err
+    assert "gone.test" in lines[int(m.group(1)) - 1]
     assert "good.test\"" not in err and "servers[1]: cannot" not in err.replace(
         "other.servers[1]", ""), err
