@@ -384,6 +384,22 @@ static void patch_settings(mg_h2c_t *c, size_t at, size_t n)
     }
 }
 
+/* While stopping: a stream whose request is done and whose response is
+ * all sent only waits for the client's unread body: reset it (NO_ERROR),
+ * so it keeps neither the connection nor the worker up. 1 if any was. */
+static int reset_finished(mg_h2c_t *c)
+{
+    int any = 0;
+    for (mg_h2s_t *s = c->streams; s; s = s->next) {
+        if (s->req == NULL && s->eof_sent && !s->end_stream && !s->closed && s->reset_after) {
+            s->reset_after = 0;
+            nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+            any = 1;
+        }
+    }
+    return any;
+}
+
 /* Hands nghttp2 what the streams queued, pulls frames, writes them. */
 static void h2c_send(mg_h2c_t *c)
 {
@@ -394,6 +410,8 @@ static void h2c_send(mg_h2c_t *c)
         write_out(c);
         return;
     }
+    if (c->stopping)
+        reset_finished(c);
     while (c->pending) {
         mg_h2s_t *s = c->pending;
         c->pending = s->pend;
@@ -441,6 +459,8 @@ static void h2c_send(mg_h2c_t *c)
         if (c->closed)
             return;
     }
+    if (c->stopping && reset_finished(c)) /* a response ended in this send */
+        mg_h2c_kick(c);
     int done = !nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng);
     if (c->wbuf.len == 0 && (done || (c->stopping && c->streams == NULL)))
         start_linger(c);
@@ -812,6 +832,8 @@ void mg_h2_close_idle_all(mg_loop_t *loop)
         if (c->streams == NULL) {
             goaway(c);
             mg_h2c_kick(c); /* closes once the GOAWAY is out */
+        } else if (c->stopping && reset_finished(c)) {
+            mg_h2c_kick(c); /* the streams close as the resets go out */
         }
     }
 }

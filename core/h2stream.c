@@ -25,8 +25,20 @@
 #define S_OF_W(p) mg_container_of(p, mg_h2s_t, w)
 #define S_OF_SRC(p) mg_container_of(p, mg_h2s_t, src)
 
-/* Below this many queued body bytes a paused producer goes on. */
-#define OUT_LOW (64 * 1024)
+/* A stream's queue pauses its producer above its high mark and lets it go
+ * on below a quarter of it. The mark is the writer's (MG_WRITER_HIGH) while
+ * the connection has few streams, and shrinks to share OUT_CONN_BUDGET
+ * among many (down to OUT_MIN_HIGH): a client that opens h2_max_streams
+ * streams and reads none holds about OUT_CONN_BUDGET plus one producer's
+ * read per stream, not MG_WRITER_HIGH per stream. */
+#define OUT_CONN_BUDGET (2 * 1024 * 1024)
+#define OUT_MIN_HIGH (16 * 1024)
+
+static size_t out_high(const mg_h2c_t *c)
+{
+    size_t h = OUT_CONN_BUDGET / (size_t)(c->nstreams > 0 ? c->nstreams : 1);
+    return h > MG_WRITER_HIGH ? MG_WRITER_HIGH : h < OUT_MIN_HIGH ? OUT_MIN_HIGH : h;
+}
 
 /* --- the request head --------------------------------------------------- */
 
@@ -323,7 +335,7 @@ static ssize_t w_body(mg_writer_t *w, const char *p, size_t n)
         return 0;
     if (mg_buf_append(&s->out, p, n) != MG_OK)
         return MG_ENOMEM;
-    w->full = s->out.len > MG_WRITER_HIGH;
+    w->full = s->out.len > out_high(s->c);
     mg_h2c_pend(s);
     return (ssize_t)n;
 }
@@ -502,7 +514,7 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         s->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
     }
-    if (s->w.full && s->out.len < OUT_LOW) {
+    if (s->w.full && s->out.len < out_high(s->c) / 4) {
         s->w.full = 0;
         s->drained = 1; /* the producer hears it after this send (h2conn.c) */
     }
