@@ -255,7 +255,6 @@ static mg_h1_head_t *fresh(mg_h1_head_t **slot)
     return *slot;
 }
 
-
 /* The Date value of the loop's "Date: ...\r\n" line. */
 static mg_str_t loop_date(mg_loop_t *loop)
 {
