@@ -27,18 +27,6 @@ void mg_met_destroy(mg_met_shm_t *m)
         munmap(m, sizeof *m);
 }
 
-static uint32_t hash_key(const char *route, int status)
-{
-    uint32_t h = 2166136261u;
-    for (const char *p = route; *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= 16777619u;
-    }
-    h ^= (uint32_t)status;
-    h *= 16777619u;
-    return h;
-}
-
 static uint32_t hash_name(const char *s, size_t n)
 {
     uint32_t h = 2166136261u;
@@ -63,10 +51,8 @@ static size_t name_len(const char *name)
  * at `name_off`. `claim`: take a free slot for a name not there yet (the
  * writer only). NULL: not there (or the table is full). */
 static void *find_slot(void *tab, size_t size, int cap, size_t name_off, const char *name,
-                       int claim)
+                       size_t n, uint32_t h, int claim)
 {
-    size_t n = name_len(name);
-    uint32_t h = hash_name(name, n);
     for (int p = 0; p < cap; p++) {
         char *e = (char *)tab + size * ((h + (uint32_t)p) % (uint32_t)cap);
         uint32_t *used = (uint32_t *)(void *)e;
@@ -85,16 +71,25 @@ static void *find_slot(void *tab, size_t size, int cap, size_t name_off, const c
     return NULL;
 }
 
-static mg_met_route_t *route_slot(const mg_met_route_t *tab, const char *name, int claim)
+/* n: name_len(name), h: hash_name(name, n) (the caller may have them). */
+static mg_met_route_t *route_slot_h(const mg_met_route_t *tab, const char *name, size_t n,
+                                    uint32_t h, int claim)
 {
     return find_slot((void *)tab, sizeof *tab, MG_MET_ROUTES, offsetof(mg_met_route_t, route),
-                     name, claim);
+                     name, n, h, claim);
+}
+
+static mg_met_route_t *route_slot(const mg_met_route_t *tab, const char *name, int claim)
+{
+    size_t n = name_len(name);
+    return route_slot_h(tab, name, n, hash_name(name, n), claim);
 }
 
 static mg_met_up_t *up_slot(const mg_met_up_t *tab, const char *name, int claim)
 {
+    size_t n = name_len(name);
     return find_slot((void *)tab, sizeof *tab, MG_MET_UPS, offsetof(mg_met_up_t, name), name,
-                     claim);
+                     n, hash_name(name, n), claim);
 }
 
 void mg_met_upstream(mg_met_worker_t *w, const char *name, int what)
@@ -110,7 +105,9 @@ void mg_met_request(mg_met_worker_t *w, const char *route, int status, double se
     int b = 0;
     while (b < MG_MET_BUCKETS && seconds > mg_met_bounds[b])
         b++;
-    mg_met_route_t *rt = route_slot(w->routes, route, 1);
+    size_t rl = name_len(route);
+    uint32_t rh = hash_name(route, rl); /* once, for both tables */
+    mg_met_route_t *rt = route_slot_h(w->routes, route, rl, rh, 1);
     if (rt) {
         rt->hist[b]++;
         rt->sum += seconds;
@@ -118,10 +115,7 @@ void mg_met_request(mg_met_worker_t *w, const char *route, int status, double se
     } else {
         w->route_overflow++;
     }
-    size_t rl = strlen(route);
-    if (rl >= MG_MET_ROUTE_LEN)
-        rl = MG_MET_ROUTE_LEN - 1;
-    uint32_t h = hash_key(route, status);
+    uint32_t h = (rh ^ (uint32_t)status) * 16777619u; /* the (route, status) pair */
     for (int probe = 0; probe < MG_MET_KEYS; probe++) {
         mg_met_key_t *k = &w->keys[(h + (uint32_t)probe) % MG_MET_KEYS];
         if (!k->used) {
